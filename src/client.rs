@@ -1,0 +1,405 @@
+//! The client side of the protocol, one code for everything that connects to a node:
+//! `quicast listen`, `quicast publish`, and a relay fetching from its parent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, ConnectionError, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::proto::{self, Codec, Frame, Message, Role, Start, UNI_PUBLISH, UNI_SEGMENT, VERSION};
+use crate::wire::{write_message, ControlReader, FrameReader};
+
+/// `quic://HOST:PORT[/STREAM]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl QuicUrl {
+    pub fn parse(s: &str) -> Result<QuicUrl> {
+        let rest = s.strip_prefix("quic://").ok_or_else(|| Error::Url(s.into(), "must start with quic://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+            let (h, p) = h.split_once("]:").ok_or_else(|| Error::Url(s.into(), "IPv6 host needs [ADDR]:PORT"))?;
+            (h, p)
+        } else {
+            authority.rsplit_once(':').ok_or_else(|| Error::Url(s.into(), "missing :PORT"))?
+        };
+        if host.is_empty() {
+            return Err(Error::Url(s.into(), "missing host"));
+        }
+        let port = port.parse::<u16>().map_err(|_| Error::Url(s.into(), "bad port"))?;
+        if !path.is_empty() {
+            proto::check_path(path).map_err(|_| Error::Url(s.into(), "bad stream path"))?;
+        }
+        Ok(QuicUrl { host: host.to_string(), port, path: path.to_string() })
+    }
+
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub async fn resolve(&self) -> Result<SocketAddr> {
+        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
+        addrs.next().ok_or(Error::Url(self.host.clone(), "host did not resolve"))
+    }
+
+    pub fn stream(&self) -> Result<&str> {
+        if self.path.is_empty() {
+            return Err(Error::Url(format!("quic://{}", self.authority()), "no stream path in URL"));
+        }
+        Ok(&self.path)
+    }
+}
+
+impl std::fmt::Display for QuicUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "quic://{}/{}", self.authority(), self.path)
+    }
+}
+
+/// Maps a QUIC connection error to the peer's code and reason when the peer closed it.
+pub fn conn_error(e: ConnectionError) -> Error {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let code = ErrorCode::from_u64(c.error_code.into_inner()).unwrap_or(ErrorCode::Internal);
+            Error::Remote { code, reason: String::from_utf8_lossy(&c.reason).into_owned() }
+        }
+        other => Error::Connection(other),
+    }
+}
+
+/// A client endpoint: one UDP socket, many connections.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Client {
+    pub fn new(bind: SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
+        let endpoint = quinn::Endpoint::client(bind)?;
+        Ok(Client { endpoint, config: crate::tls::client_config(trust)? })
+    }
+
+    /// A client bound to an ephemeral port of the same address family as `target`.
+    pub fn for_target(target: &SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
+        let bind: SocketAddr = if target.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+            .map_err(|_| Error::Url(String::new(), "bind address"))?;
+        Client::new(bind, trust)
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
+        let addr = url.resolve().await?;
+        let conn = self.endpoint.connect_with(self.config.clone(), addr, &url.host)?.await.map_err(conn_error)?;
+        Session::start(conn, role, token).await
+    }
+}
+
+/// What a subscription hears.
+pub enum Event {
+    Subscribed { instance: u64, codec: Codec },
+    /// Refused (or the connection was refused, for a publish).
+    Error { code: u64, reason: String },
+    /// A segment stream, positioned after its header.
+    Segment { seq: u64, frames: FrameReader },
+    End { last_seq: u64 },
+    PublishOk { instance: u64 },
+}
+
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Event>>>>;
+
+/// One connection to a node, its control stream, and the subscriptions on it.
+pub struct Session {
+    pub conn: Connection,
+    pub node: String,
+    ctl: mpsc::Sender<Message>,
+    routes: Routes,
+    next_id: AtomicU64,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.conn.close(ErrorCode::NoError.varint(), b"bye");
+    }
+}
+
+/// The publish route uses this id (subscription ids start at 1).
+const PUBLISH_ROUTE: u64 = 0;
+
+fn lock(r: &Routes) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Event>>> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Session {
+    async fn start(conn: Connection, role: Role, token: &str) -> Result<Arc<Session>> {
+        let (mut send, recv) = conn.open_bi().await.map_err(conn_error)?;
+        let mut reader = ControlReader::new(recv);
+        write_message(&mut send, &Message::Hello { version: VERSION, role, token: Bytes::copy_from_slice(token.as_bytes()) })
+            .await?;
+        let first = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
+        let node = match first {
+            Err(_) => return Err(Error::Timeout("waiting for the server's hello")),
+            Ok(Ok(Some(Message::HelloOk { node, .. }))) => node,
+            Ok(Ok(Some(Message::Error { code, reason }))) => {
+                return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+            }
+            Ok(Ok(Some(other))) => {
+                return Err(Error::refused(ErrorCode::ProtocolViolation, format!("expected hello, got {other:?}")))
+            }
+            Ok(Ok(None)) => return Err(conn.closed().await).map_err(conn_error),
+            Ok(Err(e)) => {
+                if let Some(reason) = conn.close_reason() {
+                    return Err(conn_error(reason));
+                }
+                return Err(e);
+            }
+        };
+        let routes: Routes = Arc::default();
+        let (ctl, mut ctl_rx) = mpsc::channel::<Message>(64);
+        let span = tracing::info_span!("upstream_conn", node = %node, remote = %conn.remote_address());
+        let writer = tokio::spawn(
+            async move {
+                while let Some(m) = ctl_rx.recv().await {
+                    if write_message(&mut send, &m).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = send.finish();
+            }
+            .instrument(span.clone()),
+        );
+        let r = routes.clone();
+        let reader_task = tokio::spawn(
+            async move {
+                loop {
+                    let m = match reader.next().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!("control stream ended: {e}");
+                            break;
+                        }
+                    };
+                    let (id, ev) = match m {
+                        Message::Subscribed { id, instance, codec } => (id, Event::Subscribed { instance, codec }),
+                        Message::SubscribeError { id, code, reason } => (id, Event::Error { code, reason }),
+                        Message::StreamEnd { id, last_seq } => (id, Event::End { last_seq }),
+                        Message::PublishOk { instance } => (PUBLISH_ROUTE, Event::PublishOk { instance }),
+                        Message::Error { code, reason } => {
+                            warn!(code, %reason, "node reported an error");
+                            let routes: Vec<_> = lock(&r).values().cloned().collect();
+                            for tx in routes {
+                                let _ = tx.send(Event::Error { code, reason: reason.clone() }).await;
+                            }
+                            continue;
+                        }
+                        other => {
+                            warn!("unexpected message from node: {other:?}");
+                            break;
+                        }
+                    };
+                    let tx = lock(&r).get(&id).cloned();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(ev).await;
+                    }
+                }
+                // Dropping the routes ends every subscription's event stream.
+                lock(&r).clear();
+            }
+            .instrument(span.clone()),
+        );
+        let r = routes.clone();
+        let c = conn.clone();
+        let uni_task = tokio::spawn(
+            async move {
+                while let Ok(recv) = c.accept_uni().await {
+                    let r = r.clone();
+                    tokio::spawn(async move {
+                        let mut frames = FrameReader::new(recv);
+                        let header = tokio::time::timeout(Duration::from_secs(10), async {
+                            let kind = frames.varint().await?;
+                            let id = frames.varint().await?;
+                            let seq = frames.varint().await?;
+                            Ok::<_, Error>((kind, id, seq))
+                        })
+                        .await;
+                        match header {
+                            Ok(Ok((UNI_SEGMENT, id, seq))) => {
+                                let tx = lock(&r).get(&id).cloned();
+                                match tx {
+                                    Some(tx) => {
+                                        let _ = tx.send(Event::Segment { seq, frames }).await;
+                                    }
+                                    None => frames.stop(ErrorCode::Cancelled),
+                                }
+                            }
+                            Ok(Ok((kind, ..))) => {
+                                warn!(kind, "unknown uni stream kind from node");
+                                frames.stop(ErrorCode::ProtocolViolation);
+                            }
+                            _ => frames.stop(ErrorCode::ProtocolViolation),
+                        }
+                    });
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Arc::new(Session {
+            conn,
+            node,
+            ctl,
+            routes,
+            next_id: AtomicU64::new(1),
+            tasks: vec![writer.abort_handle(), reader_task.abort_handle(), uni_task.abort_handle()],
+        }))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Why the connection closed (waits until it has).
+    pub async fn closed(&self) -> Error {
+        conn_error(self.conn.closed().await)
+    }
+
+    pub async fn subscribe(self: &Arc<Self>, path: &str, start: Start) -> Result<Subscription> {
+        proto::check_path(path)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(64);
+        lock(&self.routes).insert(id, tx);
+        self.ctl
+            .send(Message::Subscribe { id, path: path.to_string(), start })
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(Subscription { id, rx, session: self.clone() })
+    }
+
+    pub async fn publish(self: &Arc<Self>, path: &str, codec: Codec) -> Result<Publication> {
+        proto::check_path(path)?;
+        let (tx, mut rx) = mpsc::channel(4);
+        lock(&self.routes).insert(PUBLISH_ROUTE, tx);
+        self.ctl.send(Message::Publish { path: path.to_string(), codec }).await.map_err(|_| Error::Closed)?;
+        let instance = match rx.recv().await {
+            Some(Event::PublishOk { instance }) => instance,
+            Some(Event::Error { code, reason }) => {
+                return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+            }
+            _ => return Err(self.closed().await),
+        };
+        let mut send = self.conn.open_uni().await.map_err(conn_error)?;
+        let mut hdr = BytesMut::new();
+        proto::put_varint(&mut hdr, UNI_PUBLISH);
+        send.write_all(&hdr).await?;
+        Ok(Publication { instance, send, session: self.clone(), errors: rx })
+    }
+}
+
+/// A subscription's events; dropping it unsubscribes.
+pub struct Subscription {
+    pub id: u64,
+    rx: mpsc::Receiver<Event>,
+    session: Arc<Session>,
+}
+
+impl Subscription {
+    /// The next event; None once the connection is gone (see `Session::closed`).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.session.routes).remove(&self.id);
+        let _ = self.session.ctl.try_send(Message::Unsubscribe { id: self.id });
+    }
+}
+
+/// A stream being published: frames go out on one ordered stream.
+pub struct Publication {
+    pub instance: u64,
+    send: SendStream,
+    session: Arc<Session>,
+    errors: mpsc::Receiver<Event>,
+}
+
+impl Publication {
+    pub async fn send(&mut self, frames: &[Frame]) -> Result<()> {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            f.encode(&mut buf);
+        }
+        let res = tokio::select! {
+            r = self.send.write_all(&buf) => r.map_err(Error::from),
+            Some(Event::Error { code, reason }) = self.errors.recv() => Err(Error::Remote {
+                code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason
+            }),
+        };
+        if res.is_err() {
+            if let Some(reason) = self.session.conn.close_reason() {
+                return Err(conn_error(reason));
+            }
+        }
+        res
+    }
+
+    /// Ends the broadcast: the stream is finished and we wait until the node has it all.
+    pub async fn finish(mut self) -> Result<()> {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.send.stopped()).await;
+        Ok(())
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = QuicUrl::parse("quic://127.0.0.1:4433/spaces/town-hall").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 4433, "spaces/town-hall"));
+        let u = QuicUrl::parse("quic://[::1]:9/x").unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.authority(), "[::1]:9");
+        assert_eq!(QuicUrl::parse("quic://h:1").unwrap().path, "");
+        assert!(QuicUrl::parse("http://h:1/x").is_err());
+        assert!(QuicUrl::parse("quic://h/x").is_err());
+        assert!(QuicUrl::parse("quic://h:99999/x").is_err());
+        assert!(QuicUrl::parse("quic://h:1/../etc").is_err());
+    }
+}

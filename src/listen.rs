@@ -1,0 +1,101 @@
+//! `quicast listen`: subscribe at the live edge and hand each event to the caller. The CLI
+//! writes Ogg Opus; tests and the load generator look at the frames themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{Event, Session};
+use crate::error::{Error, ErrorCode, Result};
+use crate::proto::{Codec, Frame, Start};
+
+pub enum ListenEvent<'a> {
+    /// The codec, before any audio (once per subscription).
+    Header { instance: u64, codec: &'a Codec },
+    /// A segment starts.
+    Segment(u64),
+    Frames(&'a [Frame]),
+    /// The node moved us past the rest of segment `seq` (we were too slow).
+    Skipped(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListenReport {
+    pub frames: u64,
+    pub segments: u64,
+    pub skipped: u64,
+    /// The broadcast ended (rather than the deadline passing).
+    pub ended: bool,
+}
+
+/// Listens on `path` until the broadcast ends or `deadline` passes.
+pub async fn listen(
+    session: &Arc<Session>,
+    path: &str,
+    start: Start,
+    deadline: Option<Instant>,
+    mut on: impl FnMut(ListenEvent<'_>) -> Result<()>,
+) -> Result<ListenReport> {
+    let mut sub = session.subscribe(path, start).await?;
+    let mut report = ListenReport::default();
+    let mut subscribed = false;
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let deadline = deadline.unwrap_or(far);
+    let mut batch = Vec::new();
+    let mut frames_buf: Vec<Frame> = Vec::new();
+    let outcome: Result<()> = async {
+        loop {
+            let ev = tokio::select! {
+                ev = sub.next() => ev,
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            };
+            match ev {
+                None => return Err(session.closed().await),
+                Some(Event::Subscribed { instance, codec }) => {
+                    subscribed = true;
+                    on(ListenEvent::Header { instance, codec: &codec })?;
+                }
+                Some(Event::Segment { seq, mut frames }) => {
+                    if !subscribed {
+                        return Err(Error::refused(ErrorCode::ProtocolViolation, "audio before the codec header"));
+                    }
+                    report.segments += 1;
+                    on(ListenEvent::Segment(seq))?;
+                    loop {
+                        batch.clear();
+                        let r = tokio::select! {
+                            r = frames.frames(&mut batch) => r,
+                            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                        };
+                        match r {
+                            Ok(()) if batch.is_empty() => break,
+                            Ok(()) => {
+                                frames_buf.clear();
+                                frames_buf.extend(batch.drain(..).map(|(f, _)| f));
+                                report.frames += frames_buf.len() as u64;
+                                on(ListenEvent::Frames(&frames_buf))?;
+                            }
+                            Err(Error::Read(quinn::ReadError::Reset(_))) => {
+                                report.skipped += 1;
+                                on(ListenEvent::Skipped(seq))?;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Some(Event::End { .. }) => {
+                    report.ended = true;
+                    return Ok(());
+                }
+                Some(Event::Error { code, reason }) => {
+                    return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+                }
+                Some(Event::PublishOk { .. }) => {}
+            }
+        }
+    }
+    .await;
+    outcome.map(|()| report)
+}

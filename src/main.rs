@@ -1,0 +1,221 @@
+//! The `quicast` binary: the CLI's edge. Library errors become `anyhow` here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use quicast::client::{Client, QuicUrl};
+use quicast::config::{client_trust, NodeArgs};
+use quicast::listen::{listen, ListenEvent};
+use quicast::media::OggOpusWriter;
+use quicast::proto::{Role, Start};
+use quicast::publish::{publish, Input, PublishOptions};
+use quicast::server::{Node, Server};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "quicast", version, about = "Live audio over a tree of QUIC relays")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's (self-signed) certificate, as it logs it.
+    #[arg(long = "fingerprint")]
+    fingerprint: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run an origin: takes publishers, serves listeners and relays.
+    Origin(NodeArgs),
+    /// Run a relay: fetches from its parents, serves listeners and child relays.
+    Relay(NodeArgs),
+    /// Publish Ogg Opus from a file or stdin.
+    Publish {
+        /// quic://HOST:PORT/STREAM
+        url: String,
+        /// Ogg Opus file, or - for stdin.
+        #[arg(long)]
+        input: String,
+        /// Repeat the file forever, with continuous timestamps.
+        #[arg(long = "loop")]
+        looping: bool,
+        /// The origin's publish token.
+        #[arg(long, env = "QUICAST_TOKEN", default_value = "")]
+        token: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Listen to a stream and write it as Ogg Opus.
+    Listen {
+        /// quic://HOST:PORT/STREAM
+        url: String,
+        /// Output file, or - for stdout.
+        #[arg(long)]
+        output: String,
+        /// Stop after this many seconds (exit 0).
+        #[arg(long)]
+        duration: Option<f64>,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
+    Demo {
+        /// Ports used: this one and the next three (0 = any free ports).
+        #[arg(long, default_value_t = 4700)]
+        base_port: u16,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
+    let args = args.load()?;
+    let cfg = args.node_config(relay)?;
+    let identity = args.identity()?;
+    if identity.self_signed {
+        info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
+    }
+    let server = Server::start(Node::new(cfg)?, args.listen_addr(), &identity)
+        .await
+        .with_context(|| format!("cannot serve on {}", args.listen_addr()))?;
+    shutdown_signal().await;
+    info!("shutting down");
+    server.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), server.wait_idle()).await;
+    Ok(())
+}
+
+async fn connect(url: &QuicUrl, trust: &TrustArgs, role: Role, token: &str) -> anyhow::Result<std::sync::Arc<quicast::client::Session>> {
+    let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
+    let addr = url.resolve().await?;
+    let client = Client::for_target(&addr, &trust)?;
+    let s = client.connect(url, role, token).await.with_context(|| format!("connecting to {}", url.authority()))?;
+    Ok(s)
+}
+
+async fn run_listen(url: String, output: String, duration: Option<f64>, trust: TrustArgs) -> anyhow::Result<()> {
+    let url = QuicUrl::parse(&url)?;
+    let path = url.stream()?.to_string();
+    let deadline = match duration {
+        Some(d) if d.is_finite() && d > 0.0 => Some(tokio::time::Instant::now() + Duration::from_secs_f64(d)),
+        Some(_) => bail!("--duration must be a positive number of seconds"),
+        None => None,
+    };
+    let mut out: Box<dyn Write + Send> = if output == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(&output).with_context(|| format!("cannot create {output}"))?)
+    };
+    let session = connect(&url, &trust, Role::Listener, "").await?;
+    let mut writer = OggOpusWriter::new(rand::random());
+    let mut started = false;
+    let report = listen(&session, &path, Start::Live, deadline, |ev| {
+        let bytes = match ev {
+            ListenEvent::Header { codec, .. } if !started => {
+                started = true;
+                writer.headers(&codec.header)
+            }
+            ListenEvent::Frames(frames) => writer.frames(frames),
+            ListenEvent::Skipped(seq) => {
+                tracing::warn!(seq, "fell behind: the node skipped us forward");
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        out.write_all(&bytes)?;
+        out.flush()?;
+        Ok(())
+    })
+    .await?;
+    out.write_all(&writer.finish())?;
+    out.flush()?;
+    info!(frames = report.frames, segments = report.segments, skipped = report.skipped, ended = report.ended, "done");
+    Ok(())
+}
+
+async fn run_publish(url: String, input: String, looping: bool, token: String, trust: TrustArgs) -> anyhow::Result<()> {
+    let url = QuicUrl::parse(&url)?;
+    let path = url.stream()?.to_string();
+    let (input, realtime) = if input == "-" { (Input::Stdin, false) } else { (Input::File(input.into()), true) };
+    if looping && matches!(input, Input::Stdin) {
+        bail!("--loop needs a file, not stdin");
+    }
+    // Check the input before connecting, so a bad file is reported as such.
+    if let Input::File(p) = &input {
+        quicast::publish::OggReader::open(&input).await?.head().await.with_context(|| format!("{}", p.display()))?;
+    }
+    let session = connect(&url, &trust, Role::Publisher, &token).await?;
+    let opts = PublishOptions { path, input, looping, realtime };
+    publish(&session, &opts).await?;
+    Ok(())
+}
+
+async fn run_demo(base_port: u16) -> anyhow::Result<()> {
+    let demo = quicast::demo::start(base_port)
+        .await
+        .with_context(|| format!("starting the demo on ports {base_port}..{} (try --base-port)", base_port.saturating_add(3)))?;
+    println!("quicast demo: origin {} -> mid relay {} -> edges {}", demo.origin.addr, demo.mid.addr,
+        demo.edges.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>().join(", "));
+    println!("publishing the sample in a loop to stream '{}'. Listen on an edge with:", quicast::demo::STREAM);
+    for (url, fp) in demo.edge_urls() {
+        println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
+    }
+    println!("(or: cargo run --release -- listen ... ; add --duration 10 --output demo.opus to save 10 s)");
+    println!("Ctrl-C stops the demo.");
+    shutdown_signal().await;
+    println!("stopping");
+    demo.shutdown();
+    for s in demo.nodes() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.wait_idle()).await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let r = match cli.cmd {
+        Cmd::Origin(a) => run_node(a, false).await,
+        Cmd::Relay(a) => run_node(a, true).await,
+        Cmd::Publish { url, input, looping, token, trust } => run_publish(url, input, looping, token, trust).await,
+        Cmd::Listen { url, output, duration, trust } => run_listen(url, output, duration, trust).await,
+        Cmd::Demo { base_port } => run_demo(base_port).await,
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quicast: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

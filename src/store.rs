@@ -1,0 +1,580 @@
+//! The data model, free of any transport: streams (slots in a registry), broadcast
+//! instances, segments and frames, and the cursor every subscriber walks them with.
+//!
+//! A node's segments live in one `moka` cache bounded by bytes and age, shared by all
+//! streams. Frames are kept as the exact bytes of their wire record, so every subscriber
+//! and every child relay is sent the same `Bytes`: one copy per node, whatever the audience.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::proto::{Codec, Frame, Start, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
+
+/// A frame as held in the store: its fields, and the wire record it came in (or was encoded to).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub frame: Frame,
+    pub record: Bytes,
+}
+
+impl Stored {
+    pub fn new(frame: Frame) -> Stored {
+        let record = frame.to_bytes();
+        // Keep one allocation: the payload becomes a slice of the record.
+        let payload = record.slice(record.len() - frame.payload.len()..);
+        Stored { frame: Frame { payload, ..frame }, record }
+    }
+}
+
+/// A run of frames starting with an independently decodable one. Open while it grows,
+/// sealed when the next one begins. Append-only.
+pub struct Segment {
+    pub seq: u64,
+    inner: RwLock<SegInner>,
+}
+
+#[derive(Default)]
+struct SegInner {
+    frames: Vec<Stored>,
+    bytes: usize,
+    sealed: bool,
+}
+
+impl Segment {
+    fn new(seq: u64) -> Segment {
+        Segment { seq, inner: RwLock::new(SegInner::default()) }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SegInner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SegInner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends clones of frames `from..` to `out`; returns whether the segment is sealed.
+    pub fn read_from(&self, from: usize, out: &mut Vec<Stored>) -> bool {
+        let g = self.read();
+        if from < g.frames.len() {
+            out.extend_from_slice(&g.frames[from..]);
+        }
+        g.sealed
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.read().sealed
+    }
+}
+
+/// Limits and sizes of a node's store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bytes of segments the node holds, all streams together.
+    pub cache_bytes: u64,
+    /// How long a segment is kept after it was last written.
+    pub cache_ttl: Duration,
+    /// Sealed segments kept per stream, besides the open one.
+    pub window: u64,
+    /// How many segments a subscriber may fall behind the newest before it is moved forward.
+    pub max_lag: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_bytes: 256 << 20, cache_ttl: Duration::from_secs(60), window: 8, max_lag: 3 }
+    }
+}
+
+/// The node-wide segment cache, keyed by (broadcast instance, sequence number).
+#[derive(Clone)]
+pub struct SegmentCache {
+    cache: Cache<(u64, u64), Arc<Segment>>,
+}
+
+impl SegmentCache {
+    pub fn new(cfg: &StoreConfig) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(cfg.cache_bytes)
+            .weigher(|_k: &(u64, u64), v: &Arc<Segment>| (v.bytes() + 256).min(u32::MAX as usize) as u32)
+            .time_to_live(cfg.cache_ttl)
+            .build();
+        SegmentCache { cache }
+    }
+
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}
+
+#[derive(Default)]
+struct BState {
+    open: Option<Arc<Segment>>,
+    latest: Option<u64>,
+    ended: bool,
+}
+
+/// One run of a stream from one publisher: its codec, and its segments by sequence number.
+/// A relay holds a `Broadcast` with the same `instance` as its parent's.
+pub struct Broadcast {
+    pub path: String,
+    pub instance: u64,
+    pub codec: Codec,
+    pub started: SystemTime,
+    state: Mutex<BState>,
+    edge: watch::Sender<u64>,
+    cache: SegmentCache,
+    window: u64,
+    max_lag: u64,
+}
+
+/// A view of where the broadcast is.
+#[derive(Debug, Clone, Copy)]
+pub struct Edge {
+    pub latest: Option<u64>,
+    pub ended: bool,
+}
+
+impl Broadcast {
+    pub fn new(path: &str, instance: u64, codec: Codec, cache: &SegmentCache, cfg: &StoreConfig) -> Arc<Broadcast> {
+        Arc::new(Broadcast {
+            path: path.to_string(),
+            instance,
+            codec,
+            started: SystemTime::now(),
+            state: Mutex::new(BState::default()),
+            edge: watch::Sender::new(0),
+            cache: cache.clone(),
+            window: cfg.window.max(1),
+            max_lag: cfg.max_lag.max(1),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.edge.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn edge(&self) -> Edge {
+        let s = self.state();
+        Edge { latest: s.latest, ended: s.ended }
+    }
+
+    /// Starts segment `seq`, sealing the open one. Sequence numbers only grow.
+    pub fn begin(&self, seq: u64) -> Result<Arc<Segment>> {
+        let seg = Arc::new(Segment::new(seq));
+        {
+            let mut s = self.state();
+            if s.ended {
+                return Err(Error::refused(ErrorCode::ProtocolViolation, "broadcast has ended"));
+            }
+            if let Some(l) = s.latest {
+                if seq <= l {
+                    return Err(Error::refused(
+                        ErrorCode::ProtocolViolation,
+                        format!("segment {seq} does not follow {l}"),
+                    ));
+                }
+            }
+            if let Some(old) = s.open.take() {
+                self.seal_locked(&old);
+            }
+            s.open = Some(seg.clone());
+            s.latest = Some(seq);
+            if seq > self.window {
+                self.cache.cache.invalidate(&(self.instance, seq - self.window - 1));
+            }
+        }
+        self.cache.cache.insert((self.instance, seq), seg.clone());
+        self.notify();
+        Ok(seg)
+    }
+
+    /// Appends a frame to `seg`, which must be the open segment.
+    pub fn append(&self, seg: &Segment, f: Stored) -> Result<()> {
+        {
+            let mut g = seg.write();
+            if g.sealed {
+                return Err(Error::refused(ErrorCode::ProtocolViolation, "segment is sealed"));
+            }
+            if g.frames.len() >= MAX_FRAMES_PER_SEGMENT || g.bytes + f.record.len() > MAX_SEGMENT_BYTES {
+                return Err(Error::refused(ErrorCode::TooLarge, format!("segment {} is over its limits", seg.seq)));
+            }
+            g.bytes += f.record.len();
+            g.frames.push(f);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    fn seal_locked(&self, seg: &Arc<Segment>) {
+        seg.write().sealed = true;
+        // Re-insert so the cache weighs the segment at its final size.
+        self.cache.cache.insert((self.instance, seg.seq), seg.clone());
+    }
+
+    /// Seals `seg` (a segment that is complete).
+    pub fn seal(&self, seg: &Arc<Segment>) {
+        {
+            let mut s = self.state();
+            if s.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, seg)) {
+                s.open = None;
+            }
+            self.seal_locked(seg);
+        }
+        self.notify();
+    }
+
+    /// No more segments: seals the open one and wakes every subscriber.
+    pub fn end(&self) {
+        {
+            let mut s = self.state();
+            if let Some(old) = s.open.take() {
+                self.seal_locked(&old);
+            }
+            s.ended = true;
+        }
+        self.notify();
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state().ended
+    }
+
+    pub fn segment(&self, seq: u64) -> Option<Arc<Segment>> {
+        {
+            let s = self.state();
+            if let Some(o) = &s.open {
+                if o.seq == seq {
+                    return Some(o.clone());
+                }
+            }
+        }
+        self.cache.cache.get(&(self.instance, seq))
+    }
+
+    /// The open segment, if any.
+    pub fn open_segment(&self) -> Option<Arc<Segment>> {
+        self.state().open.clone()
+    }
+
+    pub fn cursor(self: &Arc<Self>, start: Start) -> Cursor {
+        Cursor {
+            b: self.clone(),
+            rx: self.edge.subscribe(),
+            next: match start {
+                Start::Live => None,
+                Start::Seq(s) => Some(s),
+            },
+            seg: None,
+            idx: 0,
+            scratch: Vec::new(),
+            skipped: 0,
+        }
+    }
+}
+
+/// What a subscriber is to do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Start sending segment `seq` (from its first frame).
+    Begin(u64),
+    /// Frames of the current segment, in order.
+    Frames(Vec<Stored>),
+    /// The current segment is complete.
+    End(u64),
+    /// The subscriber was moved forward: the segment it was on (if any) is abandoned.
+    Skip { from: u64, to: u64 },
+    /// The broadcast ended and everything was delivered.
+    Finished,
+}
+
+/// A subscriber's position in a broadcast. Every kind of subscriber (QUIC listener, child
+/// relay, HTTP listener) walks the store with one of these, so they all behave alike.
+pub struct Cursor {
+    b: Arc<Broadcast>,
+    rx: watch::Receiver<u64>,
+    /// Next segment to begin; None = the live edge.
+    next: Option<u64>,
+    seg: Option<Arc<Segment>>,
+    idx: usize,
+    scratch: Vec<Stored>,
+    pub skipped: u64,
+}
+
+impl Cursor {
+    pub fn broadcast(&self) -> &Arc<Broadcast> {
+        &self.b
+    }
+
+    /// Sequence number of the segment being sent, if any.
+    pub fn current(&self) -> Option<u64> {
+        self.seg.as_ref().map(|s| s.seq)
+    }
+
+    /// How many segments the subscriber is behind the newest.
+    pub fn lag(&self) -> u64 {
+        match (self.current(), self.b.edge().latest) {
+            (Some(c), Some(l)) => l.saturating_sub(c),
+            _ => 0,
+        }
+    }
+
+    /// Resolves once this subscriber is more than `max_lag` segments behind. Used while a
+    /// write to the subscriber is blocked, so a stuck peer is noticed without its help.
+    pub async fn lagging(&self) {
+        let mut rx = self.rx.clone();
+        loop {
+            rx.borrow_and_update();
+            if self.lag() > self.b.max_lag {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Abandons the current segment for the newest one.
+    pub fn skip_to_live(&mut self) -> Step {
+        let from = self.current().unwrap_or(0);
+        let to = self.b.edge().latest.unwrap_or(from);
+        self.seg = None;
+        self.next = Some(to);
+        self.skipped += 1;
+        Step::Skip { from, to }
+    }
+
+    /// Gives up the rest of the current segment (its subscriber stopped it) for the next one.
+    pub fn abandon_segment(&mut self) {
+        if let Some(s) = self.seg.take() {
+            self.next = Some(s.seq + 1);
+        }
+    }
+
+    /// The first sealed-or-open segment at or after `s` that the store still holds.
+    fn first_held(&self, s: u64, latest: u64) -> Option<(u64, Arc<Segment>)> {
+        let lo = s.max(latest.saturating_sub(self.b.window));
+        (lo..=latest).find_map(|q| self.b.segment(q).map(|seg| (q, seg)))
+    }
+
+    pub async fn next(&mut self) -> Step {
+        loop {
+            self.rx.borrow_and_update();
+            let edge = self.b.edge();
+            match &self.seg {
+                None => {
+                    let target = self.next.or(edge.latest);
+                    match (target, edge.latest) {
+                        (Some(s), Some(latest)) if s <= latest => {
+                            if let Some(seg) = self.b.segment(s) {
+                                self.seg = Some(seg);
+                                self.next = Some(s);
+                                self.idx = 0;
+                                return Step::Begin(s);
+                            }
+                            // Gone from the store: move to the oldest segment still held.
+                            match self.first_held(s + 1, latest) {
+                                Some((q, _)) => {
+                                    self.next = Some(q);
+                                    self.skipped += 1;
+                                    return Step::Skip { from: s, to: q };
+                                }
+                                None if edge.ended => return Step::Finished,
+                                None => {}
+                            }
+                        }
+                        _ if edge.ended => return Step::Finished,
+                        _ => {}
+                    }
+                }
+                Some(seg) => {
+                    let seq = seg.seq;
+                    if let Some(latest) = edge.latest {
+                        if latest.saturating_sub(seq) > self.b.max_lag {
+                            return self.skip_to_live();
+                        }
+                    }
+                    let sealed = seg.read_from(self.idx, &mut self.scratch);
+                    if !self.scratch.is_empty() {
+                        self.idx += self.scratch.len();
+                        let out = std::mem::take(&mut self.scratch);
+                        return Step::Frames(out);
+                    }
+                    if sealed {
+                        self.seg = None;
+                        self.next = Some(seq + 1);
+                        return Step::End(seq);
+                    }
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Step::Finished;
+            }
+        }
+    }
+}
+
+/// A stream name on a node: the broadcast now behind it (none yet, for a waiting room), and
+/// who is using it.
+pub struct Slot {
+    pub path: String,
+    current: watch::Sender<Option<Arc<Broadcast>>>,
+    subscribers: watch::Sender<usize>,
+    publisher: AtomicBool,
+    /// Subscriptions this node has served for this stream, ever (child relays included).
+    pub subscriptions_total: AtomicU64,
+    pub created: Instant,
+}
+
+impl Slot {
+    pub fn broadcast(&self) -> Option<Arc<Broadcast>> {
+        self.current.borrow().clone()
+    }
+
+    pub fn set_broadcast(&self, b: Option<Arc<Broadcast>>) {
+        self.current.send_replace(b);
+    }
+
+    /// Waits until the stream has a broadcast (the waiting room).
+    pub async fn wait_broadcast(&self) -> Arc<Broadcast> {
+        let mut rx = self.current.subscribe();
+        loop {
+            if let Some(b) = rx.borrow_and_update().clone() {
+                return b;
+            }
+            // The slot owns the sender, and we hold the slot: this cannot fail.
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    pub fn subscribers(&self) -> usize {
+        *self.subscribers.borrow()
+    }
+
+    /// A receiver that sees the subscriber count change.
+    pub fn watch_subscribers(&self) -> watch::Receiver<usize> {
+        self.subscribers.subscribe()
+    }
+
+    /// Claims the publisher role; false if another publisher holds it.
+    pub fn claim_publisher(&self) -> bool {
+        !self.publisher.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn release_publisher(&self) {
+        self.publisher.store(false, Ordering::Release);
+    }
+
+    pub fn has_publisher(&self) -> bool {
+        self.publisher.load(Ordering::Acquire)
+    }
+}
+
+/// Held by each subscription; the count drops when it does.
+pub struct SubscriberGuard {
+    pub slot: Arc<Slot>,
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.slot.subscribers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Every stream on a node, by path.
+pub struct Registry {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    pub cache: SegmentCache,
+    pub cfg: StoreConfig,
+}
+
+impl Registry {
+    pub fn new(cfg: StoreConfig) -> Arc<Registry> {
+        Arc::new(Registry { slots: Mutex::new(HashMap::new()), cache: SegmentCache::new(&cfg), cfg })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot_locked(map: &mut HashMap<String, Arc<Slot>>, path: &str) -> (Arc<Slot>, bool) {
+        if let Some(s) = map.get(path) {
+            return (s.clone(), false);
+        }
+        let s = Arc::new(Slot {
+            path: path.to_string(),
+            current: watch::Sender::new(None),
+            subscribers: watch::Sender::new(0),
+            publisher: AtomicBool::new(false),
+            subscriptions_total: AtomicU64::new(0),
+            created: Instant::now(),
+        });
+        map.insert(path.to_string(), s.clone());
+        (s, true)
+    }
+
+    /// The slot for `path`, created if new (the bool says so).
+    pub fn slot(&self, path: &str) -> (Arc<Slot>, bool) {
+        Self::slot_locked(&mut self.slots(), path)
+    }
+
+    /// Registers a subscriber on `path` (creating the slot: a waiting room). The count is
+    /// raised under the registry lock, so `remove_if_idle` never removes a slot in use.
+    pub fn subscribe(&self, path: &str) -> (SubscriberGuard, bool) {
+        let mut map = self.slots();
+        let (slot, created) = Self::slot_locked(&mut map, path);
+        slot.subscribers.send_modify(|n| *n += 1);
+        slot.subscriptions_total.fetch_add(1, Ordering::Relaxed);
+        (SubscriberGuard { slot }, created)
+    }
+
+    pub fn get(&self, path: &str) -> Option<Arc<Slot>> {
+        self.slots().get(path).cloned()
+    }
+
+    /// Removes `slot` if nobody subscribes or publishes to it; true if removed.
+    pub fn remove_if_idle(&self, slot: &Arc<Slot>) -> bool {
+        let mut map = self.slots();
+        let same = map.get(&slot.path).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if same && slot.subscribers() == 0 && !slot.has_publisher() {
+            map.remove(&slot.path);
+            return true;
+        }
+        false
+    }
+
+    pub fn list(&self) -> Vec<Arc<Slot>> {
+        let mut v: Vec<_> = self.slots().values().cloned().collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;
