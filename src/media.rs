@@ -320,22 +320,21 @@ impl OggOpusWriter {
         self.take()
     }
 
-    /// Adds packets; returns the page bytes now complete (all but the newest packet, which is held).
+    /// Adds packets; returns the page bytes now complete: every packet but the newest, which
+    /// is held so that `finish` can flag the stream's last page. The page is closed after the
+    /// last packet written, so a player gets it at once.
     pub fn packets<'a>(&mut self, frames: impl IntoIterator<Item = (&'a Bytes, u32)>) -> Bytes {
-        let mut wrote = false;
+        let mut ready: Vec<(Bytes, u64)> = Vec::new();
         for (payload, dur) in frames {
             self.granule += dur as u64;
-            if let Some((data, g)) = self.held.take() {
-                self.write(data, PacketWriteEndInfo::NormalPacket, g);
-                wrote = true;
+            if let Some(prev) = self.held.replace((payload.clone(), self.granule)) {
+                ready.push(prev);
             }
-            self.held = Some((payload.clone(), self.granule));
         }
-        if wrote {
-            // Close the page so that what was written can be played now.
-            if let Some((data, g)) = self.held.take() {
-                self.write(data, PacketWriteEndInfo::EndPage, g);
-            }
+        let n = ready.len();
+        for (i, (data, g)) in ready.into_iter().enumerate() {
+            let end = if i + 1 == n { PacketWriteEndInfo::EndPage } else { PacketWriteEndInfo::NormalPacket };
+            self.write(data, end, g);
         }
         self.take()
     }

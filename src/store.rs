@@ -499,24 +499,28 @@ impl Slot {
 /// Held by each subscription; the count drops when it does.
 pub struct SubscriberGuard {
     pub slot: Arc<Slot>,
+    changes: watch::Sender<u64>,
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.slot.subscribers.send_modify(|n| *n = n.saturating_sub(1));
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
 /// Every stream on a node, by path.
 pub struct Registry {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Bumped whenever a slot or a subscriber comes or goes (for whoever waits on that).
+    changes: watch::Sender<u64>,
     pub cache: SegmentCache,
     pub cfg: StoreConfig,
 }
 
 impl Registry {
     pub fn new(cfg: StoreConfig) -> Arc<Registry> {
-        Arc::new(Registry { slots: Mutex::new(HashMap::new()), cache: SegmentCache::new(&cfg), cfg })
+        Arc::new(Registry { slots: Mutex::new(HashMap::new()), changes: watch::Sender::new(0), cache: SegmentCache::new(&cfg), cfg })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -551,7 +555,32 @@ impl Registry {
         let (slot, created) = Self::slot_locked(&mut map, path);
         slot.subscribers.send_modify(|n| *n += 1);
         slot.subscriptions_total.fetch_add(1, Ordering::Relaxed);
-        (SubscriberGuard { slot }, created)
+        drop(map);
+        self.bump();
+        (SubscriberGuard { slot, changes: self.changes.clone() }, created)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Waits until `pred` holds of the registry, re-checking whenever a slot or subscriber changes.
+    pub async fn wait_until(&self, mut pred: impl FnMut(&Registry) -> bool) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if pred(self) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Subscribers now on `path` (0 if it has no slot).
+    pub fn subscribers(&self, path: &str) -> usize {
+        self.get(path).map(|s| s.subscribers()).unwrap_or(0)
     }
 
     pub fn get(&self, path: &str) -> Option<Arc<Slot>> {
@@ -564,6 +593,8 @@ impl Registry {
         let same = map.get(&slot.path).is_some_and(|s| Arc::ptr_eq(s, slot));
         if same && slot.subscribers() == 0 && !slot.has_publisher() {
             map.remove(&slot.path);
+            drop(map);
+            self.bump();
             return true;
         }
         false

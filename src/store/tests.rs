@@ -1,0 +1,184 @@
+use super::*;
+use futures_util::FutureExt;
+
+fn cfg(window: u64, max_lag: u64) -> StoreConfig {
+    StoreConfig { cache_bytes: 64 << 20, cache_ttl: Duration::from_secs(60), window, max_lag }
+}
+
+fn frame(n: u64) -> Stored {
+    Stored::new(Frame { pts: n * 960, duration: 960, wall_us: n, payload: Bytes::from(vec![0xf8, n as u8]) })
+}
+
+fn bcast(window: u64, max_lag: u64) -> Arc<Broadcast> {
+    let c = cfg(window, max_lag);
+    let cache = SegmentCache::new(&c);
+    let codec = crate::media::OpusHead::synthetic(2).codec();
+    Broadcast::new("t", 1, codec, &cache, &c)
+}
+
+/// Steps that are ready now (no waiting).
+fn drain(c: &mut Cursor) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(s) = c.next().now_or_never() {
+        out.push(match s {
+            Step::Begin(q) => format!("B{q}"),
+            Step::Frames(f) => format!("F{}", f.iter().map(|x| x.frame.wall_us.to_string()).collect::<Vec<_>>().join(",")),
+            Step::End(q) => format!("E{q}"),
+            Step::Skip { from, to } => format!("S{from}>{to}"),
+            Step::Finished => {
+                out.push("done".into());
+                break;
+            }
+        });
+    }
+    out
+}
+
+#[test]
+fn live_cursor_starts_at_the_open_segment_start_and_follows() {
+    let b = bcast(8, 3);
+    let s0 = b.begin(0).unwrap();
+    b.append(&s0, frame(0)).unwrap();
+    let s1 = b.begin(1).unwrap();
+    b.append(&s1, frame(1)).unwrap();
+    b.append(&s1, frame(2)).unwrap();
+    let mut c = b.cursor(Start::Live);
+    // Joins at the start of the segment being produced, with what it has so far (the burst).
+    assert_eq!(drain(&mut c), ["B1", "F1,2"]);
+    b.append(&s1, frame(3)).unwrap();
+    assert_eq!(drain(&mut c), ["F3"]);
+    let s2 = b.begin(2).unwrap();
+    b.append(&s2, frame(4)).unwrap();
+    assert_eq!(drain(&mut c), ["E1", "B2", "F4"]);
+    b.end();
+    assert_eq!(drain(&mut c), ["E2", "done"]);
+}
+
+#[test]
+fn waiting_cursor_gets_the_first_segment() {
+    let b = bcast(8, 3);
+    let mut c = b.cursor(Start::Live);
+    assert!(drain(&mut c).is_empty(), "nothing yet: the cursor waits");
+    let s = b.begin(0).unwrap();
+    b.append(&s, frame(0)).unwrap();
+    assert_eq!(drain(&mut c), ["B0", "F0"]);
+}
+
+#[test]
+fn cursor_from_a_sequence_number_replays_the_window() {
+    let b = bcast(8, 10);
+    for q in 0..4 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    let mut c = b.cursor(Start::Seq(1));
+    assert_eq!(drain(&mut c), ["B1", "F1", "E1", "B2", "F2", "E2", "B3", "F3"]);
+}
+
+#[test]
+fn evicted_start_moves_to_the_oldest_held_and_counts_a_skip() {
+    let b = bcast(2, 10);
+    for q in 0..6 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    let mut c = b.cursor(Start::Seq(0));
+    let steps = drain(&mut c);
+    assert_eq!(steps[0], "S0>3", "{steps:?}");
+    assert_eq!(&steps[1..3], ["B3", "F3"]);
+    assert_eq!(c.skipped, 1);
+}
+
+#[test]
+fn a_cursor_too_far_behind_is_moved_to_the_newest_segment() {
+    let b = bcast(8, 2);
+    let s0 = b.begin(0).unwrap();
+    b.append(&s0, frame(0)).unwrap();
+    let mut c = b.cursor(Start::Live);
+    assert_eq!(drain(&mut c), ["B0", "F0"]);
+    // The subscriber stalls while three more segments are made.
+    for q in 1..4 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    assert!(c.lagging().now_or_never().is_some(), "3 behind with max_lag 2 is lagging");
+    assert_eq!(drain(&mut c), ["S0>3", "B3", "F3"]);
+    assert_eq!(c.skipped, 1);
+    assert!(c.lagging().now_or_never().is_none());
+}
+
+#[test]
+fn segments_only_grow_and_are_bounded() {
+    let b = bcast(8, 3);
+    let s = b.begin(5).unwrap();
+    assert!(b.begin(5).is_err());
+    assert!(b.begin(4).is_err());
+    for n in 0..crate::proto::MAX_FRAMES_PER_SEGMENT as u64 {
+        b.append(&s, frame(n)).unwrap();
+    }
+    assert!(b.append(&s, frame(0)).is_err(), "frame count per segment is bounded");
+    b.seal(&s);
+    assert!(b.append(&s, frame(0)).is_err(), "a sealed segment takes no frames");
+}
+
+#[test]
+fn store_holds_a_window_per_stream() {
+    let b = bcast(3, 3);
+    for q in 0..20 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    let held: Vec<u64> = (0..20).filter(|q| b.segment(*q).is_some()).collect();
+    assert_eq!(held, [16, 17, 18, 19]);
+}
+
+#[test]
+fn cache_is_bounded_by_bytes() {
+    let c = StoreConfig { cache_bytes: 64 * 1024, cache_ttl: Duration::from_secs(60), window: 1000, max_lag: 3 };
+    let cache = SegmentCache::new(&c);
+    let b = Broadcast::new("t", 1, crate::media::OpusHead::synthetic(1).codec(), &cache, &c);
+    for q in 0..200 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, Stored::new(Frame { pts: q, duration: 960, wall_us: 0, payload: Bytes::from(vec![0xf8; 4000]) }))
+            .unwrap();
+        b.seal(&s);
+    }
+    assert!(cache.weighted_bytes() <= 64 * 1024, "{}", cache.weighted_bytes());
+}
+
+#[test]
+fn frames_are_shared_not_copied() {
+    let b = bcast(8, 3);
+    let s = b.begin(0).unwrap();
+    b.append(&s, frame(7)).unwrap();
+    let mut c1 = b.cursor(Start::Live);
+    let mut c2 = b.cursor(Start::Live);
+    let get = |c: &mut Cursor| loop {
+        if let Some(Step::Frames(f)) = c.next().now_or_never() {
+            return f;
+        }
+    };
+    let (f1, f2) = (get(&mut c1), get(&mut c2));
+    assert_eq!(f1[0].record.as_ptr(), f2[0].record.as_ptr(), "one copy per node");
+}
+
+#[tokio::test]
+async fn registry_counts_subscribers_and_removes_only_idle_slots() {
+    let r = Registry::new(cfg(8, 3));
+    let (g1, created) = r.subscribe("a");
+    assert!(created);
+    let (g2, created) = r.subscribe("a");
+    assert!(!created);
+    assert_eq!(r.subscribers("a"), 2);
+    assert!(!r.remove_if_idle(&g1.slot));
+    let slot = g1.slot.clone();
+    drop(g1);
+    drop(g2);
+    r.wait_until(|r| r.subscribers("a") == 0).await;
+    assert!(slot.claim_publisher());
+    assert!(!slot.claim_publisher(), "one publisher per stream");
+    assert!(!r.remove_if_idle(&slot), "a published stream stays");
+    slot.release_publisher();
+    assert!(r.remove_if_idle(&slot));
+    assert!(r.get("a").is_none());
+}
