@@ -26,25 +26,37 @@ pub struct QuicUrl {
 
 impl QuicUrl {
     pub fn parse(s: &str) -> Result<QuicUrl> {
-        let rest = s.strip_prefix("quic://").ok_or_else(|| Error::Url(s.into(), "must start with quic://"))?;
+        let rest = s
+            .strip_prefix("quic://")
+            .ok_or_else(|| Error::Url(s.into(), "must start with quic://"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
         let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-            let (h, p) = h.split_once("]:").ok_or_else(|| Error::Url(s.into(), "IPv6 host needs [ADDR]:PORT"))?;
+            let (h, p) = h
+                .split_once("]:")
+                .ok_or_else(|| Error::Url(s.into(), "IPv6 host needs [ADDR]:PORT"))?;
             (h, p)
         } else {
-            authority.rsplit_once(':').ok_or_else(|| Error::Url(s.into(), "missing :PORT"))?
+            authority
+                .rsplit_once(':')
+                .ok_or_else(|| Error::Url(s.into(), "missing :PORT"))?
         };
         if host.is_empty() {
             return Err(Error::Url(s.into(), "missing host"));
         }
-        let port = port.parse::<u16>().map_err(|_| Error::Url(s.into(), "bad port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| Error::Url(s.into(), "bad port"))?;
         if !path.is_empty() {
             proto::check_path(path).map_err(|_| Error::Url(s.into(), "bad stream path"))?;
         }
-        Ok(QuicUrl { host: host.to_string(), port, path: path.to_string() })
+        Ok(QuicUrl {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
     }
 
     pub fn authority(&self) -> String {
@@ -57,12 +69,17 @@ impl QuicUrl {
 
     pub async fn resolve(&self) -> Result<SocketAddr> {
         let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
-        addrs.next().ok_or(Error::Url(self.host.clone(), "host did not resolve"))
+        addrs
+            .next()
+            .ok_or(Error::Url(self.host.clone(), "host did not resolve"))
     }
 
     pub fn stream(&self) -> Result<&str> {
         if self.path.is_empty() {
-            return Err(Error::Url(format!("quic://{}", self.authority()), "no stream path in URL"));
+            return Err(Error::Url(
+                format!("quic://{}", self.authority()),
+                "no stream path in URL",
+            ));
         }
         Ok(&self.path)
     }
@@ -78,8 +95,12 @@ impl std::fmt::Display for QuicUrl {
 pub fn conn_error(e: ConnectionError) -> Error {
     match e {
         ConnectionError::ApplicationClosed(c) => {
-            let code = ErrorCode::from_u64(c.error_code.into_inner()).unwrap_or(ErrorCode::Internal);
-            Error::Remote { code, reason: String::from_utf8_lossy(&c.reason).into_owned() }
+            let code =
+                ErrorCode::from_u64(c.error_code.into_inner()).unwrap_or(ErrorCode::Internal);
+            Error::Remote {
+                code,
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            }
         }
         other => Error::Connection(other),
     }
@@ -95,13 +116,20 @@ pub struct Client {
 impl Client {
     pub fn new(bind: SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
         let endpoint = quinn::Endpoint::client(bind)?;
-        Ok(Client { endpoint, config: crate::tls::client_config(trust)? })
+        Ok(Client {
+            endpoint,
+            config: crate::tls::client_config(trust)?,
+        })
     }
 
     /// A client bound to an ephemeral port of the same address family as `target`.
     pub fn for_target(target: &SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
-        let bind: SocketAddr = if target.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-            .map_err(|_| Error::Url(String::new(), "bind address"))?;
+        let bind: SocketAddr = if target.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|_| Error::Url(String::new(), "bind address"))?;
         Client::new(bind, trust)
     }
 
@@ -110,21 +138,42 @@ impl Client {
     }
 
     pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
+        Session::start(self.connect_raw(url).await?, role, token).await
+    }
+
+    /// A bare QUIC connection (TLS done, nothing said yet): for tools and tests that speak
+    /// the protocol themselves.
+    pub async fn connect_raw(&self, url: &QuicUrl) -> Result<Connection> {
         let addr = url.resolve().await?;
-        let conn = self.endpoint.connect_with(self.config.clone(), addr, &url.host)?.await.map_err(conn_error)?;
-        Session::start(conn, role, token).await
+        self.endpoint
+            .connect_with(self.config.clone(), addr, &url.host)?
+            .await
+            .map_err(conn_error)
     }
 }
 
 /// What a subscription hears.
 pub enum Event {
-    Subscribed { instance: u64, codec: Codec },
+    Subscribed {
+        instance: u64,
+        codec: Codec,
+    },
     /// Refused (or the connection was refused, for a publish).
-    Error { code: u64, reason: String },
+    Error {
+        code: u64,
+        reason: String,
+    },
     /// A segment stream, positioned after its header.
-    Segment { seq: u64, frames: FrameReader },
-    End { last_seq: u64 },
-    PublishOk { instance: u64 },
+    Segment {
+        seq: u64,
+        frames: FrameReader,
+    },
+    End {
+        last_seq: u64,
+    },
+    PublishOk {
+        instance: u64,
+    },
 }
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Event>>>>;
@@ -134,6 +183,7 @@ pub struct Session {
     pub conn: Connection,
     pub node: String,
     ctl: mpsc::Sender<Message>,
+    finish: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     routes: Routes,
     next_id: AtomicU64,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -159,17 +209,30 @@ impl Session {
     async fn start(conn: Connection, role: Role, token: &str) -> Result<Arc<Session>> {
         let (mut send, recv) = conn.open_bi().await.map_err(conn_error)?;
         let mut reader = ControlReader::new(recv);
-        write_message(&mut send, &Message::Hello { version: VERSION, role, token: Bytes::copy_from_slice(token.as_bytes()) })
-            .await?;
+        write_message(
+            &mut send,
+            &Message::Hello {
+                version: VERSION,
+                role,
+                token: Bytes::copy_from_slice(token.as_bytes()),
+            },
+        )
+        .await?;
         let first = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
         let node = match first {
             Err(_) => return Err(Error::Timeout("waiting for the server's hello")),
             Ok(Ok(Some(Message::HelloOk { node, .. }))) => node,
             Ok(Ok(Some(Message::Error { code, reason }))) => {
-                return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+                return Err(Error::Remote {
+                    code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal),
+                    reason,
+                })
             }
             Ok(Ok(Some(other))) => {
-                return Err(Error::refused(ErrorCode::ProtocolViolation, format!("expected hello, got {other:?}")))
+                return Err(Error::refused(
+                    ErrorCode::ProtocolViolation,
+                    format!("expected hello, got {other:?}"),
+                ))
             }
             Ok(Ok(None)) => return Err(conn.closed().await).map_err(conn_error),
             Ok(Err(e)) => {
@@ -181,14 +244,22 @@ impl Session {
         };
         let routes: Routes = Arc::default();
         let (ctl, mut ctl_rx) = mpsc::channel::<Message>(64);
-        let span = tracing::info_span!("upstream_conn", node = %node, remote = %conn.remote_address());
+        let (finish_tx, mut finish_rx) = tokio::sync::oneshot::channel::<()>();
+        let span =
+            tracing::info_span!("upstream_conn", node = %node, remote = %conn.remote_address());
         let writer = tokio::spawn(
             async move {
-                while let Some(m) = ctl_rx.recv().await {
+                loop {
+                    let m = tokio::select! {
+                        m = ctl_rx.recv() => m,
+                        _ = &mut finish_rx => None,
+                    };
+                    let Some(m) = m else { break };
                     if write_message(&mut send, &m).await.is_err() {
                         break;
                     }
                 }
+                // Half-close: the node sees we are done and closes once it has taken everything.
                 let _ = send.finish();
             }
             .instrument(span.clone()),
@@ -206,15 +277,28 @@ impl Session {
                         }
                     };
                     let (id, ev) = match m {
-                        Message::Subscribed { id, instance, codec } => (id, Event::Subscribed { instance, codec }),
-                        Message::SubscribeError { id, code, reason } => (id, Event::Error { code, reason }),
+                        Message::Subscribed {
+                            id,
+                            instance,
+                            codec,
+                        } => (id, Event::Subscribed { instance, codec }),
+                        Message::SubscribeError { id, code, reason } => {
+                            (id, Event::Error { code, reason })
+                        }
                         Message::StreamEnd { id, last_seq } => (id, Event::End { last_seq }),
-                        Message::PublishOk { instance } => (PUBLISH_ROUTE, Event::PublishOk { instance }),
+                        Message::PublishOk { instance } => {
+                            (PUBLISH_ROUTE, Event::PublishOk { instance })
+                        }
                         Message::Error { code, reason } => {
                             warn!(code, %reason, "node reported an error");
                             let routes: Vec<_> = lock(&r).values().cloned().collect();
                             for tx in routes {
-                                let _ = tx.send(Event::Error { code, reason: reason.clone() }).await;
+                                let _ = tx
+                                    .send(Event::Error {
+                                        code,
+                                        reason: reason.clone(),
+                                    })
+                                    .await;
                             }
                             continue;
                         }
@@ -237,34 +321,40 @@ impl Session {
         let c = conn.clone();
         let uni_task = tokio::spawn(
             async move {
+                // quinn yields streams in the order the node opened them, which is segment
+                // order; reading each header here (not in a task per stream) keeps that order.
                 while let Ok(recv) = c.accept_uni().await {
-                    let r = r.clone();
-                    tokio::spawn(async move {
-                        let mut frames = FrameReader::new(recv);
-                        let header = tokio::time::timeout(Duration::from_secs(10), async {
-                            let kind = frames.varint().await?;
-                            let id = frames.varint().await?;
-                            let seq = frames.varint().await?;
-                            Ok::<_, Error>((kind, id, seq))
-                        })
-                        .await;
-                        match header {
-                            Ok(Ok((UNI_SEGMENT, id, seq))) => {
-                                let tx = lock(&r).get(&id).cloned();
-                                match tx {
-                                    Some(tx) => {
-                                        let _ = tx.send(Event::Segment { seq, frames }).await;
-                                    }
-                                    None => frames.stop(ErrorCode::Cancelled),
+                    let mut frames = FrameReader::new(recv);
+                    let header = tokio::time::timeout(Duration::from_secs(10), async {
+                        let kind = frames.varint().await?;
+                        let id = frames.varint().await?;
+                        let seq = frames.varint().await?;
+                        Ok::<_, Error>((kind, id, seq))
+                    })
+                    .await;
+                    match header {
+                        Ok(Ok((UNI_SEGMENT, id, seq))) => {
+                            let tx = lock(&r).get(&id).cloned();
+                            match tx {
+                                Some(tx) => {
+                                    let _ = tx.send(Event::Segment { seq, frames }).await;
                                 }
+                                None => frames.stop(ErrorCode::Cancelled),
                             }
-                            Ok(Ok((kind, ..))) => {
-                                warn!(kind, "unknown uni stream kind from node");
-                                frames.stop(ErrorCode::ProtocolViolation);
-                            }
-                            _ => frames.stop(ErrorCode::ProtocolViolation),
                         }
-                    });
+                        Ok(Ok((kind, ..))) => {
+                            warn!(kind, "unknown uni stream kind from node");
+                            frames.stop(ErrorCode::ProtocolViolation);
+                        }
+                        Ok(Err(e)) => {
+                            debug!("bad segment stream header: {e}");
+                            frames.stop(ErrorCode::ProtocolViolation);
+                        }
+                        Err(_) => {
+                            warn!("segment stream header did not arrive in 10 s");
+                            frames.stop(ErrorCode::Timeout);
+                        }
+                    }
                 }
             }
             .instrument(span),
@@ -273,10 +363,24 @@ impl Session {
             conn,
             node,
             ctl,
+            finish: Mutex::new(Some(finish_tx)),
             routes,
             next_id: AtomicU64::new(1),
-            tasks: vec![writer.abort_handle(), reader_task.abort_handle(), uni_task.abort_handle()],
+            tasks: vec![
+                writer.abort_handle(),
+                reader_task.abort_handle(),
+                uni_task.abort_handle(),
+            ],
         }))
+    }
+
+    /// Says we are done (finishes the control stream) and waits, up to `timeout`, for the
+    /// node to close the connection after taking everything we sent.
+    pub async fn close_gracefully(&self, timeout: Duration) {
+        if let Some(f) = self.finish.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = f.send(());
+        }
+        let _ = tokio::time::timeout(timeout, self.conn.closed()).await;
     }
 
     pub fn is_closed(&self) -> bool {
@@ -294,21 +398,38 @@ impl Session {
         let (tx, rx) = mpsc::channel(64);
         lock(&self.routes).insert(id, tx);
         self.ctl
-            .send(Message::Subscribe { id, path: path.to_string(), start })
+            .send(Message::Subscribe {
+                id,
+                path: path.to_string(),
+                start,
+            })
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(Subscription { id, rx, session: self.clone() })
+        Ok(Subscription {
+            id,
+            rx,
+            session: self.clone(),
+        })
     }
 
     pub async fn publish(self: &Arc<Self>, path: &str, codec: Codec) -> Result<Publication> {
         proto::check_path(path)?;
         let (tx, mut rx) = mpsc::channel(4);
         lock(&self.routes).insert(PUBLISH_ROUTE, tx);
-        self.ctl.send(Message::Publish { path: path.to_string(), codec }).await.map_err(|_| Error::Closed)?;
+        self.ctl
+            .send(Message::Publish {
+                path: path.to_string(),
+                codec,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
         let instance = match rx.recv().await {
             Some(Event::PublishOk { instance }) => instance,
             Some(Event::Error { code, reason }) => {
-                return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+                return Err(Error::Remote {
+                    code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal),
+                    reason,
+                })
             }
             _ => return Err(self.closed().await),
         };
@@ -316,7 +437,12 @@ impl Session {
         let mut hdr = BytesMut::new();
         proto::put_varint(&mut hdr, UNI_PUBLISH);
         send.write_all(&hdr).await?;
-        Ok(Publication { instance, send, session: self.clone(), errors: rx })
+        Ok(Publication {
+            instance,
+            send,
+            session: self.clone(),
+            errors: rx,
+        })
     }
 }
 
@@ -341,7 +467,10 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         lock(&self.session.routes).remove(&self.id);
-        let _ = self.session.ctl.try_send(Message::Unsubscribe { id: self.id });
+        let _ = self
+            .session
+            .ctl
+            .try_send(Message::Unsubscribe { id: self.id });
     }
 }
 
@@ -373,11 +502,18 @@ impl Publication {
         res
     }
 
-    /// Ends the broadcast: the stream is finished and we wait until the node has it all.
+    /// Ends the broadcast: the frame stream is finished, the control stream half-closed, and
+    /// we wait until the node has taken it all and closed the connection.
     pub async fn finish(mut self) -> Result<()> {
-        let _ = self.send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.send.stopped()).await;
-        Ok(())
+        self.send.finish().map_err(|_| Error::Closed)?;
+        self.session.close_gracefully(Duration::from_secs(10)).await;
+        match self.session.conn.close_reason() {
+            Some(ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == 0 => Ok(()),
+            Some(e) => Err(conn_error(e)),
+            None => Err(Error::Timeout(
+                "waiting for the node to take the end of the broadcast",
+            )),
+        }
     }
 
     pub fn session(&self) -> &Arc<Session> {
@@ -392,7 +528,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = QuicUrl::parse("quic://127.0.0.1:4433/spaces/town-hall").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 4433, "spaces/town-hall"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 4433, "spaces/town-hall")
+        );
         let u = QuicUrl::parse("quic://[::1]:9/x").unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.authority(), "[::1]:9");

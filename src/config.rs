@@ -79,7 +79,10 @@ pub struct NodeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
@@ -87,19 +90,29 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 impl NodeArgs {
     pub fn from_toml(text: &str, path: &Path) -> Result<NodeArgs, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// The file named by `--config` (if any), overridden by the flags given.
     pub fn load(self) -> Result<NodeArgs, ConfigError> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), source: e })?;
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         let file = NodeArgs::from_toml(&text, &path)?;
         Ok(file.overridden_by(self))
     }
@@ -138,13 +151,16 @@ impl NodeArgs {
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)))
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)))
     }
 
     /// The server identity: from --cert/--key, or generated.
     pub fn identity(&self) -> Result<Identity, ConfigError> {
         match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Identity::from_pem_files(c, k).map_err(|e| invalid("cert", e.to_string())),
+            (Some(c), Some(k)) => {
+                Identity::from_pem_files(c, k).map_err(|e| invalid("cert", e.to_string()))
+            }
             (None, None) => Identity::self_signed(&[]).map_err(|e| invalid("cert", e.to_string())),
             (Some(_), None) => Err(invalid("key", "--cert needs --key")),
             (None, Some(_)) => Err(invalid("cert", "--key needs --cert")),
@@ -155,7 +171,13 @@ impl NodeArgs {
     pub fn node_config(&self, relay: bool) -> Result<NodeConfig, ConfigError> {
         let d = NodeConfig::default();
         let ds = StoreConfig::default();
-        fn range(key: &'static str, v: Option<u64>, lo: u64, hi: u64, default: u64) -> Result<u64, ConfigError> {
+        fn range(
+            key: &'static str,
+            v: Option<u64>,
+            lo: u64,
+            hi: u64,
+            default: u64,
+        ) -> Result<u64, ConfigError> {
             match v {
                 None => Ok(default),
                 Some(x) if (lo..=hi).contains(&x) => Ok(x),
@@ -168,10 +190,16 @@ impl NodeArgs {
             .map(|u| QuicUrl::parse(u).map_err(|e| invalid("upstream", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         if relay && upstream.is_empty() {
-            return Err(invalid("upstream", "a relay needs at least one --upstream quic://HOST:PORT"));
+            return Err(invalid(
+                "upstream",
+                "a relay needs at least one --upstream quic://HOST:PORT",
+            ));
         }
         if !relay && !upstream.is_empty() {
-            return Err(invalid("upstream", "an origin takes no upstream (did you mean `quicast relay`?)"));
+            return Err(invalid(
+                "upstream",
+                "an origin takes no upstream (did you mean `quicast relay`?)",
+            ));
         }
         if relay && self.publish_token.is_some() {
             return Err(invalid("publish-token", "a relay takes no publishers"));
@@ -184,24 +212,66 @@ impl NodeArgs {
         } else {
             None
         };
-        let name = self.name.clone().unwrap_or_else(|| if relay { "relay".into() } else { "origin".into() });
+        let name = self.name.clone().unwrap_or_else(|| {
+            if relay {
+                "relay".into()
+            } else {
+                "origin".into()
+            }
+        });
         if name.is_empty() || name.len() > crate::proto::MAX_NAME {
             return Err(invalid("name", "must be 1 to 128 bytes"));
         }
         Ok(NodeConfig {
             name,
             store: StoreConfig {
-                cache_bytes: range("cache-mib", self.cache_mib, 1, 1 << 20, ds.cache_bytes >> 20)? << 20,
-                cache_ttl: Duration::from_secs(range("cache-ttl-secs", self.cache_ttl_secs, 1, 86_400, ds.cache_ttl.as_secs())?),
+                cache_bytes: range(
+                    "cache-mib",
+                    self.cache_mib,
+                    1,
+                    1 << 20,
+                    ds.cache_bytes >> 20,
+                )? << 20,
+                cache_ttl: Duration::from_secs(range(
+                    "cache-ttl-secs",
+                    self.cache_ttl_secs,
+                    1,
+                    86_400,
+                    ds.cache_ttl.as_secs(),
+                )?),
                 window: range("window-segments", self.window_segments, 1, 1000, ds.window)?,
-                max_lag: range("max-lag-segments", self.max_lag_segments, 1, 1000, ds.max_lag)?,
+                max_lag: range(
+                    "max-lag-segments",
+                    self.max_lag_segments,
+                    1,
+                    1000,
+                    ds.max_lag,
+                )?,
             },
-            segment_duration: Duration::from_millis(range("segment-ms", self.segment_ms, 20, 10_000, 1000)?),
+            segment_duration: Duration::from_millis(range(
+                "segment-ms",
+                self.segment_ms,
+                20,
+                10_000,
+                1000,
+            )?),
             publish_token: self.publish_token.clone(),
             upstream,
             upstream_trust,
-            waiting_room: Duration::from_secs(range("waiting-room-secs", self.waiting_room_secs, 0, 7 * 86_400, d.waiting_room.as_secs())?),
-            linger: Duration::from_secs(range("linger-secs", self.linger_secs, 0, 3600, d.linger.as_secs())?),
+            waiting_room: Duration::from_secs(range(
+                "waiting-room-secs",
+                self.waiting_room_secs,
+                0,
+                7 * 86_400,
+                d.waiting_room.as_secs(),
+            )?),
+            linger: Duration::from_secs(range(
+                "linger-secs",
+                self.linger_secs,
+                0,
+                3600,
+                d.linger.as_secs(),
+            )?),
             publisher_grace: Duration::from_secs(range(
                 "publisher-grace-secs",
                 self.publisher_grace_secs,
@@ -209,7 +279,13 @@ impl NodeArgs {
                 3600,
                 d.publisher_grace.as_secs(),
             )?),
-            max_connections: range("max-connections", self.max_connections, 1, 10_000_000, d.max_connections)?,
+            max_connections: range(
+                "max-connections",
+                self.max_connections,
+                1,
+                10_000_000,
+                d.max_connections,
+            )?,
             ..d
         })
     }
@@ -244,19 +320,30 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let e = parse("listen = \"not an address\"\n").unwrap_err().to_string();
+        let e = parse("listen = \"not an address\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
         let a = parse("segment-ms = 5\n").unwrap();
         let e = a.node_config(false).unwrap_err().to_string();
         assert!(e.starts_with("segment-ms"), "{e}");
         let a = parse("upstream = [\"http://x:1\"]\nfingerprint = [\"00\"]\n").unwrap();
-        assert!(a.node_config(true).unwrap_err().to_string().starts_with("upstream"));
+        assert!(a
+            .node_config(true)
+            .unwrap_err()
+            .to_string()
+            .starts_with("upstream"));
     }
 
     #[test]
     fn flags_win_over_file() {
-        let file = parse("listen = \"127.0.0.1:1000\"\nsegment-ms = 500\nupstream = [\"quic://a:1\"]\n").unwrap();
-        let flags = NodeArgs { listen: Some("127.0.0.1:2000".parse().unwrap()), ..Default::default() };
+        let file =
+            parse("listen = \"127.0.0.1:1000\"\nsegment-ms = 500\nupstream = [\"quic://a:1\"]\n")
+                .unwrap();
+        let flags = NodeArgs {
+            listen: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
         let m = file.overridden_by(flags);
         assert_eq!(m.listen_addr().port(), 2000);
         assert_eq!(m.segment_ms, Some(500));
@@ -266,9 +353,20 @@ mod tests {
     #[test]
     fn relay_needs_upstream_and_trust() {
         let a = NodeArgs::default();
-        assert!(a.node_config(true).unwrap_err().to_string().starts_with("upstream"));
-        let a = NodeArgs { upstream: vec!["quic://127.0.0.1:1".into()], ..Default::default() };
-        assert!(a.node_config(true).unwrap_err().to_string().starts_with("ca"));
+        assert!(a
+            .node_config(true)
+            .unwrap_err()
+            .to_string()
+            .starts_with("upstream"));
+        let a = NodeArgs {
+            upstream: vec!["quic://127.0.0.1:1".into()],
+            ..Default::default()
+        };
+        assert!(a
+            .node_config(true)
+            .unwrap_err()
+            .to_string()
+            .starts_with("ca"));
         assert!(a.node_config(false).is_err());
     }
 
@@ -281,7 +379,8 @@ mod tests {
             if p.extension().is_some_and(|e| e == "toml") {
                 let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
                 let relay = !a.upstream.is_empty();
-                a.node_config(relay).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                a.node_config(relay)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 n += 1;
             }
         }

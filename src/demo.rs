@@ -33,7 +33,10 @@ impl Drop for Demo {
 }
 
 async fn node(name: &str, port: u16, upstream: Option<&Server>) -> Result<Server> {
-    let mut cfg = NodeConfig { name: name.into(), ..NodeConfig::default() };
+    let mut cfg = NodeConfig {
+        name: name.into(),
+        ..NodeConfig::default()
+    };
     if let Some(parent) = upstream {
         cfg.upstream = vec![QuicUrl::parse(&format!("quic://{}", parent.addr))?];
         cfg.upstream_trust = Some(Trust::pinned(&[parent.fingerprint.clone()])?);
@@ -49,7 +52,10 @@ pub async fn start(base_port: u16) -> Result<Demo> {
     let port = |i: u16| if base_port == 0 { 0 } else { base_port + i };
     let origin = node("origin", port(0), None).await?;
     let mid = node("mid", port(1), Some(&origin)).await?;
-    let edges = vec![node("edge-1", port(2), Some(&mid)).await?, node("edge-2", port(3), Some(&mid)).await?];
+    let edges = vec![
+        node("edge-1", port(2), Some(&mid)).await?,
+        node("edge-2", port(3), Some(&mid)).await?,
+    ];
 
     let url = QuicUrl::parse(&format!("quic://{}/{STREAM}", origin.addr))?;
     let trust = Trust::pinned(&[origin.fingerprint.clone()])?;
@@ -77,7 +83,12 @@ pub async fn start(base_port: u16) -> Result<Demo> {
         }
         .instrument(info_span!("demo_publisher")),
     );
-    Ok(Demo { origin, mid, edges, publisher })
+    Ok(Demo {
+        origin,
+        mid,
+        edges,
+        publisher,
+    })
 }
 
 impl Demo {
@@ -95,7 +106,10 @@ impl Demo {
     }
 
     pub fn edge_urls(&self) -> Vec<(String, String)> {
-        self.edges.iter().map(|e| (format!("quic://{}/{STREAM}", e.addr), e.fingerprint.clone())).collect::<Vec<_>>()
+        self.edges
+            .iter()
+            .map(|e| (format!("quic://{}/{STREAM}", e.addr), e.fingerprint.clone()))
+            .collect::<Vec<_>>()
     }
 }
 

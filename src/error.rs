@@ -128,7 +128,10 @@ pub enum Error {
 
 impl Error {
     pub fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
-        Error::Refused { code, reason: reason.into() }
+        Error::Refused {
+            code,
+            reason: reason.into(),
+        }
     }
 
     /// The code a peer is told for this error.

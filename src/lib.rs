@@ -6,9 +6,9 @@
 //! `media` (Ogg/Opus), `wire` + `client` + `server` + `upstream` (the async shell over quinn).
 
 pub mod client;
-pub mod error;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod listen;
 pub mod media;
 pub mod proto;

@@ -12,7 +12,10 @@ use crate::proto::{Codec, Frame, Start};
 
 pub enum ListenEvent<'a> {
     /// The codec, before any audio (once per subscription).
-    Header { instance: u64, codec: &'a Codec },
+    Header {
+        instance: u64,
+        codec: &'a Codec,
+    },
     /// A segment starts.
     Segment(u64),
     Frames(&'a [Frame]),
@@ -54,11 +57,17 @@ pub async fn listen(
                 None => return Err(session.closed().await),
                 Some(Event::Subscribed { instance, codec }) => {
                     subscribed = true;
-                    on(ListenEvent::Header { instance, codec: &codec })?;
+                    on(ListenEvent::Header {
+                        instance,
+                        codec: &codec,
+                    })?;
                 }
                 Some(Event::Segment { seq, mut frames }) => {
                     if !subscribed {
-                        return Err(Error::refused(ErrorCode::ProtocolViolation, "audio before the codec header"));
+                        return Err(Error::refused(
+                            ErrorCode::ProtocolViolation,
+                            "audio before the codec header",
+                        ));
                     }
                     report.segments += 1;
                     on(ListenEvent::Segment(seq))?;
@@ -90,7 +99,10 @@ pub async fn listen(
                     return Ok(());
                 }
                 Some(Event::Error { code, reason }) => {
-                    return Err(Error::Remote { code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal), reason })
+                    return Err(Error::Remote {
+                        code: ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal),
+                        reason,
+                    })
                 }
                 Some(Event::PublishOk { .. }) => {}
             }

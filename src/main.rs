@@ -16,7 +16,11 @@ use quicast::server::{Node, Server};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "quicast", version, about = "Live audio over a tree of QUIC relays")]
+#[command(
+    name = "quicast",
+    version,
+    about = "Live audio over a tree of QUIC relays"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -78,16 +82,20 @@ enum Cmd {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -114,19 +122,34 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(url: &QuicUrl, trust: &TrustArgs, role: Role, token: &str) -> anyhow::Result<std::sync::Arc<quicast::client::Session>> {
+async fn connect(
+    url: &QuicUrl,
+    trust: &TrustArgs,
+    role: Role,
+    token: &str,
+) -> anyhow::Result<std::sync::Arc<quicast::client::Session>> {
     let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
     let addr = url.resolve().await?;
     let client = Client::for_target(&addr, &trust)?;
-    let s = client.connect(url, role, token).await.with_context(|| format!("connecting to {}", url.authority()))?;
+    let s = client
+        .connect(url, role, token)
+        .await
+        .with_context(|| format!("connecting to {}", url.authority()))?;
     Ok(s)
 }
 
-async fn run_listen(url: String, output: String, duration: Option<f64>, trust: TrustArgs) -> anyhow::Result<()> {
+async fn run_listen(
+    url: String,
+    output: String,
+    duration: Option<f64>,
+    trust: TrustArgs,
+) -> anyhow::Result<()> {
     let url = QuicUrl::parse(&url)?;
     let path = url.stream()?.to_string();
     let deadline = match duration {
-        Some(d) if d.is_finite() && d > 0.0 => Some(tokio::time::Instant::now() + Duration::from_secs_f64(d)),
+        Some(d) if d.is_finite() && d > 0.0 => {
+            Some(tokio::time::Instant::now() + Duration::from_secs_f64(d))
+        }
         Some(_) => bail!("--duration must be a positive number of seconds"),
         None => None,
     };
@@ -158,34 +181,73 @@ async fn run_listen(url: String, output: String, duration: Option<f64>, trust: T
     .await?;
     out.write_all(&writer.finish())?;
     out.flush()?;
-    info!(frames = report.frames, segments = report.segments, skipped = report.skipped, ended = report.ended, "done");
+    info!(
+        frames = report.frames,
+        segments = report.segments,
+        skipped = report.skipped,
+        ended = report.ended,
+        "done"
+    );
     Ok(())
 }
 
-async fn run_publish(url: String, input: String, looping: bool, token: String, trust: TrustArgs) -> anyhow::Result<()> {
+async fn run_publish(
+    url: String,
+    input: String,
+    looping: bool,
+    token: String,
+    trust: TrustArgs,
+) -> anyhow::Result<()> {
     let url = QuicUrl::parse(&url)?;
     let path = url.stream()?.to_string();
-    let (input, realtime) = if input == "-" { (Input::Stdin, false) } else { (Input::File(input.into()), true) };
+    let (input, realtime) = if input == "-" {
+        (Input::Stdin, false)
+    } else {
+        (Input::File(input.into()), true)
+    };
     if looping && matches!(input, Input::Stdin) {
         bail!("--loop needs a file, not stdin");
     }
     // Check the input before connecting, so a bad file is reported as such.
     if let Input::File(p) = &input {
-        quicast::publish::OggReader::open(&input).await?.head().await.with_context(|| format!("{}", p.display()))?;
+        quicast::publish::OggReader::open(&input)
+            .await?
+            .head()
+            .await
+            .with_context(|| format!("{}", p.display()))?;
     }
     let session = connect(&url, &trust, Role::Publisher, &token).await?;
-    let opts = PublishOptions { path, input, looping, realtime };
+    let opts = PublishOptions {
+        path,
+        input,
+        looping,
+        realtime,
+    };
     publish(&session, &opts).await?;
     Ok(())
 }
 
 async fn run_demo(base_port: u16) -> anyhow::Result<()> {
-    let demo = quicast::demo::start(base_port)
-        .await
-        .with_context(|| format!("starting the demo on ports {base_port}..{} (try --base-port)", base_port.saturating_add(3)))?;
-    println!("quicast demo: origin {} -> mid relay {} -> edges {}", demo.origin.addr, demo.mid.addr,
-        demo.edges.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>().join(", "));
-    println!("publishing the sample in a loop to stream '{}'. Listen on an edge with:", quicast::demo::STREAM);
+    let demo = quicast::demo::start(base_port).await.with_context(|| {
+        format!(
+            "starting the demo on ports {base_port}..{} (try --base-port)",
+            base_port.saturating_add(3)
+        )
+    })?;
+    println!(
+        "quicast demo: origin {} -> mid relay {} -> edges {}",
+        demo.origin.addr,
+        demo.mid.addr,
+        demo.edges
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "publishing the sample in a loop to stream '{}'. Listen on an edge with:",
+        quicast::demo::STREAM
+    );
     for (url, fp) in demo.edge_urls() {
         println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
     }
@@ -207,8 +269,19 @@ async fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::Origin(a) => run_node(a, false).await,
         Cmd::Relay(a) => run_node(a, true).await,
-        Cmd::Publish { url, input, looping, token, trust } => run_publish(url, input, looping, token, trust).await,
-        Cmd::Listen { url, output, duration, trust } => run_listen(url, output, duration, trust).await,
+        Cmd::Publish {
+            url,
+            input,
+            looping,
+            token,
+            trust,
+        } => run_publish(url, input, looping, token, trust).await,
+        Cmd::Listen {
+            url,
+            output,
+            duration,
+            trust,
+        } => run_listen(url, output, duration, trust).await,
         Cmd::Demo { base_port } => run_demo(base_port).await,
     };
     match r {

@@ -31,14 +31,22 @@ impl OpusHead {
             return Err(Error::Media(describe_non_opus(raw)));
         }
         if raw.len() < 19 {
-            return Err(Error::Media(format!("OpusHead is {} bytes, at least 19 expected", raw.len())));
+            return Err(Error::Media(format!(
+                "OpusHead is {} bytes, at least 19 expected",
+                raw.len()
+            )));
         }
         if raw.len() > MAX_CODEC_HEADER {
-            return Err(Error::Media(format!("OpusHead is {} bytes, limit {MAX_CODEC_HEADER}", raw.len())));
+            return Err(Error::Media(format!(
+                "OpusHead is {} bytes, limit {MAX_CODEC_HEADER}",
+                raw.len()
+            )));
         }
         let version = raw[8];
         if version & 0xf0 != 0 {
-            return Err(Error::Media(format!("unsupported OpusHead version {version}")));
+            return Err(Error::Media(format!(
+                "unsupported OpusHead version {version}"
+            )));
         }
         let channels = raw[9];
         if channels == 0 {
@@ -46,10 +54,14 @@ impl OpusHead {
         }
         let family = raw[18];
         if family == 0 && channels > 2 {
-            return Err(Error::Media(format!("mapping family 0 with {channels} channels")));
+            return Err(Error::Media(format!(
+                "mapping family 0 with {channels} channels"
+            )));
         }
         if family != 0 && raw.len() < 21 + channels as usize {
-            return Err(Error::Media("OpusHead channel mapping table is truncated".into()));
+            return Err(Error::Media(
+                "OpusHead channel mapping table is truncated".into(),
+            ));
         }
         Ok(OpusHead {
             channels,
@@ -60,7 +72,12 @@ impl OpusHead {
     }
 
     pub fn codec(&self) -> Codec {
-        Codec { kind: CODEC_OPUS, sample_rate: OPUS_RATE, channels: self.channels, header: self.raw.clone() }
+        Codec {
+            kind: CODEC_OPUS,
+            sample_rate: OPUS_RATE,
+            channels: self.channels,
+            header: self.raw.clone(),
+        }
     }
 
     /// A valid stereo OpusHead (no pre-skip), for tests and synthetic streams.
@@ -93,7 +110,9 @@ fn describe_non_opus(first: &[u8]) -> String {
 
 /// Duration of an Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1).
 pub fn opus_packet_samples(p: &[u8]) -> Result<u32> {
-    let toc = *p.first().ok_or_else(|| Error::Media("empty Opus packet".into()))?;
+    let toc = *p
+        .first()
+        .ok_or_else(|| Error::Media("empty Opus packet".into()))?;
     let config = toc >> 3;
     let frame = match config {
         0..=11 => [480, 960, 1920, 2880][(config % 4) as usize],
@@ -104,13 +123,17 @@ pub fn opus_packet_samples(p: &[u8]) -> Result<u32> {
         0 => 1,
         1 | 2 => 2,
         _ => {
-            let c = *p.get(1).ok_or_else(|| Error::Media("Opus code-3 packet without frame count".into()))?;
+            let c = *p
+                .get(1)
+                .ok_or_else(|| Error::Media("Opus code-3 packet without frame count".into()))?;
             (c & 0x3f) as u32
         }
     };
     let total = frame * count;
     if count == 0 || total > 5760 {
-        return Err(Error::Media(format!("Opus packet of {count} frames lasts over 120 ms")));
+        return Err(Error::Media(format!(
+            "Opus packet of {count} frames lasts over 120 ms"
+        )));
     }
     Ok(total)
 }
@@ -224,7 +247,9 @@ impl OggOpusDemuxer {
 
         match self.serial {
             None if flags & 0x02 == 0 => {
-                return Err(Error::Media("Ogg stream does not start with a beginning-of-stream page".into()))
+                return Err(Error::Media(
+                    "Ogg stream does not start with a beginning-of-stream page".into(),
+                ))
             }
             None => self.serial = Some(serial),
             // Pages of other logical streams (a video track, say) are skipped, never buffered.
@@ -248,17 +273,24 @@ impl OggOpusDemuxer {
             }
         }
 
-        let (mut parser, _) = PageParser::new(header).map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
+        let (mut parser, _) =
+            PageParser::new(header).map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
         parser.parse_segments(lacing);
-        let page = parser.parse_packet_data(data).map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
-        self.reader.push_page(page).map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
+        let page = parser
+            .parse_packet_data(data)
+            .map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
+        self.reader
+            .push_page(page)
+            .map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
         while let Some(pkt) = self.reader.read_packet() {
             let last = pkt.last_in_stream();
             let ev = match self.packets {
                 0 => OggEvent::Head(OpusHead::parse(&pkt.data)?),
                 1 => {
                     if !pkt.data.starts_with(b"OpusTags") {
-                        return Err(Error::Media("second Ogg Opus packet is not OpusTags".into()));
+                        return Err(Error::Media(
+                            "second Ogg Opus packet is not OpusTags".into(),
+                        ));
                     }
                     self.packets += 1;
                     if last {
@@ -296,7 +328,12 @@ pub struct OggOpusWriter {
 
 impl OggOpusWriter {
     pub fn new(serial: u32) -> Self {
-        OggOpusWriter { pw: PacketWriter::new(Vec::new()), serial, granule: 0, held: None }
+        OggOpusWriter {
+            pw: PacketWriter::new(Vec::new()),
+            serial,
+            granule: 0,
+            held: None,
+        }
     }
 
     fn take(&mut self) -> Bytes {
@@ -305,12 +342,18 @@ impl OggOpusWriter {
 
     fn write(&mut self, data: Bytes, end: PacketWriteEndInfo, granule: u64) {
         // Writing into a Vec cannot fail.
-        let _ = self.pw.write_packet(data.to_vec(), self.serial, end, granule);
+        let _ = self
+            .pw
+            .write_packet(data.to_vec(), self.serial, end, granule);
     }
 
     /// The two header pages: the codec's OpusHead, then OpusTags naming quicast.
     pub fn headers(&mut self, opus_head: &[u8]) -> Bytes {
-        self.write(Bytes::copy_from_slice(opus_head), PacketWriteEndInfo::EndPage, 0);
+        self.write(
+            Bytes::copy_from_slice(opus_head),
+            PacketWriteEndInfo::EndPage,
+            0,
+        );
         let vendor = b"quicast";
         let mut tags = b"OpusTags".to_vec();
         tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
@@ -333,7 +376,11 @@ impl OggOpusWriter {
         }
         let n = ready.len();
         for (i, (data, g)) in ready.into_iter().enumerate() {
-            let end = if i + 1 == n { PacketWriteEndInfo::EndPage } else { PacketWriteEndInfo::NormalPacket };
+            let end = if i + 1 == n {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
             self.write(data, end, g);
         }
         self.take()
@@ -385,7 +432,9 @@ mod tests {
 
     #[test]
     fn writer_output_demuxes_back_byte_for_byte_in_any_chunking() {
-        let pkts: Vec<Vec<u8>> = (0..50u8).map(|i| vec![0xf8, i, i.wrapping_mul(3)]).collect();
+        let pkts: Vec<Vec<u8>> = (0..50u8)
+            .map(|i| vec![0xf8, i, i.wrapping_mul(3)])
+            .collect();
         let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
         let stream = sample_stream(&refs);
         for chunk in [1usize, 7, 4096] {

@@ -51,12 +51,19 @@ impl OggReader {
     pub async fn open(input: &Input) -> Result<OggReader> {
         let src: Box<dyn AsyncRead + Unpin + Send> = match input {
             Input::File(p) => Box::new(
-                tokio::fs::File::open(p).await.map_err(|e| Error::Media(format!("cannot open {}: {e}", p.display())))?,
+                tokio::fs::File::open(p)
+                    .await
+                    .map_err(|e| Error::Media(format!("cannot open {}: {e}", p.display())))?,
             ),
             Input::Stdin => Box::new(tokio::io::stdin()),
             Input::Memory(b) => Box::new(std::io::Cursor::new(b.clone())),
         };
-        Ok(OggReader { src, demux: OggOpusDemuxer::new(), buf: vec![0; 16 * 1024], eof: false })
+        Ok(OggReader {
+            src,
+            demux: OggOpusDemuxer::new(),
+            buf: vec![0; 16 * 1024],
+            eof: false,
+        })
     }
 
     /// The next event; None at the end of the input.
@@ -67,7 +74,9 @@ impl OggReader {
             }
             if self.eof {
                 if self.demux.buffered() > 0 {
-                    return Err(Error::Media("input ends in the middle of an Ogg page".into()));
+                    return Err(Error::Media(
+                        "input ends in the middle of an Ogg page".into(),
+                    ));
                 }
                 return Ok(None);
             }
@@ -84,7 +93,9 @@ impl OggReader {
     pub async fn head(&mut self) -> Result<OpusHead> {
         match self.next().await? {
             Some(OggEvent::Head(h)) => Ok(h),
-            Some(_) => Err(Error::Media("Ogg Opus stream does not begin with OpusHead".into())),
+            Some(_) => Err(Error::Media(
+                "Ogg Opus stream does not begin with OpusHead".into(),
+            )),
             None => Err(Error::Media("input is empty".into())),
         }
     }
@@ -93,7 +104,12 @@ impl OggReader {
 pub async fn publish(session: &Arc<Session>, opts: &PublishOptions) -> Result<PublishReport> {
     let mut reader = OggReader::open(&opts.input).await?;
     let head = reader.head().await?;
-    info!(channels = head.channels, pre_skip = head.pre_skip, input_rate = head.input_rate, "input is Ogg Opus");
+    info!(
+        channels = head.channels,
+        pre_skip = head.pre_skip,
+        input_rate = head.input_rate,
+        "input is Ogg Opus"
+    );
     let mut publication = session.publish(&opts.path, head.codec()).await?;
     info!(instance = publication.instance, path = %opts.path, "publishing");
     let looping = opts.looping && !matches!(opts.input, Input::Stdin);
@@ -107,11 +123,22 @@ pub async fn publish(session: &Arc<Session>, opts: &PublishOptions) -> Result<Pu
                     let due = start + Duration::from_micros(pts * 1_000_000 / OPUS_RATE as u64);
                     tokio::time::sleep_until(due).await;
                 }
-                publication.send(&[Frame { pts, duration, wall_us: 0, payload }]).await?;
+                publication
+                    .send(&[Frame {
+                        pts,
+                        duration,
+                        wall_us: 0,
+                        payload,
+                    }])
+                    .await?;
                 pts += duration as u64;
                 report.frames += 1;
             }
-            Some(OggEvent::Head(_)) => return Err(Error::Media("a second OpusHead in one logical stream".into())),
+            Some(OggEvent::Head(_)) => {
+                return Err(Error::Media(
+                    "a second OpusHead in one logical stream".into(),
+                ))
+            }
             Some(OggEvent::End) | None => {
                 if !looping {
                     break;
@@ -123,13 +150,19 @@ pub async fn publish(session: &Arc<Session>, opts: &PublishOptions) -> Result<Pu
                 reader = OggReader::open(&opts.input).await?;
                 let again = reader.head().await?;
                 if again.raw != head.raw {
-                    return Err(Error::Media("input changed its OpusHead between loops".into()));
+                    return Err(Error::Media(
+                        "input changed its OpusHead between loops".into(),
+                    ));
                 }
             }
         }
     }
     report.duration_samples = pts;
     publication.finish().await?;
-    info!(frames = report.frames, seconds = pts as f64 / OPUS_RATE as f64, "input finished: broadcast ended");
+    info!(
+        frames = report.frames,
+        seconds = pts as f64 / OPUS_RATE as f64,
+        "input finished: broadcast ended"
+    );
     Ok(report)
 }

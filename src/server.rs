@@ -9,13 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use quinn::{Connection, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::{conn_error, QuicUrl};
 use crate::error::{Error, ErrorCode, Result};
 use crate::media::opus_packet_samples;
-use crate::proto::{self, Codec, Message, Role, Start, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES, UNI_PUBLISH};
+use crate::proto::{
+    self, Codec, Message, Role, Start, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES, UNI_PUBLISH,
+};
 use crate::store::{Broadcast, Cursor, Registry, Step, StoreConfig, Stored};
 use crate::tls::{Identity, Trust};
 use crate::upstream::Upstream;
@@ -97,13 +99,21 @@ impl Node {
         let upstream = if cfg.upstream.is_empty() {
             None
         } else {
-            let trust = cfg
-                .upstream_trust
-                .clone()
-                .ok_or_else(|| Error::Tls("a relay needs --ca or --fingerprint to trust its parents".into()))?;
-            Some(Upstream::new(cfg.upstream.clone(), &trust, cfg.connect_timeout)?)
+            let trust = cfg.upstream_trust.clone().ok_or_else(|| {
+                Error::Tls("a relay needs --ca or --fingerprint to trust its parents".into())
+            })?;
+            Some(Upstream::new(
+                cfg.upstream.clone(),
+                &trust,
+                cfg.connect_timeout,
+            )?)
         };
-        Ok(Arc::new(Node { cfg, registry, stats: Stats::default(), upstream }))
+        Ok(Arc::new(Node {
+            cfg,
+            registry,
+            stats: Stats::default(),
+            upstream,
+        }))
     }
 
     pub fn is_relay(&self) -> bool {
@@ -112,12 +122,18 @@ impl Node {
 
     /// How many subscriptions this node has served for `path` (child relays included).
     pub fn subscriptions_for(&self, path: &str) -> u64 {
-        self.registry.get(path).map(|s| s.subscriptions_total.load(Ordering::Relaxed)).unwrap_or(0)
+        self.registry
+            .get(path)
+            .map(|s| s.subscriptions_total.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 }
 
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// A running QUIC listener for a node.
@@ -153,8 +169,9 @@ impl Server {
                     incoming.refuse();
                     continue;
                 }
-                let n = n.clone();
                 let remote = incoming.remote_address();
+                let span = info_span!("conn", node = %n.cfg.name, %remote);
+                let n = n.clone();
                 tokio::spawn(
                     async move {
                         inc(&n.stats.connections);
@@ -165,7 +182,7 @@ impl Server {
                         }
                         dec(&n.stats.connections);
                     }
-                    .instrument(info_span!("conn", %remote)),
+                    .instrument(span),
                 );
             }
         });
@@ -173,12 +190,19 @@ impl Server {
         if !node.is_relay() {
             tasks.push(tokio::spawn(sweep(node.clone())));
         }
-        Ok(Server { node, addr, fingerprint: identity.fingerprint.clone(), endpoint, tasks })
+        Ok(Server {
+            node,
+            addr,
+            fingerprint: identity.fingerprint.clone(),
+            endpoint,
+            tasks,
+        })
     }
 
     /// Closes every connection (peers are told `going_away`) and stops accepting.
     pub fn close(&self) {
-        self.endpoint.close(ErrorCode::GoingAway.varint(), b"node shutting down");
+        self.endpoint
+            .close(ErrorCode::GoingAway.varint(), b"node shutting down");
         for t in &self.tasks {
             t.abort();
         }
@@ -204,13 +228,41 @@ async fn sweep(node: Arc<Node>) {
     }
 }
 
+/// The sending side of a connection's control stream, shared by its tasks.
+#[derive(Clone)]
+struct Ctl(mpsc::Sender<(Message, Option<oneshot::Sender<()>>)>);
+
+impl Ctl {
+    async fn send(&self, m: Message) -> Result<()> {
+        self.0.send((m, None)).await.map_err(|_| Error::Closed)
+    }
+
+    /// Sends `m` and waits until it is written to the stream, so that what the caller sends
+    /// next on other streams cannot overtake it at our end.
+    async fn send_written(&self, m: Message) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((m, Some(tx)))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+}
+
 fn close(conn: &Connection, code: ErrorCode, reason: &str) {
     conn.close(code.varint(), reason.as_bytes());
 }
 
 async fn refuse(conn: &Connection, send: &mut SendStream, code: ErrorCode, reason: &str) {
     warn!(%code, reason, "refusing peer");
-    let _ = write_message(send, &Message::Error { code: code.as_u64(), reason: reason.into() }).await;
+    let _ = write_message(
+        send,
+        &Message::Error {
+            code: code.as_u64(),
+            reason: reason.into(),
+        },
+    )
+    .await;
     close(conn, code, reason);
 }
 
@@ -221,7 +273,11 @@ fn token_ok(expected: &Option<String>, got: &[u8]) -> bool {
         Some(t) => {
             let a = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
             let b = ring::digest::digest(&ring::digest::SHA256, got);
-            a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            a.as_ref()
+                .iter()
+                .zip(b.as_ref())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
         }
     }
 }
@@ -236,17 +292,34 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
     let mut reader = ControlReader::new(recv);
     let hello = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
     let role = match hello {
-        Ok(Ok(Some(Message::Hello { version, role, token }))) => {
+        Ok(Ok(Some(Message::Hello {
+            version,
+            role,
+            token,
+        }))) => {
             if version != proto::VERSION {
-                let r = format!("protocol version {version} is not supported (this node speaks {})", proto::VERSION);
+                let r = format!(
+                    "protocol version {version} is not supported (this node speaks {})",
+                    proto::VERSION
+                );
                 return refuse(&conn, &mut send, ErrorCode::UnsupportedVersion, &r).await;
             }
             if role == Role::Publisher {
                 if node.is_relay() {
-                    return refuse(&conn, &mut send, ErrorCode::NotAllowed, "a relay takes no publishers; publish to the origin").await;
+                    return refuse(
+                        &conn,
+                        &mut send,
+                        ErrorCode::NotAllowed,
+                        "a relay takes no publishers; publish to the origin",
+                    )
+                    .await;
                 }
                 if !token_ok(&node.cfg.publish_token, &token) {
-                    let why = if token.is_empty() { "publish token required" } else { "wrong publish token" };
+                    let why = if token.is_empty() {
+                        "publish token required"
+                    } else {
+                        "wrong publish token"
+                    };
                     return refuse(&conn, &mut send, ErrorCode::Unauthorized, why).await;
                 }
             }
@@ -261,16 +334,29 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
         Err(_) => return close(&conn, ErrorCode::Timeout, "no hello"),
     };
     debug!(?role, "hello");
-    if write_message(&mut send, &Message::HelloOk { version: proto::VERSION, node: node.cfg.name.clone() }).await.is_err() {
+    if write_message(
+        &mut send,
+        &Message::HelloOk {
+            version: proto::VERSION,
+            node: node.cfg.name.clone(),
+        },
+    )
+    .await
+    .is_err()
+    {
         return;
     }
 
     // Every task of this connection writes control messages through one writer.
-    let (ctl, mut ctl_rx) = mpsc::channel::<Message>(64);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Message, Option<oneshot::Sender<()>>)>(64);
+    let ctl = Ctl(ctl_tx);
     let writer = tokio::spawn(async move {
-        while let Some(m) = ctl_rx.recv().await {
+        while let Some((m, written)) = ctl_rx.recv().await {
             if write_message(&mut send, &m).await.is_err() {
                 break;
+            }
+            if let Some(w) = written {
+                let _ = w.send(());
             }
         }
     });
@@ -290,16 +376,29 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
             Message::Subscribe { id, path, start } => {
                 subs.retain(|_, h| !h.is_finished());
                 if subs.contains_key(&id) {
-                    break Err(Error::refused(ErrorCode::ProtocolViolation, format!("subscription id {id} reused")));
+                    break Err(Error::refused(
+                        ErrorCode::ProtocolViolation,
+                        format!("subscription id {id} reused"),
+                    ));
                 }
                 if subs.len() >= node.cfg.max_subscriptions_per_conn {
-                    let reason = format!("at most {} subscriptions per connection", node.cfg.max_subscriptions_per_conn);
-                    let _ = ctl.send(Message::SubscribeError { id, code: ErrorCode::Overloaded.as_u64(), reason }).await;
+                    let reason = format!(
+                        "at most {} subscriptions per connection",
+                        node.cfg.max_subscriptions_per_conn
+                    );
+                    let _ = ctl
+                        .send(Message::SubscribeError {
+                            id,
+                            code: ErrorCode::Overloaded.as_u64(),
+                            reason,
+                        })
+                        .await;
                     continue;
                 }
                 let span = info_span!("sub", id, %path, ?role);
                 let task = tokio::spawn(
-                    serve_subscription(node.clone(), conn.clone(), ctl.clone(), id, path, start).instrument(span),
+                    serve_subscription(node.clone(), conn.clone(), ctl.clone(), id, path, start)
+                        .instrument(span),
                 );
                 subs.insert(id, task.abort_handle());
             }
@@ -310,16 +409,28 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
             }
             Message::Publish { path, codec } => {
                 if role != Role::Publisher {
-                    break Err(Error::refused(ErrorCode::NotAllowed, "publish without the publisher role"));
+                    break Err(Error::refused(
+                        ErrorCode::NotAllowed,
+                        "publish without the publisher role",
+                    ));
                 }
                 if publishing.is_some() {
-                    break Err(Error::refused(ErrorCode::ProtocolViolation, "one publish per connection"));
+                    break Err(Error::refused(
+                        ErrorCode::ProtocolViolation,
+                        "one publish per connection",
+                    ));
                 }
                 let span = info_span!("publish", %path);
-                publishing = Some(tokio::spawn(serve_publish(node.clone(), conn.clone(), ctl.clone(), path, codec).instrument(span)));
+                publishing = Some(tokio::spawn(
+                    serve_publish(node.clone(), conn.clone(), ctl.clone(), path, codec)
+                        .instrument(span),
+                ));
             }
             other => {
-                break Err(Error::refused(ErrorCode::ProtocolViolation, format!("unexpected message {other:?}")));
+                break Err(Error::refused(
+                    ErrorCode::ProtocolViolation,
+                    format!("unexpected message {other:?}"),
+                ));
             }
         }
     };
@@ -334,22 +445,38 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
             }
             close(&conn, ErrorCode::NoError, "bye");
         }
-        Err(Error::Remote { .. } | Error::Connection(_) | Error::Read(quinn::ReadError::ConnectionLost(_))) => {
+        Err(
+            Error::Remote { .. }
+            | Error::Connection(_)
+            | Error::Read(quinn::ReadError::ConnectionLost(_)),
+        ) => {
             debug!("connection closed")
         }
         Err(e) => {
             warn!(side = "downstream", code = %e.code(), "closing connection: {e}");
-            let _ = ctl.send(Message::Error { code: e.code().as_u64(), reason: e.to_string() }).await;
+            let _ = ctl
+                .send(Message::Error {
+                    code: e.code().as_u64(),
+                    reason: e.to_string(),
+                })
+                .await;
             close(&conn, e.code(), &e.to_string());
         }
     }
-    if let Some(p) = publishing {
-        p.abort();
-    }
+    // A publish task is never aborted: it ends with its stream and must run its cleanup
+    // (end the broadcast, or keep it for the publisher's return).
+    drop(publishing);
     writer.abort();
 }
 
-async fn serve_subscription(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Message>, id: u64, path: String, start: Start) {
+async fn serve_subscription(
+    node: Arc<Node>,
+    conn: Connection,
+    ctl: Ctl,
+    id: u64,
+    path: String,
+    start: Start,
+) {
     let (guard, created) = node.registry.subscribe(&path);
     inc(&node.stats.subscriptions);
     inc(&node.stats.subscriptions_total);
@@ -368,29 +495,56 @@ async fn serve_subscription(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender
     let b = match tokio::time::timeout(node.cfg.waiting_room, guard.slot.wait_broadcast()).await {
         Ok(b) => b,
         Err(_) => {
-            let reason = format!("stream {path} did not start within {:?}", node.cfg.waiting_room);
+            let reason = format!(
+                "stream {path} did not start within {:?}",
+                node.cfg.waiting_room
+            );
             info!("{reason}");
-            let _ = ctl.send(Message::SubscribeError { id, code: ErrorCode::NotFound.as_u64(), reason }).await;
+            let _ = ctl
+                .send(Message::SubscribeError {
+                    id,
+                    code: ErrorCode::NotFound.as_u64(),
+                    reason,
+                })
+                .await;
             return;
         }
     };
     debug!(instance = b.instance, "subscribed");
-    if ctl.send(Message::Subscribed { id, instance: b.instance, codec: b.codec.clone() }).await.is_err() {
+    if ctl
+        .send_written(Message::Subscribed {
+            id,
+            instance: b.instance,
+            codec: b.codec.clone(),
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     let mut cursor = b.cursor(start);
     match pump(&node, &conn, id, &mut cursor).await {
         Ok(last) => {
             debug!(?last, "broadcast ended");
-            let _ = ctl.send(Message::StreamEnd { id, last_seq: last.unwrap_or(0) }).await;
+            let _ = ctl
+                .send(Message::StreamEnd {
+                    id,
+                    last_seq: last.unwrap_or(0),
+                })
+                .await;
         }
         Err(e) => debug!("subscription ended: {e}"),
     }
 }
 
 /// Something that blocks on a slow peer, given up if the peer falls too far behind.
-async fn unless_lagging<T>(cursor: &Cursor, fut: impl std::future::Future<Output = T>) -> Option<T> {
+async fn unless_lagging<T>(
+    cursor: &Cursor,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    // Biased: a write that can complete now always does; only a blocked one is given up.
     tokio::select! {
+        biased;
         r = fut => Some(r),
         _ = cursor.lagging() => None,
     }
@@ -451,7 +605,12 @@ async fn pump(node: &Node, conn: &Connection, id: u64, cursor: &mut Cursor) -> R
                     let _ = s.reset(ErrorCode::Skipped.varint());
                 }
                 inc(&node.stats.skips_total);
-                info!(from, to, skipped = cursor.skipped, "subscriber fell behind: moved forward to the newest segment");
+                info!(
+                    from,
+                    to,
+                    skipped = cursor.skipped,
+                    "subscriber fell behind: moved forward to the newest segment"
+                );
             }
             Step::Finished => return Ok(last),
             _ => {}
@@ -460,9 +619,14 @@ async fn pump(node: &Node, conn: &Connection, id: u64, cursor: &mut Cursor) -> R
 }
 
 /// The origin's ingest: frames from one publisher, stamped and cut into segments.
-async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Message>, path: String, codec: Codec) {
+async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String, codec: Codec) {
     if let Err(e) = crate::media::OpusHead::parse(&codec.header) {
-        let _ = ctl.send(Message::Error { code: ErrorCode::BadMedia.as_u64(), reason: e.to_string() }).await;
+        let _ = ctl
+            .send(Message::Error {
+                code: ErrorCode::BadMedia.as_u64(),
+                reason: e.to_string(),
+            })
+            .await;
         warn!("refused: {e}");
         return close(&conn, ErrorCode::BadMedia, &e.to_string());
     }
@@ -470,7 +634,12 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
     if !slot.claim_publisher() {
         let reason = format!("stream {path} already has a publisher");
         warn!("refused: {reason}");
-        let _ = ctl.send(Message::Error { code: ErrorCode::Conflict.as_u64(), reason: reason.clone() }).await;
+        let _ = ctl
+            .send(Message::Error {
+                code: ErrorCode::Conflict.as_u64(),
+                reason: reason.clone(),
+            })
+            .await;
         return close(&conn, ErrorCode::Conflict, &reason);
     }
     struct Release(Arc<crate::store::Slot>);
@@ -489,14 +658,23 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
                 o.end();
             }
             let instance = rand::random::<u64>() & proto::varint::MAX;
-            let b = Broadcast::new(&path, instance, codec, &node.registry.cache, &node.registry.cfg);
+            let b = Broadcast::new(
+                &path,
+                instance,
+                codec,
+                &node.registry.cache,
+                &node.registry.cfg,
+            );
             slot.set_broadcast(Some(b.clone()));
             b
         }
     };
     info!(instance = b.instance, "publisher connected");
     let result = async {
-        ctl.send(Message::PublishOk { instance: b.instance }).await.map_err(|_| Error::Closed)?;
+        ctl.send(Message::PublishOk {
+            instance: b.instance,
+        })
+        .await?;
         let recv = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
             .await
             .map_err(|_| Error::Timeout("publisher opened no frame stream"))?
@@ -504,7 +682,10 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
         let mut reader = FrameReader::new(recv);
         let kind = reader.varint().await?;
         if kind != UNI_PUBLISH {
-            return Err(Error::refused(ErrorCode::ProtocolViolation, format!("stream kind {kind} where frames were expected")));
+            return Err(Error::refused(
+                ErrorCode::ProtocolViolation,
+                format!("stream kind {kind} where frames were expected"),
+            ));
         }
         ingest(&node, &b, &mut reader).await
     }
@@ -528,7 +709,12 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
                 }
                 _ => {
                     warn!(side = "downstream", code = %e.code(), "publisher refused: {e}");
-                    let _ = ctl.send(Message::Error { code: e.code().as_u64(), reason: e.to_string() }).await;
+                    let _ = ctl
+                        .send(Message::Error {
+                            code: e.code().as_u64(),
+                            reason: e.to_string(),
+                        })
+                        .await;
                     close(&conn, e.code(), &e.to_string());
                 }
             }
@@ -538,7 +724,9 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
             drop(_release);
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                if !slot.has_publisher() && slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b)) {
+                if !slot.has_publisher()
+                    && slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b))
+                {
                     info!(path = %slot.path, "publisher did not come back: broadcast ended");
                     b.end();
                     slot.set_broadcast(None);
@@ -549,7 +737,9 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: mpsc::Sender<Mess
 }
 
 async fn ingest(node: &Node, b: &Arc<Broadcast>, reader: &mut FrameReader) -> Result<()> {
-    let target = (node.cfg.segment_duration.as_micros() as u64 * b.codec.sample_rate as u64 / 1_000_000).max(1);
+    let target = (node.cfg.segment_duration.as_micros() as u64 * b.codec.sample_rate as u64
+        / 1_000_000)
+        .max(1);
     let mut next_seq = b.edge().latest.map(|l| l + 1).unwrap_or(0);
     let mut seg: Option<(Arc<crate::store::Segment>, u64)> = None;
     let mut last_end: Option<u64> = None;

@@ -29,7 +29,10 @@ impl Stored {
         let record = frame.to_bytes();
         // Keep one allocation: the payload becomes a slice of the record.
         let payload = record.slice(record.len() - frame.payload.len()..);
-        Stored { frame: Frame { payload, ..frame }, record }
+        Stored {
+            frame: Frame { payload, ..frame },
+            record,
+        }
     }
 }
 
@@ -49,7 +52,10 @@ struct SegInner {
 
 impl Segment {
     fn new(seq: u64) -> Segment {
-        Segment { seq, inner: RwLock::new(SegInner::default()) }
+        Segment {
+            seq,
+            inner: RwLock::new(SegInner::default()),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, SegInner> {
@@ -101,7 +107,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_bytes: 256 << 20, cache_ttl: Duration::from_secs(60), window: 8, max_lag: 3 }
+        StoreConfig {
+            cache_bytes: 256 << 20,
+            cache_ttl: Duration::from_secs(60),
+            window: 8,
+            max_lag: 3,
+        }
     }
 }
 
@@ -115,7 +126,9 @@ impl SegmentCache {
     pub fn new(cfg: &StoreConfig) -> Self {
         let cache = Cache::builder()
             .max_capacity(cfg.cache_bytes)
-            .weigher(|_k: &(u64, u64), v: &Arc<Segment>| (v.bytes() + 256).min(u32::MAX as usize) as u32)
+            .weigher(|_k: &(u64, u64), v: &Arc<Segment>| {
+                (v.bytes() + 256).min(u32::MAX as usize) as u32
+            })
             .time_to_live(cfg.cache_ttl)
             .build();
         SegmentCache { cache }
@@ -156,7 +169,13 @@ pub struct Edge {
 }
 
 impl Broadcast {
-    pub fn new(path: &str, instance: u64, codec: Codec, cache: &SegmentCache, cfg: &StoreConfig) -> Arc<Broadcast> {
+    pub fn new(
+        path: &str,
+        instance: u64,
+        codec: Codec,
+        cache: &SegmentCache,
+        cfg: &StoreConfig,
+    ) -> Arc<Broadcast> {
         Arc::new(Broadcast {
             path: path.to_string(),
             instance,
@@ -180,7 +199,10 @@ impl Broadcast {
 
     pub fn edge(&self) -> Edge {
         let s = self.state();
-        Edge { latest: s.latest, ended: s.ended }
+        Edge {
+            latest: s.latest,
+            ended: s.ended,
+        }
     }
 
     /// Starts segment `seq`, sealing the open one. Sequence numbers only grow.
@@ -189,7 +211,10 @@ impl Broadcast {
         {
             let mut s = self.state();
             if s.ended {
-                return Err(Error::refused(ErrorCode::ProtocolViolation, "broadcast has ended"));
+                return Err(Error::refused(
+                    ErrorCode::ProtocolViolation,
+                    "broadcast has ended",
+                ));
             }
             if let Some(l) = s.latest {
                 if seq <= l {
@@ -205,7 +230,9 @@ impl Broadcast {
             s.open = Some(seg.clone());
             s.latest = Some(seq);
             if seq > self.window {
-                self.cache.cache.invalidate(&(self.instance, seq - self.window - 1));
+                self.cache
+                    .cache
+                    .invalidate(&(self.instance, seq - self.window - 1));
             }
         }
         self.cache.cache.insert((self.instance, seq), seg.clone());
@@ -218,10 +245,18 @@ impl Broadcast {
         {
             let mut g = seg.write();
             if g.sealed {
-                return Err(Error::refused(ErrorCode::ProtocolViolation, "segment is sealed"));
+                return Err(Error::refused(
+                    ErrorCode::ProtocolViolation,
+                    "segment is sealed",
+                ));
             }
-            if g.frames.len() >= MAX_FRAMES_PER_SEGMENT || g.bytes + f.record.len() > MAX_SEGMENT_BYTES {
-                return Err(Error::refused(ErrorCode::TooLarge, format!("segment {} is over its limits", seg.seq)));
+            if g.frames.len() >= MAX_FRAMES_PER_SEGMENT
+                || g.bytes + f.record.len() > MAX_SEGMENT_BYTES
+            {
+                return Err(Error::refused(
+                    ErrorCode::TooLarge,
+                    format!("segment {} is over its limits", seg.seq),
+                ));
             }
             g.bytes += f.record.len();
             g.frames.push(f);
@@ -233,7 +268,9 @@ impl Broadcast {
     fn seal_locked(&self, seg: &Arc<Segment>) {
         seg.write().sealed = true;
         // Re-insert so the cache weighs the segment at its final size.
-        self.cache.cache.insert((self.instance, seg.seq), seg.clone());
+        self.cache
+            .cache
+            .insert((self.instance, seg.seq), seg.clone());
     }
 
     /// Seals `seg` (a segment that is complete).
@@ -412,12 +449,10 @@ impl Cursor {
                     }
                 }
                 Some(seg) => {
+                    // No lag check here: a subscriber that keeps taking steps is keeping up,
+                    // even if the edge ran ahead (a relay catching up after failover). Lag
+                    // only counts while a write to the subscriber is blocked: see `lagging`.
                     let seq = seg.seq;
-                    if let Some(latest) = edge.latest {
-                        if latest.saturating_sub(seq) > self.b.max_lag {
-                            return self.skip_to_live();
-                        }
-                    }
                     let sealed = seg.read_from(self.idx, &mut self.scratch);
                     if !self.scratch.is_empty() {
                         self.idx += self.scratch.len();
@@ -504,7 +539,9 @@ pub struct SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.slot.subscribers.send_modify(|n| *n = n.saturating_sub(1));
+        self.slot
+            .subscribers
+            .send_modify(|n| *n = n.saturating_sub(1));
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
@@ -520,7 +557,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(cfg: StoreConfig) -> Arc<Registry> {
-        Arc::new(Registry { slots: Mutex::new(HashMap::new()), changes: watch::Sender::new(0), cache: SegmentCache::new(&cfg), cfg })
+        Arc::new(Registry {
+            slots: Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(0),
+            cache: SegmentCache::new(&cfg),
+            cfg,
+        })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -557,7 +599,13 @@ impl Registry {
         slot.subscriptions_total.fetch_add(1, Ordering::Relaxed);
         drop(map);
         self.bump();
-        (SubscriberGuard { slot, changes: self.changes.clone() }, created)
+        (
+            SubscriberGuard {
+                slot,
+                changes: self.changes.clone(),
+            },
+            created,
+        )
     }
 
     fn bump(&self) {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
@@ -33,7 +35,9 @@ pub fn sha256_hex(der: &[u8]) -> String {
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 {
-        return Err(Error::Tls(format!("fingerprint {s:?} is not 32 bytes of hex (SHA-256)")));
+        return Err(Error::Tls(format!(
+            "fingerprint {s:?} is not 32 bytes of hex (SHA-256)"
+        )));
     }
     let mut out = [0u8; 32];
     for (i, o) in out.iter_mut().enumerate() {
@@ -67,29 +71,49 @@ impl Clone for Identity {
 impl Identity {
     /// A fresh self-signed ECDSA P-256 certificate for localhost and the given names.
     pub fn self_signed(extra_names: &[String]) -> Result<Identity> {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         names.extend(extra_names.iter().cloned());
-        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| Error::Tls(e.to_string()))?;
+        let ck =
+            rcgen::generate_simple_self_signed(names).map_err(|e| Error::Tls(e.to_string()))?;
         let der = ck.cert.der().clone();
         let fingerprint = sha256_hex(&der);
         let key = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        Ok(Identity { certs: vec![der], key, fingerprint, self_signed: true })
+        Ok(Identity {
+            certs: vec![der],
+            key,
+            fingerprint,
+            self_signed: true,
+        })
     }
 
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity> {
-        let cert_pem = std::fs::read(cert).map_err(|e| Error::Tls(format!("reading {}: {e}", cert.display())))?;
-        let key_pem = std::fs::read(key).map_err(|e| Error::Tls(format!("reading {}: {e}", key.display())))?;
+        let cert_pem = std::fs::read(cert)
+            .map_err(|e| Error::Tls(format!("reading {}: {e}", cert.display())))?;
+        let key_pem = std::fs::read(key)
+            .map_err(|e| Error::Tls(format!("reading {}: {e}", key.display())))?;
         let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
         if certs.is_empty() {
-            return Err(Error::Tls(format!("{}: no certificate in PEM file", cert.display())));
+            return Err(Error::Tls(format!(
+                "{}: no certificate in PEM file",
+                cert.display()
+            )));
         }
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?
             .ok_or_else(|| Error::Tls(format!("{}: no private key in PEM file", key.display())))?;
         let fingerprint = sha256_hex(&certs[0]);
-        Ok(Identity { certs, key, fingerprint, self_signed: false })
+        Ok(Identity {
+            certs,
+            key,
+            fingerprint,
+            self_signed: false,
+        })
     }
 }
 
@@ -104,18 +128,25 @@ pub enum Trust {
 
 impl Trust {
     pub fn from_ca_file(path: &Path) -> Result<Trust> {
-        let pem = std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
         let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(Error::Tls(format!("{}: no certificate in PEM file", path.display())));
+            return Err(Error::Tls(format!(
+                "{}: no certificate in PEM file",
+                path.display()
+            )));
         }
         Ok(Trust::Ca(certs))
     }
 
     pub fn pinned(fingerprints: &[String]) -> Result<Trust> {
-        let fps = fingerprints.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>>>()?;
+        let fps = fingerprints
+            .iter()
+            .map(|f| parse_fingerprint(f))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Trust::Pinned(fps))
     }
 }
@@ -179,7 +210,11 @@ pub fn transport(uni_streams: u32) -> Arc<quinn::TransportConfig> {
     t.receive_window((1024u32 * 1024).into());
     t.send_window(512 * 1024);
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(Duration::from_secs(20).try_into().expect("20 s is a valid idle timeout")));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(20)
+            .try_into()
+            .expect("20 s is a valid idle timeout"),
+    ));
     Arc::new(t)
 }
 
@@ -207,7 +242,9 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
         Trust::Ca(cas) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in cas {
-                roots.add(c.clone()).map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
+                roots
+                    .add(c.clone())
+                    .map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -218,7 +255,10 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
             let algs = provider().signature_verification_algorithms;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pins: pins.clone(), algs }))
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    pins: pins.clone(),
+                    algs,
+                }))
                 .with_no_client_auth()
         }
     };
@@ -238,7 +278,12 @@ mod tests {
     fn fingerprints_parse_with_or_without_colons() {
         let id = Identity::self_signed(&[]).unwrap();
         let a = parse_fingerprint(&id.fingerprint).unwrap();
-        let colons: Vec<String> = id.fingerprint.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+        let colons: Vec<String> = id
+            .fingerprint
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
         assert_eq!(parse_fingerprint(&colons.join(":")).unwrap(), a);
         assert!(parse_fingerprint("abcd").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());

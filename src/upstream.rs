@@ -26,11 +26,24 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(parents: Vec<QuicUrl>, trust: &Trust, connect_timeout: Duration) -> Result<Arc<Upstream>> {
+    pub fn new(
+        parents: Vec<QuicUrl>,
+        trust: &Trust,
+        connect_timeout: Duration,
+    ) -> Result<Arc<Upstream>> {
         let v6 = parents.first().is_some_and(|p| p.host.contains(':'));
         let bind = if v6 { "[::]:0" } else { "0.0.0.0:0" };
-        let client = Client::new(bind.parse().map_err(|_| Error::Url(bind.into(), "bind"))?, trust)?;
-        Ok(Arc::new(Upstream { parents, client, session: Mutex::new(None), current: AtomicUsize::new(0), connect_timeout }))
+        let client = Client::new(
+            bind.parse().map_err(|_| Error::Url(bind.into(), "bind"))?,
+            trust,
+        )?;
+        Ok(Arc::new(Upstream {
+            parents,
+            client,
+            session: Mutex::new(None),
+            current: AtomicUsize::new(0),
+            connect_timeout,
+        }))
     }
 
     /// The connection to the current parent, made (trying each parent in turn) if there is none.
@@ -43,7 +56,9 @@ impl Upstream {
             // That parent is gone: start with the next one.
             *g = None;
             let n = self.parents.len();
-            let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some((c + 1) % n));
+            let _ = self
+                .current
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some((c + 1) % n));
         }
         let n = self.parents.len();
         let first = self.current.load(Ordering::Relaxed);
@@ -51,7 +66,12 @@ impl Upstream {
         for i in 0..n {
             let idx = (first + i) % n;
             let url = &self.parents[idx];
-            match tokio::time::timeout(self.connect_timeout, self.client.connect(url, Role::Relay, "")).await {
+            match tokio::time::timeout(
+                self.connect_timeout,
+                self.client.connect(url, Role::Relay, ""),
+            )
+            .await
+            {
                 Ok(Ok(s)) => {
                     info!(parent = %url.authority(), node = %s.node, "connected to parent");
                     self.current.store(idx, Ordering::Relaxed);
@@ -73,12 +93,18 @@ impl Upstream {
 
     pub fn spawn_fetch(self: &Arc<Self>, node: Arc<Node>, slot: Arc<Slot>, start: Start) {
         // Its own root span: the fetch outlives the subscriber that happened to start it.
-        let span = info_span!(parent: None, "fetch", path = %slot.path);
+        let span = info_span!(parent: None, "fetch", node = %node.cfg.name, path = %slot.path);
         tokio::spawn(self.clone().fetch(node, slot, start).instrument(span));
     }
 
     async fn fetch(self: Arc<Self>, node: Arc<Node>, slot: Arc<Slot>, start: Start) {
-        let mut st = FetchState { b: None, open: None, sealed_through: None, next: start, healthy: false };
+        let mut st = FetchState {
+            b: None,
+            open: None,
+            sealed_through: None,
+            next: start,
+            healthy: false,
+        };
         let mut subs = slot.watch_subscribers();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -121,7 +147,9 @@ impl Upstream {
     async fn fetch_once(&self, node: &Node, slot: &Arc<Slot>, st: &mut FetchState) -> Result<()> {
         let session = self.session().await?;
         let mut sub = session.subscribe(&slot.path, st.next).await?;
-        node.stats.upstream_subscriptions_total.fetch_add(1, Ordering::Relaxed);
+        node.stats
+            .upstream_subscriptions_total
+            .fetch_add(1, Ordering::Relaxed);
         debug!(start = ?st.next, "subscribed upstream");
         // Segments that overtook the Subscribed message (they travel on other streams).
         let mut early: Vec<(u64, FrameReader)> = Vec::new();
@@ -133,13 +161,25 @@ impl Upstream {
             };
             match ev {
                 Event::Subscribed { instance, codec } => {
-                    let same = st.b.as_ref().is_some_and(|b| b.instance == instance && !b.is_ended());
+                    let same =
+                        st.b.as_ref()
+                            .is_some_and(|b| b.instance == instance && !b.is_ended());
                     if !same {
                         if let Some(old) = st.b.take() {
-                            info!(old = old.instance, new = instance, "parent has a new broadcast");
+                            info!(
+                                old = old.instance,
+                                new = instance,
+                                "parent has a new broadcast"
+                            );
                             old.end();
                         }
-                        let b = Broadcast::new(&slot.path, instance, codec, &node.registry.cache, &node.registry.cfg);
+                        let b = Broadcast::new(
+                            &slot.path,
+                            instance,
+                            codec,
+                            &node.registry.cache,
+                            &node.registry.cfg,
+                        );
                         st.open = None;
                         st.sealed_through = None;
                         slot.set_broadcast(Some(b.clone()));
@@ -152,9 +192,14 @@ impl Upstream {
                 }
                 Event::Segment { seq, mut frames } => {
                     if st.b.is_none() || !st.healthy {
-                        if early.len() >= 4 {
+                        // QUIC streams may arrive in any order; a parent that sends more than
+                        // this before its Subscribed is broken.
+                        if early.len() >= 32 {
                             frames.stop(ErrorCode::ProtocolViolation);
-                            return Err(Error::refused(ErrorCode::ProtocolViolation, "segments before subscribed"));
+                            return Err(Error::refused(
+                                ErrorCode::ProtocolViolation,
+                                "segments before subscribed",
+                            ));
                         }
                         early.push((seq, frames));
                         continue;
@@ -170,7 +215,10 @@ impl Upstream {
             }
             if let Some(last) = pending_end {
                 let past = matches!(st.next, Start::Seq(n) if n > last);
-                if past || st.sealed_through.is_some_and(|s| s >= last) || st.b.as_ref().is_some_and(|b| b.edge().latest.is_none()) {
+                if past
+                    || st.sealed_through.is_some_and(|s| s >= last)
+                    || st.b.as_ref().is_some_and(|b| b.edge().latest.is_none())
+                {
                     if let Some(b) = st.b.take() {
                         b.end();
                         if slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b)) {
@@ -199,7 +247,9 @@ impl FetchState {
     /// Receives one segment stream into the store. A segment we hold part of (the parent
     /// was lost mid-way) is resumed: the frames we have are skipped, the rest appended.
     async fn read_segment(&mut self, seq: u64, mut frames: FrameReader) -> Result<()> {
-        let Some(b) = self.b.clone() else { return Ok(()) };
+        let Some(b) = self.b.clone() else {
+            return Ok(());
+        };
         if self.sealed_through.is_some_and(|s| seq <= s) {
             frames.stop(ErrorCode::Cancelled);
             return Ok(());
@@ -233,7 +283,9 @@ impl FetchState {
                     warn!(side = "upstream", seq, code = %code, "parent skipped us past a segment");
                     break;
                 }
-                Err(Error::Read(quinn::ReadError::ConnectionLost(e))) => return Err(crate::client::conn_error(e)),
+                Err(Error::Read(quinn::ReadError::ConnectionLost(e))) => {
+                    return Err(crate::client::conn_error(e))
+                }
                 Err(e) => {
                     frames.stop(e.code());
                     return Err(e);

@@ -15,7 +15,10 @@ pub struct ControlReader {
 
 impl ControlReader {
     pub fn new(recv: RecvStream) -> Self {
-        ControlReader { recv, buf: BytesMut::new() }
+        ControlReader {
+            recv,
+            buf: BytesMut::new(),
+        }
     }
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly.
@@ -53,7 +56,10 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(recv: RecvStream) -> Self {
-        FrameReader { recv, buf: BytesMut::new() }
+        FrameReader {
+            recv,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Reads one varint (a stream header field).
@@ -82,7 +88,9 @@ impl FrameReader {
             if !out.is_empty() {
                 return Ok(());
             }
-            let room = (MAX_FRAME_RECORD + 64).saturating_sub(self.buf.len()).max(1);
+            let room = (MAX_FRAME_RECORD + 64)
+                .saturating_sub(self.buf.len())
+                .max(1);
             match self.recv.read_chunk(room, true).await? {
                 Some(c) => {
                     if self.buf.is_empty() {

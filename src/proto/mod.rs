@@ -38,7 +38,11 @@ pub enum DecodeError {
     #[error("truncated input")]
     Truncated,
     #[error("{what} is {len} bytes, limit {max}")]
-    TooLarge { what: &'static str, len: u64, max: usize },
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: usize,
+    },
     #[error("unknown message type {0:#x}")]
     UnknownType(u64),
     #[error("unknown {what} {value}")]
@@ -73,7 +77,10 @@ impl Role {
             1 => Ok(Role::Listener),
             2 => Ok(Role::Relay),
             3 => Ok(Role::Publisher),
-            _ => Err(DecodeError::BadValue { what: "role", value: v }),
+            _ => Err(DecodeError::BadValue {
+                what: "role",
+                value: v,
+            }),
         }
     }
 }
@@ -103,21 +110,53 @@ pub const CODEC_OPUS: u64 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Client → server, first message on the control stream.
-    Hello { version: u64, role: Role, token: Bytes },
+    Hello {
+        version: u64,
+        role: Role,
+        token: Bytes,
+    },
     /// Server → client: accepted.
-    HelloOk { version: u64, node: String },
-    Subscribe { id: u64, path: String, start: Start },
+    HelloOk {
+        version: u64,
+        node: String,
+    },
+    Subscribe {
+        id: u64,
+        path: String,
+        start: Start,
+    },
     /// The stream exists (sent when it starts, for a subscription in the waiting room).
-    Subscribed { id: u64, instance: u64, codec: Codec },
-    SubscribeError { id: u64, code: u64, reason: String },
-    Unsubscribe { id: u64 },
+    Subscribed {
+        id: u64,
+        instance: u64,
+        codec: Codec,
+    },
+    SubscribeError {
+        id: u64,
+        code: u64,
+        reason: String,
+    },
+    Unsubscribe {
+        id: u64,
+    },
     /// Publisher → origin: announce a stream; frames follow on one uni stream.
-    Publish { path: String, codec: Codec },
-    PublishOk { instance: u64 },
+    Publish {
+        path: String,
+        codec: Codec,
+    },
+    PublishOk {
+        instance: u64,
+    },
     /// No segment after `last_seq` will come for this subscription: the broadcast ended.
-    StreamEnd { id: u64, last_seq: u64 },
+    StreamEnd {
+        id: u64,
+        last_seq: u64,
+    },
     /// Connection-level error, sent before closing.
-    Error { code: u64, reason: String },
+    Error {
+        code: u64,
+        reason: String,
+    },
 }
 
 mod ty {
@@ -173,7 +212,10 @@ pub fn check_path(p: &str) -> Result<(), DecodeError> {
         if part.is_empty() || part == "." || part == ".." {
             return Err(DecodeError::BadPath("empty, '.' or '..' part"));
         }
-        if !part.bytes().all(|c| c.is_ascii_alphanumeric() || b"._~-".contains(&c)) {
+        if !part
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._~-".contains(&c))
+        {
             return Err(DecodeError::BadPath("characters outside [A-Za-z0-9._~-/]"));
         }
     }
@@ -196,18 +238,32 @@ fn put_codec(buf: &mut BytesMut, c: &Codec) {
 fn get_codec(buf: &mut Bytes) -> Result<Codec, DecodeError> {
     let kind = get_varint(buf)?;
     if kind != CODEC_OPUS {
-        return Err(DecodeError::BadValue { what: "codec", value: kind });
+        return Err(DecodeError::BadValue {
+            what: "codec",
+            value: kind,
+        });
     }
     let sample_rate = get_varint(buf)?;
     if sample_rate == 0 || sample_rate > 384_000 {
-        return Err(DecodeError::BadValue { what: "sample rate", value: sample_rate });
+        return Err(DecodeError::BadValue {
+            what: "sample rate",
+            value: sample_rate,
+        });
     }
     let channels = get_u8(buf)?;
     if channels == 0 {
-        return Err(DecodeError::BadValue { what: "channel count", value: 0 });
+        return Err(DecodeError::BadValue {
+            what: "channel count",
+            value: 0,
+        });
     }
     let header = get_bytes(buf, "codec header", MAX_CODEC_HEADER)?;
-    Ok(Codec { kind, sample_rate: sample_rate as u32, channels, header })
+    Ok(Codec {
+        kind,
+        sample_rate: sample_rate as u32,
+        channels,
+        header,
+    })
 }
 
 impl Message {
@@ -215,7 +271,11 @@ impl Message {
     pub fn encode(&self, out: &mut BytesMut) {
         let mut p = BytesMut::new();
         let t = match self {
-            Message::Hello { version, role, token } => {
+            Message::Hello {
+                version,
+                role,
+                token,
+            } => {
                 put_varint(&mut p, *version);
                 put_varint(&mut p, *role as u64);
                 put_bytes(&mut p, token);
@@ -238,7 +298,11 @@ impl Message {
                 }
                 ty::SUBSCRIBE
             }
-            Message::Subscribed { id, instance, codec } => {
+            Message::Subscribed {
+                id,
+                instance,
+                codec,
+            } => {
                 put_varint(&mut p, *id);
                 put_varint(&mut p, *instance);
                 put_codec(&mut p, codec);
@@ -299,7 +363,11 @@ impl Message {
             None => return Ok(None),
         };
         if len > MAX_MESSAGE as u64 {
-            return Err(DecodeError::TooLarge { what: "message", len, max: MAX_MESSAGE });
+            return Err(DecodeError::TooLarge {
+                what: "message",
+                len,
+                max: MAX_MESSAGE,
+            });
         }
         let head = buf.len() - peek.len();
         if peek.len() < len as usize {
@@ -327,7 +395,12 @@ impl Message {
                 let start = match get_varint(&mut p)? {
                     0 => Start::Live,
                     1 => Start::Seq(get_varint(&mut p)?),
-                    v => return Err(DecodeError::BadValue { what: "start kind", value: v }),
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            what: "start kind",
+                            value: v,
+                        })
+                    }
                 };
                 Message::Subscribe { id, path, start }
             }
@@ -341,10 +414,20 @@ impl Message {
                 code: get_varint(&mut p)?,
                 reason: get_string(&mut p, "reason", MAX_REASON)?,
             },
-            ty::UNSUBSCRIBE => Message::Unsubscribe { id: get_varint(&mut p)? },
-            ty::PUBLISH => Message::Publish { path: get_path(&mut p)?, codec: get_codec(&mut p)? },
-            ty::PUBLISH_OK => Message::PublishOk { instance: get_varint(&mut p)? },
-            ty::STREAM_END => Message::StreamEnd { id: get_varint(&mut p)?, last_seq: get_varint(&mut p)? },
+            ty::UNSUBSCRIBE => Message::Unsubscribe {
+                id: get_varint(&mut p)?,
+            },
+            ty::PUBLISH => Message::Publish {
+                path: get_path(&mut p)?,
+                codec: get_codec(&mut p)?,
+            },
+            ty::PUBLISH_OK => Message::PublishOk {
+                instance: get_varint(&mut p)?,
+            },
+            ty::STREAM_END => Message::StreamEnd {
+                id: get_varint(&mut p)?,
+                last_seq: get_varint(&mut p)?,
+            },
             ty::ERROR => Message::Error {
                 code: get_varint(&mut p)?,
                 reason: get_string(&mut p, "reason", MAX_REASON)?,
@@ -429,10 +512,17 @@ impl Frame {
         }
         let [len, pts, duration, wall_us] = fields;
         if len > MAX_FRAME_PAYLOAD as u64 {
-            return Err(DecodeError::TooLarge { what: "frame payload", len, max: MAX_FRAME_PAYLOAD });
+            return Err(DecodeError::TooLarge {
+                what: "frame payload",
+                len,
+                max: MAX_FRAME_PAYLOAD,
+            });
         }
         if duration > MAX_FRAME_DURATION {
-            return Err(DecodeError::BadValue { what: "frame duration", value: duration });
+            return Err(DecodeError::BadValue {
+                what: "frame duration",
+                value: duration,
+            });
         }
         let head = buf.len() - peek.len();
         if peek.len() < len as usize {
@@ -440,7 +530,15 @@ impl Frame {
         }
         let record = buf.split_to(head + len as usize).freeze();
         let payload = record.slice(head..);
-        Ok(Some((Frame { pts, duration: duration as u32, wall_us, payload }, record)))
+        Ok(Some((
+            Frame {
+                pts,
+                duration: duration as u32,
+                wall_us,
+                payload,
+            },
+            record,
+        )))
     }
 }
 

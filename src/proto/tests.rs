@@ -2,29 +2,105 @@ use super::*;
 use proptest::prelude::*;
 
 fn opus_codec() -> Codec {
-    Codec { kind: CODEC_OPUS, sample_rate: 48_000, channels: 2, header: crate::media::OpusHead::synthetic(2).raw }
+    Codec {
+        kind: CODEC_OPUS,
+        sample_rate: 48_000,
+        channels: 2,
+        header: crate::media::OpusHead::synthetic(2).raw,
+    }
 }
 
 /// The messages of `proto/vectors.txt`, by name.
 fn expected_messages() -> Vec<(&'static str, Message)> {
     vec![
-        ("hello_listener", Message::Hello { version: 1, role: Role::Listener, token: Bytes::new() }),
-        ("hello_publisher", Message::Hello { version: 1, role: Role::Publisher, token: Bytes::from_static(b"s3cret") }),
-        ("hello_ok", Message::HelloOk { version: 1, node: "origin".into() }),
-        ("subscribe_live", Message::Subscribe { id: 1, path: "spaces/town-hall".into(), start: Start::Live }),
-        ("subscribe_seq", Message::Subscribe { id: 7, path: "a".into(), start: Start::Seq(300) }),
-        ("subscribed", Message::Subscribed { id: 1, instance: 0x1234, codec: opus_codec() }),
-        ("subscribe_error", Message::SubscribeError { id: 2, code: 3, reason: "no such stream".into() }),
+        (
+            "hello_listener",
+            Message::Hello {
+                version: 1,
+                role: Role::Listener,
+                token: Bytes::new(),
+            },
+        ),
+        (
+            "hello_publisher",
+            Message::Hello {
+                version: 1,
+                role: Role::Publisher,
+                token: Bytes::from_static(b"s3cret"),
+            },
+        ),
+        (
+            "hello_ok",
+            Message::HelloOk {
+                version: 1,
+                node: "origin".into(),
+            },
+        ),
+        (
+            "subscribe_live",
+            Message::Subscribe {
+                id: 1,
+                path: "spaces/town-hall".into(),
+                start: Start::Live,
+            },
+        ),
+        (
+            "subscribe_seq",
+            Message::Subscribe {
+                id: 7,
+                path: "a".into(),
+                start: Start::Seq(300),
+            },
+        ),
+        (
+            "subscribed",
+            Message::Subscribed {
+                id: 1,
+                instance: 0x1234,
+                codec: opus_codec(),
+            },
+        ),
+        (
+            "subscribe_error",
+            Message::SubscribeError {
+                id: 2,
+                code: 3,
+                reason: "no such stream".into(),
+            },
+        ),
         ("unsubscribe", Message::Unsubscribe { id: 2 }),
-        ("publish", Message::Publish { path: "live".into(), codec: opus_codec() }),
+        (
+            "publish",
+            Message::Publish {
+                path: "live".into(),
+                codec: opus_codec(),
+            },
+        ),
         ("publish_ok", Message::PublishOk { instance: 0x1234 }),
-        ("stream_end", Message::StreamEnd { id: 1, last_seq: 99 }),
-        ("error", Message::Error { code: 2, reason: "wrong publish token".into() }),
+        (
+            "stream_end",
+            Message::StreamEnd {
+                id: 1,
+                last_seq: 99,
+            },
+        ),
+        (
+            "error",
+            Message::Error {
+                code: 2,
+                reason: "wrong publish token".into(),
+            },
+        ),
     ]
 }
 
 fn expected_frame() -> Frame {
-    Frame { pts: 960, duration: 960, wall_us: 1_700_000_000_000_000, payload: Bytes::from_static(&[0xf8, 0x01, 0x02]) }
+    Frame {
+        pts: 960,
+        duration: 960,
+        wall_us: 1_700_000_000_000_000,
+        payload: Bytes::from_static(&[0xf8, 0x01, 0x02]),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -33,7 +109,10 @@ fn hex(b: &[u8]) -> String {
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// (kind, name, bytes) from proto/vectors.txt.
@@ -60,31 +139,55 @@ fn message_vectors_both_directions() {
             .unwrap_or_else(|| panic!("vector {name} missing from proto/vectors.txt"));
         assert_eq!(hex(&msg.to_bytes()), hex(bytes), "encoding {name}");
         let mut buf = BytesMut::from(&bytes[..]);
-        assert_eq!(Message::decode(&mut buf).unwrap().as_ref(), Some(msg), "decoding {name}");
+        assert_eq!(
+            Message::decode(&mut buf).unwrap().as_ref(),
+            Some(msg),
+            "decoding {name}"
+        );
         assert!(buf.is_empty());
     }
-    assert_eq!(vs.iter().filter(|(k, ..)| k == "message").count(), expected.len());
+    assert_eq!(
+        vs.iter().filter(|(k, ..)| k == "message").count(),
+        expected.len()
+    );
 }
 
 #[test]
 fn hello_vector_is_as_the_spec_explains() {
     // type 0x01, length 3, version 1, role 1 (listener), token length 0
-    assert_eq!(expected_messages()[0].1.to_bytes().as_ref(), &[0x01, 0x03, 0x01, 0x01, 0x00]);
+    assert_eq!(
+        expected_messages()[0].1.to_bytes().as_ref(),
+        &[0x01, 0x03, 0x01, 0x01, 0x00]
+    );
     // 300 needs a two-byte varint: 0x40 | 0x01, 0x2c
-    let sub = Message::Subscribe { id: 7, path: "a".into(), start: Start::Seq(300) }.to_bytes();
-    assert_eq!(sub.as_ref(), &[0x03, 0x06, 0x07, 0x01, b'a', 0x01, 0x41, 0x2c]);
+    let sub = Message::Subscribe {
+        id: 7,
+        path: "a".into(),
+        start: Start::Seq(300),
+    }
+    .to_bytes();
+    assert_eq!(
+        sub.as_ref(),
+        &[0x03, 0x06, 0x07, 0x01, b'a', 0x01, 0x41, 0x2c]
+    );
 }
 
 #[test]
 fn frame_and_segment_header_vectors() {
     let vs = vectors();
-    let (_, _, fb) = vs.iter().find(|(k, ..)| k == "frame").expect("frame vector");
+    let (_, _, fb) = vs
+        .iter()
+        .find(|(k, ..)| k == "frame")
+        .expect("frame vector");
     assert_eq!(hex(&expected_frame().to_bytes()), hex(fb));
     let mut buf = BytesMut::from(&fb[..]);
     let (f, record) = Frame::decode(&mut buf).unwrap().unwrap();
     assert_eq!(f, expected_frame());
     assert_eq!(record.as_ref(), &fb[..]);
-    let (_, _, hb) = vs.iter().find(|(k, ..)| k == "segment_header").expect("segment header vector");
+    let (_, _, hb) = vs
+        .iter()
+        .find(|(k, ..)| k == "segment_header")
+        .expect("segment header vector");
     let mut out = BytesMut::new();
     SegmentHeader { sub_id: 1, seq: 5 }.encode(&mut out);
     assert_eq!(hex(&out), hex(hb));
@@ -111,10 +214,16 @@ fn oversized_length_is_refused_before_the_bytes_arrive() {
     let mut b = BytesMut::new();
     put_varint(&mut b, 0x03);
     put_varint(&mut b, (MAX_MESSAGE + 1) as u64);
-    assert!(matches!(Message::decode(&mut b), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        Message::decode(&mut b),
+        Err(DecodeError::TooLarge { .. })
+    ));
     let mut b = BytesMut::new();
     put_varint(&mut b, (MAX_FRAME_PAYLOAD + 1) as u64);
-    assert!(matches!(Frame::decode(&mut b), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        Frame::decode(&mut b),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -139,14 +248,33 @@ fn paths() {
     for ok in ["a", "spaces/town-hall", "x.y_z~1/2"] {
         check_path(ok).unwrap();
     }
-    for bad in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "é", &"x".repeat(256)] {
+    for bad in [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        "../a",
+        "a/./b",
+        "a b",
+        "é",
+        &"x".repeat(256),
+    ] {
         assert!(check_path(bad).is_err(), "{bad:?}");
     }
 }
 
 #[test]
 fn varint_edges() {
-    for v in [0u64, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, varint::MAX] {
+    for v in [
+        0u64,
+        63,
+        64,
+        16383,
+        16384,
+        (1 << 30) - 1,
+        1 << 30,
+        varint::MAX,
+    ] {
         let mut b = BytesMut::new();
         put_varint(&mut b, v);
         assert_eq!(b.len(), varint_len(v));
@@ -167,18 +295,32 @@ fn arb_path() -> impl Strategy<Value = String> {
 fn arb_message() -> impl Strategy<Value = Message> {
     let v = 0..varint::MAX;
     prop_oneof![
-        (v.clone(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(version, t)| Message::Hello {
-            version,
-            role: Role::Relay,
-            token: Bytes::from(t)
+        (v.clone(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(version, t)| {
+            Message::Hello {
+                version,
+                role: Role::Relay,
+                token: Bytes::from(t),
+            }
         }),
-        (v.clone(), arb_path(), arb_start()).prop_map(|(id, path, start)| Message::Subscribe { id, path, start }),
-        (v.clone(), v.clone(), "[ -~]{0,40}").prop_map(|(id, code, reason)| Message::SubscribeError { id, code, reason }),
+        (v.clone(), arb_path(), arb_start()).prop_map(|(id, path, start)| Message::Subscribe {
+            id,
+            path,
+            start
+        }),
+        (v.clone(), v.clone(), "[ -~]{0,40}")
+            .prop_map(|(id, code, reason)| Message::SubscribeError { id, code, reason }),
         (v.clone(), v.clone()).prop_map(|(id, last_seq)| Message::StreamEnd { id, last_seq }),
-        (v.clone(), proptest::collection::vec(any::<u8>(), 1..300)).prop_map(|(instance, h)| Message::Subscribed {
-            id: 3,
-            instance,
-            codec: Codec { kind: CODEC_OPUS, sample_rate: 48_000, channels: 1, header: Bytes::from(h) }
+        (v.clone(), proptest::collection::vec(any::<u8>(), 1..300)).prop_map(|(instance, h)| {
+            Message::Subscribed {
+                id: 3,
+                instance,
+                codec: Codec {
+                    kind: CODEC_OPUS,
+                    sample_rate: 48_000,
+                    channels: 1,
+                    header: Bytes::from(h),
+                },
+            }
         }),
     ]
 }

@@ -1,0 +1,220 @@
+//! Helpers for the in-process tests: nodes on loopback, a synthetic publisher, a listener
+//! that records every frame.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quicast::client::{Client, QuicUrl, Session};
+use quicast::listen::{listen, ListenEvent, ListenReport};
+use quicast::proto::{Codec, Frame, Role, Start};
+use quicast::server::{Node, NodeConfig, Server};
+use quicast::store::StoreConfig;
+use quicast::tls::{Identity, Trust};
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Test settings: short segments (5 frames of 20 ms), a generous lag allowance so that a
+/// loaded CI machine never skips a listener that is keeping up.
+pub fn test_config() -> NodeConfig {
+    NodeConfig {
+        segment_duration: Duration::from_millis(100),
+        store: StoreConfig {
+            window: 64,
+            max_lag: 50,
+            ..StoreConfig::default()
+        },
+        linger: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(2),
+        ..NodeConfig::default()
+    }
+}
+
+pub async fn origin_with(cfg: NodeConfig) -> Server {
+    init_logs();
+    let node = Node::new(NodeConfig {
+        name: "origin".into(),
+        ..cfg
+    })
+    .unwrap();
+    Server::start(
+        node,
+        "127.0.0.1:0".parse().unwrap(),
+        &Identity::self_signed(&[]).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+pub async fn origin() -> Server {
+    origin_with(test_config()).await
+}
+
+pub async fn relay_with(parents: &[&Server], cfg: NodeConfig) -> Server {
+    init_logs();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let cfg = NodeConfig {
+        name: format!(
+            "relay-{}",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+        upstream: parents
+            .iter()
+            .map(|p| QuicUrl::parse(&format!("quic://{}", p.addr)).unwrap())
+            .collect(),
+        upstream_trust: Some(
+            Trust::pinned(
+                &parents
+                    .iter()
+                    .map(|p| p.fingerprint.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        ),
+        ..cfg
+    };
+    Server::start(
+        Node::new(cfg).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        &Identity::self_signed(&[]).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+pub async fn relay(parents: &[&Server]) -> Server {
+    relay_with(parents, test_config()).await
+}
+
+pub fn url(s: &Server, path: &str) -> QuicUrl {
+    QuicUrl::parse(&format!("quic://{}/{path}", s.addr)).unwrap()
+}
+
+pub fn trust(s: &Server) -> Trust {
+    Trust::pinned(&[s.fingerprint.clone()]).unwrap()
+}
+
+pub fn client(s: &Server) -> Client {
+    Client::for_target(&s.addr, &trust(s)).unwrap()
+}
+
+pub async fn session(s: &Server, role: Role, token: &str) -> quicast::Result<Arc<Session>> {
+    client(s).connect(&url(s, "x"), role, token).await
+}
+
+pub fn codec() -> Codec {
+    quicast::media::OpusHead::synthetic(2).codec()
+}
+
+/// Frame `n`: a 20 ms Opus packet (TOC 0xf8) whose bytes say its number, padded to `size`.
+pub fn test_frame(n: u64, size: usize) -> Frame {
+    let mut p = vec![0xf8];
+    p.extend_from_slice(&n.to_le_bytes());
+    p.resize(size.max(9), (n % 251) as u8);
+    Frame {
+        pts: n * 960,
+        duration: 960,
+        wall_us: 0,
+        payload: Bytes::from(p),
+    }
+}
+
+pub fn frame_number(f: &Frame) -> u64 {
+    u64::from_le_bytes(f.payload[1..9].try_into().unwrap())
+}
+
+/// Publishes frames `0..n` to `path`, one every `every`, then ends the broadcast.
+pub fn publish(
+    origin: &Server,
+    path: &str,
+    n: u64,
+    every: Duration,
+    size: usize,
+) -> tokio::task::JoinHandle<quicast::Result<()>> {
+    let c = client(origin);
+    let u = url(origin, path);
+    let path = path.to_string();
+    tokio::spawn(async move {
+        let s = c.connect(&u, Role::Publisher, "").await?;
+        let mut p = s.publish(&path, codec()).await?;
+        let mut tick = tokio::time::interval(every);
+        for i in 0..n {
+            tick.tick().await;
+            p.send(&[test_frame(i, size)]).await?;
+        }
+        p.finish().await
+    })
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Heard {
+    pub header_first: bool,
+    pub codec: Option<Codec>,
+    pub frames: Vec<Frame>,
+    /// (segment seq, index into `frames` where it starts)
+    pub segments: Vec<(u64, usize)>,
+    pub report: ListenReport,
+}
+
+/// Listens until the broadcast ends. `progress` gets the count of frames heard so far.
+pub async fn hear(
+    s: Arc<Session>,
+    path: &str,
+    progress: Option<tokio::sync::watch::Sender<usize>>,
+) -> quicast::Result<Heard> {
+    let mut h = Heard::default();
+    let mut saw_header = false;
+    let mut order_ok = true;
+    let report = listen(&s, path, Start::Live, None, |ev| {
+        match ev {
+            ListenEvent::Header { codec, .. } => {
+                saw_header = true;
+                h.codec = Some(codec.clone());
+            }
+            ListenEvent::Segment(seq) => {
+                order_ok &= saw_header;
+                h.segments.push((seq, h.frames.len()));
+            }
+            ListenEvent::Frames(f) => {
+                order_ok &= saw_header;
+                h.frames.extend_from_slice(f);
+                if let Some(p) = &progress {
+                    p.send_replace(h.frames.len());
+                }
+            }
+            ListenEvent::Skipped(_) => {}
+        }
+        Ok(())
+    })
+    .await?;
+    h.header_first = saw_header && order_ok;
+    h.report = report;
+    Ok(h)
+}
+
+/// Asserts `frames` are exactly frames `from..to` as published, byte for byte, in order.
+pub fn assert_frames(frames: &[Frame], from: u64, to: u64, size: usize) {
+    let nums: Vec<u64> = frames.iter().map(frame_number).collect();
+    let want: Vec<u64> = (from..to).collect();
+    assert_eq!(nums, want, "frame numbers");
+    for f in frames {
+        let n = frame_number(f);
+        let e = test_frame(n, size);
+        assert_eq!(f.payload, e.payload, "payload of frame {n}");
+        assert_eq!(
+            (f.pts, f.duration),
+            (e.pts, e.duration),
+            "timing of frame {n}"
+        );
+        assert!(f.wall_us > 0, "origin stamps its wall clock");
+    }
+}

@@ -1,0 +1,352 @@
+//! The relay tree, in one process on loopback: what listeners hear, what parents see.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use quicast::error::ErrorCode;
+use quicast::proto::{Message, Role, Start, VERSION};
+use quicast::Error;
+
+const MS5: Duration = Duration::from_millis(5);
+
+/// Waits until `node` has `n` subscribers on `path`.
+async fn subscribers(node: &quicast::server::Server, path: &str, n: usize) {
+    node.node
+        .registry
+        .wait_until(|r| r.subscribers(path) >= n)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_two_relays_down_hears_every_frame_in_order() {
+    let o = origin().await;
+    let a = relay(&[&o]).await;
+    let b = relay(&[&a]).await;
+    // Listeners arrive before the stream exists: the waiting room.
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::spawn(hear(
+            session(&b, Role::Listener, "").await.unwrap(),
+            "town-hall",
+            None,
+        )));
+    }
+    listeners.push(tokio::spawn(hear(
+        session(&a, Role::Listener, "").await.unwrap(),
+        "town-hall",
+        None,
+    )));
+    subscribers(&b, "town-hall", 3).await;
+    subscribers(&o, "town-hall", 1).await;
+    publish(&o, "town-hall", 200, MS5, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    for l in listeners {
+        let h = l.await.unwrap().unwrap();
+        assert!(h.header_first, "codec header before any audio");
+        assert_eq!(h.codec.unwrap(), codec());
+        assert!(h.report.ended);
+        assert_frames(&h.frames, 0, 200, 100);
+        // 100 ms segments of 20 ms frames: each segment starts on a multiple of 5.
+        assert!(h
+            .segments
+            .iter()
+            .all(|(_, i)| frame_number(&h.frames[*i]) % 5 == 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_sees_one_subscription_however_many_subscribe_below() {
+    let o = origin().await;
+    let r = relay(&[&o]).await;
+    let child = relay(&[&r]).await;
+    let mut progress = Vec::new();
+    let mut listeners = Vec::new();
+    for node in [&r, &r, &child] {
+        let (tx, rx) = tokio::sync::watch::channel(0usize);
+        progress.push(rx);
+        listeners.push(tokio::spawn(hear(
+            session(node, Role::Listener, "").await.unwrap(),
+            "s",
+            Some(tx),
+        )));
+    }
+    subscribers(&r, "s", 3).await; // two listeners and the child relay
+    let publisher = publish(&o, "s", 100, MS5, 40);
+    for rx in &mut progress {
+        rx.wait_for(|n| *n >= 25).await.unwrap();
+    }
+    // Mid-broadcast, with every listener hearing audio:
+    assert_eq!(
+        o.node.subscriptions_for("s"),
+        1,
+        "the origin saw one subscription"
+    );
+    assert_eq!(
+        r.node
+            .stats
+            .upstream_subscriptions_total
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(r.node.subscriptions_for("s"), 3);
+    publisher.await.unwrap().unwrap();
+    for l in listeners {
+        assert_frames(&l.await.unwrap().unwrap().frames, 0, 100, 40);
+    }
+    // After the end the relay waits for the next broadcast: still one subscription at a time.
+    assert!(o.node.registry.subscribers("s") <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_joining_mid_stream_starts_at_a_segment_start_with_the_header_first() {
+    let o = origin().await;
+    let r = relay(&[&o]).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+    let early = tokio::spawn(hear(
+        session(&r, Role::Listener, "").await.unwrap(),
+        "m",
+        Some(tx),
+    ));
+    subscribers(&o, "m", 1).await;
+    let publisher = publish(&o, "m", 300, MS5, 50);
+    // Join once the early listener has heard 62 frames: mid-segment (segments are 5 frames).
+    rx.wait_for(|n| *n >= 62).await.unwrap();
+    let late = hear(session(&r, Role::Listener, "").await.unwrap(), "m", None)
+        .await
+        .unwrap();
+    publisher.await.unwrap().unwrap();
+    let early = early.await.unwrap().unwrap();
+    assert_frames(&early.frames, 0, 300, 50);
+    assert!(late.header_first);
+    let first = frame_number(&late.frames[0]);
+    assert!(
+        first > 0 && first % 5 == 0,
+        "late listener starts at a segment start, got frame {first}"
+    );
+    assert_frames(&late.frames, first, 300, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_never_reads_delays_nobody_and_is_skipped_not_buffered() {
+    let cfg = || {
+        let mut c = test_config();
+        c.store.max_lag = 2;
+        c
+    };
+    let o = origin_with(cfg()).await;
+    let r = relay_with(&[&o], cfg()).await;
+    // A raw client that subscribes and then never reads a byte of audio.
+    let conn = client(&r).connect_raw(&url(&r, "slow")).await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut b = BytesMut::new();
+    Message::Hello {
+        version: VERSION,
+        role: Role::Listener,
+        token: Default::default(),
+    }
+    .encode(&mut b);
+    Message::Subscribe {
+        id: 1,
+        path: "slow".into(),
+        start: Start::Live,
+    }
+    .encode(&mut b);
+    send.write_all(&b).await.unwrap();
+    let good = tokio::spawn(hear(
+        session(&r, Role::Listener, "").await.unwrap(),
+        "slow",
+        None,
+    ));
+    subscribers(&r, "slow", 2).await;
+    // 400 frames of 8 KB: 3.2 MB in all, far more than a connection's flow-control window.
+    const N: u64 = 400;
+    const SIZE: usize = 8000;
+    publish(&o, "slow", N, MS5, SIZE).await.unwrap().unwrap();
+    let h = good.await.unwrap().unwrap();
+    assert_frames(&h.frames, 0, N, SIZE);
+    assert_eq!(
+        h.report.skipped, 0,
+        "the reading listener was never skipped"
+    );
+    assert!(
+        r.node.stats.skips_total.load(Ordering::Relaxed) >= 1,
+        "the stuck listener was moved forward"
+    );
+    let got = conn.stats().udp_rx.bytes;
+    assert!(
+        got < N * SIZE as u64 / 2,
+        "the relay sent the stuck listener {got} bytes: it should stop at its window"
+    );
+    let cached = r.node.registry.cache.weighted_bytes();
+    assert!(
+        cached <= 70 * 5 * (SIZE as u64 + 64),
+        "relay cache holds {cached} bytes: bounded by its window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_loses_its_parent_continues_from_the_next_with_no_gap() {
+    let o = origin().await;
+    let p1 = relay(&[&o]).await;
+    let p2 = relay(&[&o]).await;
+    let r = relay(&[&p1, &p2]).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+    let l = tokio::spawn(hear(
+        session(&r, Role::Listener, "").await.unwrap(),
+        "f",
+        Some(tx),
+    ));
+    subscribers(&o, "f", 1).await;
+    let publisher = publish(&o, "f", 300, MS5, 60);
+    rx.wait_for(|n| *n >= 52).await.unwrap();
+    // Mid-segment, the first parent goes away.
+    p1.close();
+    let h = l.await.unwrap().unwrap();
+    publisher.await.unwrap().unwrap();
+    assert_frames(&h.frames, 0, 300, 60);
+    assert_eq!(h.report.skipped, 0);
+    assert!(
+        p2.node.subscriptions_for("f") >= 1,
+        "the second parent took over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_token_is_checked() {
+    let o = origin_with(quicast::server::NodeConfig {
+        publish_token: Some("s3cret".into()),
+        ..test_config()
+    })
+    .await;
+    for bad in ["", "wrong"] {
+        match session(&o, Role::Publisher, bad).await {
+            Err(Error::Remote { code, reason }) => {
+                assert_eq!(code, ErrorCode::Unauthorized);
+                assert!(reason.contains("token"), "{reason}");
+            }
+            Err(e) => panic!("expected unauthorized, got {e}"),
+            Ok(_) => panic!("publisher with token {bad:?} was accepted"),
+        }
+    }
+    assert!(o.node.registry.list().is_empty(), "nothing was published");
+    let s = session(&o, Role::Publisher, "s3cret").await.unwrap();
+    s.publish("ok", codec()).await.unwrap();
+    // Listeners need no token.
+    session(&o, Role::Listener, "").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_publishers_and_a_second_publisher_is_refused() {
+    let o = origin().await;
+    let r = relay(&[&o]).await;
+    match session(&r, Role::Publisher, "").await {
+        Err(Error::Remote { code, .. }) => assert_eq!(code, ErrorCode::NotAllowed),
+        _ => panic!("relay accepted a publisher"),
+    }
+    let s1 = session(&o, Role::Publisher, "").await.unwrap();
+    let _p1 = s1.publish("one", codec()).await.unwrap();
+    let s2 = session(&o, Role::Publisher, "").await.unwrap();
+    match s2.publish("one", codec()).await {
+        Err(Error::Remote { code, .. }) => assert_eq!(code, ErrorCode::Conflict),
+        Err(e) => panic!("expected conflict, got {e}"),
+        Ok(_) => panic!("second publisher accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_lose_only_their_own_connection() {
+    let o = origin().await;
+    let good = tokio::spawn(hear(
+        session(&o, Role::Listener, "").await.unwrap(),
+        "h",
+        None,
+    ));
+    subscribers(&o, "h", 1).await;
+
+    // Garbage on the control stream: a message claiming to be 1 GB long.
+    let conn = client(&o).connect_raw(&url(&o, "h")).await.unwrap();
+    let (mut send, _r) = conn.open_bi().await.unwrap();
+    send.write_all(&[0x01, 0xbf, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), ErrorCode::TooLarge as u64)
+        }
+        e => panic!("expected an application close, got {e}"),
+    }
+
+    // A publisher whose frame lies about its duration.
+    let s = session(&o, Role::Publisher, "").await.unwrap();
+    let mut p = s.publish("liar", codec()).await.unwrap();
+    let mut f = test_frame(0, 20);
+    f.duration = 480;
+    let _ = p.send(&[f]).await;
+    match s.closed().await {
+        Error::Remote { code, reason } => {
+            assert_eq!(code, ErrorCode::BadMedia);
+            assert!(reason.contains("lasts"), "{reason}");
+        }
+        e => panic!("expected bad media, got {e}"),
+    }
+
+    // A publish with a codec header that is not OpusHead.
+    let s = session(&o, Role::Publisher, "").await.unwrap();
+    let mut bad = codec();
+    bad.header = bytes::Bytes::from_static(b"\x01vorbis-not-opus-at-all");
+    assert!(s.publish("vorbis", bad).await.is_err());
+
+    // Meanwhile the good listener is served as if nothing happened.
+    publish(&o, "h", 40, MS5, 30).await.unwrap().unwrap();
+    assert_frames(&good.await.unwrap().unwrap().frames, 0, 40, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_signed_server_is_trusted_by_ca_and_a_wrong_pin_is_refused() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k, cap) = (
+        dir.path().join("c.pem"),
+        dir.path().join("k.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&c, leaf.pem()).unwrap();
+    std::fs::write(&k, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&cap, ca.pem()).unwrap();
+    let id = quicast::tls::Identity::from_pem_files(&c, &k).unwrap();
+    init_logs();
+    let node = quicast::server::Node::new(test_config()).unwrap();
+    let o = quicast::server::Server::start(node, "127.0.0.1:0".parse().unwrap(), &id)
+        .await
+        .unwrap();
+
+    let by_ca = quicast::tls::Trust::from_ca_file(&cap).unwrap();
+    let u =
+        quicast::client::QuicUrl::parse(&format!("quic://localhost:{}/x", o.addr.port())).unwrap();
+    let cl = quicast::client::Client::for_target(&o.addr, &by_ca).unwrap();
+    cl.connect(&u, Role::Listener, "")
+        .await
+        .expect("CA-signed certificate is trusted");
+
+    let wrong = quicast::tls::Trust::pinned(&["ab".repeat(32)]).unwrap();
+    let cl = quicast::client::Client::for_target(&o.addr, &wrong).unwrap();
+    assert!(
+        cl.connect(&u, Role::Listener, "").await.is_err(),
+        "a wrong pin is refused"
+    );
+}
