@@ -405,11 +405,7 @@ impl Session {
             })
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(Subscription {
-            id,
-            rx,
-            session: self.clone(),
-        })
+        Ok(Subscription { id, rx, session: self.clone(), subscribed: false, early: Default::default() })
     }
 
     pub async fn publish(self: &Arc<Self>, path: &str, codec: Codec) -> Result<Publication> {
@@ -451,12 +447,42 @@ pub struct Subscription {
     pub id: u64,
     rx: mpsc::Receiver<Event>,
     session: Arc<Session>,
+    subscribed: bool,
+    /// Audio that overtook `Subscribed` (it travels on other streams, read by other tasks).
+    early: std::collections::VecDeque<Event>,
 }
 
+/// Segments a subscription holds while it waits for its `Subscribed`.
+const MAX_EARLY: usize = 32;
+
 impl Subscription {
-    /// The next event; None once the connection is gone (see `Session::closed`).
+    /// The next event, `Subscribed` always before any audio; None once the connection is
+    /// gone (see `Session::closed`).
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        if self.subscribed {
+            if let Some(ev) = self.early.pop_front() {
+                return Some(ev);
+            }
+        }
+        loop {
+            let ev = self.rx.recv().await?;
+            match ev {
+                Event::Segment { .. } | Event::End { .. } if !self.subscribed => {
+                    if self.early.len() >= MAX_EARLY {
+                        return Some(Event::Error {
+                            code: ErrorCode::ProtocolViolation.as_u64(),
+                            reason: format!("node sent {MAX_EARLY} segments before subscribed"),
+                        });
+                    }
+                    self.early.push_back(ev);
+                }
+                Event::Subscribed { .. } => {
+                    self.subscribed = true;
+                    return Some(ev);
+                }
+                other => return Some(other),
+            }
+        }
     }
 
     pub fn session(&self) -> &Arc<Session> {

@@ -492,6 +492,9 @@ async fn serve_subscription(
             up.spawn_fetch(node.clone(), guard.slot.clone(), start);
         }
     }
+    if guard.slot.broadcast().is_none() {
+        debug!("stream has not started: waiting room");
+    }
     let b = match tokio::time::timeout(node.cfg.waiting_room, guard.slot.wait_broadcast()).await {
         Ok(b) => b,
         Err(_) => {

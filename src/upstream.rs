@@ -151,8 +151,6 @@ impl Upstream {
             .upstream_subscriptions_total
             .fetch_add(1, Ordering::Relaxed);
         debug!(start = ?st.next, "subscribed upstream");
-        // Segments that overtook the Subscribed message (they travel on other streams).
-        let mut early: Vec<(u64, FrameReader)> = Vec::new();
         let mut pending_end: Option<u64> = None;
         loop {
             let ev = match sub.next().await {
@@ -186,26 +184,9 @@ impl Upstream {
                         st.b = Some(b);
                     }
                     st.healthy = true;
-                    for (seq, frames) in std::mem::take(&mut early) {
-                        st.read_segment(seq, frames).await?;
-                    }
                 }
-                Event::Segment { seq, mut frames } => {
-                    if st.b.is_none() || !st.healthy {
-                        // QUIC streams may arrive in any order; a parent that sends more than
-                        // this before its Subscribed is broken.
-                        if early.len() >= 32 {
-                            frames.stop(ErrorCode::ProtocolViolation);
-                            return Err(Error::refused(
-                                ErrorCode::ProtocolViolation,
-                                "segments before subscribed",
-                            ));
-                        }
-                        early.push((seq, frames));
-                        continue;
-                    }
-                    st.read_segment(seq, frames).await?;
-                }
+                // The subscription hands us audio only after Subscribed.
+                Event::Segment { seq, frames } => st.read_segment(seq, frames).await?,
                 Event::End { last_seq } => pending_end = Some(last_seq),
                 Event::Error { code, reason } => {
                     let code = ErrorCode::from_u64(code).unwrap_or(ErrorCode::Internal);

@@ -1,0 +1,336 @@
+//! The `quicast` binary as operators and publishers use it, with real ffmpeg: separate
+//! processes for the origin and relays, `quicast publish` and `quicast listen`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quicast");
+
+/// A child process whose stderr (the log) is watched line by line.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info,quicast::server=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quicast");
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines, log: Vec::new() }
+    }
+
+    /// Waits for a log line containing `needle` (the event), failing after a generous limit.
+    fn wait_line(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?}; log so far:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// Waits until a line containing each of `needles` has been seen, in any order.
+    fn wait_lines(&mut self, needles: &[&str]) {
+        let seen = |log: &[String], n: &str| log.iter().any(|l| l.contains(n));
+        while let Some(missing) = needles.iter().find(|n| !seen(&self.log, n)) {
+            self.wait_line(missing);
+        }
+    }
+
+    fn addr(&mut self) -> String {
+        let l = self.wait_line("listening (QUIC)");
+        let a = l.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        a.to_string()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..600 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            // Drain the log so the child never blocks on a full pipe.
+            while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(l);
+            }
+        }
+        panic!("process did not exit; log:\n{}", self.log.join("\n"));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ffmpeg(args: &[&str]) -> std::process::Output {
+    let out = Command::new("ffmpeg").arg("-hide_banner").args(args).output().expect(
+        "ffmpeg is needed by these tests (.ci/run installs it: apt-get install -y ffmpeg)",
+    );
+    assert!(out.status.success(), "ffmpeg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// (size, crc) of every packet, as ffmpeg's framecrc muxer reports them without decoding.
+fn packet_crcs(file: &Path) -> Vec<(String, String)> {
+    let out = ffmpeg(&["-v", "error", "-i", file.to_str().unwrap(), "-c", "copy", "-f", "framecrc", "-"]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').map(|x| x.trim()).collect();
+            (f[4].to_string(), f[5].to_string())
+        })
+        .collect()
+}
+
+/// Decodes `file` fully; ffmpeg must report no error at all.
+fn assert_decodes_cleanly(file: &Path) {
+    let out = ffmpeg(&["-v", "error", "-i", file.to_str().unwrap(), "-f", "null", "-"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "ffmpeg reported errors decoding {}: {err}", file.display());
+}
+
+/// Asserts `got` is a contiguous run of `src`, at least `min` packets long; returns where it starts.
+fn assert_contiguous_run(got: &[(String, String)], src: &[(String, String)], min: usize) -> usize {
+    assert!(got.len() >= min, "only {} packets received, expected at least {min}", got.len());
+    let start = (0..src.len())
+        .find(|&i| src[i..].starts_with(got))
+        .unwrap_or_else(|| panic!("received packets are not a contiguous run of the source's"));
+    start
+}
+
+struct Certs {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    fp: String,
+}
+
+fn certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let fp = quicast::tls::sha256_hex(ck.cert.der());
+    Certs { _dir: dir, cert, key, fp }
+}
+
+/// An origin and two relays in a chain, as separate processes.
+struct Tree {
+    origin: Proc,
+    _r1: Proc,
+    _r2: Proc,
+    origin_addr: String,
+    r2_addr: String,
+    c: Certs,
+}
+
+fn tree() -> Tree {
+    let c = certs();
+    let (cert, key) = (c.cert.to_str().unwrap(), c.key.to_str().unwrap());
+    let mut origin = Proc::spawn(&[
+        "origin", "--listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--publish-token", "tok", "--segment-ms", "500",
+    ]);
+    let origin_addr = origin.addr();
+    let up = format!("quic://{origin_addr}");
+    let mut r1 = Proc::spawn(&["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &c.fp, "--cert", cert, "--key", key]);
+    let up = format!("quic://{}", r1.addr());
+    let mut r2 = Proc::spawn(&["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &c.fp, "--cert", cert, "--key", key]);
+    let r2_addr = r2.addr();
+    Tree { origin, _r1: r1, _r2: r2, origin_addr, r2_addr, c }
+}
+
+fn make_source(dir: &Path, secs: u32) -> PathBuf {
+    let src = dir.join("src.opus");
+    ffmpeg(&[
+        "-y", "-v", "error", "-f", "lavfi", "-i",
+        &format!("sine=frequency=330:sample_rate=48000:duration={secs}"),
+        "-f", "lavfi", "-i", &format!("anoisesrc=color=pink:amplitude=0.05:duration={secs}"),
+        "-filter_complex", "amix=inputs=2", "-c:a", "libopus", "-b:a", "64k", src.to_str().unwrap(),
+    ]);
+    src
+}
+
+#[test]
+fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_source(work.path(), 4);
+    let src_crcs = packet_crcs(&src);
+    let mut t = tree();
+
+    // A file listener and a stdout listener wait at the edge before the streams start.
+    let out = work.path().join("out.opus");
+    let mut listen_file = Proc::spawn(&[
+        "listen", &format!("quic://{}/talk", t.r2_addr), "--fingerprint", &t.c.fp, "--output", out.to_str().unwrap(),
+    ]);
+    let listen_pipe = Command::new(BIN)
+        .args(["listen", &format!("quic://{}/piped", t.r2_addr), "--fingerprint", &t.c.fp, "--output", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    t.origin.wait_lines(&["path=talk role=Relay}: quicast::server: stream has not started", "path=piped role=Relay}: quicast::server: stream has not started"]);
+
+    // Publish the file (paced in real time), and ffmpeg piping into `publish --input -`.
+    let origin_url = |s: &str| format!("quic://{}/{s}", t.origin_addr);
+    let mut pub_file = Proc::spawn(&["publish", &origin_url("talk"), "--input", src.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    let mut ff = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-re", "-i", src.to_str().unwrap(), "-c", "copy", "-f", "ogg", "-"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = Command::new(BIN)
+        .args(["publish", &origin_url("piped"), "--input", "-", "--token", "tok", "--fingerprint", &t.c.fp])
+        .stdin(ff.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "publish from stdin failed");
+    assert!(ff.wait().unwrap().success());
+    assert!(pub_file.wait_exit().success(), "publish from file failed:\n{}", pub_file.log.join("\n"));
+
+    // The broadcasts end; both listeners exit by themselves.
+    assert!(listen_file.wait_exit().success(), "listen failed:\n{}", listen_file.log.join("\n"));
+    let piped = listen_pipe.wait_with_output().unwrap();
+    assert!(piped.status.success());
+    let piped_file = work.path().join("piped.opus");
+    std::fs::write(&piped_file, &piped.stdout).unwrap();
+
+    for f in [&out, &piped_file] {
+        assert_decodes_cleanly(f);
+        let got = packet_crcs(f);
+        let start = assert_contiguous_run(&got, &src_crcs, src_crcs.len());
+        assert_eq!(start, 0, "listeners that waited from the start hear it from the first packet");
+        assert_eq!(got.len(), src_crcs.len(), "and every packet to the last");
+    }
+}
+
+#[test]
+fn listen_with_duration_joins_live_and_exits_zero() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_source(work.path(), 3);
+    let src_crcs = packet_crcs(&src);
+    let t = tree();
+    let mut publisher = Proc::spawn(&[
+        "publish", &format!("quic://{}/loop", t.origin_addr), "--input", src.to_str().unwrap(), "--loop", "--token", "tok",
+        "--fingerprint", &t.c.fp,
+    ]);
+    publisher.wait_line("publishing");
+    let out = work.path().join("live.opus");
+    let mut l = Proc::spawn(&[
+        "listen", &format!("quic://{}/loop", t.r2_addr), "--fingerprint", &t.c.fp, "--output", out.to_str().unwrap(),
+        "--duration", "4",
+    ]);
+    assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
+    assert_decodes_cleanly(&out);
+    // Over 4 s the loop wraps around: match against the source twice over.
+    let twice: Vec<_> = src_crcs.iter().chain(src_crcs.iter()).chain(src_crcs.iter()).cloned().collect();
+    assert_contiguous_run(&packet_crcs(&out), &twice, 100);
+}
+
+#[test]
+fn bad_input_and_bad_credentials_are_named() {
+    let work = tempfile::tempdir().unwrap();
+    let t = tree();
+    let url = format!("quic://{}/x", t.origin_addr);
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN).args(args).env("RUST_LOG", "off").output().unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let text = work.path().join("notes.txt");
+    std::fs::write(&text, "this is not audio at all, just some text that is long enough").unwrap();
+    let e = run(&["publish", &url, "--input", text.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    assert!(e.contains("not an Ogg stream"), "{e}");
+
+    let vorbis = work.path().join("v.ogg");
+    ffmpeg(&["-y", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "libvorbis", vorbis.to_str().unwrap()]);
+    let e = run(&["publish", &url, "--input", vorbis.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    assert!(e.contains("not Opus") && e.contains("Vorbis"), "{e}");
+
+    let src = make_source(work.path(), 1);
+    let e = run(&["publish", &url, "--input", src.to_str().unwrap(), "--token", "nope", "--fingerprint", &t.c.fp]);
+    assert!(e.contains("wrong publish token"), "{e}");
+    let e = run(&["publish", &url, "--input", src.to_str().unwrap(), "--fingerprint", &t.c.fp]);
+    assert!(e.contains("publish token required"), "{e}");
+    let e = run(&["listen", &url, "--output", "-"]);
+    assert!(e.contains("--fingerprint"), "no trust given: the error says how to give it: {e}");
+    let e = run(&["listen", &url, "--output", "-", "--fingerprint", &"ab".repeat(32)]);
+    assert!(e.contains("not pinned"), "{e}");
+}
+
+#[test]
+fn a_bad_config_file_is_refused_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nupstrem = [\"quic://127.0.0.1:1\"]\n").unwrap();
+    let o = Command::new(BIN).args(["relay", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("upstrem"), "{e}");
+    std::fs::write(&bad, "segment-ms = 3\n").unwrap();
+    let o = Command::new(BIN).args(["origin", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("segment-ms"));
+}
+
+#[test]
+fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--base-port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut commands = Vec::new();
+    while commands.len() < 2 {
+        let l = lines.next().expect("demo output").unwrap();
+        if let Some(cmd) = l.trim().strip_prefix("quicast listen ") {
+            commands.push(cmd.split(" | ").next().unwrap().to_string());
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    for (i, cmd) in commands.iter().enumerate() {
+        let out = work.path().join(format!("edge{i}.opus"));
+        let mut args: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        let o = args.iter().position(|a| a == "--output").unwrap();
+        args[o + 1] = out.to_str().unwrap().to_string();
+        args.extend(["--duration".into(), "2.5".into()]);
+        let st = Command::new(BIN).arg("listen").args(&args).env("RUST_LOG", "warn").status().unwrap();
+        assert!(st.success());
+        assert_decodes_cleanly(&out);
+        assert!(packet_crcs(&out).len() >= 50, "at least a second of audio from edge {i}");
+    }
+    Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap();
+    assert!(demo.wait().unwrap().success(), "Ctrl-C stops the demo cleanly");
+}
