@@ -405,7 +405,7 @@ impl Session {
             })
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(Subscription { id, rx, session: self.clone(), subscribed: false, early: Default::default() })
+        Ok(Subscription::new(id, rx, self.clone()))
     }
 
     pub async fn publish(self: &Arc<Self>, path: &str, codec: Codec) -> Result<Publication> {
@@ -443,45 +443,110 @@ impl Session {
 }
 
 /// A subscription's events; dropping it unsubscribes.
+///
+/// QUIC delivers the control stream and each segment stream independently, and the session
+/// reads them in different tasks; this puts the events back in the order the node sent
+/// them: `Subscribed` before any audio, and `End` after the last segment it names.
 pub struct Subscription {
     pub id: u64,
     rx: mpsc::Receiver<Event>,
     session: Arc<Session>,
     subscribed: bool,
-    /// Audio that overtook `Subscribed` (it travels on other streams, read by other tasks).
+    /// Audio that overtook `Subscribed`.
     early: std::collections::VecDeque<Event>,
+    /// Highest segment handed out so far.
+    max_seq: Option<u64>,
+    /// An `End` that overtook its last segment, and how long we wait for that segment.
+    pending_end: Option<(u64, tokio::time::Instant)>,
 }
 
 /// Segments a subscription holds while it waits for its `Subscribed`.
 const MAX_EARLY: usize = 32;
+/// How long an `End` waits for a segment it names that has not arrived.
+const END_GRACE: Duration = Duration::from_secs(2);
 
 impl Subscription {
-    /// The next event, `Subscribed` always before any audio; None once the connection is
-    /// gone (see `Session::closed`).
+    fn new(id: u64, rx: mpsc::Receiver<Event>, session: Arc<Session>) -> Subscription {
+        Subscription {
+            id,
+            rx,
+            session,
+            subscribed: false,
+            early: Default::default(),
+            max_seq: None,
+            pending_end: None,
+        }
+    }
+
+    fn end_ready(&self, last: u64) -> bool {
+        self.max_seq.is_some_and(|m| m >= last)
+    }
+
+    fn hand_out(&mut self, ev: Event) -> Option<Event> {
+        if let Event::Segment { seq, .. } = &ev {
+            self.max_seq = Some(self.max_seq.map_or(*seq, |m| m.max(*seq)));
+        }
+        Some(ev)
+    }
+
+    /// The next event, in the order described above; None once the connection is gone
+    /// (see `Session::closed`).
     pub async fn next(&mut self) -> Option<Event> {
         if self.subscribed {
             if let Some(ev) = self.early.pop_front() {
-                return Some(ev);
+                return self.hand_out(ev);
             }
         }
         loop {
-            let ev = self.rx.recv().await?;
-            match ev {
-                Event::Segment { .. } | Event::End { .. } if !self.subscribed => {
-                    if self.early.len() >= MAX_EARLY {
-                        return Some(Event::Error {
-                            code: ErrorCode::ProtocolViolation.as_u64(),
-                            reason: format!("node sent {MAX_EARLY} segments before subscribed"),
-                        });
+            if let Some((last, deadline)) = self.pending_end {
+                if self.end_ready(last) {
+                    self.pending_end = None;
+                    return Some(Event::End { last_seq: last });
+                }
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(ev)) => {
+                        if let Some(ev) = self.order(ev) {
+                            return self.hand_out(ev);
+                        }
                     }
-                    self.early.push_back(ev);
+                    Ok(None) => return None,
+                    Err(_) => {
+                        // The segment never came (the node skipped us past it): end anyway.
+                        self.pending_end = None;
+                        return Some(Event::End { last_seq: last });
+                    }
                 }
-                Event::Subscribed { .. } => {
-                    self.subscribed = true;
-                    return Some(ev);
-                }
-                other => return Some(other),
+                continue;
             }
+            let ev = self.rx.recv().await?;
+            if let Some(ev) = self.order(ev) {
+                return self.hand_out(ev);
+            }
+        }
+    }
+
+    /// Returns the event if it may be handed out now, or holds it back.
+    fn order(&mut self, ev: Event) -> Option<Event> {
+        match ev {
+            Event::Segment { .. } if !self.subscribed => {
+                if self.early.len() >= MAX_EARLY {
+                    return Some(Event::Error {
+                        code: ErrorCode::ProtocolViolation.as_u64(),
+                        reason: format!("node sent {MAX_EARLY} segments before subscribed"),
+                    });
+                }
+                self.early.push_back(ev);
+                None
+            }
+            Event::Subscribed { .. } => {
+                self.subscribed = true;
+                Some(ev)
+            }
+            Event::End { last_seq } if !self.end_ready(last_seq) => {
+                self.pending_end = Some((last_seq, tokio::time::Instant::now() + END_GRACE));
+                None
+            }
+            other => Some(other),
         }
     }
 

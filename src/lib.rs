@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod listen;
+pub mod loadgen;
 pub mod media;
 pub mod proto;
 pub mod publish;

@@ -71,6 +71,28 @@ enum Cmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Open many listener connections to one node and report what they heard.
+    Loadgen {
+        /// quic://HOST:PORT/STREAM
+        url: String,
+        /// Listener connections to open (each its own QUIC connection and TLS handshake).
+        #[arg(long)]
+        listeners: usize,
+        /// Seconds to stay subscribed (after the ramp).
+        #[arg(long)]
+        duration: f64,
+        /// Seconds over which to spread the connection starts [default: as fast as possible].
+        #[arg(long, default_value_t = 0.0)]
+        ramp: f64,
+        /// Client UDP sockets to spread the connections over [default: one per 2,000, at most 8].
+        #[arg(long)]
+        endpoints: Option<usize>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
     /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
     Demo {
         /// Ports used: this one and the next three (0 = any free ports).
@@ -84,7 +106,11 @@ fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal; log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -261,6 +287,59 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_loadgen(
+    url: String,
+    listeners: usize,
+    duration: f64,
+    ramp: f64,
+    endpoints: Option<usize>,
+    json: bool,
+    trust: TrustArgs,
+) -> anyhow::Result<()> {
+    let secs = |what: &str, v: f64| -> anyhow::Result<Duration> {
+        if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+            bail!("--{what} must be between 0 and 86400 seconds");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    if listeners == 0 || listeners > 1_000_000 {
+        bail!("--listeners must be between 1 and 1000000");
+    }
+    let url = QuicUrl::parse(&url)?;
+    url.stream()?;
+    let opts = quicast::loadgen::LoadOptions {
+        url,
+        trust: client_trust(trust.ca.as_deref(), &trust.fingerprint)?,
+        listeners,
+        duration: secs("duration", duration)?,
+        ramp: secs("ramp", ramp)?,
+        endpoints: endpoints.unwrap_or(listeners / 2000 + 1).clamp(1, 64),
+    };
+    let r = quicast::loadgen::run(opts).await?;
+    println!(
+        "listeners {}  connected {}  failed {}",
+        r.listeners, r.connected, r.failed
+    );
+    for (reason, n) in &r.failures {
+        println!("  failed x{n}: {reason}");
+    }
+    println!("frames {}  gaps {}  skips {}", r.frames, r.gaps, r.skips);
+    println!(
+        "latency ms  p50 {:.0}  p99 {:.0}  max {:.1}",
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.max.unwrap_or(0.0)
+    );
+    println!(
+        "join ms     p50 {:.0}  p99 {:.0}",
+        r.join_ms.p50, r.join_ms.p99
+    );
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -282,6 +361,15 @@ async fn main() -> std::process::ExitCode {
             trust,
         } => run_listen(url, output, duration, trust).await,
         Cmd::Demo { base_port } => run_demo(base_port).await,
+        Cmd::Loadgen {
+            url,
+            listeners,
+            duration,
+            ramp,
+            endpoints,
+            json,
+            trust,
+        } => run_loadgen(url, listeners, duration, ramp, endpoints, json, trust).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -492,7 +492,8 @@ async fn serve_subscription(
             up.spawn_fetch(node.clone(), guard.slot.clone(), start);
         }
     }
-    if guard.slot.broadcast().is_none() {
+    let waited = guard.slot.broadcast().is_none();
+    if waited {
         debug!("stream has not started: waiting room");
     }
     let b = match tokio::time::timeout(node.cfg.waiting_room, guard.slot.wait_broadcast()).await {
@@ -525,7 +526,12 @@ async fn serve_subscription(
     {
         return;
     }
-    let mut cursor = b.cursor(start);
+    // Who waited for the stream hears it from its first packet.
+    let mut cursor = if waited && start == Start::Live {
+        b.cursor_from_first()
+    } else {
+        b.cursor(start)
+    };
     match pump(&node, &conn, id, &mut cursor).await {
         Ok(last) => {
             debug!(?last, "broadcast ended");

@@ -143,6 +143,8 @@ impl SegmentCache {
 #[derive(Default)]
 struct BState {
     open: Option<Arc<Segment>>,
+    /// The broadcast's first segment here (for subscribers who waited for it to start).
+    first: Option<u64>,
     latest: Option<u64>,
     ended: bool,
 }
@@ -164,6 +166,7 @@ pub struct Broadcast {
 /// A view of where the broadcast is.
 #[derive(Debug, Clone, Copy)]
 pub struct Edge {
+    pub first: Option<u64>,
     pub latest: Option<u64>,
     pub ended: bool,
 }
@@ -200,6 +203,7 @@ impl Broadcast {
     pub fn edge(&self) -> Edge {
         let s = self.state();
         Edge {
+            first: s.first,
             latest: s.latest,
             ended: s.ended,
         }
@@ -228,6 +232,7 @@ impl Broadcast {
                 self.seal_locked(&old);
             }
             s.open = Some(seg.clone());
+            s.first.get_or_insert(seq);
             s.latest = Some(seq);
             if seq > self.window {
                 self.cache
@@ -326,10 +331,20 @@ impl Broadcast {
                 Start::Live => None,
                 Start::Seq(s) => Some(s),
             },
+            from_first: false,
             seg: None,
             idx: 0,
             scratch: Vec::new(),
             skipped: 0,
+        }
+    }
+
+    /// A cursor for a subscriber that waited for the broadcast to start: it begins at the
+    /// broadcast's first segment, however many were cut before it first runs.
+    pub fn cursor_from_first(self: &Arc<Self>) -> Cursor {
+        Cursor {
+            from_first: true,
+            ..self.cursor(Start::Live)
         }
     }
 }
@@ -354,8 +369,9 @@ pub enum Step {
 pub struct Cursor {
     b: Arc<Broadcast>,
     rx: watch::Receiver<u64>,
-    /// Next segment to begin; None = the live edge.
+    /// Next segment to begin; None = the live edge (or the first segment, if `from_first`).
     next: Option<u64>,
+    from_first: bool,
     seg: Option<Arc<Segment>>,
     idx: usize,
     scratch: Vec<Stored>,
@@ -424,7 +440,11 @@ impl Cursor {
             let edge = self.b.edge();
             match &self.seg {
                 None => {
-                    let target = self.next.or(edge.latest);
+                    let target = self.next.or(if self.from_first {
+                        edge.first
+                    } else {
+                        edge.latest
+                    });
                     match (target, edge.latest) {
                         (Some(s), Some(latest)) if s <= latest => {
                             if let Some(seg) = self.b.segment(s) {

@@ -35,7 +35,11 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines, log: Vec::new() }
+        Proc {
+            child,
+            lines,
+            log: Vec::new(),
+        }
     }
 
     /// Waits for a log line containing `needle` (the event), failing after a generous limit.
@@ -48,7 +52,10 @@ impl Proc {
                         return l;
                     }
                 }
-                Err(_) => panic!("no log line with {needle:?}; log so far:\n{}", self.log.join("\n")),
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
             }
         }
     }
@@ -63,18 +70,28 @@ impl Proc {
 
     fn addr(&mut self) -> String {
         let l = self.wait_line("listening (QUIC)");
-        let a = l.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let a = l
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         a.to_string()
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        for _ in 0..600 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
             // Drain the log so the child never blocks on a full pipe.
-            while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.log.push(l);
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => self.log.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Its stderr is closed: it is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
             }
         }
         panic!("process did not exit; log:\n{}", self.log.join("\n"));
@@ -89,16 +106,32 @@ impl Drop for Proc {
 }
 
 fn ffmpeg(args: &[&str]) -> std::process::Output {
-    let out = Command::new("ffmpeg").arg("-hide_banner").args(args).output().expect(
-        "ffmpeg is needed by these tests (.ci/run installs it: apt-get install -y ffmpeg)",
+    let out = Command::new("ffmpeg")
+        .arg("-hide_banner")
+        .args(args)
+        .output()
+        .expect("ffmpeg is needed by these tests (.ci/run installs it: apt-get install -y ffmpeg)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "ffmpeg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
 /// (size, crc) of every packet, as ffmpeg's framecrc muxer reports them without decoding.
 fn packet_crcs(file: &Path) -> Vec<(String, String)> {
-    let out = ffmpeg(&["-v", "error", "-i", file.to_str().unwrap(), "-c", "copy", "-f", "framecrc", "-"]);
+    let out = ffmpeg(&[
+        "-v",
+        "error",
+        "-i",
+        file.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ]);
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -112,14 +145,30 @@ fn packet_crcs(file: &Path) -> Vec<(String, String)> {
 
 /// Decodes `file` fully; ffmpeg must report no error at all.
 fn assert_decodes_cleanly(file: &Path) {
-    let out = ffmpeg(&["-v", "error", "-i", file.to_str().unwrap(), "-f", "null", "-"]);
+    let out = ffmpeg(&[
+        "-v",
+        "error",
+        "-i",
+        file.to_str().unwrap(),
+        "-f",
+        "null",
+        "-",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.trim().is_empty(), "ffmpeg reported errors decoding {}: {err}", file.display());
+    assert!(
+        err.trim().is_empty(),
+        "ffmpeg reported errors decoding {}: {err}",
+        file.display()
+    );
 }
 
 /// Asserts `got` is a contiguous run of `src`, at least `min` packets long; returns where it starts.
 fn assert_contiguous_run(got: &[(String, String)], src: &[(String, String)], min: usize) -> usize {
-    assert!(got.len() >= min, "only {} packets received, expected at least {min}", got.len());
+    assert!(
+        got.len() >= min,
+        "only {} packets received, expected at least {min}",
+        got.len()
+    );
     let start = (0..src.len())
         .find(|&i| src[i..].starts_with(got))
         .unwrap_or_else(|| panic!("received packets are not a contiguous run of the source's"));
@@ -135,13 +184,19 @@ struct Certs {
 
 fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let fp = quicast::tls::sha256_hex(ck.cert.der());
-    Certs { _dir: dir, cert, key, fp }
+    Certs {
+        _dir: dir,
+        cert,
+        key,
+        fp,
+    }
 }
 
 /// An origin and two relays in a chain, as separate processes.
@@ -158,24 +213,79 @@ fn tree() -> Tree {
     let c = certs();
     let (cert, key) = (c.cert.to_str().unwrap(), c.key.to_str().unwrap());
     let mut origin = Proc::spawn(&[
-        "origin", "--listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--publish-token", "tok", "--segment-ms", "500",
+        "origin",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--publish-token",
+        "tok",
+        "--segment-ms",
+        "500",
     ]);
     let origin_addr = origin.addr();
     let up = format!("quic://{origin_addr}");
-    let mut r1 = Proc::spawn(&["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &c.fp, "--cert", cert, "--key", key]);
+    let mut r1 = Proc::spawn(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+        "--fingerprint",
+        &c.fp,
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ]);
     let up = format!("quic://{}", r1.addr());
-    let mut r2 = Proc::spawn(&["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &c.fp, "--cert", cert, "--key", key]);
+    let mut r2 = Proc::spawn(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+        "--fingerprint",
+        &c.fp,
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ]);
     let r2_addr = r2.addr();
-    Tree { origin, _r1: r1, _r2: r2, origin_addr, r2_addr, c }
+    Tree {
+        origin,
+        _r1: r1,
+        _r2: r2,
+        origin_addr,
+        r2_addr,
+        c,
+    }
 }
 
 fn make_source(dir: &Path, secs: u32) -> PathBuf {
     let src = dir.join("src.opus");
     ffmpeg(&[
-        "-y", "-v", "error", "-f", "lavfi", "-i",
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
         &format!("sine=frequency=330:sample_rate=48000:duration={secs}"),
-        "-f", "lavfi", "-i", &format!("anoisesrc=color=pink:amplitude=0.05:duration={secs}"),
-        "-filter_complex", "amix=inputs=2", "-c:a", "libopus", "-b:a", "64k", src.to_str().unwrap(),
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("anoisesrc=color=pink:amplitude=0.05:duration={secs}"),
+        "-filter_complex",
+        "amix=inputs=2",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "64k",
+        src.to_str().unwrap(),
     ]);
     src
 }
@@ -190,35 +300,88 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
     // A file listener and a stdout listener wait at the edge before the streams start.
     let out = work.path().join("out.opus");
     let mut listen_file = Proc::spawn(&[
-        "listen", &format!("quic://{}/talk", t.r2_addr), "--fingerprint", &t.c.fp, "--output", out.to_str().unwrap(),
+        "listen",
+        &format!("quic://{}/talk", t.r2_addr),
+        "--fingerprint",
+        &t.c.fp,
+        "--output",
+        out.to_str().unwrap(),
     ]);
     let listen_pipe = Command::new(BIN)
-        .args(["listen", &format!("quic://{}/piped", t.r2_addr), "--fingerprint", &t.c.fp, "--output", "-"])
+        .args([
+            "listen",
+            &format!("quic://{}/piped", t.r2_addr),
+            "--fingerprint",
+            &t.c.fp,
+            "--output",
+            "-",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    t.origin.wait_lines(&["path=talk role=Relay}: quicast::server: stream has not started", "path=piped role=Relay}: quicast::server: stream has not started"]);
+    t.origin.wait_lines(&[
+        "path=talk role=Relay}: quicast::server: stream has not started",
+        "path=piped role=Relay}: quicast::server: stream has not started",
+    ]);
 
     // Publish the file (paced in real time), and ffmpeg piping into `publish --input -`.
     let origin_url = |s: &str| format!("quic://{}/{s}", t.origin_addr);
-    let mut pub_file = Proc::spawn(&["publish", &origin_url("talk"), "--input", src.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    let mut pub_file = Proc::spawn(&[
+        "publish",
+        &origin_url("talk"),
+        "--input",
+        src.to_str().unwrap(),
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
     let mut ff = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-re", "-i", src.to_str().unwrap(), "-c", "copy", "-f", "ogg", "-"])
+        .args([
+            "-hide_banner",
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            src.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "ogg",
+            "-",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let st = Command::new(BIN)
-        .args(["publish", &origin_url("piped"), "--input", "-", "--token", "tok", "--fingerprint", &t.c.fp])
+        .args([
+            "publish",
+            &origin_url("piped"),
+            "--input",
+            "-",
+            "--token",
+            "tok",
+            "--fingerprint",
+            &t.c.fp,
+        ])
         .stdin(ff.stdout.take().unwrap())
         .status()
         .unwrap();
     assert!(st.success(), "publish from stdin failed");
     assert!(ff.wait().unwrap().success());
-    assert!(pub_file.wait_exit().success(), "publish from file failed:\n{}", pub_file.log.join("\n"));
+    assert!(
+        pub_file.wait_exit().success(),
+        "publish from file failed:\n{}",
+        pub_file.log.join("\n")
+    );
 
     // The broadcasts end; both listeners exit by themselves.
-    assert!(listen_file.wait_exit().success(), "listen failed:\n{}", listen_file.log.join("\n"));
+    assert!(
+        listen_file.wait_exit().success(),
+        "listen failed:\n{}",
+        listen_file.log.join("\n")
+    );
     let piped = listen_pipe.wait_with_output().unwrap();
     assert!(piped.status.success());
     let piped_file = work.path().join("piped.opus");
@@ -227,8 +390,22 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
     for f in [&out, &piped_file] {
         assert_decodes_cleanly(f);
         let got = packet_crcs(f);
+        if got.len() != src_crcs.len() {
+            let first = src_crcs.iter().position(|p| p == &got[0]);
+            eprintln!(
+                "{}: {} of {} packets, first is source packet {first:?}",
+                f.display(),
+                got.len(),
+                src_crcs.len()
+            );
+            eprintln!("listen log:\n{}", listen_file.log.join("\n"));
+            eprintln!("origin log:\n{}", t.origin.log.join("\n"));
+        }
         let start = assert_contiguous_run(&got, &src_crcs, src_crcs.len());
-        assert_eq!(start, 0, "listeners that waited from the start hear it from the first packet");
+        assert_eq!(
+            start, 0,
+            "listeners that waited from the start hear it from the first packet"
+        );
         assert_eq!(got.len(), src_crcs.len(), "and every packet to the last");
     }
 }
@@ -240,19 +417,37 @@ fn listen_with_duration_joins_live_and_exits_zero() {
     let src_crcs = packet_crcs(&src);
     let t = tree();
     let mut publisher = Proc::spawn(&[
-        "publish", &format!("quic://{}/loop", t.origin_addr), "--input", src.to_str().unwrap(), "--loop", "--token", "tok",
-        "--fingerprint", &t.c.fp,
+        "publish",
+        &format!("quic://{}/loop", t.origin_addr),
+        "--input",
+        src.to_str().unwrap(),
+        "--loop",
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
     ]);
     publisher.wait_line("publishing");
     let out = work.path().join("live.opus");
     let mut l = Proc::spawn(&[
-        "listen", &format!("quic://{}/loop", t.r2_addr), "--fingerprint", &t.c.fp, "--output", out.to_str().unwrap(),
-        "--duration", "4",
+        "listen",
+        &format!("quic://{}/loop", t.r2_addr),
+        "--fingerprint",
+        &t.c.fp,
+        "--output",
+        out.to_str().unwrap(),
+        "--duration",
+        "4",
     ]);
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert_decodes_cleanly(&out);
     // Over 4 s the loop wraps around: match against the source twice over.
-    let twice: Vec<_> = src_crcs.iter().chain(src_crcs.iter()).chain(src_crcs.iter()).cloned().collect();
+    let twice: Vec<_> = src_crcs
+        .iter()
+        .chain(src_crcs.iter())
+        .chain(src_crcs.iter())
+        .cloned()
+        .collect();
     assert_contiguous_run(&packet_crcs(&out), &twice, 100);
 }
 
@@ -262,28 +457,91 @@ fn bad_input_and_bad_credentials_are_named() {
     let t = tree();
     let url = format!("quic://{}/x", t.origin_addr);
     let run = |args: &[&str]| {
-        let o = Command::new(BIN).args(args).env("RUST_LOG", "off").output().unwrap();
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
         assert!(!o.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&o.stderr).to_string()
     };
     let text = work.path().join("notes.txt");
-    std::fs::write(&text, "this is not audio at all, just some text that is long enough").unwrap();
-    let e = run(&["publish", &url, "--input", text.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    std::fs::write(
+        &text,
+        "this is not audio at all, just some text that is long enough",
+    )
+    .unwrap();
+    let e = run(&[
+        "publish",
+        &url,
+        "--input",
+        text.to_str().unwrap(),
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
     assert!(e.contains("not an Ogg stream"), "{e}");
 
     let vorbis = work.path().join("v.ogg");
-    ffmpeg(&["-y", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "libvorbis", vorbis.to_str().unwrap()]);
-    let e = run(&["publish", &url, "--input", vorbis.to_str().unwrap(), "--token", "tok", "--fingerprint", &t.c.fp]);
+    ffmpeg(&[
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=1",
+        "-c:a",
+        "libvorbis",
+        vorbis.to_str().unwrap(),
+    ]);
+    let e = run(&[
+        "publish",
+        &url,
+        "--input",
+        vorbis.to_str().unwrap(),
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
     assert!(e.contains("not Opus") && e.contains("Vorbis"), "{e}");
 
     let src = make_source(work.path(), 1);
-    let e = run(&["publish", &url, "--input", src.to_str().unwrap(), "--token", "nope", "--fingerprint", &t.c.fp]);
+    let e = run(&[
+        "publish",
+        &url,
+        "--input",
+        src.to_str().unwrap(),
+        "--token",
+        "nope",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
     assert!(e.contains("wrong publish token"), "{e}");
-    let e = run(&["publish", &url, "--input", src.to_str().unwrap(), "--fingerprint", &t.c.fp]);
+    let e = run(&[
+        "publish",
+        &url,
+        "--input",
+        src.to_str().unwrap(),
+        "--fingerprint",
+        &t.c.fp,
+    ]);
     assert!(e.contains("publish token required"), "{e}");
     let e = run(&["listen", &url, "--output", "-"]);
-    assert!(e.contains("--fingerprint"), "no trust given: the error says how to give it: {e}");
-    let e = run(&["listen", &url, "--output", "-", "--fingerprint", &"ab".repeat(32)]);
+    assert!(
+        e.contains("--fingerprint"),
+        "no trust given: the error says how to give it: {e}"
+    );
+    let e = run(&[
+        "listen",
+        &url,
+        "--output",
+        "-",
+        "--fingerprint",
+        &"ab".repeat(32),
+    ]);
     assert!(e.contains("not pinned"), "{e}");
 }
 
@@ -291,13 +549,23 @@ fn bad_input_and_bad_credentials_are_named() {
 fn a_bad_config_file_is_refused_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nupstrem = [\"quic://127.0.0.1:1\"]\n").unwrap();
-    let o = Command::new(BIN).args(["relay", "--config", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:0\"\nupstrem = [\"quic://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["relay", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("upstrem"), "{e}");
     std::fs::write(&bad, "segment-ms = 3\n").unwrap();
-    let o = Command::new(BIN).args(["origin", "--config", bad.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["origin", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("segment-ms"));
 }
@@ -326,11 +594,83 @@ fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
         let o = args.iter().position(|a| a == "--output").unwrap();
         args[o + 1] = out.to_str().unwrap().to_string();
         args.extend(["--duration".into(), "2.5".into()]);
-        let st = Command::new(BIN).arg("listen").args(&args).env("RUST_LOG", "warn").status().unwrap();
+        let st = Command::new(BIN)
+            .arg("listen")
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
         assert!(st.success());
         assert_decodes_cleanly(&out);
-        assert!(packet_crcs(&out).len() >= 50, "at least a second of audio from edge {i}");
+        assert!(
+            packet_crcs(&out).len() >= 50,
+            "at least a second of audio from edge {i}"
+        );
     }
-    Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap();
-    assert!(demo.wait().unwrap().success(), "Ctrl-C stops the demo cleanly");
+    Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        demo.wait().unwrap().success(),
+        "Ctrl-C stops the demo cleanly"
+    );
+}
+
+#[test]
+fn loadgen_reports_what_its_listeners_heard_as_one_json_line() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_source(work.path(), 2);
+    let t = tree();
+    let mut publisher = Proc::spawn(&[
+        "publish",
+        &format!("quic://{}/load", t.origin_addr),
+        "--input",
+        src.to_str().unwrap(),
+        "--loop",
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
+    publisher.wait_line("publishing");
+    let o = Command::new(BIN)
+        .args([
+            "loadgen",
+            &format!("quic://{}/load", t.r2_addr),
+            "--listeners",
+            "8",
+            "--duration",
+            "2",
+            "--ramp",
+            "0.5",
+            "--fingerprint",
+            &t.c.fp,
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(v["listeners"], 8);
+    assert_eq!(v["connected"], 8);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["gaps"], 0);
+    // 8 listeners for 2 s of 20 ms frames, plus the join burst: well over 8 x 50 frames.
+    assert!(v["frames"].as_u64().unwrap() >= 8 * 50, "{last}");
+    for k in ["p50", "p99", "max"] {
+        assert!(
+            v["latency_ms"][k].as_f64().unwrap() > 0.0,
+            "latency_ms.{k} in {last}"
+        );
+    }
+    for k in ["p50", "p99"] {
+        assert!(
+            v["join_ms"][k].as_f64().unwrap() > 0.0,
+            "join_ms.{k} in {last}"
+        );
+    }
 }

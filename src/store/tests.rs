@@ -81,6 +81,22 @@ fn waiting_cursor_gets_the_first_segment() {
 }
 
 #[test]
+fn a_waiting_cursor_hears_from_the_first_segment_even_if_several_were_cut() {
+    let b = bcast(8, 3);
+    let mut waited = b.cursor_from_first();
+    let mut live = b.cursor(Start::Live);
+    for q in 0..3 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    assert_eq!(
+        drain(&mut waited),
+        ["B0", "F0", "E0", "B1", "F1", "E1", "B2", "F2"]
+    );
+    assert_eq!(drain(&mut live), ["B2", "F2"]);
+}
+
+#[test]
 fn cursor_from_a_sequence_number_replays_the_window() {
     let b = bcast(8, 10);
     for q in 0..4 {
