@@ -1,0 +1,230 @@
+//! Fan-out benchmark: one relay, pinned to one core, serving N listeners of a 64 kbit/s Opus
+//! stream. Origin, relay, publisher and load generator are separate processes.
+//!
+//!   cargo bench --bench fanout                       # N = 1000, 5000, 10000
+//!   QUICAST_BENCH_N=1000,2000 QUICAST_BENCH_SECS=20 cargo bench --bench fanout
+//!
+//! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
+//! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
+//! the listeners heard (latency p50/p99, gaps, join p99), and writes
+//! target/fanout/results.md and target/fanout/results.svg.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quicast");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
+    let mut cmd = match pin {
+        Some(cpu) if has("taskset") => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu, BIN]);
+            c
+        }
+        _ => Command::new(BIN),
+    };
+    let child = cmd
+        .args(args)
+        .env("RUST_LOG", "warn,quicast::server=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quicast");
+    Killed(child)
+}
+
+fn has(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Reads the child's log until the "listening" line; returns the address. Keeps draining after.
+fn addr(k: &mut Killed) -> String {
+    let err = k.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if let Some(rest) = l.split("addr=").nth(1) {
+            if l.contains("listening (QUIC)") {
+                let a = rest.split_whitespace().next().unwrap().to_string();
+                std::thread::spawn(move || for _ in lines {});
+                return a;
+            }
+        }
+    }
+    panic!("node exited before listening");
+}
+
+/// The pid of the quicast process (not of taskset, which execs it: same pid).
+fn pid(k: &Killed) -> u32 {
+    k.0.id()
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn ticks_per_sec() -> f64 {
+    let o = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(100.0)
+}
+
+fn source(dir: &Path) -> PathBuf {
+    let p = dir.join("talk64k.opus");
+    if !p.exists() {
+        let st = Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=20", "-f", "lavfi",
+                "-i", "anoisesrc=color=pink:amplitude=0.1:duration=20", "-filter_complex", "amix=inputs=2", "-c:a", "libopus",
+                "-b:a", "64k", "-vbr", "off", "-frame_duration", "20"])
+            .arg(&p)
+            .status()
+            .expect("ffmpeg makes the 64 kbit/s source (apt-get install -y ffmpeg)");
+        assert!(st.success());
+    }
+    p
+}
+
+struct Row {
+    n: usize,
+    cpu_pct: f64,
+    rss_per_listener_kib: f64,
+    rss_mib: f64,
+    report: serde_json::Value,
+}
+
+fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
+    let src = source(dir);
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let fp = quicast::tls::sha256_hex(ck.cert.der());
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut origin = spawn(&["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k], Some("1"));
+    let oaddr = addr(&mut origin);
+    let up = format!("quic://{oaddr}");
+    let maxc = (n + 1000).to_string();
+    let mut relay = spawn(
+        &["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &fp, "--cert", c, "--key", k, "--max-connections", &maxc],
+        Some("0"),
+    );
+    let raddr = addr(&mut relay);
+    let _publisher = spawn(
+        &["publish", &format!("quic://{oaddr}/bench"), "--input", src.to_str().unwrap(), "--loop", "--fingerprint", &fp],
+        Some("1"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rpid = pid(&relay);
+    let rss0 = rss_kib(rpid);
+    let ramp = (n as f64 / 2500.0).max(1.0);
+    let t0 = Instant::now();
+    let loadgen = Command::new("taskset")
+        .args(["-c", "1", BIN, "loadgen", &format!("quic://{raddr}/bench"), "--listeners", &n.to_string(), "--duration",
+            &secs.to_string(), "--ramp", &format!("{ramp}"), "--fingerprint", &fp, "--json"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Steady window: from 2 s after the ramp to 1 s before the end.
+    let steady_from = Duration::from_secs_f64(ramp + 2.0);
+    let steady_len = Duration::from_secs(secs.saturating_sub(3).max(2));
+    std::thread::sleep(steady_from.saturating_sub(t0.elapsed()));
+    let (c0, w0) = (cpu_ticks(rpid), Instant::now());
+    std::thread::sleep(steady_len);
+    let (c1, w1) = (cpu_ticks(rpid), Instant::now());
+    let rss1 = rss_kib(rpid);
+    let out = loadgen.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
+    let cpu_pct = (c1 - c0) as f64 / ticks_per_sec() / (w1 - w0).as_secs_f64() * 100.0;
+    Row {
+        n,
+        cpu_pct,
+        rss_per_listener_kib: rss1.saturating_sub(rss0) as f64 / n as f64,
+        rss_mib: rss1 as f64 / 1024.0,
+        report,
+    }
+}
+
+fn svg(rows: &[Row]) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let maxn = rows.iter().map(|r| r.n).max().unwrap_or(1) as f64;
+    let maxc = rows.iter().map(|r| r.cpu_pct).fold(100.0f64, f64::max);
+    let x = |n: f64| pad + n / maxn * (w - 2.0 * pad);
+    let y = |c: f64| h - pad - c / maxc * (h - 2.0 * pad);
+    let pts: Vec<String> = rows.iter().map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.cpu_pct))).collect();
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>");
+    s += &format!("<rect width='{w}' height='{h}' fill='white'/>");
+    s += &format!("<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - pad, h - pad);
+    s += &format!("<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{}' stroke='black'/>", h - pad);
+    s += &format!("<line x1='{pad}' y1='{:.1}' x2='{}' y2='{:.1}' stroke='#c33' stroke-dasharray='4'/>", y(50.0), w - pad, y(50.0));
+    s += &format!("<text x='{}' y='{:.1}' fill='#c33'>50% of a core</text>", w - pad - 90.0, y(50.0) - 4.0);
+    s += &format!("<polyline points='{}' fill='none' stroke='#36c' stroke-width='2'/>", pts.join(" "));
+    for r in rows {
+        s += &format!("<circle cx='{:.1}' cy='{:.1}' r='4' fill='#36c'/>", x(r.n as f64), y(r.cpu_pct));
+        s += &format!("<text x='{:.1}' y='{:.1}'>{:.0}%</text>", x(r.n as f64) + 6.0, y(r.cpu_pct) - 6.0, r.cpu_pct);
+        s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>", x(r.n as f64), h - pad + 16.0, r.n);
+    }
+    s += &format!("<text x='{}' y='{}' text-anchor='middle'>listeners on one relay (64 kbit/s Opus, 20 ms frames)</text>", w / 2.0, h - 10.0);
+    s += &format!("<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>relay CPU, % of one core</text>", h / 2.0, h / 2.0);
+    s += "</svg>";
+    s
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing special: run only as a bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let ns: Vec<usize> = std::env::var("QUICAST_BENCH_N")
+        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let secs: u64 = std::env::var("QUICAST_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fanout");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut rows = Vec::new();
+    for &n in &ns {
+        eprintln!("fanout: {n} listeners for {secs} s ...");
+        let r = run_one(n, secs, &out);
+        eprintln!("  cpu {:.1}%  rss/listener {:.1} KiB  {}", r.cpu_pct, r.rss_per_listener_kib, r.report);
+        rows.push(r);
+    }
+    let mut md = String::from(
+        "| listeners | connected | failed | relay CPU (% of 1 core) | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let v = &r.report;
+        md += &format!(
+            "| {} | {} | {} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} |\n",
+            r.n, v["connected"], v["failed"], r.cpu_pct, r.rss_mib, r.rss_per_listener_kib, v["latency_ms"]["p50"],
+            v["latency_ms"]["p99"], v["gaps"], v["skips"], v["join_ms"]["p99"]
+        );
+    }
+    println!("\n{md}");
+    std::fs::write(out.join("results.md"), &md).unwrap();
+    std::fs::write(out.join("results.svg"), svg(&rows)).unwrap();
+    println!("wrote {} and results.svg", out.join("results.md").display());
+}
