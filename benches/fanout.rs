@@ -46,7 +46,11 @@ fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
 }
 
 fn has(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Reads the child's log until the "listening" line; returns the address. Keeps draining after.
@@ -81,21 +85,52 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn ticks_per_sec() -> f64 {
     let o = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(100.0)
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
 }
 
 fn source(dir: &Path) -> PathBuf {
     let p = dir.join("talk64k.opus");
     if !p.exists() {
         let st = Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=20", "-f", "lavfi",
-                "-i", "anoisesrc=color=pink:amplitude=0.1:duration=20", "-filter_complex", "amix=inputs=2", "-c:a", "libopus",
-                "-b:a", "64k", "-vbr", "off", "-frame_duration", "20"])
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=300:duration=20",
+                "-f",
+                "lavfi",
+                "-i",
+                "anoisesrc=color=pink:amplitude=0.1:duration=20",
+                "-filter_complex",
+                "amix=inputs=2",
+                "-c:a",
+                "libopus",
+                "-b:a",
+                "64k",
+                "-vbr",
+                "off",
+                "-frame_duration",
+                "20",
+            ])
             .arg(&p)
             .status()
             .expect("ffmpeg makes the 64 kbit/s source (apt-get install -y ffmpeg)");
@@ -114,23 +149,49 @@ struct Row {
 
 fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let src = source(dir);
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let fp = quicast::tls::sha256_hex(ck.cert.der());
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let mut origin = spawn(&["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k], Some("1"));
+    let mut origin = spawn(
+        &["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k],
+        Some("1"),
+    );
     let oaddr = addr(&mut origin);
     let up = format!("quic://{oaddr}");
     let maxc = (n + 1000).to_string();
     let mut relay = spawn(
-        &["relay", "--listen", "127.0.0.1:0", "--upstream", &up, "--fingerprint", &fp, "--cert", c, "--key", k, "--max-connections", &maxc],
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--fingerprint",
+            &fp,
+            "--cert",
+            c,
+            "--key",
+            k,
+            "--max-connections",
+            &maxc,
+        ],
         Some("0"),
     );
     let raddr = addr(&mut relay);
     let _publisher = spawn(
-        &["publish", &format!("quic://{oaddr}/bench"), "--input", src.to_str().unwrap(), "--loop", "--fingerprint", &fp],
+        &[
+            "publish",
+            &format!("quic://{oaddr}/bench"),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--fingerprint",
+            &fp,
+        ],
         Some("1"),
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -139,8 +200,22 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let ramp = (n as f64 / 2500.0).max(1.0);
     let t0 = Instant::now();
     let loadgen = Command::new("taskset")
-        .args(["-c", "1", BIN, "loadgen", &format!("quic://{raddr}/bench"), "--listeners", &n.to_string(), "--duration",
-            &secs.to_string(), "--ramp", &format!("{ramp}"), "--fingerprint", &fp, "--json"])
+        .args([
+            "-c",
+            "1",
+            BIN,
+            "loadgen",
+            &format!("quic://{raddr}/bench"),
+            "--listeners",
+            &n.to_string(),
+            "--duration",
+            &secs.to_string(),
+            "--ramp",
+            &format!("{ramp}"),
+            "--fingerprint",
+            &fp,
+            "--json",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -156,7 +231,8 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let rss1 = rss_kib(rpid);
     let out = loadgen.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
+    let report: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
     let cpu_pct = (c1 - c0) as f64 / ticks_per_sec() / (w1 - w0).as_secs_f64() * 100.0;
     Row {
         n,
@@ -173,18 +249,55 @@ fn svg(rows: &[Row]) -> String {
     let maxc = rows.iter().map(|r| r.cpu_pct).fold(100.0f64, f64::max);
     let x = |n: f64| pad + n / maxn * (w - 2.0 * pad);
     let y = |c: f64| h - pad - c / maxc * (h - 2.0 * pad);
-    let pts: Vec<String> = rows.iter().map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.cpu_pct))).collect();
+    let pts: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.cpu_pct)))
+        .collect();
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>");
     s += &format!("<rect width='{w}' height='{h}' fill='white'/>");
-    s += &format!("<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - pad, h - pad);
-    s += &format!("<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{}' stroke='black'/>", h - pad);
-    s += &format!("<line x1='{pad}' y1='{:.1}' x2='{}' y2='{:.1}' stroke='#c33' stroke-dasharray='4'/>", y(50.0), w - pad, y(50.0));
-    s += &format!("<text x='{}' y='{:.1}' fill='#c33'>50% of a core</text>", w - pad - 90.0, y(50.0) - 4.0);
-    s += &format!("<polyline points='{}' fill='none' stroke='#36c' stroke-width='2'/>", pts.join(" "));
+    s += &format!(
+        "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    s += &format!(
+        "<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{}' stroke='black'/>",
+        h - pad
+    );
+    s += &format!(
+        "<line x1='{pad}' y1='{:.1}' x2='{}' y2='{:.1}' stroke='#c33' stroke-dasharray='4'/>",
+        y(50.0),
+        w - pad,
+        y(50.0)
+    );
+    s += &format!(
+        "<text x='{}' y='{:.1}' fill='#c33'>50% of a core</text>",
+        w - pad - 90.0,
+        y(50.0) - 4.0
+    );
+    s += &format!(
+        "<polyline points='{}' fill='none' stroke='#36c' stroke-width='2'/>",
+        pts.join(" ")
+    );
     for r in rows {
-        s += &format!("<circle cx='{:.1}' cy='{:.1}' r='4' fill='#36c'/>", x(r.n as f64), y(r.cpu_pct));
-        s += &format!("<text x='{:.1}' y='{:.1}'>{:.0}%</text>", x(r.n as f64) + 6.0, y(r.cpu_pct) - 6.0, r.cpu_pct);
-        s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>", x(r.n as f64), h - pad + 16.0, r.n);
+        s += &format!(
+            "<circle cx='{:.1}' cy='{:.1}' r='4' fill='#36c'/>",
+            x(r.n as f64),
+            y(r.cpu_pct)
+        );
+        s += &format!(
+            "<text x='{:.1}' y='{:.1}'>{:.0}%</text>",
+            x(r.n as f64) + 6.0,
+            y(r.cpu_pct) - 6.0,
+            r.cpu_pct
+        );
+        s += &format!(
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
+            x(r.n as f64),
+            h - pad + 16.0,
+            r.n
+        );
     }
     s += &format!("<text x='{}' y='{}' text-anchor='middle'>listeners on one relay (64 kbit/s Opus, 20 ms frames)</text>", w / 2.0, h - 10.0);
     s += &format!("<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>relay CPU, % of one core</text>", h / 2.0, h / 2.0);
@@ -202,14 +315,20 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let secs: u64 = std::env::var("QUICAST_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let secs: u64 = std::env::var("QUICAST_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fanout");
     std::fs::create_dir_all(&out).unwrap();
     let mut rows = Vec::new();
     for &n in &ns {
         eprintln!("fanout: {n} listeners for {secs} s ...");
         let r = run_one(n, secs, &out);
-        eprintln!("  cpu {:.1}%  rss/listener {:.1} KiB  {}", r.cpu_pct, r.rss_per_listener_kib, r.report);
+        eprintln!(
+            "  cpu {:.1}%  rss/listener {:.1} KiB  {}",
+            r.cpu_pct, r.rss_per_listener_kib, r.report
+        );
         rows.push(r);
     }
     let mut md = String::from(
@@ -219,8 +338,17 @@ fn main() {
         let v = &r.report;
         md += &format!(
             "| {} | {} | {} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} |\n",
-            r.n, v["connected"], v["failed"], r.cpu_pct, r.rss_mib, r.rss_per_listener_kib, v["latency_ms"]["p50"],
-            v["latency_ms"]["p99"], v["gaps"], v["skips"], v["join_ms"]["p99"]
+            r.n,
+            v["connected"],
+            v["failed"],
+            r.cpu_pct,
+            r.rss_mib,
+            r.rss_per_listener_kib,
+            v["latency_ms"]["p50"],
+            v["latency_ms"]["p99"],
+            v["gaps"],
+            v["skips"],
+            v["join_ms"]["p99"]
         );
     }
     println!("\n{md}");

@@ -9,6 +9,8 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fanout;
+pub mod ingest;
 pub mod listen;
 pub mod loadgen;
 pub mod media;

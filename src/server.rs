@@ -14,11 +14,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::{conn_error, QuicUrl};
 use crate::error::{Error, ErrorCode, Result};
-use crate::media::opus_packet_samples;
-use crate::proto::{
-    self, Codec, Message, Role, Start, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES, UNI_PUBLISH,
-};
-use crate::store::{Broadcast, Cursor, Registry, Step, StoreConfig, Stored};
+use crate::fanout::{fan_out, Delivery, Sink};
+use crate::ingest::Publishing;
+use crate::proto::{self, Codec, Message, Role, Start, UNI_PUBLISH};
+use crate::store::{Cursor, Registry, StoreConfig, Stored, SubscriberGuard};
 use crate::tls::{Identity, Trust};
 use crate::upstream::Upstream;
 use crate::wire::{write_message, ControlReader, FrameReader};
@@ -120,12 +119,69 @@ impl Node {
         self.upstream.is_some()
     }
 
+    /// Subscribes to `path` for any kind of subscriber: counts it, starts the upstream fetch
+    /// on a relay's first subscriber, and waits up to `wait` for the stream to start (the
+    /// waiting room; `not_found` after that). Who waited hears the stream from its first packet.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        path: &str,
+        start: Start,
+        wait: Duration,
+    ) -> Result<Subscriber> {
+        let (guard, created) = self.registry.subscribe(path);
+        inc(&self.stats.subscriptions);
+        inc(&self.stats.subscriptions_total);
+        let counted = Counted(self.clone());
+        if created {
+            if let Some(up) = &self.upstream {
+                up.spawn_fetch(self.clone(), guard.slot.clone(), start);
+            }
+        }
+        let waited = guard.slot.broadcast().is_none();
+        if waited {
+            debug!("stream has not started: waiting room");
+        }
+        let b = tokio::time::timeout(wait, guard.slot.wait_broadcast())
+            .await
+            .map_err(|_| {
+                Error::refused(
+                    ErrorCode::NotFound,
+                    format!("stream {path} did not start within {} s", wait.as_secs()),
+                )
+            })?;
+        let cursor = if waited && start == Start::Live {
+            b.cursor_from_first()
+        } else {
+            b.cursor(start)
+        };
+        Ok(Subscriber {
+            cursor,
+            _guard: guard,
+            _counted: counted,
+        })
+    }
+
     /// How many subscriptions this node has served for `path` (child relays included).
     pub fn subscriptions_for(&self, path: &str) -> u64 {
         self.registry
             .get(path)
             .map(|s| s.subscriptions_total.load(Ordering::Relaxed))
             .unwrap_or(0)
+    }
+}
+
+/// A subscription on this node: where it is in the broadcast, and its place in the counts.
+pub struct Subscriber {
+    pub cursor: Cursor,
+    _guard: SubscriberGuard,
+    _counted: Counted,
+}
+
+struct Counted(Arc<Node>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        dec(&self.0.stats.subscriptions);
     }
 }
 
@@ -477,62 +533,32 @@ async fn serve_subscription(
     path: String,
     start: Start,
 ) {
-    let (guard, created) = node.registry.subscribe(&path);
-    inc(&node.stats.subscriptions);
-    inc(&node.stats.subscriptions_total);
-    struct Dec<'a>(&'a AtomicU64);
-    impl Drop for Dec<'_> {
-        fn drop(&mut self) {
-            dec(self.0);
-        }
-    }
-    let _d = Dec(&node.stats.subscriptions);
-    if created {
-        if let Some(up) = &node.upstream {
-            up.spawn_fetch(node.clone(), guard.slot.clone(), start);
-        }
-    }
-    let waited = guard.slot.broadcast().is_none();
-    if waited {
-        debug!("stream has not started: waiting room");
-    }
-    let b = match tokio::time::timeout(node.cfg.waiting_room, guard.slot.wait_broadcast()).await {
-        Ok(b) => b,
-        Err(_) => {
-            let reason = format!(
-                "stream {path} did not start within {:?}",
-                node.cfg.waiting_room
-            );
-            info!("{reason}");
-            let _ = ctl
-                .send(Message::SubscribeError {
-                    id,
-                    code: ErrorCode::NotFound.as_u64(),
-                    reason,
-                })
-                .await;
+    let mut sub = match node.subscribe(&path, start, node.cfg.waiting_room).await {
+        Ok(s) => s,
+        Err(e) => {
+            info!("{e}");
+            let (code, reason) = (e.code().as_u64(), e.to_string());
+            let _ = ctl.send(Message::SubscribeError { id, code, reason }).await;
             return;
         }
     };
+    let b = sub.cursor.broadcast().clone();
     debug!(instance = b.instance, "subscribed");
-    if ctl
-        .send_written(Message::Subscribed {
-            id,
-            instance: b.instance,
-            codec: b.codec.clone(),
-        })
-        .await
-        .is_err()
-    {
+    let subscribed = Message::Subscribed {
+        id,
+        instance: b.instance,
+        codec: b.codec.clone(),
+    };
+    if ctl.send_written(subscribed).await.is_err() {
         return;
     }
-    // Who waited for the stream hears it from its first packet.
-    let mut cursor = if waited && start == Start::Live {
-        b.cursor_from_first()
-    } else {
-        b.cursor(start)
+    let mut sink = QuicSink {
+        conn: &conn,
+        id,
+        out: None,
+        chunks: Vec::new(),
     };
-    match pump(&node, &conn, id, &mut cursor).await {
+    match fan_out(&node, &mut sub.cursor, &mut sink).await {
         Ok(last) => {
             debug!(?last, "broadcast ended");
             let _ = ctl
@@ -546,142 +572,76 @@ async fn serve_subscription(
     }
 }
 
-/// Something that blocks on a slow peer, given up if the peer falls too far behind.
-async fn unless_lagging<T>(
-    cursor: &Cursor,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    // Biased: a write that can complete now always does; only a blocked one is given up.
-    tokio::select! {
-        biased;
-        r = fut => Some(r),
-        _ = cursor.lagging() => None,
+/// A QUIC subscriber: each segment on its own uni stream; a skip resets it.
+struct QuicSink<'a> {
+    conn: &'a Connection,
+    id: u64,
+    out: Option<SendStream>,
+    chunks: Vec<Bytes>,
+}
+
+impl Sink for QuicSink<'_> {
+    async fn begin(&mut self, seq: u64) -> Result<()> {
+        let mut s = self.conn.open_uni().await.map_err(conn_error)?;
+        let mut hdr = bytes::BytesMut::new();
+        proto::SegmentHeader {
+            sub_id: self.id,
+            seq,
+        }
+        .encode(&mut hdr);
+        s.write_all(&hdr).await?;
+        self.out = Some(s);
+        Ok(())
+    }
+
+    async fn frames(&mut self, frames: &[Stored]) -> Result<Delivery> {
+        let Some(s) = self.out.as_mut() else {
+            return Ok(Delivery::Done);
+        };
+        // The same Bytes every subscriber gets: no copy.
+        self.chunks.clear();
+        self.chunks.extend(frames.iter().map(|f| f.record.clone()));
+        match s.write_all_chunks(&mut self.chunks).await {
+            Ok(()) => Ok(Delivery::Done),
+            Err(quinn::WriteError::Stopped(_)) => {
+                self.out = None;
+                Ok(Delivery::Stopped)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn end(&mut self, _seq: u64) {
+        if let Some(mut s) = self.out.take() {
+            let _ = s.finish();
+        }
+    }
+
+    fn skip(&mut self) {
+        if let Some(mut s) = self.out.take() {
+            let _ = s.reset(ErrorCode::Skipped.varint());
+        }
     }
 }
 
-/// Walks the store for one QUIC subscriber: each segment on its own uni stream, frames
-/// written as they arrive; a subscriber too far behind has its stream reset and is moved to
-/// the newest segment. Returns the last segment delivered, once the broadcast ends.
-async fn pump(node: &Node, conn: &Connection, id: u64, cursor: &mut Cursor) -> Result<Option<u64>> {
-    let mut out: Option<SendStream> = None;
-    let mut last = None;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    loop {
-        let mut step = cursor.next().await;
-        match step {
-            Step::Begin(seq) => {
-                let opened = unless_lagging(cursor, async {
-                    let mut s = conn.open_uni().await.map_err(conn_error)?;
-                    let mut hdr = bytes::BytesMut::new();
-                    proto::SegmentHeader { sub_id: id, seq }.encode(&mut hdr);
-                    s.write_all(&hdr).await?;
-                    Ok::<_, Error>(s)
+/// A QUIC publisher: one ordered stream of frames into the shared ingest.
+async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String, codec: Codec) {
+    let mut publishing = match Publishing::claim(&node, &path, codec) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(side = "downstream", code = %e.code(), "publish refused: {e}");
+            let _ = ctl
+                .send(Message::Error {
+                    code: e.code().as_u64(),
+                    reason: e.to_string(),
                 })
                 .await;
-                match opened {
-                    Some(s) => out = Some(s?),
-                    None => step = cursor.skip_to_live(),
-                }
-            }
-            Step::Frames(ref frames) => {
-                if let Some(s) = out.as_mut() {
-                    chunks.clear();
-                    chunks.extend(frames.iter().map(|f| f.record.clone()));
-                    match unless_lagging(cursor, s.write_all_chunks(&mut chunks)).await {
-                        Some(Ok(())) => {}
-                        Some(Err(quinn::WriteError::Stopped(code))) => {
-                            // The peer does not want the rest of this segment.
-                            debug!(code = %code, "segment stream stopped by subscriber");
-                            out = None;
-                            cursor.abandon_segment();
-                        }
-                        Some(Err(e)) => return Err(e.into()),
-                        None => step = cursor.skip_to_live(),
-                    }
-                }
-            }
-            Step::End(seq) => {
-                if let Some(mut s) = out.take() {
-                    let _ = s.finish();
-                }
-                last = Some(seq);
-            }
-            Step::Skip { .. } | Step::Finished => {}
-        }
-        match step {
-            Step::Skip { from, to } => {
-                if let Some(mut s) = out.take() {
-                    let _ = s.reset(ErrorCode::Skipped.varint());
-                }
-                inc(&node.stats.skips_total);
-                info!(
-                    from,
-                    to,
-                    skipped = cursor.skipped,
-                    "subscriber fell behind: moved forward to the newest segment"
-                );
-            }
-            Step::Finished => return Ok(last),
-            _ => {}
-        }
-    }
-}
-
-/// The origin's ingest: frames from one publisher, stamped and cut into segments.
-async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String, codec: Codec) {
-    if let Err(e) = crate::media::OpusHead::parse(&codec.header) {
-        let _ = ctl
-            .send(Message::Error {
-                code: ErrorCode::BadMedia.as_u64(),
-                reason: e.to_string(),
-            })
-            .await;
-        warn!("refused: {e}");
-        return close(&conn, ErrorCode::BadMedia, &e.to_string());
-    }
-    let (slot, _) = node.registry.slot(&path);
-    if !slot.claim_publisher() {
-        let reason = format!("stream {path} already has a publisher");
-        warn!("refused: {reason}");
-        let _ = ctl
-            .send(Message::Error {
-                code: ErrorCode::Conflict.as_u64(),
-                reason: reason.clone(),
-            })
-            .await;
-        return close(&conn, ErrorCode::Conflict, &reason);
-    }
-    struct Release(Arc<crate::store::Slot>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0.release_publisher();
-        }
-    }
-    let _release = Release(slot.clone());
-    inc(&node.stats.publishers);
-    let b = match slot.broadcast() {
-        // The same publisher coming back: carry on with the same broadcast.
-        Some(b) if !b.is_ended() && b.codec == codec => b,
-        old => {
-            if let Some(o) = old {
-                o.end();
-            }
-            let instance = rand::random::<u64>() & proto::varint::MAX;
-            let b = Broadcast::new(
-                &path,
-                instance,
-                codec,
-                &node.registry.cache,
-                &node.registry.cfg,
-            );
-            slot.set_broadcast(Some(b.clone()));
-            b
+            return close(&conn, e.code(), &e.to_string());
         }
     };
-    info!(instance = b.instance, "publisher connected");
     let result = async {
         ctl.send(Message::PublishOk {
-            instance: b.instance,
+            instance: publishing.broadcast.instance,
         })
         .await?;
         let recv = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
@@ -696,22 +656,20 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String
                 format!("stream kind {kind} where frames were expected"),
             ));
         }
-        ingest(&node, &b, &mut reader).await
+        let mut frames = Vec::new();
+        loop {
+            frames.clear();
+            reader.frames(&mut frames).await?;
+            if frames.is_empty() {
+                return Ok(());
+            }
+            publishing.push(frames.drain(..).map(|(f, _)| f))?;
+        }
     }
     .await;
-    dec(&node.stats.publishers);
     match result {
-        Ok(()) => {
-            info!("publisher finished: broadcast ended");
-            b.end();
-            if slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b)) {
-                slot.set_broadcast(None);
-            }
-        }
+        Ok(()) => publishing.finish(),
         Err(e) => {
-            if let Some(seg) = b.open_segment() {
-                b.seal(&seg);
-            }
             match &e {
                 Error::Remote { .. } | Error::Connection(_) | Error::Read(_) => {
                     warn!(side = "downstream", "publisher lost: {e}")
@@ -727,73 +685,7 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String
                     close(&conn, e.code(), &e.to_string());
                 }
             }
-            // Keep the broadcast for a while so the publisher can come back without a new instance.
-            let grace = node.cfg.publisher_grace;
-            let slot = slot.clone();
-            drop(_release);
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                if !slot.has_publisher()
-                    && slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b))
-                {
-                    info!(path = %slot.path, "publisher did not come back: broadcast ended");
-                    b.end();
-                    slot.set_broadcast(None);
-                }
-            });
-        }
-    }
-}
-
-async fn ingest(node: &Node, b: &Arc<Broadcast>, reader: &mut FrameReader) -> Result<()> {
-    let target = (node.cfg.segment_duration.as_micros() as u64 * b.codec.sample_rate as u64
-        / 1_000_000)
-        .max(1);
-    let mut next_seq = b.edge().latest.map(|l| l + 1).unwrap_or(0);
-    let mut seg: Option<(Arc<crate::store::Segment>, u64)> = None;
-    let mut last_end: Option<u64> = None;
-    let mut frames = Vec::new();
-    loop {
-        frames.clear();
-        reader.frames(&mut frames).await?;
-        if frames.is_empty() {
-            return Ok(());
-        }
-        let wall = now_us();
-        for (mut f, _) in frames.drain(..) {
-            let samples = opus_packet_samples(&f.payload)?;
-            if samples as u64 * b.codec.sample_rate as u64 / 48_000 != f.duration as u64 {
-                return Err(Error::Media(format!(
-                    "frame at pts {} says it lasts {} but its Opus packet lasts {samples} samples",
-                    f.pts, f.duration
-                )));
-            }
-            if let Some(end) = last_end {
-                if f.pts < end {
-                    return Err(Error::refused(
-                        ErrorCode::ProtocolViolation,
-                        format!("frame pts {} goes back before {end}", f.pts),
-                    ));
-                }
-            }
-            last_end = Some(f.pts + f.duration as u64);
-            f.wall_us = wall;
-            let stored = Stored::new(f);
-            let cut = match &seg {
-                None => true,
-                Some((s, start_pts)) => {
-                    stored.frame.pts.saturating_sub(*start_pts) >= target
-                        || s.len() + 1 >= MAX_FRAMES_PER_SEGMENT
-                        || s.bytes() + stored.record.len() > MAX_SEGMENT_BYTES
-                }
-            };
-            if cut {
-                seg = Some((b.begin(next_seq)?, stored.frame.pts));
-                next_seq += 1;
-            }
-            if let Some((s, _)) = &seg {
-                b.append(s, stored)?;
-            }
+            publishing.lost();
         }
     }
 }
