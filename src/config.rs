@@ -44,6 +44,17 @@ pub struct NodeArgs {
     #[arg(long = "fingerprint")]
     #[serde(default)]
     pub fingerprint: Vec<String>,
+    /// TCP address for HTTP: listeners (GET /STREAM.ogg, the page at /) and, on an origin,
+    /// Icecast sources (PUT or SOURCE /STREAM). Off unless given.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
+    /// HTTP ingest is off.
+    #[arg(long)]
+    pub source_password: Option<String>,
+    /// Seconds an HTTP listener may wait for a stream that has not started, then 404 [default: 30].
+    #[arg(long)]
+    pub http_wait_secs: Option<u64>,
     /// Token publishers must present (origin).
     #[arg(long)]
     pub publish_token: Option<String>,
@@ -132,6 +143,9 @@ impl NodeArgs {
             config: flags.config,
             name: pick(flags.name, self.name),
             listen: pick(flags.listen, self.listen),
+            http: pick(flags.http, self.http),
+            source_password: pick(flags.source_password, self.source_password),
+            http_wait_secs: pick(flags.http_wait_secs, self.http_wait_secs),
             upstream: pick_vec(flags.upstream, self.upstream),
             cert: pick(flags.cert, self.cert),
             key: pick(flags.key, self.key),
@@ -204,6 +218,12 @@ impl NodeArgs {
         if relay && self.publish_token.is_some() {
             return Err(invalid("publish-token", "a relay takes no publishers"));
         }
+        if relay && self.source_password.is_some() {
+            return Err(invalid("source-password", "a relay takes no sources"));
+        }
+        if self.source_password.as_deref() == Some("") {
+            return Err(invalid("source-password", "empty password"));
+        }
         if self.publish_token.as_deref() == Some("") {
             return Err(invalid("publish-token", "empty token"));
         }
@@ -256,6 +276,8 @@ impl NodeArgs {
                 1000,
             )?),
             publish_token: self.publish_token.clone(),
+            source_password: self.source_password.clone(),
+            http_wait: Duration::from_secs(range("http-wait-secs", self.http_wait_secs, 0, 3600, d.http_wait.as_secs())?),
             upstream,
             upstream_trust,
             waiting_room: Duration::from_secs(range(

@@ -23,6 +23,8 @@ pub struct Demo {
     pub origin: Server,
     pub mid: Server,
     pub edges: Vec<Server>,
+    /// HTTP listeners on the edges (players and browsers).
+    pub edge_http: Vec<crate::http::HttpServer>,
     publisher: tokio::task::JoinHandle<()>,
 }
 
@@ -56,6 +58,12 @@ pub async fn start(base_port: u16) -> Result<Demo> {
         node("edge-1", port(2), Some(&mid)).await?,
         node("edge-2", port(3), Some(&mid)).await?,
     ];
+    // HTTP on the same port numbers as QUIC (TCP beside UDP).
+    let mut edge_http = Vec::new();
+    for (i, e) in edges.iter().enumerate() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port(2 + i as u16)));
+        edge_http.push(crate::http::HttpServer::start(e.node.clone(), addr).await?);
+    }
 
     let url = QuicUrl::parse(&format!("quic://{}/{STREAM}", origin.addr))?;
     let trust = Trust::pinned(&[origin.fingerprint.clone()])?;
@@ -83,17 +91,15 @@ pub async fn start(base_port: u16) -> Result<Demo> {
         }
         .instrument(info_span!("demo_publisher")),
     );
-    Ok(Demo {
-        origin,
-        mid,
-        edges,
-        publisher,
-    })
+    Ok(Demo { origin, mid, edges, edge_http, publisher })
 }
 
 impl Demo {
     pub fn shutdown(&self) {
         self.publisher.abort();
+        for h in &self.edge_http {
+            h.close();
+        }
         for s in self.edges.iter().chain([&self.mid, &self.origin]) {
             s.close();
         }

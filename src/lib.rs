@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fanout;
+pub mod http;
 pub mod ingest;
 pub mod listen;
 pub mod loadgen;

@@ -140,6 +140,14 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     let server = Server::start(Node::new(cfg)?, args.listen_addr(), &identity)
         .await
         .with_context(|| format!("cannot serve on {}", args.listen_addr()))?;
+    let _http = match args.http {
+        Some(addr) => Some(
+            quicast::http::HttpServer::start(server.node.clone(), addr)
+                .await
+                .with_context(|| format!("cannot serve HTTP on {addr}"))?,
+        ),
+        None => None,
+    };
     shutdown_signal().await;
     info!("shutting down");
     server.close();
@@ -275,6 +283,9 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
     );
     for (url, fp) in demo.edge_urls() {
         println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
+    }
+    for h in &demo.edge_http {
+        println!("  ffplay -nodisp http://{}/{}.ogg     (or open http://{}/ in a browser)", h.addr, quicast::demo::STREAM, h.addr);
     }
     println!("(or: cargo run --release -- listen ... ; add --duration 10 --output demo.opus to save 10 s)");
     println!("Ctrl-C stops the demo.");

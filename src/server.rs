@@ -40,6 +40,10 @@ pub struct NodeConfig {
     pub linger: Duration,
     /// How long an origin keeps a broadcast open for its publisher to come back.
     pub publisher_grace: Duration,
+    /// How long an HTTP listener may wait for a stream that has not started.
+    pub http_wait: Duration,
+    /// Password of Icecast sources (`source:PASSWORD`); None disables HTTP ingest.
+    pub source_password: Option<String>,
     pub max_subscriptions_per_conn: usize,
     pub max_connections: u64,
     pub connect_timeout: Duration,
@@ -57,6 +61,8 @@ impl Default for NodeConfig {
             waiting_room: Duration::from_secs(3600),
             linger: Duration::from_secs(5),
             publisher_grace: Duration::from_secs(10),
+            http_wait: Duration::from_secs(30),
+            source_password: None,
             max_subscriptions_per_conn: 16,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(3),

@@ -161,6 +161,9 @@ pub struct Broadcast {
     cache: SegmentCache,
     window: u64,
     max_lag: u64,
+    /// Payload bytes and samples appended, for the bitrate.
+    payload_bytes: AtomicU64,
+    samples: AtomicU64,
 }
 
 /// A view of where the broadcast is.
@@ -189,6 +192,8 @@ impl Broadcast {
             cache: cache.clone(),
             window: cfg.window.max(1),
             max_lag: cfg.max_lag.max(1),
+            payload_bytes: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
         })
     }
 
@@ -264,6 +269,8 @@ impl Broadcast {
                 ));
             }
             g.bytes += f.record.len();
+            self.payload_bytes.fetch_add(f.frame.payload.len() as u64, Ordering::Relaxed);
+            self.samples.fetch_add(f.frame.duration as u64, Ordering::Relaxed);
             g.frames.push(f);
         }
         self.notify();
@@ -300,6 +307,15 @@ impl Broadcast {
             s.ended = true;
         }
         self.notify();
+    }
+
+    /// Average bits per second of the audio so far.
+    pub fn bitrate(&self) -> u64 {
+        let samples = self.samples.load(Ordering::Relaxed);
+        if samples == 0 {
+            return 0;
+        }
+        self.payload_bytes.load(Ordering::Relaxed) * 8 * self.codec.sample_rate as u64 / samples
     }
 
     pub fn is_ended(&self) -> bool {
