@@ -277,7 +277,13 @@ impl NodeArgs {
             )?),
             publish_token: self.publish_token.clone(),
             source_password: self.source_password.clone(),
-            http_wait: Duration::from_secs(range("http-wait-secs", self.http_wait_secs, 0, 3600, d.http_wait.as_secs())?),
+            http_wait: Duration::from_secs(range(
+                "http-wait-secs",
+                self.http_wait_secs,
+                0,
+                3600,
+                d.http_wait.as_secs(),
+            )?),
             upstream,
             upstream_trust,
             waiting_room: Duration::from_secs(range(

@@ -91,7 +91,13 @@ pub async fn start(base_port: u16) -> Result<Demo> {
         }
         .instrument(info_span!("demo_publisher")),
     );
-    Ok(Demo { origin, mid, edges, edge_http, publisher })
+    Ok(Demo {
+        origin,
+        mid,
+        edges,
+        edge_http,
+        publisher,
+    })
 }
 
 impl Demo {

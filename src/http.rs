@@ -109,16 +109,26 @@ async fn peek_head(tcp: &TcpStream) -> Option<Head> {
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf[..n]) {
                     Ok(httparse::Status::Complete(len)) => {
-                        let find = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-                        let lower = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).to_ascii_lowercase());
+                        let find = |name: &str| {
+                            req.headers
+                                .iter()
+                                .find(|h| h.name.eq_ignore_ascii_case(name))
+                                .map(|h| h.value)
+                        };
+                        let lower = |v: Option<&[u8]>| {
+                            v.map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                        };
                         return Some(Head {
                             len,
                             method: req.method.unwrap_or("").to_string(),
                             path: req.path.unwrap_or("/").to_string(),
                             authorization: find("authorization").map(|v| v.to_vec()),
-                            expect_continue: lower(find("expect")).is_some_and(|v| v.contains("100-continue")),
-                            chunked: lower(find("transfer-encoding")).is_some_and(|v| v.contains("chunked")),
-                            content_length: lower(find("content-length")).and_then(|v| v.trim().parse().ok()),
+                            expect_continue: lower(find("expect"))
+                                .is_some_and(|v| v.contains("100-continue")),
+                            chunked: lower(find("transfer-encoding"))
+                                .is_some_and(|v| v.contains("chunked")),
+                            content_length: lower(find("content-length"))
+                                .and_then(|v| v.trim().parse().ok()),
                         });
                     }
                     Ok(httparse::Status::Partial) if n < MAX_HEAD => {}
@@ -161,7 +171,10 @@ async fn serve_connection(node: Arc<Node>, tcp: TcpStream) {
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("text/plain")));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("text/plain")),
+    );
     r
 }
 
@@ -173,10 +186,22 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 
 fn cors(r: &mut Response<Body>) {
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("*"),
+    );
 }
 
 async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
@@ -184,11 +209,18 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let mut resp = match (req.method(), path.as_str()) {
         (&Method::OPTIONS, _) => {
             let mut r = full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
-            r.headers_mut().insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+            r.headers_mut().insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
             r
         }
-        (&Method::GET | &Method::HEAD, "/") => full(StatusCode::OK, "text/html; charset=utf-8", page(&node)),
-        (&Method::GET | &Method::HEAD, "/streams") => full(StatusCode::OK, "application/json", streams_json(&node)),
+        (&Method::GET | &Method::HEAD, "/") => {
+            full(StatusCode::OK, "text/html; charset=utf-8", page(&node))
+        }
+        (&Method::GET | &Method::HEAD, "/streams") => {
+            full(StatusCode::OK, "application/json", streams_json(&node))
+        }
         (&Method::GET | &Method::HEAD, p) if p.ends_with(".ogg") => {
             let name = &p[1..p.len() - 4];
             match proto::check_path(name) {
@@ -201,7 +233,10 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::HEAD, _) => text(StatusCode::NOT_FOUND, "no such page"),
         _ => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS, PUT"));
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS, PUT"),
+            );
             r
         }
     };
@@ -212,8 +247,14 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
 fn ogg_headers(r: &mut Response<Body>) {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/ogg"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 fn head_stream(node: &Node, name: &str) -> Response<Body> {
@@ -223,7 +264,10 @@ fn head_stream(node: &Node, name: &str) -> Response<Body> {
             ogg_headers(&mut r);
             r
         }
-        None => text(StatusCode::NOT_FOUND, format!("stream {name} is not live here")),
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("stream {name} is not live here"),
+        ),
     }
 }
 
@@ -239,7 +283,9 @@ impl Sink for HttpSink {
     }
 
     async fn frames(&mut self, frames: &[Stored]) -> Result<Delivery> {
-        let pages = self.ogg.packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));
+        let pages = self
+            .ogg
+            .packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));
         if !pages.is_empty() {
             self.tx.send(pages).await.map_err(|_| Error::Closed)?;
         }
@@ -255,11 +301,21 @@ impl Sink for HttpSink {
 
 async fn listen(node: Arc<Node>, name: String) -> Response<Body> {
     let span = info_span!("sub", path = %name, role = "http");
-    let sub = match node.subscribe(&name, Start::Live, node.cfg.http_wait).instrument(span.clone()).await {
+    let sub = match node
+        .subscribe(&name, Start::Live, node.cfg.http_wait)
+        .instrument(span.clone())
+        .await
+    {
         Ok(s) => s,
-        Err(e) if e.code() == ErrorCode::NotFound => return text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            return text(StatusCode::NOT_FOUND, e.to_string())
+        }
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    // Players buffer before they start (Chromium probes a few seconds of Ogg): begin one
+    // whole segment further back than the live edge, so they start at once.
+    let mut sub = sub;
+    sub.cursor.back(1);
     let (tx, mut rx) = mpsc::channel::<Bytes>(LISTENER_QUEUE);
     let mut ogg = OggOpusWriter::new(rand::random());
     let headers = ogg.headers(&sub.cursor.broadcast().codec.header);
@@ -279,28 +335,53 @@ async fn listen(node: Arc<Node>, name: String) -> Response<Body> {
         }
         .instrument(span),
     );
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(|b| Ok(BodyFrame::data(b)))));
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(|b| Ok(BodyFrame::data(b))))
+    });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     ogg_headers(&mut r);
     r
 }
 
 /// `Authorization: Basic base64(source:PASSWORD)` against the configured password.
-fn source_authorized(node: &Node, auth: Option<&[u8]>) -> std::result::Result<(), (StatusCode, &'static str)> {
+fn source_authorized(
+    node: &Node,
+    auth: Option<&[u8]>,
+) -> std::result::Result<(), (StatusCode, &'static str)> {
     let Some(expected) = &node.cfg.source_password else {
-        return Err((StatusCode::FORBIDDEN, "HTTP source ingest is disabled on this node (no source password set)"));
+        return Err((
+            StatusCode::FORBIDDEN,
+            "HTTP source ingest is disabled on this node (no source password set)",
+        ));
     };
     let creds = auth
         .and_then(|a| std::str::from_utf8(a).ok())
-        .and_then(|a| a.strip_prefix("Basic ").or_else(|| a.strip_prefix("basic ")))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok());
-    let Some(creds) = creds else { return Err((StatusCode::UNAUTHORIZED, "source password required (basic auth)")) };
+        .and_then(|a| {
+            a.strip_prefix("Basic ")
+                .or_else(|| a.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        });
+    let Some(creds) = creds else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "source password required (basic auth)",
+        ));
+    };
     let (user, pass) = match creds.iter().position(|c| *c == b':') {
         Some(i) => (&creds[..i], &creds[i + 1..]),
         None => return Err((StatusCode::UNAUTHORIZED, "wrong source credentials")),
     };
     let d = |x: &[u8]| ring::digest::digest(&ring::digest::SHA256, x);
-    let same = d(pass).as_ref().iter().zip(d(expected.as_bytes()).as_ref()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    let same = d(pass)
+        .as_ref()
+        .iter()
+        .zip(d(expected.as_bytes()).as_ref())
+        .fold(0u8, |a, (x, y)| a | (x ^ y))
+        == 0;
     if user == b"source" && same {
         Ok(())
     } else {
@@ -309,14 +390,25 @@ fn source_authorized(node: &Node, auth: Option<&[u8]>) -> std::result::Result<()
 }
 
 /// Checks what must hold before a source may send its body.
-fn source_precheck(node: &Node, name: &str, auth: Option<&[u8]>) -> std::result::Result<(), (StatusCode, String)> {
+fn source_precheck(
+    node: &Node,
+    name: &str,
+    auth: Option<&[u8]>,
+) -> std::result::Result<(), (StatusCode, String)> {
     if node.is_relay() {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "a relay takes no sources; send to the origin".into()));
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a relay takes no sources; send to the origin".into(),
+        ));
     }
     source_authorized(node, auth).map_err(|(s, m)| (s, m.to_string()))?;
-    proto::check_path(name).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad stream name: {e}")))?;
+    proto::check_path(name)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad stream name: {e}")))?;
     if node.registry.get(name).is_some_and(|s| s.has_publisher()) {
-        return Err((StatusCode::CONFLICT, format!("stream {name} already has a source")));
+        return Err((
+            StatusCode::CONFLICT,
+            format!("stream {name} already has a source"),
+        ));
     }
     Ok(())
 }
@@ -324,7 +416,9 @@ fn source_precheck(node: &Node, name: &str, auth: Option<&[u8]>) -> std::result:
 fn status_for(e: &Error) -> StatusCode {
     match e.code() {
         ErrorCode::Conflict => StatusCode::CONFLICT,
-        ErrorCode::BadMedia if e.to_string().contains("not Opus") || e.to_string().contains("not an Ogg") => {
+        ErrorCode::BadMedia
+            if e.to_string().contains("not Opus") || e.to_string().contains("not an Ogg") =>
+        {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         }
         _ => StatusCode::BAD_REQUEST,
@@ -334,17 +428,25 @@ fn status_for(e: &Error) -> StatusCode {
 /// `PUT /STREAM`: an Icecast source, as ffmpeg's `icecast://` output sends it.
 async fn source(node: Arc<Node>, name: String, req: Request<Incoming>) -> Response<Body> {
     let span = info_span!("source", path = %name);
-    let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
     if let Err((status, msg)) = source_precheck(&node, &name, auth.as_deref()) {
         span.in_scope(|| warn!(side = "downstream", %status, "source refused: {msg}"));
         let mut r = text(status, msg);
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"quicast\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"quicast\""),
+            );
         }
         return r;
     }
     let mut body = HyperBody(req.into_body());
-    let result = ingest_body(&node, &name, &mut body).instrument(span.clone()).await;
+    let result = ingest_body(&node, &name, &mut body)
+        .instrument(span.clone())
+        .await;
     match result {
         Ok(()) => text(StatusCode::OK, "source ended"),
         Err(e) => {
@@ -412,7 +514,12 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
                         publishing = Some(Publishing::claim(node, name, h.codec())?);
                     }
                     OggEvent::Packet(payload, duration) => {
-                        frames.push(Frame { pts, duration, wall_us: 0, payload });
+                        frames.push(Frame {
+                            pts,
+                            duration,
+                            wall_us: 0,
+                            payload,
+                        });
                         pts += duration as u64;
                     }
                     OggEvent::End => {}
@@ -429,7 +536,9 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
             p.finish();
             Ok(())
         }
-        (Ok(()), None) => Err(Error::Media("source ended before any Ogg Opus header".into())),
+        (Ok(()), None) => Err(Error::Media(
+            "source ended before any Ogg Opus header".into(),
+        )),
         (Err(e), Some(p)) => {
             p.lost();
             Err(e)
@@ -441,11 +550,21 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
 /// An Icecast source whose body is the raw rest of the connection: `SOURCE /mount` (legacy)
 /// or ffmpeg's `PUT /mount` with `Expect: 100-continue`.
 async fn raw_source(node: Arc<Node>, mut tcp: TcpStream, head: Head) {
-    let name = head.path.split('?').next().unwrap_or("").trim_start_matches('/').to_string();
+    let name = head
+        .path
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('/')
+        .to_string();
     let legacy = head.method == "SOURCE";
     let span = info_span!("source", path = %name, method = %head.method);
     let respond = |status: StatusCode, msg: &str| {
-        let auth = if status == StatusCode::UNAUTHORIZED { "WWW-Authenticate: Basic realm=\"quicast\"\r\n" } else { "" };
+        let auth = if status == StatusCode::UNAUTHORIZED {
+            "WWW-Authenticate: Basic realm=\"quicast\"\r\n"
+        } else {
+            ""
+        };
         let reason = status.canonical_reason().unwrap_or("");
         format!(
             "HTTP/1.{} {} {reason}\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}\n",
@@ -478,8 +597,16 @@ async fn raw_source(node: Arc<Node>, mut tcp: TcpStream, head: Head) {
     }
     let (rd, mut wr) = tcp.into_split();
     let result = match head.content_length {
-        Some(n) => ingest_body(&node, &name, &mut RawBody { rd: rd.take(n) }).instrument(span.clone()).await,
-        None => ingest_body(&node, &name, &mut RawBody { rd }).instrument(span.clone()).await,
+        Some(n) => {
+            ingest_body(&node, &name, &mut RawBody { rd: rd.take(n) })
+                .instrument(span.clone())
+                .await
+        }
+        None => {
+            ingest_body(&node, &name, &mut RawBody { rd })
+                .instrument(span.clone())
+                .await
+        }
     };
     let (status, msg) = match &result {
         Ok(()) => (StatusCode::OK, "source ended".to_string()),
@@ -526,7 +653,11 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
             Some(StreamInfo {
                 name: slot.path.clone(),
                 listeners: slot.subscribers(),
-                started_at: b.started.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                started_at: b
+                    .started
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
                 codec: "opus",
                 sample_rate: b.codec.sample_rate,
                 channels: b.codec.channels,

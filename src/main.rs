@@ -285,7 +285,12 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
         println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
     }
     for h in &demo.edge_http {
-        println!("  ffplay -nodisp http://{}/{}.ogg     (or open http://{}/ in a browser)", h.addr, quicast::demo::STREAM, h.addr);
+        println!(
+            "  ffplay -nodisp http://{}/{}.ogg     (or open http://{}/ in a browser)",
+            h.addr,
+            quicast::demo::STREAM,
+            h.addr
+        );
     }
     println!("(or: cargo run --release -- listen ... ; add --duration 10 --output demo.opus to save 10 s)");
     println!("Ctrl-C stops the demo.");

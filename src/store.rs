@@ -269,8 +269,10 @@ impl Broadcast {
                 ));
             }
             g.bytes += f.record.len();
-            self.payload_bytes.fetch_add(f.frame.payload.len() as u64, Ordering::Relaxed);
-            self.samples.fetch_add(f.frame.duration as u64, Ordering::Relaxed);
+            self.payload_bytes
+                .fetch_add(f.frame.payload.len() as u64, Ordering::Relaxed);
+            self.samples
+                .fetch_add(f.frame.duration as u64, Ordering::Relaxed);
             g.frames.push(f);
         }
         self.notify();
@@ -423,6 +425,17 @@ impl Cursor {
             }
             if rx.changed().await.is_err() {
                 return std::future::pending().await;
+            }
+        }
+    }
+
+    /// For a cursor at the live edge that has not started: begin `n` segments further back
+    /// (a bigger burst on connect, for players that buffer before they start).
+    pub fn back(&mut self, n: u64) {
+        if self.seg.is_none() && self.next.is_none() && !self.from_first {
+            let e = self.b.edge();
+            if let (Some(first), Some(latest)) = (e.first, e.latest) {
+                self.next = Some(latest.saturating_sub(n).max(first));
             }
         }
     }

@@ -97,6 +97,21 @@ fn a_waiting_cursor_hears_from_the_first_segment_even_if_several_were_cut() {
 }
 
 #[test]
+fn a_cursor_can_start_further_back_than_the_live_edge() {
+    let b = bcast(8, 3);
+    for q in 0..3 {
+        let s = b.begin(q).unwrap();
+        b.append(&s, frame(q)).unwrap();
+    }
+    let mut c = b.cursor(Start::Live);
+    c.back(1);
+    assert_eq!(drain(&mut c), ["B1", "F1", "E1", "B2", "F2"]);
+    let mut c = b.cursor(Start::Live);
+    c.back(10);
+    assert_eq!(drain(&mut c)[0], "B0", "never before the first segment");
+}
+
+#[test]
 fn cursor_from_a_sequence_number_replays_the_window() {
     let b = bcast(8, 10);
     for q in 0..4 {

@@ -1,0 +1,454 @@
+//! HTTP at the edges: ffmpeg as an Icecast source, curl and Chromium as listeners.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use quicast::http::HttpServer;
+use quicast::proto::Role;
+use quicast::server::{NodeConfig, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+const PASSWORD: &str = "hackme";
+
+async fn http(s: &Server) -> HttpServer {
+    HttpServer::start(s.node.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn origin_config() -> NodeConfig {
+    NodeConfig {
+        source_password: Some(PASSWORD.into()),
+        ..test_config()
+    }
+}
+
+async fn ffmpeg(args: &[&str]) -> std::process::Output {
+    let out = Command::new("ffmpeg")
+        .arg("-hide_banner")
+        .args(args)
+        .output()
+        .await
+        .expect("ffmpeg (apt-get install -y ffmpeg)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+async fn make_source(dir: &std::path::Path, secs: u32) -> std::path::PathBuf {
+    let p = dir.join("src.opus");
+    ffmpeg(&[
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("sine=frequency=440:duration={secs}"),
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "64k",
+        p.to_str().unwrap(),
+    ])
+    .await;
+    p
+}
+
+async fn packet_crcs(f: &std::path::Path) -> Vec<String> {
+    let out = ffmpeg(&[
+        "-v",
+        "error",
+        "-i",
+        f.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ])
+    .await;
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            l.split(',')
+                .skip(4)
+                .take(2)
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+/// curl's status code for a request (the body goes to `out`, if given).
+async fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let o = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl");
+    let mut body = o.stdout;
+    let nl = body.iter().rposition(|b| *b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[nl + 1..]).to_string();
+    body.truncate(nl);
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_icecast_source_to_an_http_listener_two_relays_away() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_source(work.path(), 4).await;
+    let o = origin_with(origin_config()).await;
+    let o_http = http(&o).await;
+    let r1 = relay(&[&o]).await;
+    let r2 = relay(&[&r1]).await;
+    let edge = http(&r2).await;
+    // The HTTP listener arrives before the source: it waits.
+    let out = work.path().join("heard.ogg");
+    let mut listener = Command::new("curl")
+        .args([
+            "-s",
+            "-f",
+            "-o",
+            out.to_str().unwrap(),
+            &format!("http://{}/talk.ogg", edge.addr),
+        ])
+        .spawn()
+        .unwrap();
+    o.node
+        .registry
+        .wait_until(|r| r.subscribers("talk") >= 1)
+        .await;
+    ffmpeg(&[
+        "-v",
+        "error",
+        "-re",
+        "-i",
+        src.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "ogg",
+        "-content_type",
+        "audio/ogg",
+        &format!("icecast://source:{PASSWORD}@{}/talk", o_http.addr),
+    ])
+    .await;
+    // The source ended, so does the broadcast, so does the HTTP response.
+    assert!(listener.wait().await.unwrap().success());
+    let decoded = ffmpeg(&[
+        "-v",
+        "error",
+        "-i",
+        out.to_str().unwrap(),
+        "-f",
+        "null",
+        "-",
+    ])
+    .await;
+    assert!(
+        decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let (src_crcs, got) = (packet_crcs(&src).await, packet_crcs(&out).await);
+    assert_eq!(
+        got, src_crcs,
+        "every packet of the source, in order, byte for byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
+    let work = tempfile::tempdir().unwrap();
+    let o = origin_with(NodeConfig {
+        http_wait: Duration::from_secs(1),
+        ..origin_config()
+    })
+    .await;
+    let h = http(&o).await;
+    // A stream published over QUIC, and a listener hearing all of it throughout.
+    let good = tokio::spawn(hear(
+        session(&o, Role::Listener, "").await.unwrap(),
+        "good",
+        None,
+    ));
+    o.node
+        .registry
+        .wait_until(|r| r.subscribers("good") >= 1)
+        .await;
+    let publisher = publish(&o, "good", 150, Duration::from_millis(10), 40);
+
+    let src = make_source(work.path(), 1).await;
+    let put = |user: &str, file: &std::path::Path, path: &str| {
+        vec![
+            "-T".to_string(),
+            file.to_str().unwrap().to_string(),
+            "-u".to_string(),
+            user.to_string(),
+            format!("http://{}/{path}", h.addr),
+        ]
+    };
+    let run = |args: Vec<String>| async move {
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    // Wrong password: 401, nothing published.
+    let (code, _) = run(put("source:wrong", &src, "x")).await;
+    assert_eq!(code, "401");
+    let (code, _) = run(put("admin:hackme", &src, "x")).await;
+    assert_eq!(code, "401");
+    assert!(o
+        .node
+        .registry
+        .get("x")
+        .and_then(|s| s.broadcast())
+        .is_none());
+    // Garbage and not-Opus bodies: a clear refusal.
+    let junk = work.path().join("junk.bin");
+    std::fs::write(&junk, vec![0x42u8; 5000]).unwrap();
+    let (code, body) = run(put("source:hackme", &junk, "junk")).await;
+    assert_eq!(code, "415", "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("not an Ogg stream"));
+    let vorbis = work.path().join("v.ogg");
+    ffmpeg(&[
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=1",
+        "-c:a",
+        "libvorbis",
+        vorbis.to_str().unwrap(),
+    ])
+    .await;
+    let (code, body) = run(put("source:hackme", &vorbis, "v")).await;
+    assert_eq!(code, "415");
+    assert!(String::from_utf8_lossy(&body).contains("Vorbis"));
+    // A stream with a source already: 409.
+    let (code, _) = run(put("source:hackme", &src, "good")).await;
+    assert_eq!(code, "409");
+    // An unknown stream, after the wait: 404.
+    let (code, _) = curl(&[&format!("http://{}/nobody.ogg", h.addr)]).await;
+    assert_eq!(code, "404");
+
+    publisher.await.unwrap().unwrap();
+    assert_frames(&good.await.unwrap().unwrap().frames, 0, 150, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_streams_json_head_and_cors() {
+    let o = origin().await;
+    let h = http(&o).await;
+    let s = session(&o, Role::Publisher, "").await.unwrap();
+    let mut p = s.publish("spaces/town-hall", codec()).await.unwrap();
+    p.send(&[test_frame(0, 100), test_frame(1, 100)])
+        .await
+        .unwrap();
+    o.node
+        .registry
+        .wait_until(|r| {
+            r.get("spaces/town-hall")
+                .and_then(|s| s.broadcast())
+                .is_some()
+        })
+        .await;
+
+    let (code, page) = curl(&[&format!("http://{}/", h.addr)]).await;
+    assert_eq!(code, "200");
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("<audio") && page.contains("src=\"/spaces/town-hall.ogg\""),
+        "{page}"
+    );
+
+    let (code, json) = curl(&[&format!("http://{}/streams", h.addr)]).await;
+    assert_eq!(code, "200");
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v[0]["name"], "spaces/town-hall");
+    assert_eq!(v[0]["codec"], "opus");
+    assert_eq!(v[0]["channels"], 2);
+    assert!(v[0]["started_at"].as_u64().unwrap() > 1_600_000_000);
+    assert!(v[0]["bitrate"].as_u64().unwrap() > 0);
+    assert_eq!(v[0]["listeners"], 0);
+
+    let (code, head) = curl(&[
+        "-I",
+        "-H",
+        "Origin: https://elsewhere.example",
+        &format!("http://{}/spaces/town-hall.ogg", h.addr),
+    ])
+    .await;
+    assert_eq!(code, "200");
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.contains("content-type: audio/ogg"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    let (code, _) = curl(&["-I", &format!("http://{}/not/live.ogg", h.addr)]).await;
+    assert_eq!(code, "404");
+    let (code, _) = curl(&[
+        "-X",
+        "OPTIONS",
+        &format!("http://{}/spaces/town-hall.ogg", h.addr),
+    ])
+    .await;
+    assert_eq!(code, "204");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
+    let mut cfg = origin_config();
+    cfg.store.max_lag = 2;
+    let o = origin_with(cfg).await;
+    let h = http(&o).await;
+    // A client that asks and then never reads.
+    let mut stuck = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /big.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let good = tokio::spawn(hear(
+        session(&o, Role::Listener, "").await.unwrap(),
+        "big",
+        None,
+    ));
+    o.node
+        .registry
+        .wait_until(|r| r.subscribers("big") >= 2)
+        .await;
+    // 600 frames of 8 KB (4.8 MB): far beyond what socket buffers and the queue hold.
+    publish(&o, "big", 600, Duration::from_millis(2), 8000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_frames(&good.await.unwrap().unwrap().frames, 0, 600, 8000);
+    assert!(
+        o.node.stats.skips_total.load(Ordering::Relaxed) >= 1,
+        "the stuck listener was moved forward"
+    );
+    // It still gets a valid stream when it does read: the Ogg capture pattern after headers.
+    let mut buf = vec![0u8; 4096];
+    let n = stuck.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_the_stream_from_an_edge() {
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    let chromium =
+        chromium.expect("chromium is needed (.ci/run installs it: apt-get install -y chromium)");
+    let o = origin().await;
+    let r = relay(&[&o]).await;
+    let edge = http(&r).await;
+    // A real-time Opus stream: the sample the demo ships, looped.
+    let c = client(&o);
+    let u = url(&o, "live");
+    let publisher = tokio::spawn(async move {
+        let s = c.connect(&u, Role::Publisher, "").await.unwrap();
+        let opts = quicast::publish::PublishOptions {
+            path: "live".into(),
+            input: quicast::publish::Input::Memory(bytes::Bytes::from_static(
+                quicast::demo::SAMPLE,
+            )),
+            looping: true,
+            realtime: true,
+        };
+        let _ = quicast::publish::publish(&s, &opts).await;
+    });
+    // The test's own page server: serves a page with an <audio> element and takes its report.
+    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_addr = pages.local_addr().unwrap();
+    let html = format!(
+        r#"<!doctype html><html><body><audio id="a" autoplay src="http://{edge}/live.ogg"></audio><script>
+const a = document.getElementById('a');
+const report = q => fetch('/report?' + q);
+a.play().catch(e => report('error=' + encodeURIComponent(String(e))));
+a.addEventListener('error', () => report('error=media' + (a.error && a.error.code)));
+const t0 = performance.now();
+a.addEventListener('playing', () => {{
+  const c0 = a.currentTime, w0 = performance.now();
+  setTimeout(() => report('t=' + (a.currentTime - c0) + '&wall=' + (performance.now() - w0) + '&startup=' + (w0 - t0)), 6000);
+}}, {{ once: true }});
+</script></body></html>"#,
+        edge = edge.addr
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = pages.accept().await.unwrap();
+            let (html, tx) = (html.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_string();
+                if let Some(q) = line.strip_prefix("GET /report?") {
+                    let _ = tx
+                        .send(q.split_whitespace().next().unwrap_or("").to_string())
+                        .await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                } else {
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = Command::new(chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--autoplay-policy=no-user-gesture-required",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--mute-audio",
+            &format!("--user-data-dir={}", profile.path().display()),
+            &format!("http://{page_addr}/"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the page reported")
+        .unwrap();
+    let _ = browser.kill().await;
+    publisher.abort();
+    eprintln!("page reported {report}");
+    let t: f64 = report
+        .strip_prefix("t=")
+        .and_then(|r| r.split('&').next())
+        .unwrap_or_else(|| panic!("page reported {report}"))
+        .parse()
+        .unwrap();
+    // Six seconds after it started playing, the element has played several seconds of audio.
+    assert!(
+        t >= 4.0,
+        "the <audio> element advanced only {t} s in 6 s of playing ({report})"
+    );
+}
