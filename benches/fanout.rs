@@ -3,6 +3,7 @@
 //!
 //!   cargo bench --bench fanout                       # N = 1000, 5000, 10000
 //!   QUICAST_BENCH_N=1000,2000 QUICAST_BENCH_SECS=20 cargo bench --bench fanout
+//!   QUICAST_BENCH_DELIVER_MS=0 cargo bench --bench fanout     # the origin's --deliver-ms
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -156,10 +157,12 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let fp = quicast::tls::sha256_hex(ck.cert.der());
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let mut origin = spawn(
-        &["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k],
-        Some("1"),
-    );
+    let mut oargs = vec!["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k];
+    let deliver = std::env::var("QUICAST_BENCH_DELIVER_MS").ok();
+    if let Some(d) = &deliver {
+        oargs.extend(["--deliver-ms", d.as_str()]);
+    }
+    let mut origin = spawn(&oargs, Some("1"));
     let oaddr = addr(&mut origin);
     let up = format!("quic://{oaddr}");
     let maxc = (n + 1000).to_string();

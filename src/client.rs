@@ -115,7 +115,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(bind: SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
-        let endpoint = quinn::Endpoint::client(bind)?;
+        let endpoint = crate::tls::client_endpoint(bind)?;
         Ok(Client {
             endpoint,
             config: crate::tls::client_config(trust)?,

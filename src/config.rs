@@ -61,6 +61,11 @@ pub struct NodeArgs {
     /// Target segment duration in milliseconds (origin) [default: 1000].
     #[arg(long)]
     pub segment_ms: Option<u64>,
+    /// Delivery interval in ms (origin): listeners are sent new frames at most this often, in
+    /// one write, instead of at every frame; fewer packets and wake-ups for up to this much
+    /// more latency. 0 sends every frame at once [default: see README].
+    #[arg(long)]
+    pub deliver_ms: Option<u64>,
     /// Segment cache size in MiB, all streams together [default: 256].
     #[arg(long)]
     pub cache_mib: Option<u64>,
@@ -153,6 +158,7 @@ impl NodeArgs {
             fingerprint: pick_vec(flags.fingerprint, self.fingerprint),
             publish_token: pick(flags.publish_token, self.publish_token),
             segment_ms: pick(flags.segment_ms, self.segment_ms),
+            deliver_ms: pick(flags.deliver_ms, self.deliver_ms),
             cache_mib: pick(flags.cache_mib, self.cache_mib),
             cache_ttl_secs: pick(flags.cache_ttl_secs, self.cache_ttl_secs),
             window_segments: pick(flags.window_segments, self.window_segments),
@@ -260,6 +266,13 @@ impl NodeArgs {
                     ds.cache_ttl.as_secs(),
                 )?),
                 window: range("window-segments", self.window_segments, 1, 1000, ds.window)?,
+                coalesce: Duration::from_millis(range(
+                    "deliver-ms",
+                    self.deliver_ms,
+                    0,
+                    100,
+                    ds.coalesce.as_millis() as u64,
+                )?),
                 max_lag: range(
                     "max-lag-segments",
                     self.max_lag_segments,

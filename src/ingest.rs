@@ -75,10 +75,11 @@ impl Publishing {
     /// Adds frames the publisher sent (their `wall_us` is replaced by our clock).
     pub fn push(&mut self, frames: impl IntoIterator<Item = Frame>) -> Result<()> {
         let wall = now_us();
-        for f in frames {
-            self.segmenter.push(&self.broadcast, f, wall)?;
-        }
-        Ok(())
+        let r = frames
+            .into_iter()
+            .try_for_each(|f| self.segmenter.push(&self.broadcast, f, wall));
+        self.broadcast.flush();
+        r
     }
 
     /// The publisher ended the broadcast.
@@ -167,7 +168,7 @@ impl Segmenter {
             self.next_seq += 1;
         }
         if let Some((s, _)) = &self.seg {
-            b.append(s, stored)?;
+            b.append_quiet(s, stored)?;
         }
         Ok(())
     }

@@ -215,7 +215,7 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start(node: Arc<Node>, listen: SocketAddr, identity: &Identity) -> Result<Server> {
-        let endpoint = quinn::Endpoint::server(crate::tls::server_config(identity)?, listen)?;
+        let endpoint = crate::tls::server_endpoint(crate::tls::server_config(identity)?, listen)?;
         let addr = endpoint.local_addr()?;
         let role = if node.is_relay() { "relay" } else { "origin" };
         info!(%addr, role, node = %node.cfg.name, fingerprint = %identity.fingerprint, "listening (QUIC)");

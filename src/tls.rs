@@ -200,6 +200,72 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// Socket buffer size asked of the kernel for every QUIC endpoint.
+pub const UDP_BUFFER: usize = 8 << 20;
+
+/// A UDP socket for a QUIC endpoint, with large kernel buffers: a crowd of handshakes arriving
+/// at once otherwise overflows the default (~208 KiB) and the lost packets wait out QUIC's
+/// retransmission timer (a second, for a handshake).
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    for (what, set, get) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "send",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        let _ = set(&s, UDP_BUFFER);
+        let got = get(&s).unwrap_or(0);
+        // Linux reports twice what it grants.
+        if got < UDP_BUFFER {
+            tracing::debug!(
+                "UDP {what} buffer is {} KiB, asked {} KiB: raise net.core.{}mem_max for crowds of joins",
+                got / 1024,
+                UDP_BUFFER / 1024,
+                if what == "receive" { "r" } else { "w" }
+            );
+        }
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+pub fn server_endpoint(
+    cfg: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        udp_socket(addr)?,
+        runtime,
+    )
+}
+
+pub fn client_endpoint(addr: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(addr)?,
+        runtime,
+    )
+}
+
 /// QUIC transport settings for many low-rate connections: few streams granted, small
 /// windows (they bound what a peer can make us buffer), keep-alives so NATs stay open.
 pub fn transport(uni_streams: u32) -> Arc<quinn::TransportConfig> {

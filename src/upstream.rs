@@ -13,7 +13,7 @@ use crate::client::{Client, Event, QuicUrl, Session};
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::{Role, Start};
 use crate::server::Node;
-use crate::store::{Broadcast, Segment, Slot, Stored};
+use crate::store::{Broadcast, Segment, Slot, StoreConfig, Stored};
 use crate::tls::Trust;
 use crate::wire::FrameReader;
 
@@ -176,7 +176,11 @@ impl Upstream {
                             instance,
                             codec,
                             &node.registry.cache,
-                            &node.registry.cfg,
+                            // Batches from the parent are already coalesced: pass them on as they come.
+                            &StoreConfig {
+                                coalesce: Duration::ZERO,
+                                ..node.registry.cfg.clone()
+                            },
                         );
                         st.open = None;
                         st.sealed_through = None;
@@ -254,10 +258,12 @@ impl FetchState {
                 Ok(()) => {
                     for (frame, record) in batch.drain(..) {
                         if i >= have {
-                            b.append(&seg, Stored { frame, record })?;
+                            b.append_quiet(&seg, Stored { frame, record })?;
                         }
                         i += 1;
                     }
+                    // One wake-up per batch: what the parent sent together goes on together.
+                    b.flush();
                 }
                 Err(Error::Read(quinn::ReadError::Reset(code))) => {
                     // The parent moved us forward (we were too slow): this segment stays short.

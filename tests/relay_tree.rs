@@ -101,6 +101,15 @@ async fn a_parent_sees_one_subscription_however_many_subscribe_below() {
     }
     // After the end the relay waits for the next broadcast: still one subscription at a time.
     assert!(o.node.registry.subscribers("s") <= 1);
+    // Everyone has left: after its linger the relay closes its upstream subscription.
+    o.node
+        .registry
+        .wait_until(|r| r.subscribers("s") == 0)
+        .await;
+    assert!(
+        r.node.registry.get("s").is_none(),
+        "the relay forgot the stream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

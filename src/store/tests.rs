@@ -7,6 +7,7 @@ fn cfg(window: u64, max_lag: u64) -> StoreConfig {
         cache_ttl: Duration::from_secs(60),
         window,
         max_lag,
+        coalesce: Duration::ZERO,
     }
 }
 
@@ -219,6 +220,7 @@ fn cache_is_bounded_by_bytes() {
         cache_ttl: Duration::from_secs(60),
         window: 1000,
         max_lag: 3,
+        coalesce: Duration::ZERO,
     };
     let cache = SegmentCache::new(&c);
     let b = Broadcast::new(
@@ -288,4 +290,47 @@ async fn registry_counts_subscribers_and_removes_only_idle_slots() {
     slot.release_publisher();
     assert!(r.remove_if_idle(&slot));
     assert!(r.get("a").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesced_wake_ups_come_once_per_interval_and_are_never_lost() {
+    let c = StoreConfig {
+        coalesce: Duration::from_millis(100),
+        ..cfg(8, 3)
+    };
+    let cache = SegmentCache::new(&c);
+    let b = Broadcast::new(
+        "t",
+        1,
+        crate::media::OpusHead::synthetic(2).codec(),
+        &cache,
+        &c,
+    );
+    let s = b.begin(0).unwrap();
+    b.append(&s, frame(0)).unwrap();
+    let mut cur = b.cursor(Start::Live);
+    assert_eq!(drain(&mut cur), ["B0", "F0"]);
+    let t0 = tokio::time::Instant::now();
+    let waiter = tokio::spawn(async move {
+        let step = cur.next().await;
+        (tokio::time::Instant::now(), step)
+    });
+    tokio::task::yield_now().await;
+    // Two frames within the interval: the waiting subscriber is not woken for either ...
+    tokio::time::advance(Duration::from_millis(20)).await;
+    b.append(&s, frame(1)).unwrap();
+    tokio::time::advance(Duration::from_millis(20)).await;
+    b.append(&s, frame(2)).unwrap();
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "woken before the interval");
+    // ... until the interval is up, and then it gets both in one step.
+    let (at, step) = waiter.await.unwrap();
+    assert_eq!(at - t0, Duration::from_millis(100));
+    match step {
+        Step::Frames(f) => assert_eq!(
+            f.iter().map(|x| x.frame.wall_us).collect::<Vec<_>>(),
+            [1, 2]
+        ),
+        other => panic!("expected frames, got {other:?}"),
+    }
 }
