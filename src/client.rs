@@ -234,7 +234,7 @@ impl Session {
                     format!("expected hello, got {other:?}"),
                 ))
             }
-            Ok(Ok(None)) => return Err(conn.closed().await).map_err(conn_error),
+            Ok(Ok(None)) => return Err(conn_error(conn.closed().await)),
             Ok(Err(e)) => {
                 if let Some(reason) = conn.close_reason() {
                     return Err(conn_error(reason));

@@ -505,7 +505,7 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
             let Some(chunk) = chunk else { return Ok(()) };
             demux.push(&chunk);
             let mut frames = Vec::new();
-            while let Some(ev) = demux.next()? {
+            while let Some(ev) = demux.next_event()? {
                 match ev {
                     OggEvent::Head(h) => {
                         if publishing.is_some() {

@@ -313,7 +313,7 @@ async fn run_loadgen(
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
     let secs = |what: &str, v: f64| -> anyhow::Result<Duration> {
-        if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+        if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
             bail!("--{what} must be between 0 and 86400 seconds");
         }
         Ok(Duration::from_secs_f64(v))

@@ -190,7 +190,7 @@ impl OggOpusDemuxer {
     }
 
     /// The next event, or None when more input is needed.
-    pub fn next(&mut self) -> Result<Option<OggEvent>> {
+    pub fn next_event(&mut self) -> Result<Option<OggEvent>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Ok(Some(ev));
@@ -395,7 +395,7 @@ impl OggOpusWriter {
     }
 
     /// Frames to the writer's input form.
-    pub fn frames<'a>(&mut self, frames: &'a [Frame]) -> Bytes {
+    pub fn frames(&mut self, frames: &[Frame]) -> Bytes {
         self.packets(frames.iter().map(|f| (&f.payload, f.duration)))
     }
 }
@@ -444,7 +444,7 @@ mod tests {
             let mut ended = false;
             for c in stream.chunks(chunk) {
                 d.push(c);
-                while let Some(ev) = d.next().unwrap() {
+                while let Some(ev) = d.next_event().unwrap() {
                     match ev {
                         OggEvent::Head(h) => head = Some(h),
                         OggEvent::Packet(p, dur) => {
@@ -465,14 +465,14 @@ mod tests {
     fn non_ogg_and_non_opus_are_named() {
         let mut d = OggOpusDemuxer::new();
         d.push(b"ID3\x04\x00 this is an mp3 file, long enough to hold a page header");
-        let e = d.next().unwrap_err().to_string();
+        let e = d.next_event().unwrap_err().to_string();
         assert!(e.contains("not an Ogg stream"), "{e}");
 
         let mut w = OggOpusWriter::new(1);
         let vorbis = w.headers(b"\x01vorbis\x00\x00\x00\x00\x02\x44\xac\x00\x00");
         let mut d = OggOpusDemuxer::new();
         d.push(&vorbis);
-        let e = d.next().unwrap_err().to_string();
+        let e = d.next_event().unwrap_err().to_string();
         assert!(e.contains("Vorbis"), "{e}");
     }
 
@@ -487,7 +487,7 @@ mod tests {
         d.push(&s);
         let mut err = None;
         loop {
-            match d.next() {
+            match d.next_event() {
                 Ok(Some(_)) => continue,
                 Ok(None) => break,
                 Err(e) => {

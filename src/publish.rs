@@ -69,7 +69,7 @@ impl OggReader {
     /// The next event; None at the end of the input.
     pub async fn next(&mut self) -> Result<Option<OggEvent>> {
         loop {
-            if let Some(ev) = self.demux.next()? {
+            if let Some(ev) = self.demux.next_event()? {
                 return Ok(Some(ev));
             }
             if self.eof {

@@ -299,6 +299,18 @@ impl Ctl {
         self.0.send((m, None)).await.map_err(|_| Error::Closed)
     }
 
+    /// Tells the peer `e` (an ERROR message) and closes its connection with the same code.
+    async fn fail(&self, conn: &Connection, e: &Error) {
+        let (code, reason) = (e.code(), e.to_string());
+        let _ = self
+            .send(Message::Error {
+                code: code.as_u64(),
+                reason: reason.clone(),
+            })
+            .await;
+        close(conn, code, &reason);
+    }
+
     /// Sends `m` and waits until it is written to the stream, so that what the caller sends
     /// next on other streams cannot overtake it at our end.
     async fn send_written(&self, m: Message) -> Result<()> {
@@ -516,13 +528,7 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
         }
         Err(e) => {
             warn!(side = "downstream", code = %e.code(), "closing connection: {e}");
-            let _ = ctl
-                .send(Message::Error {
-                    code: e.code().as_u64(),
-                    reason: e.to_string(),
-                })
-                .await;
-            close(&conn, e.code(), &e.to_string());
+            ctl.fail(&conn, &e).await;
         }
     }
     // A publish task is never aborted: it ends with its stream and must run its cleanup
@@ -636,13 +642,7 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String
         Ok(p) => p,
         Err(e) => {
             warn!(side = "downstream", code = %e.code(), "publish refused: {e}");
-            let _ = ctl
-                .send(Message::Error {
-                    code: e.code().as_u64(),
-                    reason: e.to_string(),
-                })
-                .await;
-            return close(&conn, e.code(), &e.to_string());
+            return ctl.fail(&conn, &e).await;
         }
     };
     let result = async {
@@ -682,13 +682,7 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String
                 }
                 _ => {
                     warn!(side = "downstream", code = %e.code(), "publisher refused: {e}");
-                    let _ = ctl
-                        .send(Message::Error {
-                            code: e.code().as_u64(),
-                            reason: e.to_string(),
-                        })
-                        .await;
-                    close(&conn, e.code(), &e.to_string());
+                    ctl.fail(&conn, &e).await;
                 }
             }
             publishing.lost();

@@ -47,6 +47,22 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+/// The certificates of a PEM file (at least one).
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem =
+        std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no certificate in PEM file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 /// A server's certificate chain and key.
 #[derive(Debug)]
 pub struct Identity {
@@ -91,19 +107,9 @@ impl Identity {
     }
 
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity> {
-        let cert_pem = std::fs::read(cert)
-            .map_err(|e| Error::Tls(format!("reading {}: {e}", cert.display())))?;
+        let certs = read_certs(cert)?;
         let key_pem = std::fs::read(key)
             .map_err(|e| Error::Tls(format!("reading {}: {e}", key.display())))?;
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
-        if certs.is_empty() {
-            return Err(Error::Tls(format!(
-                "{}: no certificate in PEM file",
-                cert.display()
-            )));
-        }
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?
             .ok_or_else(|| Error::Tls(format!("{}: no private key in PEM file", key.display())))?;
@@ -128,17 +134,7 @@ pub enum Trust {
 
 impl Trust {
     pub fn from_ca_file(path: &Path) -> Result<Trust> {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(Error::Tls(format!(
-                "{}: no certificate in PEM file",
-                path.display()
-            )));
-        }
+        let certs = read_certs(path)?;
         Ok(Trust::Ca(certs))
     }
 

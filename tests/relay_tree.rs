@@ -56,7 +56,7 @@ async fn every_listener_two_relays_down_hears_every_frame_in_order() {
         assert!(h
             .segments
             .iter()
-            .all(|(_, i)| frame_number(&h.frames[*i]) % 5 == 0));
+            .all(|(_, i)| frame_number(&h.frames[*i]).is_multiple_of(5)));
     }
 }
 
@@ -135,7 +135,7 @@ async fn a_listener_joining_mid_stream_starts_at_a_segment_start_with_the_header
     assert!(late.header_first);
     let first = frame_number(&late.frames[0]);
     assert!(
-        first > 0 && first % 5 == 0,
+        first > 0 && first.is_multiple_of(5),
         "late listener starts at a segment start, got frame {first}"
     );
     assert_frames(&late.frames, first, 300, 50);

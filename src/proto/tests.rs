@@ -376,7 +376,7 @@ proptest! {
         d.push(b"OggS");
         d.push(&data);
         for _ in 0..64 {
-            match d.next() {
+            match d.next_event() {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
