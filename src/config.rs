@@ -78,6 +78,9 @@ pub struct NodeArgs {
     /// Segments a subscriber may fall behind before it is moved to the newest [default: 3].
     #[arg(long)]
     pub max_lag_segments: Option<u64>,
+    /// Streams this node holds at once, waiting rooms included [default: 10000].
+    #[arg(long)]
+    pub max_streams: Option<u64>,
     /// Seconds a subscription may wait for a stream that has not started [default: 3600].
     #[arg(long)]
     pub waiting_room_secs: Option<u64>,
@@ -159,6 +162,7 @@ impl NodeArgs {
             publish_token: pick(flags.publish_token, self.publish_token),
             segment_ms: pick(flags.segment_ms, self.segment_ms),
             deliver_ms: pick(flags.deliver_ms, self.deliver_ms),
+            max_streams: pick(flags.max_streams, self.max_streams),
             cache_mib: pick(flags.cache_mib, self.cache_mib),
             cache_ttl_secs: pick(flags.cache_ttl_secs, self.cache_ttl_secs),
             window_segments: pick(flags.window_segments, self.window_segments),
@@ -266,6 +270,13 @@ impl NodeArgs {
                     ds.cache_ttl.as_secs(),
                 )?),
                 window: range("window-segments", self.window_segments, 1, 1000, ds.window)?,
+                max_streams: range(
+                    "max-streams",
+                    self.max_streams,
+                    1,
+                    10_000_000,
+                    ds.max_streams as u64,
+                )? as usize,
                 coalesce: Duration::from_millis(range(
                     "deliver-ms",
                     self.deliver_ms,

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -71,7 +72,25 @@ impl HttpServer {
                 };
                 let node = node.clone();
                 let span = info_span!("http", node = %node.cfg.name, %remote);
-                tokio::spawn(async move { serve_connection(node, tcp).await }.instrument(span));
+                // HTTP and QUIC connections share the node's limit.
+                let open = node.stats.http_connections.load(Ordering::Relaxed)
+                    + node.stats.connections.load(Ordering::Relaxed);
+                if open >= node.cfg.max_connections {
+                    node.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let mut tcp = tcp;
+                        let _ = tcp.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                    });
+                    continue;
+                }
+                node.stats.http_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(
+                    async move {
+                        serve_connection(node.clone(), tcp).await;
+                        node.stats.http_connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    .instrument(span),
+                );
             }
         });
         Ok(HttpServer { addr, task })

@@ -36,7 +36,7 @@ impl Publishing {
     pub fn claim(node: &Arc<Node>, path: &str, codec: Codec) -> Result<Publishing> {
         OpusHead::parse(&codec.header)?;
         proto::check_path(path)?;
-        let (slot, _) = node.registry.slot(path);
+        let (slot, _) = node.registry.slot(path)?;
         if !slot.claim_publisher() {
             return Err(Error::refused(
                 ErrorCode::Conflict,

@@ -81,6 +81,7 @@ pub struct Stats {
     pub skips_total: AtomicU64,
     pub refused_total: AtomicU64,
     pub publishers: AtomicU64,
+    pub http_connections: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -134,7 +135,7 @@ impl Node {
         start: Start,
         wait: Duration,
     ) -> Result<Subscriber> {
-        let (guard, created) = self.registry.subscribe(path);
+        let (guard, created) = self.registry.subscribe(path)?;
         inc(&self.stats.subscriptions);
         inc(&self.stats.subscriptions_total);
         let counted = Counted(self.clone());

@@ -103,6 +103,8 @@ pub struct StoreConfig {
     pub window: u64,
     /// How many segments a subscriber may fall behind the newest before it is moved forward.
     pub max_lag: u64,
+    /// Streams (names) a node holds at once, waiting rooms included.
+    pub max_streams: usize,
     /// Subscribers of a broadcast made here (an origin's) are woken at most this often for new
     /// frames, so each wake-up and each write carries several frames. Zero: at every frame.
     /// A relay wakes its subscribers once per batch it receives, which is already coalesced.
@@ -116,6 +118,7 @@ impl Default for StoreConfig {
             cache_ttl: Duration::from_secs(60),
             window: 8,
             max_lag: 3,
+            max_streams: 10_000,
             // Measured (benches/fanout.rs, 1,000 listeners on one relay core): 0 ms 85 % of a
             // core, 50 ms 51 %, 100 ms 32 %, with latency p99 39 / 69 / 118 ms.
             coalesce: Duration::from_millis(100),
@@ -670,9 +673,24 @@ impl Registry {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn slot_locked(map: &mut HashMap<String, Arc<Slot>>, path: &str) -> (Arc<Slot>, bool) {
+    fn slot_locked(
+        &self,
+        map: &mut HashMap<String, Arc<Slot>>,
+        path: &str,
+    ) -> Result<(Arc<Slot>, bool)> {
         if let Some(s) = map.get(path) {
-            return (s.clone(), false);
+            return Ok((s.clone(), false));
+        }
+        // Every name costs a slot (and on a relay an upstream subscription): a client asking
+        // for made-up streams must not grow the node without bound.
+        if map.len() >= self.cfg.max_streams {
+            return Err(Error::refused(
+                ErrorCode::Overloaded,
+                format!(
+                    "this node holds its maximum of {} streams",
+                    self.cfg.max_streams
+                ),
+            ));
         }
         let s = Arc::new(Slot {
             path: path.to_string(),
@@ -683,30 +701,30 @@ impl Registry {
             created: Instant::now(),
         });
         map.insert(path.to_string(), s.clone());
-        (s, true)
+        Ok((s, true))
     }
 
     /// The slot for `path`, created if new (the bool says so).
-    pub fn slot(&self, path: &str) -> (Arc<Slot>, bool) {
-        Self::slot_locked(&mut self.slots(), path)
+    pub fn slot(&self, path: &str) -> Result<(Arc<Slot>, bool)> {
+        self.slot_locked(&mut self.slots(), path)
     }
 
     /// Registers a subscriber on `path` (creating the slot: a waiting room). The count is
     /// raised under the registry lock, so `remove_if_idle` never removes a slot in use.
-    pub fn subscribe(&self, path: &str) -> (SubscriberGuard, bool) {
+    pub fn subscribe(&self, path: &str) -> Result<(SubscriberGuard, bool)> {
         let mut map = self.slots();
-        let (slot, created) = Self::slot_locked(&mut map, path);
+        let (slot, created) = self.slot_locked(&mut map, path)?;
         slot.subscribers.send_modify(|n| *n += 1);
         slot.subscriptions_total.fetch_add(1, Ordering::Relaxed);
         drop(map);
         self.bump();
-        (
+        Ok((
             SubscriberGuard {
                 slot,
                 changes: self.changes.clone(),
             },
             created,
-        )
+        ))
     }
 
     fn bump(&self) {

@@ -452,3 +452,26 @@ a.addEventListener('playing', () => {{
         "the <audio> element advanced only {t} s in 6 s of playing ({report})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_count_against_the_node_limit() {
+    let o = origin_with(NodeConfig {
+        max_connections: 1,
+        ..origin_config()
+    })
+    .await;
+    let h = http(&o).await;
+    // One listener waiting for a stream holds the only place.
+    let mut first = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    first
+        .write_all(b"GET /later.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    o.node
+        .registry
+        .wait_until(|r| r.subscribers("later") == 1)
+        .await;
+    let (code, _) = curl(&[&format!("http://{}/streams", h.addr)]).await;
+    assert_eq!(code, "503");
+    drop(first);
+}

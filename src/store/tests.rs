@@ -7,6 +7,7 @@ fn cfg(window: u64, max_lag: u64) -> StoreConfig {
         cache_ttl: Duration::from_secs(60),
         window,
         max_lag,
+        max_streams: 100,
         coalesce: Duration::ZERO,
     }
 }
@@ -220,6 +221,7 @@ fn cache_is_bounded_by_bytes() {
         cache_ttl: Duration::from_secs(60),
         window: 1000,
         max_lag: 3,
+        max_streams: 100,
         coalesce: Duration::ZERO,
     };
     let cache = SegmentCache::new(&c);
@@ -274,9 +276,9 @@ fn frames_are_shared_not_copied() {
 #[tokio::test]
 async fn registry_counts_subscribers_and_removes_only_idle_slots() {
     let r = Registry::new(cfg(8, 3));
-    let (g1, created) = r.subscribe("a");
+    let (g1, created) = r.subscribe("a").unwrap();
     assert!(created);
-    let (g2, created) = r.subscribe("a");
+    let (g2, created) = r.subscribe("a").unwrap();
     assert!(!created);
     assert_eq!(r.subscribers("a"), 2);
     assert!(!r.remove_if_idle(&g1.slot));
@@ -333,4 +335,21 @@ async fn coalesced_wake_ups_come_once_per_interval_and_are_never_lost() {
         ),
         other => panic!("expected frames, got {other:?}"),
     }
+}
+
+#[test]
+fn a_node_holds_at_most_max_streams_names() {
+    let r = Registry::new(StoreConfig {
+        max_streams: 3,
+        ..cfg(8, 3)
+    });
+    let guards: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|p| r.subscribe(p).unwrap())
+        .collect();
+    let e = r.subscribe("d").err().expect("a fourth name is refused");
+    assert_eq!(e.code(), ErrorCode::Overloaded);
+    // Names it holds still take subscribers.
+    r.subscribe("a").unwrap();
+    drop(guards);
 }
