@@ -532,7 +532,7 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
                         }
                         publishing = Some(Publishing::claim(node, name, h.codec())?);
                     }
-                    OggEvent::Packet(payload, duration) => {
+                    OggEvent::Packet(payload, duration, _) => {
                         frames.push(Frame {
                             pts,
                             duration,

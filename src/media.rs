@@ -142,8 +142,9 @@ pub fn opus_packet_samples(p: &[u8]) -> Result<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OggEvent {
     Head(OpusHead),
-    /// An audio packet and its duration in 48 kHz samples.
-    Packet(Bytes, u32),
+    /// An audio packet, its duration in 48 kHz samples, and the granule position at its end
+    /// (from its page's granule; None where the page gives none).
+    Packet(Bytes, u32, Option<u64>),
     /// The logical stream ended (EOS page).
     End,
 }
@@ -282,8 +283,12 @@ impl OggOpusDemuxer {
         self.reader
             .push_page(page)
             .map_err(|e| Error::Media(format!("bad Ogg page: {e}")))?;
+        // Audio packets completed on this page; the page's granule is the end of its last one.
+        let first_audio = self.pending.len();
+        let mut page_granule = None;
         while let Some(pkt) = self.reader.read_packet() {
             let last = pkt.last_in_stream();
+            page_granule = Some(pkt.absgp_page()).filter(|g| *g != u64::MAX);
             let ev = match self.packets {
                 0 => OggEvent::Head(OpusHead::parse(&pkt.data)?),
                 1 => {
@@ -301,7 +306,7 @@ impl OggOpusDemuxer {
                 }
                 _ => {
                     let dur = opus_packet_samples(&pkt.data)?;
-                    OggEvent::Packet(Bytes::from(pkt.data), dur)
+                    OggEvent::Packet(Bytes::from(pkt.data), dur, None)
                 }
             };
             self.packets += 1;
@@ -310,6 +315,14 @@ impl OggOpusDemuxer {
                 self.ended = true;
                 self.pending.push_back(OggEvent::End);
                 break;
+            }
+        }
+        // Count back from the page's granule to give each packet its end.
+        let mut end = page_granule;
+        for ev in self.pending.iter_mut().skip(first_audio).rev() {
+            if let OggEvent::Packet(_, dur, g) = ev {
+                *g = end;
+                end = end.and_then(|e| e.checked_sub(*dur as u64));
             }
         }
         Ok(true)
@@ -447,8 +460,10 @@ mod tests {
                 while let Some(ev) = d.next_event().unwrap() {
                     match ev {
                         OggEvent::Head(h) => head = Some(h),
-                        OggEvent::Packet(p, dur) => {
+                        OggEvent::Packet(p, dur, granule) => {
                             assert_eq!(dur, 960);
+                            // The writer counts granules from its first packet.
+                            assert_eq!(granule, Some(960 * (got.len() as u64 + 1)));
                             got.push(p.to_vec())
                         }
                         OggEvent::End => ended = true,
