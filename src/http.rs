@@ -244,7 +244,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             let name = &p[1..p.len() - 4];
             match proto::check_path(name) {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("bad stream name: {e}")),
-                Ok(()) if req.method() == Method::HEAD => head_stream(&node, name),
+                Ok(()) if req.method() == Method::HEAD => head_stream(&node, name).await,
                 Ok(()) => listen(node.clone(), name.to_string()).await,
             }
         }
@@ -276,17 +276,23 @@ fn ogg_headers(r: &mut Response<Body>) {
     );
 }
 
-fn head_stream(node: &Node, name: &str) -> Response<Body> {
-    match node.registry.get(name).and_then(|s| s.broadcast()) {
-        Some(_) => {
-            let mut r = full(StatusCode::OK, "audio/ogg", Bytes::new());
-            ogg_headers(&mut r);
-            r
+/// HEAD answers as GET would, without the body: a relay that does not hold the stream yet
+/// asks its parent (briefly), so a player probing with HEAD is not turned away.
+async fn head_stream(node: &Arc<Node>, name: &str) -> Response<Body> {
+    let live = match node.registry.get(name).and_then(|s| s.broadcast()) {
+        Some(_) => true,
+        None if node.is_relay() => {
+            let wait = node.cfg.http_wait.min(Duration::from_secs(5));
+            node.subscribe(name, Start::Live, wait).await.is_ok()
         }
-        None => text(
-            StatusCode::NOT_FOUND,
-            format!("stream {name} is not live here"),
-        ),
+        None => false,
+    };
+    if live {
+        let mut r = full(StatusCode::OK, "audio/ogg", Bytes::new());
+        ogg_headers(&mut r);
+        r
+    } else {
+        text(StatusCode::NOT_FOUND, format!("stream {name} is not live"))
     }
 }
 

@@ -298,6 +298,11 @@ async fn page_streams_json_head_and_cors() {
     assert!(head.contains("access-control-allow-origin: *"), "{head}");
     let (code, _) = curl(&["-I", &format!("http://{}/not/live.ogg", h.addr)]).await;
     assert_eq!(code, "404");
+    // A relay nobody listens to yet answers HEAD for a live stream by asking its parent.
+    let r = relay(&[&o]).await;
+    let rh = http(&r).await;
+    let (code, _) = curl(&["-I", &format!("http://{}/spaces/town-hall.ogg", rh.addr)]).await;
+    assert_eq!(code, "200");
     let (code, _) = curl(&[
         "-X",
         "OPTIONS",
