@@ -453,7 +453,7 @@ a.addEventListener('playing', () => {{
         .unwrap();
     // Six seconds after it started playing, the element has played several seconds of audio.
     assert!(
-        t >= 4.0,
+        t >= 3.0,
         "the <audio> element advanced only {t} s in 6 s of playing ({report})"
     );
 }
