@@ -13,7 +13,12 @@ use quicast::store::{Broadcast, SegmentCache, Step, StoreConfig, Stored};
 
 fn frame(n: u64) -> Frame {
     // 20 ms at 64 kbit/s: 160 bytes.
-    Frame { pts: n * 960, duration: 960, wall_us: 1_700_000_000_000_000 + n, payload: Bytes::from(vec![0xf8; 160]) }
+    Frame {
+        pts: n * 960,
+        duration: 960,
+        wall_us: 1_700_000_000_000_000 + n,
+        payload: Bytes::from(vec![0xf8; 160]),
+    }
 }
 
 fn codec(c: &mut Criterion) {
@@ -41,9 +46,18 @@ fn fan_out(c: &mut Criterion) {
     for n in [100usize, 1000, 10_000] {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
-            let cfg = StoreConfig { coalesce: Duration::ZERO, ..StoreConfig::default() };
+            let cfg = StoreConfig {
+                coalesce: Duration::ZERO,
+                ..StoreConfig::default()
+            };
             let cache = SegmentCache::new(&cfg);
-            let bcast = Broadcast::new("b", 1, quicast::media::OpusHead::synthetic(1).codec(), &cache, &cfg);
+            let bcast = Broadcast::new(
+                "b",
+                1,
+                quicast::media::OpusHead::synthetic(1).codec(),
+                &cache,
+                &cfg,
+            );
             let mut seq = 0;
             let mut seg = bcast.begin(seq).unwrap();
             bcast.append(&seg, Stored::new(frame(0))).unwrap();

@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
+use common::media::{assert_decodes_cleanly, make_opus, make_vorbis, packet_crcs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_quicast");
 
 /// A child process whose stderr (the log) is watched line by line.
@@ -103,63 +107,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn ffmpeg(args: &[&str]) -> std::process::Output {
-    let out = Command::new("ffmpeg")
-        .arg("-hide_banner")
-        .args(args)
-        .output()
-        .expect("ffmpeg is needed by these tests (.ci/run installs it: apt-get install -y ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// (size, crc) of every packet, as ffmpeg's framecrc muxer reports them without decoding.
-fn packet_crcs(file: &Path) -> Vec<(String, String)> {
-    let out = ffmpeg(&[
-        "-v",
-        "error",
-        "-i",
-        file.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "framecrc",
-        "-",
-    ]);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').map(|x| x.trim()).collect();
-            (f[4].to_string(), f[5].to_string())
-        })
-        .collect()
-}
-
-/// Decodes `file` fully; ffmpeg must report no error at all.
-fn assert_decodes_cleanly(file: &Path) {
-    let out = ffmpeg(&[
-        "-v",
-        "error",
-        "-i",
-        file.to_str().unwrap(),
-        "-f",
-        "null",
-        "-",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.trim().is_empty(),
-        "ffmpeg reported errors decoding {}: {err}",
-        file.display()
-    );
 }
 
 /// Asserts `got` is a contiguous run of `src`, at least `min` packets long; returns where it starts.
@@ -265,35 +212,28 @@ fn tree() -> Tree {
     }
 }
 
-fn make_source(dir: &Path, secs: u32) -> PathBuf {
-    let src = dir.join("src.opus");
-    ffmpeg(&[
-        "-y",
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("sine=frequency=330:sample_rate=48000:duration={secs}"),
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("anoisesrc=color=pink:amplitude=0.05:duration={secs}"),
-        "-filter_complex",
-        "amix=inputs=2",
-        "-c:a",
-        "libopus",
-        "-b:a",
-        "64k",
+/// `quicast publish --loop` of `src` to `stream` on the tree's origin, once it is publishing.
+fn publish_loop(t: &Tree, stream: &str, src: &Path) -> Proc {
+    let url = format!("quic://{}/{stream}", t.origin_addr);
+    let mut p = Proc::spawn(&[
+        "publish",
+        &url,
+        "--input",
         src.to_str().unwrap(),
+        "--loop",
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
     ]);
-    src
+    p.wait_line("publishing");
+    p
 }
 
 #[test]
 fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
     let work = tempfile::tempdir().unwrap();
-    let src = make_source(work.path(), 4);
+    let src = make_opus(work.path(), 4);
     let src_crcs = packet_crcs(&src);
     let mut t = tree();
 
@@ -413,21 +353,10 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
 #[test]
 fn listen_with_duration_joins_live_and_exits_zero() {
     let work = tempfile::tempdir().unwrap();
-    let src = make_source(work.path(), 3);
+    let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let t = tree();
-    let mut publisher = Proc::spawn(&[
-        "publish",
-        &format!("quic://{}/loop", t.origin_addr),
-        "--input",
-        src.to_str().unwrap(),
-        "--loop",
-        "--token",
-        "tok",
-        "--fingerprint",
-        &t.c.fp,
-    ]);
-    publisher.wait_line("publishing");
+    let _publisher = publish_loop(&t, "loop", &src);
     let out = work.path().join("live.opus");
     let mut l = Proc::spawn(&[
         "listen",
@@ -483,19 +412,7 @@ fn bad_input_and_bad_credentials_are_named() {
     ]);
     assert!(e.contains("not an Ogg stream"), "{e}");
 
-    let vorbis = work.path().join("v.ogg");
-    ffmpeg(&[
-        "-y",
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=duration=1",
-        "-c:a",
-        "libvorbis",
-        vorbis.to_str().unwrap(),
-    ]);
+    let vorbis = make_vorbis(work.path());
     let e = run(&[
         "publish",
         &url,
@@ -508,7 +425,7 @@ fn bad_input_and_bad_credentials_are_named() {
     ]);
     assert!(e.contains("not Opus") && e.contains("Vorbis"), "{e}");
 
-    let src = make_source(work.path(), 1);
+    let src = make_opus(work.path(), 1);
     let e = run(&[
         "publish",
         &url,
@@ -620,20 +537,9 @@ fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
 #[test]
 fn loadgen_reports_what_its_listeners_heard_as_one_json_line() {
     let work = tempfile::tempdir().unwrap();
-    let src = make_source(work.path(), 2);
+    let src = make_opus(work.path(), 2);
     let t = tree();
-    let mut publisher = Proc::spawn(&[
-        "publish",
-        &format!("quic://{}/load", t.origin_addr),
-        "--input",
-        src.to_str().unwrap(),
-        "--loop",
-        "--token",
-        "tok",
-        "--fingerprint",
-        &t.c.fp,
-    ]);
-    publisher.wait_line("publishing");
+    let _publisher = publish_loop(&t, "load", &src);
     let o = Command::new(BIN)
         .args([
             "loadgen",

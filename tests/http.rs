@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::media::{assert_decodes_cleanly, make_opus, make_vorbis, packet_crcs};
 use common::*;
 use quicast::http::HttpServer;
 use quicast::proto::Role;
@@ -28,69 +29,6 @@ fn origin_config() -> NodeConfig {
     }
 }
 
-async fn ffmpeg(args: &[&str]) -> std::process::Output {
-    let out = Command::new("ffmpeg")
-        .arg("-hide_banner")
-        .args(args)
-        .output()
-        .await
-        .expect("ffmpeg (apt-get install -y ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-async fn make_source(dir: &std::path::Path, secs: u32) -> std::path::PathBuf {
-    let p = dir.join("src.opus");
-    ffmpeg(&[
-        "-y",
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("sine=frequency=440:duration={secs}"),
-        "-c:a",
-        "libopus",
-        "-b:a",
-        "64k",
-        p.to_str().unwrap(),
-    ])
-    .await;
-    p
-}
-
-async fn packet_crcs(f: &std::path::Path) -> Vec<String> {
-    let out = ffmpeg(&[
-        "-v",
-        "error",
-        "-i",
-        f.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "framecrc",
-        "-",
-    ])
-    .await;
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            l.split(',')
-                .skip(4)
-                .take(2)
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect()
-}
-
 /// curl's status code for a request (the body goes to `out`, if given).
 async fn curl(args: &[&str]) -> (String, Vec<u8>) {
     let o = Command::new("curl")
@@ -109,7 +47,7 @@ async fn curl(args: &[&str]) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_icecast_source_to_an_http_listener_two_relays_away() {
     let work = tempfile::tempdir().unwrap();
-    let src = make_source(work.path(), 4).await;
+    let src = tokio::task::block_in_place(|| make_opus(work.path(), 4));
     let o = origin_with(origin_config()).await;
     let o_http = http(&o).await;
     let r1 = relay(&[&o]).await;
@@ -131,39 +69,35 @@ async fn ffmpeg_icecast_source_to_an_http_listener_two_relays_away() {
         .registry
         .wait_until(|r| r.subscribers("talk") >= 1)
         .await;
-    ffmpeg(&[
-        "-v",
-        "error",
-        "-re",
-        "-i",
-        src.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "ogg",
-        "-content_type",
-        "audio/ogg",
-        &format!("icecast://source:{PASSWORD}@{}/talk", o_http.addr),
-    ])
-    .await;
+    // ffmpeg pushes in real time while the nodes run: off the async workers.
+    let (src_path, target) = (
+        src.clone(),
+        format!("icecast://source:{PASSWORD}@{}/talk", o_http.addr),
+    );
+    tokio::task::spawn_blocking(move || {
+        common::media::ffmpeg(&[
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            src_path.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "ogg",
+            "-content_type",
+            "audio/ogg",
+            &target,
+        ])
+    })
+    .await
+    .unwrap();
     // The source ended, so does the broadcast, so does the HTTP response.
     assert!(listener.wait().await.unwrap().success());
-    let decoded = ffmpeg(&[
-        "-v",
-        "error",
-        "-i",
-        out.to_str().unwrap(),
-        "-f",
-        "null",
-        "-",
-    ])
-    .await;
-    assert!(
-        decoded.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&decoded.stderr)
-    );
-    let (src_crcs, got) = (packet_crcs(&src).await, packet_crcs(&out).await);
+    let (src_crcs, got) = tokio::task::block_in_place(|| {
+        assert_decodes_cleanly(&out);
+        (packet_crcs(&src), packet_crcs(&out))
+    });
     assert_eq!(
         got, src_crcs,
         "every packet of the source, in order, byte for byte"
@@ -191,7 +125,7 @@ async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
         .await;
     let publisher = publish(&o, "good", 150, Duration::from_millis(10), 40);
 
-    let src = make_source(work.path(), 1).await;
+    let src = tokio::task::block_in_place(|| make_opus(work.path(), 1));
     let put = |user: &str, file: &std::path::Path, path: &str| {
         vec![
             "-T".to_string(),
@@ -221,20 +155,7 @@ async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
     let (code, body) = run(put("source:hackme", &junk, "junk")).await;
     assert_eq!(code, "415", "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("not an Ogg stream"));
-    let vorbis = work.path().join("v.ogg");
-    ffmpeg(&[
-        "-y",
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=duration=1",
-        "-c:a",
-        "libvorbis",
-        vorbis.to_str().unwrap(),
-    ])
-    .await;
+    let vorbis = tokio::task::block_in_place(|| make_vorbis(work.path()));
     let (code, body) = run(put("source:hackme", &vorbis, "v")).await;
     assert_eq!(code, "415");
     assert!(String::from_utf8_lossy(&body).contains("Vorbis"));

@@ -2,6 +2,8 @@
 //! that records every frame.
 #![allow(dead_code)]
 
+pub mod media;
+
 use std::sync::Arc;
 use std::time::Duration;
 
