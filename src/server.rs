@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use quinn::{Connection, SendStream};
-use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::{conn_error, QuicUrl};
@@ -293,11 +292,15 @@ async fn sweep(node: Arc<Node>) {
 
 /// The sending side of a connection's control stream, shared by its tasks.
 #[derive(Clone)]
-struct Ctl(mpsc::Sender<(Message, Option<oneshot::Sender<()>>)>);
+struct Ctl(Arc<tokio::sync::Mutex<SendStream>>);
 
 impl Ctl {
+    /// Writes `m` to the control stream; when this returns it is written, so that what the
+    /// caller sends next on other streams cannot overtake it at our end. (A lock rather than a
+    /// writer task and channel: a connection writes a handful of messages in its life, and a
+    /// task plus channel cost every connection ~3 KB.)
     async fn send(&self, m: Message) -> Result<()> {
-        self.0.send((m, None)).await.map_err(|_| Error::Closed)
+        write_message(&mut *self.0.lock().await, &m).await
     }
 
     /// Tells the peer `e` (an ERROR message) and closes its connection with the same code.
@@ -310,17 +313,6 @@ impl Ctl {
             })
             .await;
         close(conn, code, &reason);
-    }
-
-    /// Sends `m` and waits until it is written to the stream, so that what the caller sends
-    /// next on other streams cannot overtake it at our end.
-    async fn send_written(&self, m: Message) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.0
-            .send((m, Some(tx)))
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)
     }
 }
 
@@ -422,19 +414,8 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
         return;
     }
 
-    // Every task of this connection writes control messages through one writer.
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Message, Option<oneshot::Sender<()>>)>(64);
-    let ctl = Ctl(ctl_tx);
-    let writer = tokio::spawn(async move {
-        while let Some((m, written)) = ctl_rx.recv().await {
-            if write_message(&mut send, &m).await.is_err() {
-                break;
-            }
-            if let Some(w) = written {
-                let _ = w.send(());
-            }
-        }
-    });
+    // Every task of this connection writes control messages through this one lock.
+    let ctl = Ctl(Arc::new(tokio::sync::Mutex::new(send)));
     let mut subs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
     let outcome: Result<()> = loop {
@@ -535,7 +516,6 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
     // A publish task is never aborted: it ends with its stream and must run its cleanup
     // (end the broadcast, or keep it for the publisher's return).
     drop(publishing);
-    writer.abort();
 }
 
 async fn serve_subscription(
@@ -562,7 +542,7 @@ async fn serve_subscription(
         instance: b.instance,
         codec: b.codec.clone(),
     };
-    if ctl.send_written(subscribed).await.is_err() {
+    if ctl.send(subscribed).await.is_err() {
         return;
     }
     let mut sink = QuicSink {
