@@ -182,7 +182,9 @@ type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Event>>>>;
 pub struct Session {
     pub conn: Connection,
     pub node: String,
-    ctl: mpsc::Sender<Message>,
+    /// Unbounded: only our own calls (subscribe, publish, unsubscribe) put messages here, and
+    /// an unsubscribe from `Drop` must never be lost to a full channel.
+    ctl: mpsc::UnboundedSender<Message>,
     finish: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     routes: Routes,
     next_id: AtomicU64,
@@ -243,7 +245,7 @@ impl Session {
             }
         };
         let routes: Routes = Arc::default();
-        let (ctl, mut ctl_rx) = mpsc::channel::<Message>(64);
+        let (ctl, mut ctl_rx) = mpsc::unbounded_channel::<Message>();
         let (finish_tx, mut finish_rx) = tokio::sync::oneshot::channel::<()>();
         let span =
             tracing::info_span!("upstream_conn", node = %node, remote = %conn.remote_address());
@@ -403,7 +405,6 @@ impl Session {
                 path: path.to_string(),
                 start,
             })
-            .await
             .map_err(|_| Error::Closed)?;
         Ok(Subscription::new(id, rx, self.clone()))
     }
@@ -417,7 +418,6 @@ impl Session {
                 path: path.to_string(),
                 codec,
             })
-            .await
             .map_err(|_| Error::Closed)?;
         let instance = match rx.recv().await {
             Some(Event::PublishOk { instance }) => instance,
@@ -558,10 +558,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         lock(&self.session.routes).remove(&self.id);
-        let _ = self
-            .session
-            .ctl
-            .try_send(Message::Unsubscribe { id: self.id });
+        let _ = self.session.ctl.send(Message::Unsubscribe { id: self.id });
     }
 }
 

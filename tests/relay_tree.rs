@@ -106,10 +106,11 @@ async fn a_parent_sees_one_subscription_however_many_subscribe_below() {
         .registry
         .wait_until(|r| r.subscribers("s") == 0)
         .await;
-    assert!(
-        r.node.registry.get("s").is_none(),
-        "the relay forgot the stream"
-    );
+    // ... and forgets the stream (it does so just after unsubscribing: await that too).
+    r.node
+        .registry
+        .wait_until(|reg| reg.get("s").is_none())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,4 +388,37 @@ async fn made_up_stream_names_cannot_grow_a_relay_without_bound() {
         o.node.registry.get("d").is_none(),
         "nothing was asked of the parent for it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churning_subscriptions_leave_the_control_stream_intact() {
+    let o = origin().await;
+    let publisher = publish(&o, "churn", 400, MS5, 50);
+    let s = session(&o, Role::Listener, "").await.unwrap();
+    // Subscribe and drop (unsubscribe) at once, many times, while audio flows: each abort
+    // races the node's writes of Subscribed and segment streams for that subscription.
+    for _ in 0..200 {
+        let sub = s.subscribe("churn", Start::Live).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(sub);
+    }
+    // The same connection still speaks the protocol: a last subscription hears audio.
+    let mut sub = s.subscribe("churn", Start::Live).await.unwrap();
+    let mut got_audio = false;
+    while let Some(ev) = sub.next().await {
+        match ev {
+            quicast::client::Event::Segment { .. } => {
+                got_audio = true;
+                break;
+            }
+            quicast::client::Event::Error { code, reason } => panic!("refused ({code}): {reason}"),
+            _ => {}
+        }
+    }
+    assert!(
+        got_audio,
+        "the connection survived: {:?}",
+        s.conn.close_reason()
+    );
+    publisher.await.unwrap().unwrap();
 }
