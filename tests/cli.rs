@@ -498,10 +498,14 @@ fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
         .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut commands = Vec::new();
-    while commands.len() < 2 {
+    let mut http_urls = Vec::new();
+    while commands.len() < 2 || http_urls.len() < 2 {
         let l = lines.next().expect("demo output").unwrap();
         if let Some(cmd) = l.trim().strip_prefix("quicast listen ") {
             commands.push(cmd.split(" | ").next().unwrap().to_string());
+        }
+        if let Some(rest) = l.trim().strip_prefix("ffplay -nodisp ") {
+            http_urls.push(rest.split_whitespace().next().unwrap().to_string());
         }
     }
     let work = tempfile::tempdir().unwrap();
@@ -524,6 +528,29 @@ fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
             "at least a second of audio from edge {i}"
         );
     }
+    // The printed HTTP URLs play too (curl stops after 2.5 s of a live stream).
+    let out = work.path().join("http.ogg");
+    let st = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "2.5",
+            "-o",
+            out.to_str().unwrap(),
+            &http_urls[0],
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(
+        st.code(),
+        Some(28),
+        "curl ran until its time limit, streaming"
+    );
+    assert_decodes_cleanly(&out);
+    assert!(
+        packet_crcs(&out).len() >= 50,
+        "at least a second of audio over HTTP"
+    );
     Command::new("kill")
         .args(["-INT", &demo.id().to_string()])
         .status()
