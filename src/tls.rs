@@ -277,6 +277,9 @@ pub fn transport(uni_streams: u32) -> Arc<quinn::TransportConfig> {
             .try_into()
             .expect("20 s is a valid idle timeout"),
     ));
+    // Audio packets are far below QUIC's 1200-byte minimum MTU: probing for a larger one only
+    // costs packets (most at join, when they are dearest).
+    t.mtu_discovery_config(None);
     Arc::new(t)
 }
 
