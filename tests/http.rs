@@ -240,7 +240,10 @@ async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
     let o = origin_with(cfg).await;
     let h = http(&o).await;
     // A client that asks and then never reads.
-    let mut stuck = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // (Its receive buffer is kept small, so the kernel cannot absorb the stream for it.)
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut stuck = sock.connect(h.addr).await.unwrap();
     stuck
         .write_all(b"GET /big.ogg HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
