@@ -13,6 +13,16 @@ use common::media::{assert_decodes_cleanly, make_opus, make_vorbis, packet_crcs}
 
 const BIN: &str = env!("CARGO_BIN_EXE_quicast");
 
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A child process whose stderr (the log) is watched line by line.
 struct Proc {
     child: Child,
@@ -247,19 +257,23 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
         "--output",
         out.to_str().unwrap(),
     ]);
-    let listen_pipe = Command::new(BIN)
-        .args([
-            "listen",
-            &format!("quic://{}/piped", t.r2_addr),
-            "--fingerprint",
-            &t.c.fp,
-            "--output",
-            "-",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // `--output -`: what it writes to stdout lands in a file (and it is killed if we fail).
+    let piped_file = work.path().join("piped.opus");
+    let mut listen_pipe = Killed(
+        Command::new(BIN)
+            .args([
+                "listen",
+                &format!("quic://{}/piped", t.r2_addr),
+                "--fingerprint",
+                &t.c.fp,
+                "--output",
+                "-",
+            ])
+            .stdout(std::fs::File::create(&piped_file).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     t.origin.wait_lines(&[
         "path=talk role=Relay}: quicast::server: stream has not started",
         "path=piped role=Relay}: quicast::server: stream has not started",
@@ -322,10 +336,7 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
         "listen failed:\n{}",
         listen_file.log.join("\n")
     );
-    let piped = listen_pipe.wait_with_output().unwrap();
-    assert!(piped.status.success());
-    let piped_file = work.path().join("piped.opus");
-    std::fs::write(&piped_file, &piped.stdout).unwrap();
+    assert!(listen_pipe.0.wait().unwrap().success());
 
     for f in [&out, &piped_file] {
         assert_decodes_cleanly(f);
@@ -489,14 +500,17 @@ fn a_bad_config_file_is_refused_at_start_naming_the_key() {
 
 #[test]
 fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--base-port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    // Killed on drop, so a failing assertion does not leave the demo running.
+    let mut demo = Killed(
+        Command::new(BIN)
+            .args(["demo", "--base-port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
     let mut commands = Vec::new();
     let mut http_urls = Vec::new();
     while commands.len() < 2 || http_urls.len() < 2 {
@@ -552,11 +566,11 @@ fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
         "at least a second of audio over HTTP"
     );
     Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &demo.0.id().to_string()])
         .status()
         .unwrap();
     assert!(
-        demo.wait().unwrap().success(),
+        demo.0.wait().unwrap().success(),
         "Ctrl-C stops the demo cleanly"
     );
 }
