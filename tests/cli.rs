@@ -183,34 +183,25 @@ fn tree() -> Tree {
         "500",
     ]);
     let origin_addr = origin.addr();
-    let up = format!("quic://{origin_addr}");
-    let mut r1 = Proc::spawn(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-        "--fingerprint",
-        &c.fp,
-        "--cert",
-        cert,
-        "--key",
-        key,
-    ]);
-    let up = format!("quic://{}", r1.addr());
-    let mut r2 = Proc::spawn(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-        "--fingerprint",
-        &c.fp,
-        "--cert",
-        cert,
-        "--key",
-        key,
-    ]);
+    // A relay whose parent is at `parent`, trusting it by the shared certificate's fingerprint.
+    let relay = |parent: &str| {
+        let up = format!("quic://{parent}");
+        Proc::spawn(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--fingerprint",
+            &c.fp,
+            "--cert",
+            cert,
+            "--key",
+            key,
+        ])
+    };
+    let mut r1 = relay(&origin_addr);
+    let mut r2 = relay(&r1.addr());
     let r2_addr = r2.addr();
     Tree {
         origin,
