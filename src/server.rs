@@ -554,11 +554,14 @@ async fn serve_subscription(
         conn: &conn,
         id,
         out: None,
+        header: None,
+        ended: None,
         chunks: Vec::new(),
     };
     match fan_out(&node, &mut sub.cursor, &mut sink).await {
         Ok(last) => {
             debug!(?last, "broadcast ended");
+            sink.finish_ended();
             let _ = ctl
                 .send(Message::StreamEnd {
                     id,
@@ -575,29 +578,45 @@ struct QuicSink<'a> {
     conn: &'a Connection,
     id: u64,
     out: Option<SendStream>,
+    /// The segment header, sent with the segment's first frames rather than in a packet of
+    /// its own (a segment begins before its first batch of frames is due).
+    header: Option<Bytes>,
+    /// The segment that ended, its FIN not yet sent: it goes with the next segment's first
+    /// frames instead of in a packet of its own. Dropping the sink sends it too.
+    ended: Option<SendStream>,
     chunks: Vec<Bytes>,
+}
+
+impl QuicSink<'_> {
+    fn finish_ended(&mut self) {
+        if let Some(mut s) = self.ended.take() {
+            let _ = s.finish();
+        }
+    }
 }
 
 impl Sink for QuicSink<'_> {
     async fn begin(&mut self, seq: u64) -> Result<()> {
-        let mut s = self.conn.open_uni().await.map_err(conn_error)?;
+        let s = self.conn.open_uni().await.map_err(conn_error)?;
         let mut hdr = bytes::BytesMut::new();
         proto::SegmentHeader {
             sub_id: self.id,
             seq,
         }
         .encode(&mut hdr);
-        s.write_all(&hdr).await?;
+        self.header = Some(hdr.freeze());
         self.out = Some(s);
         Ok(())
     }
 
     async fn frames(&mut self, frames: &[Stored]) -> Result<Delivery> {
+        self.finish_ended();
         let Some(s) = self.out.as_mut() else {
             return Ok(Delivery::Done);
         };
         // The same Bytes every subscriber gets: no copy.
         self.chunks.clear();
+        self.chunks.extend(self.header.take());
         self.chunks.extend(frames.iter().map(|f| f.record.clone()));
         match s.write_all_chunks(&mut self.chunks).await {
             Ok(()) => Ok(Delivery::Done),
@@ -611,11 +630,26 @@ impl Sink for QuicSink<'_> {
 
     fn end(&mut self, _seq: u64) {
         if let Some(mut s) = self.out.take() {
-            let _ = s.finish();
+            // A segment without frames still shows the subscriber its header. A fresh
+            // stream has credit for a few bytes; if not, the segment is reset instead.
+            let unsent = self.header.take();
+            let sent = unsent.is_none_or(|h| {
+                matches!(
+                    futures_util::FutureExt::now_or_never(s.write_all(&h)),
+                    Some(Ok(()))
+                )
+            });
+            if sent {
+                self.finish_ended();
+                self.ended = Some(s);
+            } else {
+                let _ = s.reset(ErrorCode::Skipped.varint());
+            }
         }
     }
 
     fn skip(&mut self) {
+        self.header = None;
         if let Some(mut s) = self.out.take() {
             let _ = s.reset(ErrorCode::Skipped.varint());
         }

@@ -264,7 +264,9 @@ impl Broadcast {
             }
         }
         self.cache.cache.insert((self.instance, seq), seg.clone());
-        self.notify();
+        // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and
+        // an extra packet to every subscriber).
+        self.flush();
         Ok(seg)
     }
 
@@ -351,7 +353,7 @@ impl Broadcast {
             }
             self.seal_locked(seg);
         }
-        self.notify();
+        self.flush();
     }
 
     /// No more segments: seals the open one and wakes every subscriber.
