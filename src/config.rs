@@ -93,6 +93,11 @@ pub struct NodeArgs {
     /// Most connections served at once [default: 100000].
     #[arg(long)]
     pub max_connections: Option<u64>,
+    /// Longest a listener is asked to delay its ACKs, in ms (QUIC ACK-frequency extension):
+    /// one ACK per 10 packets or this long, instead of one per packet. 0 asks nothing
+    /// [default: 1000].
+    #[arg(long)]
+    pub ack_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +176,7 @@ impl NodeArgs {
             linger_secs: pick(flags.linger_secs, self.linger_secs),
             publisher_grace_secs: pick(flags.publisher_grace_secs, self.publisher_grace_secs),
             max_connections: pick(flags.max_connections, self.max_connections),
+            ack_delay_ms: pick(flags.ack_delay_ms, self.ack_delay_ms),
         }
     }
 
@@ -338,6 +344,13 @@ impl NodeArgs {
                 10_000_000,
                 d.max_connections,
             )?,
+            ack_delay: Duration::from_millis(range(
+                "ack-delay-ms",
+                self.ack_delay_ms,
+                0,
+                10_000,
+                d.ack_delay.as_millis() as u64,
+            )?),
             ..d
         })
     }

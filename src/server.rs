@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub max_subscriptions_per_conn: usize,
     pub max_connections: u64,
     pub connect_timeout: Duration,
+    /// How long subscribers are asked to delay their ACKs (zero: not asked).
+    pub ack_delay: Duration,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +67,7 @@ impl Default for NodeConfig {
             max_subscriptions_per_conn: 16,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(3),
+            ack_delay: Duration::from_secs(1),
         }
     }
 }
@@ -215,7 +218,10 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start(node: Arc<Node>, listen: SocketAddr, identity: &Identity) -> Result<Server> {
-        let endpoint = crate::tls::server_endpoint(crate::tls::server_config(identity)?, listen)?;
+        let endpoint = crate::tls::server_endpoint(
+            crate::tls::server_config(identity, node.cfg.ack_delay)?,
+            listen,
+        )?;
         let addr = endpoint.local_addr()?;
         let role = if node.is_relay() { "relay" } else { "origin" };
         info!(%addr, role, node = %node.cfg.name, fingerprint = %identity.fingerprint, "listening (QUIC)");

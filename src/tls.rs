@@ -264,7 +264,7 @@ pub fn client_endpoint(addr: std::net::SocketAddr) -> std::io::Result<quinn::End
 
 /// QUIC transport settings for many low-rate connections: few streams granted, small
 /// windows (they bound what a peer can make us buffer), keep-alives so NATs stay open.
-pub fn transport(uni_streams: u32) -> Arc<quinn::TransportConfig> {
+pub fn transport(uni_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1u32.into());
     t.max_concurrent_uni_streams(uni_streams.into());
@@ -280,10 +280,14 @@ pub fn transport(uni_streams: u32) -> Arc<quinn::TransportConfig> {
     // Audio packets are far below QUIC's 1200-byte minimum MTU: probing for a larger one only
     // costs packets (most at join, when they are dearest).
     t.mtu_discovery_config(None);
-    Arc::new(t)
+    t
 }
 
-pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
+/// A server's QUIC config. `ack_delay` non-zero: peers are asked (ACK-frequency extension)
+/// to ACK every 10th ack-eliciting packet, or after `ack_delay`, and at once on any gap.
+/// Listeners get a packet per delivery interval and send only ACKs, so this halves the
+/// datagrams a node handles (needs the patch in vendor/README.md to ask for more than 25 ms).
+pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
@@ -295,7 +299,15 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
     let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     // Clients open one control stream and (publishers) one frame stream.
-    cfg.transport_config(transport(1));
+    let mut t = transport(1);
+    if !ack_delay.is_zero() {
+        let mut af = quinn::AckFrequencyConfig::default();
+        af.ack_eliciting_threshold(9u32.into())
+            .max_ack_delay(Some(ack_delay))
+            .reordering_threshold(1u32.into());
+        t.ack_frequency_config(Some(af));
+    }
+    cfg.transport_config(Arc::new(t));
     Ok(cfg)
 }
 
@@ -331,7 +343,7 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
     let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     // The server sends each segment on its own stream; a few may be in flight at once.
-    cfg.transport_config(transport(16));
+    cfg.transport_config(Arc::new(transport(16)));
     Ok(cfg)
 }
 

@@ -422,3 +422,45 @@ async fn churning_subscriptions_leave_the_control_stream_intact() {
     );
     publisher.await.unwrap().unwrap();
 }
+
+/// Listens to 64 kbit/s-like audio (50 frames of 160 bytes, one every 20 ms: ten delivery
+/// intervals of one packet each) on an origin with the given ACK delay; returns the
+/// listener's connection stats.
+async fn listen_and_count(ack_delay: Duration) -> quinn::ConnectionStats {
+    let o = origin_with(quicast::server::NodeConfig {
+        ack_delay,
+        ..test_config()
+    })
+    .await;
+    let s = session(&o, Role::Listener, "").await.unwrap();
+    let heard = tokio::spawn(hear(s.clone(), "a", None));
+    subscribers(&o, "a", 1).await;
+    publish(&o, "a", 50, Duration::from_millis(20), 160)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_frames(&heard.await.unwrap().unwrap().frames, 0, 50, 160);
+    s.conn.stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_asked_to_ack_every_tenth_packet_not_every_one() {
+    let thinned = listen_and_count(Duration::from_secs(1)).await;
+    assert_eq!(thinned.frame_rx.ack_frequency, 1, "asked once");
+    // Each side's handshake needs a few ACKs of its own; the audio packets share a few more.
+    assert!(
+        thinned.frame_tx.acks * 2 < thinned.udp_rx.datagrams,
+        "{} ACKs for {} packets received",
+        thinned.frame_tx.acks,
+        thinned.udp_rx.datagrams
+    );
+    // The control: not asked, the listener ACKs about every packet.
+    let every = listen_and_count(Duration::ZERO).await;
+    assert_eq!(every.frame_rx.ack_frequency, 0);
+    assert!(
+        every.frame_tx.acks * 2 >= every.udp_rx.datagrams,
+        "{} ACKs for {} packets received",
+        every.frame_tx.acks,
+        every.udp_rx.datagrams
+    );
+}
