@@ -47,11 +47,14 @@ pub async fn listen(
     let deadline = deadline.unwrap_or(far);
     let mut batch = Vec::new();
     let mut frames_buf: Vec<Frame> = Vec::new();
+    // One timer for the whole listen, not one made and dropped for every packet read.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     let outcome: Result<()> = async {
         loop {
             let ev = tokio::select! {
                 ev = sub.next() => ev,
-                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                _ = &mut timer => return Ok(()),
             };
             match ev {
                 None => return Err(session.closed().await),
@@ -75,7 +78,7 @@ pub async fn listen(
                         batch.clear();
                         let r = tokio::select! {
                             r = frames.frames(&mut batch) => r,
-                            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                            _ = &mut timer => return Ok(()),
                         };
                         match r {
                             Ok(()) if batch.is_empty() => break,
