@@ -96,6 +96,23 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// UDP datagrams sent and received by the host so far, halved: on loopback each one is
+/// counted once out and once in.
+fn udp_datagrams() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    let get = |key: &str| -> u64 {
+        let i = names.split_whitespace().position(|k| k == key);
+        i.and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("InDatagrams") + get("OutDatagrams")) / 2
+}
+
 fn ticks_per_sec() -> f64 {
     let o = Command::new("getconf").arg("CLK_TCK").output().unwrap();
     String::from_utf8_lossy(&o.stdout)
@@ -143,6 +160,9 @@ fn source(dir: &Path) -> PathBuf {
 struct Row {
     n: usize,
     cpu_pct: f64,
+    /// UDP datagrams on the host per listener per second (all of them are the relay's,
+    /// near enough: its listeners' packets and their ACKs).
+    datagrams: f64,
     rss_per_listener_kib: f64,
     rss_mib: f64,
     report: serde_json::Value,
@@ -228,9 +248,9 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let steady_from = Duration::from_secs_f64(ramp + 2.0);
     let steady_len = Duration::from_secs(secs.saturating_sub(3).max(2));
     std::thread::sleep(steady_from.saturating_sub(t0.elapsed()));
-    let (c0, w0) = (cpu_ticks(rpid), Instant::now());
+    let (c0, u0, w0) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());
     std::thread::sleep(steady_len);
-    let (c1, w1) = (cpu_ticks(rpid), Instant::now());
+    let (c1, u1, w1) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());
     let rss1 = rss_kib(rpid);
     let out = loadgen.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -240,6 +260,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     Row {
         n,
         cpu_pct,
+        datagrams: u1.saturating_sub(u0) as f64 / (w1 - w0).as_secs_f64() / n as f64,
         rss_per_listener_kib: rss1.saturating_sub(rss0) as f64 / n as f64,
         rss_mib: rss1 as f64 / 1024.0,
         report,
@@ -329,22 +350,23 @@ fn main() {
         eprintln!("fanout: {n} listeners for {secs} s ...");
         let r = run_one(n, secs, &out);
         eprintln!(
-            "  cpu {:.1}%  rss/listener {:.1} KiB  {}",
-            r.cpu_pct, r.rss_per_listener_kib, r.report
+            "  cpu {:.1}%  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  {}",
+            r.cpu_pct, r.rss_per_listener_kib, r.datagrams, r.report
         );
         rows.push(r);
     }
     let mut md = String::from(
-        "| listeners | connected | failed | relay CPU (% of 1 core) | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| listeners | connected | failed | relay CPU (% of 1 core) | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let v = &r.report;
         md += &format!(
-            "| {} | {} | {} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} |\n",
             r.n,
             v["connected"],
             v["failed"],
             r.cpu_pct,
+            r.datagrams,
             r.rss_mib,
             r.rss_per_listener_kib,
             v["latency_ms"]["p50"],
