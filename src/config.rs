@@ -98,6 +98,10 @@ pub struct NodeArgs {
     /// [default: 1000].
     #[arg(long)]
     pub ack_delay_ms: Option<u64>,
+    /// Refuse new connections while the node's tasks run this many ms late (CPU overload),
+    /// to keep serving the listeners it has. 0 never refuses [default: 1000].
+    #[arg(long)]
+    pub overload_lag_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,7 @@ impl NodeArgs {
             publisher_grace_secs: pick(flags.publisher_grace_secs, self.publisher_grace_secs),
             max_connections: pick(flags.max_connections, self.max_connections),
             ack_delay_ms: pick(flags.ack_delay_ms, self.ack_delay_ms),
+            overload_lag_ms: pick(flags.overload_lag_ms, self.overload_lag_ms),
         }
     }
 
@@ -350,6 +355,13 @@ impl NodeArgs {
                 0,
                 10_000,
                 d.ack_delay.as_millis() as u64,
+            )?),
+            overload_lag: Duration::from_millis(range(
+                "overload-lag-ms",
+                self.overload_lag_ms,
+                0,
+                60_000,
+                d.overload_lag.as_millis() as u64,
             )?),
             ..d
         })

@@ -72,11 +72,8 @@ impl HttpServer {
                 };
                 let node = node.clone();
                 let span = info_span!("http", node = %node.cfg.name, %remote);
-                // HTTP and QUIC connections share the node's limit.
-                let open = node.stats.http_connections.load(Ordering::Relaxed)
-                    + node.stats.connections.load(Ordering::Relaxed);
-                if open >= node.cfg.max_connections {
-                    node.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+                // HTTP and QUIC connections share the node's limit and its overload state.
+                if !node.admit() {
                     tokio::spawn(async move {
                         let mut tcp = tcp;
                         let _ = tcp.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// How long subscribers are asked to delay their ACKs (zero: not asked).
     pub ack_delay: Duration,
+    /// New connections are refused while the node's tasks run this late (zero: never).
+    pub overload_lag: Duration,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +70,7 @@ impl Default for NodeConfig {
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(3),
             ack_delay: Duration::from_secs(1),
+            overload_lag: Duration::from_secs(1),
         }
     }
 }
@@ -84,6 +87,10 @@ pub struct Stats {
     pub refused_total: AtomicU64,
     pub publishers: AtomicU64,
     pub http_connections: AtomicU64,
+    /// Connections refused because the node was overloaded (also in `refused_total`).
+    pub shed_total: AtomicU64,
+    /// How late the node's tasks last ran, in ms (see `watch_load`).
+    pub lag_ms: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -99,6 +106,7 @@ pub struct Node {
     pub registry: Arc<Registry>,
     pub stats: Stats,
     upstream: Option<Arc<Upstream>>,
+    overloaded: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -121,7 +129,37 @@ impl Node {
             registry,
             stats: Stats::default(),
             upstream,
+            overloaded: Default::default(),
         }))
+    }
+
+    /// Whether new connections are being refused to protect the listeners already served.
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    /// Sets the overload state (normally `watch_load` does).
+    pub fn set_overloaded(&self, on: bool) {
+        self.overloaded.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit and
+    /// not overloaded. Counts a refusal.
+    pub fn admit(&self) -> bool {
+        let open = self.stats.connections.load(Ordering::Relaxed)
+            + self.stats.http_connections.load(Ordering::Relaxed);
+        let ok = if open >= self.cfg.max_connections {
+            false
+        } else if self.overloaded() {
+            inc(&self.stats.shed_total);
+            false
+        } else {
+            true
+        };
+        if !ok {
+            inc(&self.stats.refused_total);
+        }
+        ok
     }
 
     pub fn is_relay(&self) -> bool {
@@ -232,8 +270,8 @@ impl Server {
         let n = node.clone();
         let accept = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                if n.stats.connections.load(Ordering::Relaxed) >= n.cfg.max_connections {
-                    inc(&n.stats.refused_total);
+                // Refusing costs one small packet and no cryptography.
+                if !n.admit() {
                     incoming.refuse();
                     continue;
                 }
@@ -255,6 +293,9 @@ impl Server {
             }
         });
         let mut tasks = vec![accept];
+        if !node.cfg.overload_lag.is_zero() {
+            tasks.push(tokio::spawn(watch_load(node.clone())));
+        }
         if !node.is_relay() {
             tasks.push(tokio::spawn(sweep(node.clone())));
         }
@@ -279,6 +320,56 @@ impl Server {
     /// Waits for connections to be closed cleanly (after `close`).
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// How often `watch_load` measures.
+const LOAD_PROBE: Duration = Duration::from_millis(100);
+
+/// The next overload state, given how late a task woke: on at `limit`, off only below half
+/// of it, so the state does not flap at the edge.
+pub fn next_overload(overloaded: bool, lag: Duration, limit: Duration) -> bool {
+    if overloaded {
+        lag >= limit / 2
+    } else {
+        lag >= limit
+    }
+}
+
+/// Load shedding. A node past its CPU serves every listener late, and each handshake it
+/// takes on makes that worse (the 10,000-listener benchmark on one core: 973 hello timeouts
+/// and gaps for listeners already in). So a task measures how late it wakes from a short
+/// timer, the time every task waits for the CPU, and while that exceeds `overload-lag-ms`,
+/// new connections are refused at once (QUIC CONNECTION_REFUSED, HTTP 503), cheaply, so
+/// clients can go to another relay, and the listeners already here keep their audio.
+async fn watch_load(node: Arc<Node>) {
+    let limit = node.cfg.overload_lag;
+    loop {
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(LOAD_PROBE).await;
+        let lag = t0.elapsed().saturating_sub(LOAD_PROBE);
+        node.stats
+            .lag_ms
+            .store(lag.as_millis() as u64, Ordering::Relaxed);
+        let was = node.overloaded();
+        let now = next_overload(was, lag, limit);
+        if now != was {
+            node.set_overloaded(now);
+            let shed = node.stats.shed_total.load(Ordering::Relaxed);
+            if now {
+                warn!(
+                    lag_ms = lag.as_millis() as u64,
+                    limit_ms = limit.as_millis() as u64,
+                    "overloaded: refusing new connections"
+                );
+            } else {
+                info!(
+                    lag_ms = lag.as_millis() as u64,
+                    shed_total = shed,
+                    "load back to normal: taking new connections"
+                );
+            }
+        }
     }
 }
 
@@ -713,5 +804,24 @@ async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String
             }
             publishing.lost();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_overload;
+    use std::time::Duration;
+
+    #[test]
+    fn overload_turns_on_at_the_limit_and_off_below_half_of_it() {
+        let ms = Duration::from_millis;
+        let limit = ms(1000);
+        assert!(!next_overload(false, ms(999), limit));
+        assert!(next_overload(false, ms(1000), limit));
+        // Once on, it stays on until the lag is below half the limit.
+        assert!(next_overload(true, ms(600), limit));
+        assert!(next_overload(true, ms(500), limit));
+        assert!(!next_overload(true, ms(499), limit));
+        assert!(!next_overload(false, ms(700), limit));
     }
 }

@@ -404,3 +404,16 @@ async fn http_connections_count_against_the_node_limit() {
     assert_eq!(code, "503");
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_answers_new_http_listeners_503() {
+    let o = origin_with(origin_config()).await;
+    let h = http(&o).await;
+    o.node.set_overloaded(true);
+    let (code, _) = curl(&[&format!("http://{}/streams", h.addr)]).await;
+    assert_eq!(code, "503");
+    assert_eq!(o.node.stats.shed_total.load(Ordering::Relaxed), 1);
+    o.node.set_overloaded(false);
+    let (code, _) = curl(&[&format!("http://{}/streams", h.addr)]).await;
+    assert_eq!(code, "200");
+}

@@ -464,3 +464,31 @@ async fn listeners_are_asked_to_ack_every_tenth_packet_not_every_one() {
         every.udp_rx.datagrams
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_refuses_newcomers_and_keeps_its_listeners() {
+    let o = origin().await;
+    let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+    let inside = tokio::spawn(hear(
+        session(&o, Role::Listener, "").await.unwrap(),
+        "a",
+        Some(tx),
+    ));
+    subscribers(&o, "a", 1).await;
+    let publisher = publish(&o, "a", 200, MS5, 100);
+    rx.wait_for(|n| *n >= 50).await.unwrap();
+    // What watch_load does when the node's tasks run late.
+    o.node.set_overloaded(true);
+    let refused = session(&o, Role::Listener, "").await;
+    let Err(e) = refused else {
+        panic!("an overloaded node took a new connection")
+    };
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert_eq!(o.node.stats.shed_total.load(Ordering::Relaxed), 1);
+    // The listener already in hears everything.
+    publisher.await.unwrap().unwrap();
+    assert_frames(&inside.await.unwrap().unwrap().frames, 0, 200, 100);
+    // Load back to normal: newcomers are welcome again.
+    o.node.set_overloaded(false);
+    session(&o, Role::Listener, "").await.unwrap();
+}
