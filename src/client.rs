@@ -122,6 +122,12 @@ impl Client {
         })
     }
 
+    /// This client makes a full TLS handshake on every connection: no session resumption.
+    pub fn without_resumption(mut self, trust: &crate::tls::Trust) -> Result<Client> {
+        self.config = crate::tls::client_config_with(trust, false)?;
+        Ok(self)
+    }
+
     /// A client bound to an ephemeral port of the same address family as `target`.
     pub fn for_target(target: &SocketAddr, trust: &crate::tls::Trust) -> Result<Client> {
         let bind: SocketAddr = if target.is_ipv6() {

@@ -113,7 +113,12 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
     let addr = opts.url.resolve().await?;
     let path = opts.url.stream()?.to_string();
     let endpoints: Vec<Client> = (0..opts.endpoints.max(1))
-        .map(|_| Client::for_target(&addr, &opts.trust))
+        .map(|_| {
+            // Every simulated listener is a first-time visitor: a full handshake, as the
+            // relay would pay for a real crowd (one process's shared ticket store would
+            // otherwise resume nearly every connection).
+            Client::for_target(&addr, &opts.trust).and_then(|c| c.without_resumption(&opts.trust))
+        })
         .collect::<Result<_>>()?;
     let latency = Arc::new(Histogram::new());
     let join = Arc::new(Histogram::new());

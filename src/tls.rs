@@ -371,6 +371,12 @@ pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::Server
 }
 
 pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
+    client_config_with(trust, true)
+}
+
+/// A client's QUIC config; `resume`: whether to keep TLS session tickets and resume with
+/// them (cheaper handshakes on reconnects).
+pub fn client_config_with(trust: &Trust, resume: bool) -> Result<quinn::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -399,6 +405,9 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
         }
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    if !resume {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
     let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     // The server sends each segment on its own stream; a few may be in flight at once.
