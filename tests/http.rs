@@ -236,7 +236,10 @@ async fn page_streams_json_head_and_cors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
     let mut cfg = origin_config();
-    cfg.store.max_lag = 2;
+    // Lag tolerance: the stuck listener falls behind without end; the good one, in this same
+    // busy test process (with Chromium and ffmpeg beside it), now and then: at 4 MB/s with 2
+    // segments of slack it was skipped in 1 run in 8; so 1.6 MB/s and 5 segments.
+    cfg.store.max_lag = 5;
     let o = origin_with(cfg).await;
     let h = http(&o).await;
     // A client that asks and then never reads.
@@ -258,7 +261,7 @@ async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
         .wait_until(|r| r.subscribers("big") >= 2)
         .await;
     // 600 frames of 8 KB (4.8 MB): far beyond what socket buffers and the queue hold.
-    publish(&o, "big", 600, Duration::from_millis(2), 8000)
+    publish(&o, "big", 600, Duration::from_millis(5), 8000)
         .await
         .unwrap()
         .unwrap();
