@@ -41,7 +41,7 @@ async fn node(name: &str, port: u16, upstream: Option<&Server>) -> Result<Server
     };
     if let Some(parent) = upstream {
         cfg.upstream = vec![QuicUrl::parse(&format!("quic://{}", parent.addr))?];
-        cfg.upstream_trust = Some(Trust::pinned(&[parent.fingerprint.clone()])?);
+        cfg.upstream_trust = Some(Trust::pinned(std::slice::from_ref(&parent.fingerprint))?);
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let span = info_span!("node", name);
@@ -66,7 +66,7 @@ pub async fn start(base_port: u16) -> Result<Demo> {
     }
 
     let url = QuicUrl::parse(&format!("quic://{}/{STREAM}", origin.addr))?;
-    let trust = Trust::pinned(&[origin.fingerprint.clone()])?;
+    let trust = Trust::pinned(std::slice::from_ref(&origin.fingerprint))?;
     let publisher = tokio::spawn(
         async move {
             let opts = PublishOptions {

@@ -102,7 +102,7 @@ pub fn url(s: &Server, path: &str) -> QuicUrl {
 }
 
 pub fn trust(s: &Server) -> Trust {
-    Trust::pinned(&[s.fingerprint.clone()]).unwrap()
+    Trust::pinned(std::slice::from_ref(&s.fingerprint)).unwrap()
 }
 
 pub fn client(s: &Server) -> Client {
