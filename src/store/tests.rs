@@ -294,20 +294,25 @@ async fn registry_counts_subscribers_and_removes_only_idle_slots() {
     assert!(r.get("a").is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn coalesced_wake_ups_come_once_per_interval_and_are_never_lost() {
+/// A broadcast that wakes its subscribers at most once per 100 ms.
+fn coalescing() -> Arc<Broadcast> {
     let c = StoreConfig {
         coalesce: Duration::from_millis(100),
         ..cfg(8, 3)
     };
     let cache = SegmentCache::new(&c);
-    let b = Broadcast::new(
+    Broadcast::new(
         "t",
         1,
         crate::media::OpusHead::synthetic(2).codec(),
         &cache,
         &c,
-    );
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesced_wake_ups_come_once_per_interval_and_are_never_lost() {
+    let b = coalescing();
     let s = b.begin(0).unwrap();
     b.append(&s, frame(0)).unwrap();
     let mut cur = b.cursor(Start::Live);
@@ -335,6 +340,34 @@ async fn coalesced_wake_ups_come_once_per_interval_and_are_never_lost() {
         ),
         other => panic!("expected frames, got {other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_segment_boundary_waits_for_the_interval_like_frames() {
+    let b = coalescing();
+    let s0 = b.begin(0).unwrap();
+    b.append(&s0, frame(0)).unwrap();
+    let mut cur = b.cursor(Start::Live);
+    assert_eq!(drain(&mut cur), ["B0", "F0"]);
+    let t0 = tokio::time::Instant::now();
+    let waiter = tokio::spawn(async move {
+        let step = cur.next().await;
+        (tokio::time::Instant::now(), step, cur)
+    });
+    tokio::task::yield_now().await;
+    // Segment 0 ends and 1 begins within the interval: no wake-up of its own (it would cost
+    // every subscriber a packet) ...
+    tokio::time::advance(Duration::from_millis(20)).await;
+    b.seal(&s0);
+    let s1 = b.begin(1).unwrap();
+    b.append(&s1, frame(1)).unwrap();
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "woken by the segment boundary");
+    // ... the subscriber gets the end, the beginning and the frame together, at the interval.
+    let (at, step, mut cur) = waiter.await.unwrap();
+    assert_eq!(at - t0, Duration::from_millis(100));
+    assert!(matches!(step, Step::End(0)), "{step:?}");
+    assert_eq!(drain(&mut cur), ["B1", "F1"]);
 }
 
 #[test]
