@@ -355,7 +355,6 @@ async fn watch_load(node: Arc<Node>) {
         let now = next_overload(was, lag, limit);
         if now != was {
             node.set_overloaded(now);
-            let shed = node.stats.shed_total.load(Ordering::Relaxed);
             if now {
                 warn!(
                     lag_ms = lag.as_millis() as u64,
@@ -365,7 +364,7 @@ async fn watch_load(node: Arc<Node>) {
             } else {
                 info!(
                     lag_ms = lag.as_millis() as u64,
-                    shed_total = shed,
+                    shed_total = node.stats.shed_total.load(Ordering::Relaxed),
                     "load back to normal: taking new connections"
                 );
             }
