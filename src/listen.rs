@@ -21,6 +21,31 @@ pub enum ListenEvent<'a> {
     Frames(&'a [Frame]),
     /// The node moved us past the rest of segment `seq` (we were too slow).
     Skipped(u64),
+    /// The node moved us past `count` whole segments from `first` on, before they began:
+    /// they never reached us (we were too slow).
+    Missed {
+        first: u64,
+        count: u64,
+    },
+}
+
+/// Segments that never arrived: the node skips a slow listener past segments it had not
+/// begun yet without any stream (so no reset) to show for it, only a jump in sequence.
+#[derive(Debug, Default)]
+struct SegmentOrder {
+    last: Option<u64>,
+}
+
+impl SegmentOrder {
+    /// Segments passed over before `seq`, which arrives next. Segments come in order, so
+    /// a step back (only a broken node sends one) passes over nothing.
+    fn missed(&mut self, seq: u64) -> u64 {
+        let missed = self
+            .last
+            .map_or(0, |last| seq.saturating_sub(last).saturating_sub(1));
+        self.last = Some(self.last.map_or(seq, |l| l.max(seq)));
+        missed
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -28,6 +53,8 @@ pub struct ListenReport {
     pub frames: u64,
     pub segments: u64,
     pub skipped: u64,
+    /// Whole segments the node moved us past before they began.
+    pub missed: u64,
     /// The broadcast ended (rather than the deadline passing).
     pub ended: bool,
 }
@@ -43,6 +70,7 @@ pub async fn listen(
     let mut sub = session.subscribe(path, start).await?;
     let mut report = ListenReport::default();
     let mut subscribed = false;
+    let mut order = SegmentOrder::default();
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let deadline = deadline.unwrap_or(far);
     let mut batch = Vec::new();
@@ -73,6 +101,14 @@ pub async fn listen(
                         ));
                     }
                     report.segments += 1;
+                    let missed = order.missed(seq);
+                    if missed > 0 {
+                        report.missed += missed;
+                        on(ListenEvent::Missed {
+                            first: seq - missed,
+                            count: missed,
+                        })?;
+                    }
                     on(ListenEvent::Segment(seq))?;
                     loop {
                         batch.clear();
@@ -113,4 +149,24 @@ pub async fn listen(
     }
     .await;
     outcome.map(|()| report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SegmentOrder;
+
+    #[test]
+    fn a_jump_in_segment_sequence_counts_the_segments_passed_over() {
+        let mut o = SegmentOrder::default();
+        assert_eq!(o.missed(7), 0, "the first segment follows nothing");
+        assert_eq!(o.missed(8), 0);
+        assert_eq!(o.missed(11), 2, "9 and 10 never came");
+        assert_eq!(o.missed(12), 0);
+        // A broken node stepping back or repeating: nothing passed over, and the next
+        // segment is still measured from the furthest seen.
+        assert_eq!(o.missed(5), 0);
+        assert_eq!(o.missed(12), 0);
+        assert_eq!(o.missed(14), 1);
+        assert_eq!(o.missed(u64::MAX), u64::MAX - 15);
+    }
 }

@@ -100,7 +100,8 @@ pub struct LoadReport {
     pub frames: u64,
     /// Frames missing between the first and last each listener heard (from timestamps).
     pub gaps: u64,
-    /// Segments the node skipped listeners past.
+    /// Segments the node skipped listeners past: the rest of one (its stream reset), or
+    /// whole ones never begun (a jump in segment sequence).
     pub skips: u64,
     /// Origin wall clock to listener, for frames the origin received after the listener joined.
     pub latency_ms: Quantiles,
@@ -174,6 +175,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                         }
                         ListenEvent::Skipped(_) => {
                             totals.skips.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ListenEvent::Missed { count, .. } => {
+                            totals.skips.fetch_add(count, Ordering::Relaxed);
                         }
                         _ => {}
                     }

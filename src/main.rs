@@ -205,6 +205,14 @@ async fn run_listen(
                 tracing::warn!(seq, "fell behind: the node skipped us forward");
                 return Ok(());
             }
+            ListenEvent::Missed { first, count } => {
+                tracing::warn!(
+                    first,
+                    count,
+                    "fell behind: the node skipped us past whole segments"
+                );
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         out.write_all(&bytes)?;
@@ -218,6 +226,7 @@ async fn run_listen(
         frames = report.frames,
         segments = report.segments,
         skipped = report.skipped,
+        missed = report.missed,
         ended = report.ended,
         "done"
     );

@@ -193,7 +193,7 @@ pub async fn hear(
                     p.send_replace(h.frames.len());
                 }
             }
-            ListenEvent::Skipped(_) => {}
+            ListenEvent::Skipped(_) | ListenEvent::Missed { .. } => {}
         }
         Ok(())
     })
