@@ -88,6 +88,7 @@ pub async fn fan_out<S: Sink>(
                 );
             }
             Step::Finished => return Ok(last),
+            Step::Frames(frames) => cursor.recycle(frames),
             _ => {}
         }
     }

@@ -497,6 +497,15 @@ impl Cursor {
         }
     }
 
+    /// Hands back the vector a `Step::Frames` came in, so the next one reuses it rather
+    /// than allocating: a step per delivery interval per subscriber adds up.
+    pub fn recycle(&mut self, mut frames: Vec<Stored>) {
+        if self.scratch.capacity() < frames.capacity() {
+            frames.clear();
+            self.scratch = frames;
+        }
+    }
+
     /// Abandons the current segment for the newest one.
     pub fn skip_to_live(&mut self) -> Step {
         let from = self.current().unwrap_or(0);
