@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, info};
 
+use bytes::Bytes;
+
 use crate::error::Result;
 use crate::server::Node;
 use crate::store::{Cursor, Step, Stored};
@@ -21,8 +23,13 @@ pub enum Delivery {
 pub trait Sink: Send {
     /// A segment starts. May wait (flow control); given up if the subscriber lags.
     fn begin(&mut self, seq: u64) -> impl Future<Output = Result<()>> + Send;
-    /// Frames of the current segment, in order. May wait; given up if the subscriber lags.
-    fn frames(&mut self, frames: &[Stored]) -> impl Future<Output = Result<Delivery>> + Send;
+    /// Frames of the current segment, in order, and their wire records in as few `Bytes`
+    /// as the store holds them. May wait; given up if the subscriber lags.
+    fn frames(
+        &mut self,
+        frames: &[Stored],
+        wire: &[Bytes],
+    ) -> impl Future<Output = Result<Delivery>> + Send;
     /// The current segment is complete.
     fn end(&mut self, seq: u64);
     /// The current segment is abandoned: the subscriber moves to a newer one.
@@ -59,17 +66,19 @@ pub async fn fan_out<S: Sink>(
                     step = cursor.skip_to_live();
                 }
             }
-            Step::Frames(frames) => match unless_lagging(cursor, sink.frames(frames))
-                .await
-                .transpose()?
-            {
-                Some(Delivery::Done) => {}
-                Some(Delivery::Stopped) => {
-                    debug!("segment stopped by subscriber");
-                    cursor.abandon_segment();
+            Step::Frames(frames) => {
+                match unless_lagging(cursor, sink.frames(frames, cursor.wire()))
+                    .await
+                    .transpose()?
+                {
+                    Some(Delivery::Done) => {}
+                    Some(Delivery::Stopped) => {
+                        debug!("segment stopped by subscriber");
+                        cursor.abandon_segment();
+                    }
+                    None => step = cursor.skip_to_live(),
                 }
-                None => step = cursor.skip_to_live(),
-            },
+            }
             Step::End(seq) => {
                 sink.end(*seq);
                 last = Some(*seq);

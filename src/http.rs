@@ -304,7 +304,7 @@ impl Sink for HttpSink {
         Ok(())
     }
 
-    async fn frames(&mut self, frames: &[Stored]) -> Result<Delivery> {
+    async fn frames(&mut self, frames: &[Stored], _wire: &[Bytes]) -> Result<Delivery> {
         let pages = self
             .ogg
             .packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));

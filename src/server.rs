@@ -705,15 +705,15 @@ impl Sink for QuicSink<'_> {
         Ok(())
     }
 
-    async fn frames(&mut self, frames: &[Stored]) -> Result<Delivery> {
+    async fn frames(&mut self, _frames: &[Stored], wire: &[Bytes]) -> Result<Delivery> {
         self.finish_ended();
         let Some(s) = self.out.as_mut() else {
             return Ok(Delivery::Done);
         };
-        // The same Bytes every subscriber gets: no copy.
+        // The same Bytes every subscriber gets (a run of frames, usually one): no copy.
         self.chunks.clear();
         self.chunks.extend(self.header.take());
-        self.chunks.extend(frames.iter().map(|f| f.record.clone()));
+        self.chunks.extend_from_slice(wire);
         match s.write_all_chunks(&mut self.chunks).await {
             Ok(()) => Ok(Delivery::Done),
             Err(quinn::WriteError::Stopped(_)) => {

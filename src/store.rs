@@ -48,6 +48,71 @@ struct SegInner {
     frames: Vec<Stored>,
     bytes: usize,
     sealed: bool,
+    /// Runs of consecutive wire records, each one `Bytes`, partitioning `frames[..covered]`:
+    /// (end index, bytes). A QUIC subscriber writes a run as one chunk instead of a chunk
+    /// per frame. The records of a run are slices of it, so frames are held once.
+    runs: Vec<(usize, Bytes)>,
+}
+
+impl SegInner {
+    fn covered(&self) -> usize {
+        self.runs.last().map_or(0, |r| r.0)
+    }
+
+    /// Makes the frames not yet in a run into one: built once, by the first subscriber to
+    /// read them, and shared by every other subscriber that reads from the same place (all
+    /// of them, at the live edge). One copy of a delivery interval's frames per node.
+    fn close_run(&mut self) {
+        let (from, to) = (self.covered(), self.frames.len());
+        let run = match to - from {
+            0 => return,
+            1 => self.frames[from].record.clone(),
+            _ => {
+                let fresh = &mut self.frames[from..];
+                let len = fresh.iter().map(|f| f.record.len()).sum();
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                for f in fresh.iter() {
+                    buf.extend_from_slice(&f.record);
+                }
+                let run = buf.freeze();
+                // Point each frame into the run, so its old allocation is freed.
+                let mut at = 0;
+                for f in fresh.iter_mut() {
+                    let (n, p) = (f.record.len(), f.frame.payload.len());
+                    f.record = run.slice(at..at + n);
+                    f.frame.payload = run.slice(at + n - p..at + n);
+                    at += n;
+                }
+                run
+            }
+        };
+        self.runs.push((to, run));
+    }
+
+    /// The wire records of `frames[from..]` as few `Bytes` as the runs allow.
+    fn wire_from(&self, from: usize, out: &mut Vec<Bytes>) {
+        let mut at = from;
+        let mut i = self.runs.partition_point(|r| r.0 <= at);
+        while at < self.frames.len() {
+            match self.runs.get(i) {
+                Some((end, run)) => {
+                    let start = if i == 0 { 0 } else { self.runs[i - 1].0 };
+                    if start == at {
+                        out.push(run.clone());
+                    } else {
+                        // Joined in the middle of a run (rare): frame by frame to its end.
+                        out.extend(self.frames[at..*end].iter().map(|f| f.record.clone()));
+                    }
+                    at = *end;
+                    i += 1;
+                }
+                None => {
+                    out.extend(self.frames[at..].iter().map(|f| f.record.clone()));
+                    at = self.frames.len();
+                }
+            }
+        }
+    }
 }
 
 impl Segment {
@@ -66,12 +131,24 @@ impl Segment {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends clones of frames `from..` to `out`; returns whether the segment is sealed.
-    pub fn read_from(&self, from: usize, out: &mut Vec<Stored>) -> bool {
-        let g = self.read();
-        if from < g.frames.len() {
-            out.extend_from_slice(&g.frames[from..]);
+    /// Appends clones of frames `from..` to `out`, and their wire records (as runs, see
+    /// `SegInner::runs`) to `wire`; returns whether the segment is sealed.
+    pub fn read_from(&self, from: usize, out: &mut Vec<Stored>, wire: &mut Vec<Bytes>) -> bool {
+        {
+            let g = self.read();
+            if from >= g.frames.len() {
+                return g.sealed;
+            }
+            if g.covered() == g.frames.len() {
+                out.extend_from_slice(&g.frames[from..]);
+                g.wire_from(from, wire);
+                return g.sealed;
+            }
         }
+        let mut g = self.write();
+        g.close_run();
+        out.extend_from_slice(&g.frames[from..]);
+        g.wire_from(from, wire);
         g.sealed
     }
 
@@ -410,6 +487,7 @@ impl Broadcast {
             seg: None,
             idx: 0,
             scratch: Vec::new(),
+            wire: Vec::new(),
             skipped: 0,
         }
     }
@@ -450,6 +528,8 @@ pub struct Cursor {
     seg: Option<Arc<Segment>>,
     idx: usize,
     scratch: Vec<Stored>,
+    /// The wire records of the last `Step::Frames`, as few `Bytes` as possible.
+    wire: Vec<Bytes>,
     pub skipped: u64,
 }
 
@@ -495,6 +575,12 @@ impl Cursor {
                 self.next = Some(latest.saturating_sub(n).max(first));
             }
         }
+    }
+
+    /// The wire records of the frames of the last `Step::Frames`, in as few `Bytes` as the
+    /// store has them: what a QUIC subscriber writes.
+    pub fn wire(&self) -> &[Bytes] {
+        &self.wire
     }
 
     /// Hands back the vector a `Step::Frames` came in, so the next one reuses it rather
@@ -568,7 +654,8 @@ impl Cursor {
                     // even if the edge ran ahead (a relay catching up after failover). Lag
                     // only counts while a write to the subscriber is blocked: see `lagging`.
                     let seq = seg.seq;
-                    let sealed = seg.read_from(self.idx, &mut self.scratch);
+                    self.wire.clear();
+                    let sealed = seg.read_from(self.idx, &mut self.scratch, &mut self.wire);
                     if !self.scratch.is_empty() {
                         self.idx += self.scratch.len();
                         let out = std::mem::take(&mut self.scratch);

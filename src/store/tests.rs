@@ -386,3 +386,88 @@ fn a_node_holds_at_most_max_streams_names() {
     r.subscribe("a").unwrap();
     drop(guards);
 }
+
+/// The next `Step::Frames` of `c` (skipping Begin), with its wire chunks.
+fn frames_and_wire(c: &mut Cursor) -> (Vec<Stored>, Vec<Bytes>) {
+    loop {
+        match c.next().now_or_never() {
+            Some(Step::Frames(f)) => return (f, c.wire().to_vec()),
+            Some(Step::Begin(_)) => {}
+            other => panic!("expected frames, got {other:?}"),
+        }
+    }
+}
+
+fn records(f: &[Stored]) -> Vec<u8> {
+    f.iter().flat_map(|s| s.record.iter().copied()).collect()
+}
+
+fn joined(w: &[Bytes]) -> Vec<u8> {
+    w.iter().flat_map(|b| b.iter().copied()).collect()
+}
+
+#[test]
+fn subscribers_at_the_edge_share_one_run_of_wire_records_per_batch() {
+    let b = bcast(8, 3);
+    let s = b.begin(0).unwrap();
+    let (mut c1, mut c2) = (b.cursor(Start::Live), b.cursor(Start::Live));
+    for n in 0..5 {
+        b.append_quiet(&s, frame(n)).unwrap();
+    }
+    b.flush();
+    let (f1, w1) = frames_and_wire(&mut c1);
+    let (f2, w2) = frames_and_wire(&mut c2);
+    assert_eq!(f1.len(), 5);
+    assert_eq!((w1.len(), w2.len()), (1, 1), "one chunk for the batch");
+    assert_eq!(
+        w1[0].as_ptr(),
+        w2[0].as_ptr(),
+        "the same bytes, not a copy each"
+    );
+    assert_eq!(
+        joined(&w1),
+        records(&f1),
+        "the run is the records, in order"
+    );
+    for (n, f) in f1.iter().enumerate() {
+        assert_eq!(f.frame.payload.as_ref(), [0xf8, n as u8]);
+        let mut rec = bytes::BytesMut::from(&f.record[..]);
+        let (decoded, _) = Frame::decode(&mut rec).unwrap().unwrap();
+        assert_eq!(decoded.payload, f.frame.payload);
+        assert!(rec.is_empty(), "a record is exactly one frame");
+    }
+    // The next batch is a run of its own; a lone frame is its own record.
+    b.append_quiet(&s, frame(5)).unwrap();
+    b.append_quiet(&s, frame(6)).unwrap();
+    b.flush();
+    let (f, w) = frames_and_wire(&mut c1);
+    assert_eq!((f.len(), w.len()), (2, 1));
+    assert_eq!(joined(&w), records(&f));
+    b.append(&s, frame(7)).unwrap();
+    let (f, w) = frames_and_wire(&mut c1);
+    assert_eq!((f.len(), w.len()), (1, 1));
+    assert_eq!(w[0].as_ptr(), f[0].record.as_ptr());
+    // The second subscriber, behind, gets the runs as they were cut.
+    let (f, w) = frames_and_wire(&mut c2);
+    assert_eq!((f.len(), w.len()), (3, 2));
+    assert_eq!(joined(&w), records(&f));
+}
+
+#[test]
+fn a_subscriber_joining_inside_a_run_gets_the_rest_frame_by_frame() {
+    let b = bcast(8, 3);
+    let s = b.begin(0).unwrap();
+    for n in 0..4 {
+        b.append_quiet(&s, frame(n)).unwrap();
+    }
+    b.flush();
+    let mut c = b.cursor(Start::Live);
+    let (f, w) = frames_and_wire(&mut c);
+    assert_eq!((f.len(), w.len()), (4, 1));
+    let mut store_side = Vec::new();
+    let mut wire = Vec::new();
+    s.read_from(1, &mut store_side, &mut wire);
+    assert_eq!(store_side.len(), 3);
+    assert_eq!(wire.len(), 3, "inside a run: one record each");
+    assert_eq!(joined(&wire), records(&store_side));
+}
