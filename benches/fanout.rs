@@ -222,7 +222,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let rss0 = rss_kib(rpid);
     let ramp = (n as f64 / 2500.0).max(1.0);
     let t0 = Instant::now();
-    let loadgen = Command::new("taskset")
+    let mut loadgen = Command::new("taskset")
         .args([
             "-c",
             "1",
@@ -239,15 +239,40 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
             &fp,
             "--json",
         ])
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "error,quicast::loadgen=info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Steady window: from 2 s after the ramp to 1 s before the end.
-    let steady_from = Duration::from_secs_f64(ramp + 2.0);
-    let steady_len = Duration::from_secs(secs.saturating_sub(3).max(2));
-    std::thread::sleep(steady_from.saturating_sub(t0.elapsed()));
+    // Steady window: from 2 s after every listener joined (the load generator logs it) to 1 s
+    // before the listeners leave. Joins are the dearest work (a TLS handshake each), so a
+    // window that overlapped them would not measure serving.
+    let (joined_tx, joined) = std::sync::mpsc::channel();
+    let lg_err = BufReader::new(loadgen.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in lg_err.lines().map_while(|l| l.ok()) {
+            if line.contains("every listener has joined or failed") {
+                let _ = joined_tx.send(());
+            }
+            eprintln!("{line}");
+        }
+    });
+    let leave = Duration::from_secs_f64(ramp + secs as f64);
+    if joined
+        .recv_timeout(
+            leave
+                .saturating_sub(Duration::from_secs(5))
+                .saturating_sub(t0.elapsed()),
+        )
+        .is_err()
+    {
+        eprintln!("  (not every listener joined in time: the window may include joins)");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let steady_len = leave
+        .saturating_sub(Duration::from_secs(1))
+        .saturating_sub(t0.elapsed())
+        .max(Duration::from_secs(2));
     let (c0, u0, w0) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());
     std::thread::sleep(steady_len);
     let (c1, u1, w1) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());

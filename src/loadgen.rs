@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::info;
 
 use crate::client::{Client, QuicUrl};
 use crate::error::Result;
@@ -77,9 +78,24 @@ impl Histogram {
 #[derive(Default)]
 struct Totals {
     connected: AtomicU64,
+    /// Listeners whose join is settled: audio heard, or failed before any.
+    settled: AtomicU64,
     frames: AtomicU64,
     gaps: AtomicU64,
     skips: AtomicU64,
+}
+
+impl Totals {
+    /// One more listener's join is settled; says so in the log when the last one is (the
+    /// benchmark starts its steady window from that line).
+    fn settle(&self, listeners: usize) {
+        if self.settled.fetch_add(1, Ordering::Relaxed) + 1 == listeners as u64 {
+            info!(
+                connected = self.connected.load(Ordering::Relaxed),
+                "every listener has joined or failed"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -128,6 +144,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
     let start = Instant::now();
     let end = start + opts.ramp + opts.duration;
     let mut tasks = Vec::with_capacity(opts.listeners);
+    let listeners = opts.listeners;
     for i in 0..opts.listeners {
         let at = start + opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64);
         let client = endpoints[i % endpoints.len()].clone();
@@ -142,10 +159,10 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
             tokio::time::sleep_until(at).await;
             let t0 = Instant::now();
             let joined_us = now_us();
+            let mut first = true;
             let r = async {
                 let session = client.connect(&url, Role::Listener, "").await?;
                 totals.connected.fetch_add(1, Ordering::Relaxed);
-                let mut first = true;
                 let mut next_pts: Option<u64> = None;
                 listen(&session, &path, Start::Live, Some(end), |ev| {
                     match ev {
@@ -153,6 +170,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                             if first {
                                 first = false;
                                 join.record_us(t0.elapsed().as_micros() as u64);
+                                totals.settle(listeners);
                             }
                             let now = now_us();
                             for f in frames {
@@ -187,6 +205,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                 Ok::<_, crate::Error>(())
             }
             .await;
+            if r.is_err() && first {
+                totals.settle(listeners);
+            }
             if let Err(e) = r {
                 let mut reason = e.to_string();
                 reason.truncate(120);

@@ -418,6 +418,7 @@ fn subscribers_at_the_edge_share_one_run_of_wire_records_per_batch() {
     let (f1, w1) = frames_and_wire(&mut c1);
     let (f2, w2) = frames_and_wire(&mut c2);
     assert_eq!(f1.len(), 5);
+    assert_eq!(records(&f1), records(&f2));
     assert_eq!((w1.len(), w2.len()), (1, 1), "one chunk for the batch");
     assert_eq!(
         w1[0].as_ptr(),
