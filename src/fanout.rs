@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info};
-
 use bytes::Bytes;
+use tracing::{debug, info};
 
 use crate::error::Result;
 use crate::server::Node;
