@@ -1,7 +1,7 @@
 //! The client side of the protocol, one code for everything that connects to a node:
 //! `quicast listen`, `quicast publish`, and a relay fetching from its parent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,10 +10,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, ConnectionError, SendStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::proto::{self, Codec, Frame, Message, Role, Start, UNI_PUBLISH, UNI_SEGMENT, VERSION};
+use crate::proto::{self, Codec, Frame, Message, Role, SegmentHeader, Start, UniHeader, VERSION};
 use crate::wire::{write_message, ControlReader, FrameReader};
 
 /// `quic://HOST:PORT[/STREAM]`.
@@ -124,8 +125,17 @@ impl Client {
 
     /// This client makes a full TLS handshake on every connection: no session resumption.
     pub fn without_resumption(mut self, trust: &crate::tls::Trust) -> Result<Client> {
-        self.config = crate::tls::client_config_with(trust, false)?;
+        self.config =
+            crate::tls::client_config_with(trust, false, crate::tls::listener_transport())?;
         Ok(self)
+    }
+
+    /// A client whose connections use `config` (a relay's, for its parents).
+    pub fn with_config(bind: SocketAddr, config: quinn::ClientConfig) -> Result<Client> {
+        Ok(Client {
+            endpoint: crate::tls::client_endpoint(bind)?,
+            config,
+        })
     }
 
     /// A client bound to an ephemeral port of the same address family as `target`.
@@ -329,38 +339,41 @@ impl Session {
         let c = conn.clone();
         let uni_task = tokio::spawn(
             async move {
-                // quinn yields streams in the order the node opened them, which is segment
-                // order; reading each header here (not in a task per stream) keeps that order.
-                while let Ok(recv) = c.accept_uni().await {
-                    let mut frames = FrameReader::new(recv);
-                    let header = tokio::time::timeout(Duration::from_secs(10), async {
-                        let kind = frames.varint().await?;
-                        let id = frames.varint().await?;
-                        let seq = frames.varint().await?;
-                        Ok::<_, Error>((kind, id, seq))
-                    })
-                    .await;
-                    match header {
-                        Ok(Ok((UNI_SEGMENT, id, seq))) => {
-                            let tx = lock(&r).get(&id).cloned();
-                            match tx {
-                                Some(tx) => {
-                                    let _ = tx.send(Event::Segment { seq, frames }).await;
-                                }
-                                None => frames.stop(ErrorCode::Cancelled),
+                // Each segment stream's header is read on its own, and streams are handed on
+                // in the order the node opened them (see `StreamOrder`): a stream whose header
+                // is slow to come holds the others up for a moment at most.
+                let mut reading = futures_util::stream::FuturesUnordered::new();
+                let mut order = StreamOrder::default();
+                loop {
+                    let wake = order.deadline();
+                    tokio::select! {
+                        recv = c.accept_uni() => match recv {
+                            Ok(recv) => {
+                                let i = order.opened();
+                                reading.push(read_segment_header(i, FrameReader::new(recv)));
                             }
+                            Err(_) => break,
+                        },
+                        Some((i, frames, header)) = futures_util::StreamExt::next(&mut reading) => {
+                            order.read(i, (frames, header), Instant::now());
                         }
-                        Ok(Ok((kind, ..))) => {
-                            warn!(kind, "unknown uni stream kind from node");
-                            frames.stop(ErrorCode::ProtocolViolation);
-                        }
-                        Ok(Err(e)) => {
-                            debug!("bad segment stream header: {e}");
-                            frames.stop(ErrorCode::ProtocolViolation);
-                        }
-                        Err(_) => {
-                            warn!("segment stream header did not arrive in 10 s");
-                            frames.stop(ErrorCode::Timeout);
+                        _ = sleep_until_some(wake) => {}
+                    }
+                    for (mut frames, header) in order.ready(Instant::now()) {
+                        match header {
+                            Ok(SegmentHeader { sub_id, seq }) => {
+                                let tx = lock(&r).get(&sub_id).cloned();
+                                match tx {
+                                    Some(tx) => {
+                                        let _ = tx.send(Event::Segment { seq, frames }).await;
+                                    }
+                                    None => frames.stop(ErrorCode::Cancelled),
+                                }
+                            }
+                            Err(e) => {
+                                debug!("bad segment stream: {e}");
+                                frames.stop(e.code());
+                            }
                         }
                     }
                 }
@@ -437,7 +450,7 @@ impl Session {
         };
         let mut send = self.conn.open_uni().await.map_err(conn_error)?;
         let mut hdr = BytesMut::new();
-        proto::put_varint(&mut hdr, UNI_PUBLISH);
+        UniHeader::Publish.encode(&mut hdr);
         send.write_all(&hdr).await?;
         Ok(Publication {
             instance,
@@ -448,22 +461,123 @@ impl Session {
     }
 }
 
+/// Reads a segment stream's header (at most 10 s); `i` is the stream's place in the order
+/// the node opened them.
+async fn read_segment_header(
+    i: u64,
+    mut frames: FrameReader,
+) -> (u64, FrameReader, Result<SegmentHeader>) {
+    let header = tokio::time::timeout(Duration::from_secs(10), frames.segment_header()).await;
+    let header = match header {
+        Ok(h) => h,
+        Err(_) => Err(Error::Timeout(
+            "segment stream header did not arrive in 10 s",
+        )),
+    };
+    (i, frames, header)
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a stream whose header was read waits for the streams opened before it.
+const HOL_LIMIT: Duration = Duration::from_millis(200);
+
+/// Puts streams read side by side back in the order they were opened (a node opens a
+/// subscription's segment streams in sequence order, and QUIC numbers streams in the order
+/// they are opened): an item is ready once every earlier one is, or once it has waited
+/// `HOL_LIMIT` for them. Time is passed in.
+struct StreamOrder<T> {
+    opened: u64,
+    /// The first stream not yet handed on in order.
+    next: u64,
+    /// Read and waiting for an earlier stream, with when they were read.
+    done: BTreeMap<u64, (T, Instant)>,
+    /// Handed on ahead of an earlier stream.
+    early: std::collections::BTreeSet<u64>,
+}
+
+impl<T> Default for StreamOrder<T> {
+    fn default() -> Self {
+        StreamOrder {
+            opened: 0,
+            next: 0,
+            done: BTreeMap::new(),
+            early: Default::default(),
+        }
+    }
+}
+
+impl<T> StreamOrder<T> {
+    /// A stream was opened: its place.
+    fn opened(&mut self) -> u64 {
+        self.opened += 1;
+        self.opened - 1
+    }
+
+    /// Stream `i` has been read.
+    fn read(&mut self, i: u64, item: T, now: Instant) {
+        self.done.insert(i, (item, now));
+    }
+
+    /// What may be handed on now, in order.
+    fn ready(&mut self, now: Instant) -> Vec<T> {
+        let mut out = Vec::new();
+        loop {
+            while self.early.remove(&self.next) {
+                self.next += 1;
+            }
+            match self.done.remove(&self.next) {
+                Some((item, _)) => {
+                    out.push(item);
+                    self.next += 1;
+                }
+                None => break,
+            }
+        }
+        let late: Vec<u64> = self
+            .done
+            .iter()
+            .filter(|(_, (_, at))| now >= *at + HOL_LIMIT)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in late {
+            if let Some((item, _)) = self.done.remove(&i) {
+                out.push(item);
+                self.early.insert(i);
+            }
+        }
+        out
+    }
+
+    /// When the next item waiting for an earlier one goes anyway.
+    fn deadline(&self) -> Option<Instant> {
+        self.done.values().map(|(_, at)| *at + HOL_LIMIT).min()
+    }
+}
+
 /// A subscription's events; dropping it unsubscribes.
 ///
 /// QUIC delivers the control stream and each segment stream independently, and the session
-/// reads them in different tasks; this puts the events back in the order the node sent
-/// them: `Subscribed` before any audio, and `End` after the last segment it names.
+/// reads them apart; this puts the events back in the order the node sent them: `Subscribed`
+/// before any audio, and `End` after the last segment it names. Segments come in the order
+/// the node opened their streams (see `SegmentOrder`); one that comes after a later one was
+/// handed out is dropped.
 pub struct Subscription {
     pub id: u64,
     rx: mpsc::Receiver<Event>,
     session: Arc<Session>,
     subscribed: bool,
     /// Audio that overtook `Subscribed`.
-    early: std::collections::VecDeque<Event>,
+    early: VecDeque<Event>,
     /// Highest segment handed out so far.
     max_seq: Option<u64>,
     /// An `End` that overtook its last segment, and how long we wait for that segment.
-    pending_end: Option<(u64, tokio::time::Instant)>,
+    pending_end: Option<(u64, Instant)>,
 }
 
 /// Segments a subscription holds while it waits for its `Subscribed`.
@@ -488,22 +602,18 @@ impl Subscription {
         self.max_seq.is_some_and(|m| m >= last)
     }
 
-    fn hand_out(&mut self, ev: Event) -> Option<Event> {
-        if let Event::Segment { seq, .. } = &ev {
-            self.max_seq = Some(self.max_seq.map_or(*seq, |m| m.max(*seq)));
-        }
-        Some(ev)
-    }
-
     /// The next event, in the order described above; None once the connection is gone
     /// (see `Session::closed`).
     pub async fn next(&mut self) -> Option<Event> {
-        if self.subscribed {
-            if let Some(ev) = self.early.pop_front() {
-                return self.hand_out(ev);
-            }
-        }
         loop {
+            if self.subscribed {
+                if let Some(ev) = self.early.pop_front() {
+                    if let Some(ev) = self.hand_out(ev) {
+                        return Some(ev);
+                    }
+                    continue;
+                }
+            }
             if let Some((last, deadline)) = self.pending_end {
                 if self.end_ready(last) {
                     self.pending_end = None;
@@ -511,8 +621,8 @@ impl Subscription {
                 }
                 match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                     Ok(Some(ev)) => {
-                        if let Some(ev) = self.order(ev) {
-                            return self.hand_out(ev);
+                        if let Some(ev) = self.order(ev).and_then(|ev| self.hand_out(ev)) {
+                            return Some(ev);
                         }
                     }
                     Ok(None) => return None,
@@ -525,10 +635,25 @@ impl Subscription {
                 continue;
             }
             let ev = self.rx.recv().await?;
-            if let Some(ev) = self.order(ev) {
-                return self.hand_out(ev);
+            if let Some(ev) = self.order(ev).and_then(|ev| self.hand_out(ev)) {
+                return Some(ev);
             }
         }
+    }
+
+    /// A segment in sequence, or None (dropped: it came after a later one).
+    fn hand_out(&mut self, ev: Event) -> Option<Event> {
+        if let Event::Segment { seq, frames } = ev {
+            if self.max_seq.is_some_and(|m| seq <= m) {
+                debug!(seq, "segment came after a later one: dropped");
+                let mut frames = frames;
+                frames.stop(ErrorCode::Cancelled);
+                return None;
+            }
+            self.max_seq = Some(seq);
+            return Some(Event::Segment { seq, frames });
+        }
+        Some(ev)
     }
 
     /// Returns the event if it may be handed out now, or holds it back.
@@ -549,7 +674,7 @@ impl Subscription {
                 Some(ev)
             }
             Event::End { last_seq } if !self.end_ready(last_seq) => {
-                self.pending_end = Some((last_seq, tokio::time::Instant::now() + END_GRACE));
+                self.pending_end = Some((last_seq, Instant::now() + END_GRACE));
                 None
             }
             other => Some(other),
@@ -618,6 +743,29 @@ impl Publication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_handed_on_in_the_order_opened_and_a_slow_one_holds_up_the_rest_briefly() {
+        let t0 = Instant::now();
+        let mut o = StreamOrder::default();
+        let (a, b, c, d) = (o.opened(), o.opened(), o.opened(), o.opened());
+        // Read out of order: nothing goes before the first.
+        o.read(b, "b", t0);
+        assert!(o.ready(t0).is_empty());
+        o.read(a, "a", t0);
+        assert_eq!(o.ready(t0), ["a", "b"]);
+        // `c` is slow: `d` waits for it, but only HOL_LIMIT.
+        o.read(d, "d", t0);
+        assert!(o.ready(t0 + HOL_LIMIT / 2).is_empty());
+        assert_eq!(o.deadline(), Some(t0 + HOL_LIMIT));
+        assert_eq!(o.ready(t0 + HOL_LIMIT), ["d"]);
+        assert_eq!(o.deadline(), None);
+        // `c` comes at last, and the order goes on after `d`.
+        o.read(c, "c", t0 + HOL_LIMIT * 2);
+        let e = o.opened();
+        o.read(e, "e", t0 + HOL_LIMIT * 2);
+        assert_eq!(o.ready(t0 + HOL_LIMIT * 2), ["c", "e"]);
+    }
 
     #[test]
     fn urls() {

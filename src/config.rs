@@ -78,12 +78,34 @@ pub struct NodeArgs {
     /// Segments a subscriber may fall behind before it is moved to the newest [default: 3].
     #[arg(long)]
     pub max_lag_segments: Option<u64>,
-    /// Streams this node holds at once, waiting rooms included [default: 10000].
+    /// Live streams (and announced names) this node holds at once [default: 10000].
     #[arg(long)]
     pub max_streams: Option<u64>,
-    /// Seconds a subscription may wait for a stream that has not started [default: 3600].
+    /// Waiting rooms for names nobody announced, held at once; apart from max-streams, so
+    /// they never keep a publisher from starting [default: 1000].
+    #[arg(long)]
+    pub max_waiting: Option<u64>,
+    /// Subscriptions to streams that are not live one listener connection may hold [default: 4].
+    #[arg(long)]
+    pub max_waiting_per_conn: Option<u64>,
+    /// ... and all listeners from one IP address together [default: 64].
+    #[arg(long)]
+    pub max_waiting_per_addr: Option<u64>,
+    /// Stream names (or prefixes ending in /) announced ahead: their waiting rooms are kept
+    /// for waiting-room-secs and never count against max-waiting (repeat).
+    #[arg(long = "announce")]
+    #[serde(default)]
+    pub announce: Vec<String>,
+    /// Seconds a subscription may wait for an announced stream that has not started [default: 3600].
     #[arg(long)]
     pub waiting_room_secs: Option<u64>,
+    /// Seconds a subscription may wait for a name nobody announced [default: 30].
+    #[arg(long)]
+    pub unannounced_wait_secs: Option<u64>,
+    /// A publisher or source that sends no audio for this many ms is lost: its grace period
+    /// starts [default: 3000].
+    #[arg(long)]
+    pub source_timeout_ms: Option<u64>,
     /// Seconds a relay keeps an upstream subscription after its last subscriber left [default: 5].
     #[arg(long)]
     pub linger_secs: Option<u64>,
@@ -106,11 +128,8 @@ pub struct NodeArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read it: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
@@ -139,7 +158,7 @@ impl NodeArgs {
         };
         let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let file = NodeArgs::from_toml(&text, &path)?;
         Ok(file.overridden_by(self))
@@ -172,6 +191,12 @@ impl NodeArgs {
             segment_ms: pick(flags.segment_ms, self.segment_ms),
             deliver_ms: pick(flags.deliver_ms, self.deliver_ms),
             max_streams: pick(flags.max_streams, self.max_streams),
+            max_waiting: pick(flags.max_waiting, self.max_waiting),
+            max_waiting_per_conn: pick(flags.max_waiting_per_conn, self.max_waiting_per_conn),
+            max_waiting_per_addr: pick(flags.max_waiting_per_addr, self.max_waiting_per_addr),
+            announce: pick_vec(flags.announce, self.announce),
+            unannounced_wait_secs: pick(flags.unannounced_wait_secs, self.unannounced_wait_secs),
+            source_timeout_ms: pick(flags.source_timeout_ms, self.source_timeout_ms),
             cache_mib: pick(flags.cache_mib, self.cache_mib),
             cache_ttl_secs: pick(flags.cache_ttl_secs, self.cache_ttl_secs),
             window_segments: pick(flags.window_segments, self.window_segments),
@@ -194,7 +219,7 @@ impl NodeArgs {
     pub fn identity(&self) -> Result<Identity, ConfigError> {
         match (&self.cert, &self.key) {
             (Some(c), Some(k)) => {
-                Identity::from_pem_files(c, k).map_err(|e| invalid("cert", e.to_string()))
+                Identity::from_pem_files(c, k).map_err(|e| invalid(e.key, e.to_string()))
             }
             (None, None) => Identity::self_signed(&[]).map_err(|e| invalid("cert", e.to_string())),
             (Some(_), None) => Err(invalid("key", "--cert needs --key")),
@@ -222,8 +247,22 @@ impl NodeArgs {
         let upstream = self
             .upstream
             .iter()
-            .map(|u| QuicUrl::parse(u).map_err(|e| invalid("upstream", e.to_string())))
+            .map(|u| {
+                let url = QuicUrl::parse(u).map_err(|e| invalid("upstream", e.to_string()))?;
+                if !url.path.is_empty() {
+                    return Err(invalid(
+                        "upstream",
+                        format!("{u}: a parent is quic://HOST:PORT, with no stream path"),
+                    ));
+                }
+                Ok(url)
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        for a in &self.announce {
+            let name = a.strip_suffix('/').unwrap_or(a);
+            crate::proto::check_path(name)
+                .map_err(|e| invalid("announce", format!("{a:?}: {e}")))?;
+        }
         if relay && upstream.is_empty() {
             return Err(invalid(
                 "upstream",
@@ -288,6 +327,13 @@ impl NodeArgs {
                     10_000_000,
                     ds.max_streams as u64,
                 )? as usize,
+                max_waiting: range(
+                    "max-waiting",
+                    self.max_waiting,
+                    0,
+                    10_000_000,
+                    ds.max_waiting as u64,
+                )? as usize,
                 coalesce: Duration::from_millis(range(
                     "deliver-ms",
                     self.deliver_ms,
@@ -327,6 +373,35 @@ impl NodeArgs {
                 0,
                 7 * 86_400,
                 d.waiting_room.as_secs(),
+            )?),
+            unannounced_wait: Duration::from_secs(range(
+                "unannounced-wait-secs",
+                self.unannounced_wait_secs,
+                0,
+                7 * 86_400,
+                d.unannounced_wait.as_secs(),
+            )?),
+            max_waiting_per_conn: range(
+                "max-waiting-per-conn",
+                self.max_waiting_per_conn,
+                0,
+                100_000,
+                d.max_waiting_per_conn as u64,
+            )? as usize,
+            max_waiting_per_addr: range(
+                "max-waiting-per-addr",
+                self.max_waiting_per_addr,
+                0,
+                10_000_000,
+                d.max_waiting_per_addr as u64,
+            )? as usize,
+            announce: self.announce.clone(),
+            source_timeout: Duration::from_millis(range(
+                "source-timeout-ms",
+                self.source_timeout_ms,
+                100,
+                600_000,
+                d.source_timeout.as_millis() as u64,
             )?),
             linger: Duration::from_secs(range(
                 "linger-secs",
@@ -371,7 +446,7 @@ impl NodeArgs {
 /// A client's trust from `--ca` / `--fingerprint`: exactly one of them.
 pub fn client_trust(ca: Option<&Path>, fingerprints: &[String]) -> Result<Trust, ConfigError> {
     match (ca, fingerprints.is_empty()) {
-        (Some(ca), true) => Trust::from_ca_file(ca).map_err(|e| invalid("ca", e.to_string())),
+        (Some(ca), true) => Trust::from_ca_file(ca).map_err(|e| invalid(e.key, e.to_string())),
         (None, false) => Trust::pinned(fingerprints).map_err(|e| invalid("fingerprint", e.to_string())),
         (Some(_), false) => Err(invalid("ca", "give --ca or --fingerprint, not both")),
         (None, true) => Err(invalid(

@@ -99,24 +99,27 @@ pub enum Side {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("protocol error: {0}")]
-    Protocol(#[from] crate::proto::DecodeError),
+    Protocol(crate::proto::DecodeError),
     #[error("{code} from peer: {reason}")]
     Remote { code: ErrorCode, reason: String },
     #[error("{code}: {reason}")]
     Refused { code: ErrorCode, reason: String },
     #[error("media error: {0}")]
     Media(String),
+    /// Media of a kind quicast does not carry (not Ogg, not Opus).
+    #[error("unsupported media: {0}")]
+    Unsupported(String),
     #[error("tls error: {0}")]
     Tls(String),
-    #[error("connection error: {0}")]
+    #[error(transparent)]
     Connection(#[from] quinn::ConnectionError),
-    #[error("connect error: {0}")]
+    #[error(transparent)]
     Connect(#[from] quinn::ConnectError),
-    #[error("write error: {0}")]
+    #[error(transparent)]
     Write(#[from] quinn::WriteError),
-    #[error("read error: {0}")]
+    #[error(transparent)]
     Read(#[from] quinn::ReadError),
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("bad url {0:?}: {1}")]
     Url(String, &'static str),
@@ -126,7 +129,21 @@ pub enum Error {
     Closed,
 }
 
+impl From<crate::proto::DecodeError> for Error {
+    fn from(e: crate::proto::DecodeError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
 impl Error {
+    /// What a peer is told with the code: the reason alone (the code travels beside it).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Remote { reason, .. } | Error::Refused { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
         Error::Refused {
             code,
@@ -139,7 +156,7 @@ impl Error {
         match self {
             Error::Protocol(e) => e.code(),
             Error::Remote { code, .. } | Error::Refused { code, .. } => *code,
-            Error::Media(_) => ErrorCode::BadMedia,
+            Error::Media(_) | Error::Unsupported(_) => ErrorCode::BadMedia,
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::Closed => ErrorCode::Cancelled,
             _ => ErrorCode::Internal,

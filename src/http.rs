@@ -27,8 +27,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::fanout::{fan_out, Delivery, Sink};
 use crate::ingest::Publishing;
 use crate::media::{OggEvent, OggOpusDemuxer, OggOpusWriter};
-use crate::proto::{self, Frame, Start};
-use crate::server::Node;
+use crate::proto::{self, Frame, Role, Start};
+use crate::server::{Node, Peer};
 use crate::store::Stored;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -61,29 +61,50 @@ impl HttpServer {
             info!("no source password: HTTP source ingest (Icecast PUT/SOURCE) is disabled");
         }
         let task = tokio::spawn(async move {
+            let mut reserve = Reserve::take();
+            let mut last_warning: Option<tokio::time::Instant> = None;
             loop {
                 let (tcp, remote) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let out_of_descriptors = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
+                        if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            warn!(
+                                http_connections =
+                                    node.stats.http_connections.load(Ordering::Relaxed),
+                                "accept failed: {e}{}",
+                                if out_of_descriptors {
+                                    " (out of file descriptors: newcomers get 503 until some leave; raise LimitNOFILE)"
+                                } else {
+                                    ""
+                                }
+                            );
+                            last_warning = Some(tokio::time::Instant::now());
+                        }
+                        if out_of_descriptors && reserve.release() {
+                            // The waiting connection gets a clear answer, not a hang.
+                            if let Ok((tcp, _)) = listener.accept().await {
+                                let _ = tcp.try_write(BUSY);
+                            }
+                            reserve = Reserve::take();
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         continue;
                     }
                 };
                 let node = node.clone();
                 let span = info_span!("http", node = %node.cfg.name, %remote);
-                // HTTP and QUIC connections share the node's limit and its overload state.
-                if !node.admit() {
-                    tokio::spawn(async move {
-                        let mut tcp = tcp;
-                        let _ = tcp.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-                    });
+                // HTTP and QUIC connections share the node's limit and its overload state;
+                // HTTP connections are also bounded by the descriptors the process has.
+                if !node.admit_http() {
+                    let _ = tcp.try_write(BUSY);
                     continue;
                 }
                 node.stats.http_connections.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(
                     async move {
-                        serve_connection(node.clone(), tcp).await;
+                        serve_connection(node.clone(), tcp, remote).await;
                         node.stats.http_connections.fetch_sub(1, Ordering::Relaxed);
                     }
                     .instrument(span),
@@ -95,6 +116,29 @@ impl HttpServer {
 
     pub fn close(&self) {
         self.task.abort();
+    }
+}
+
+/// The answer to a connection the node cannot take now (limits, overload, descriptors):
+/// small enough to go out in one non-blocking write, so refusing costs nothing.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// A file descriptor held in reserve. When accept fails for want of descriptors, the
+/// connection waiting in the backlog can neither be answered nor cleared, and accept fails
+/// again at once: giving up the reserve takes it, answers it 503 and closes it.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn take() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Gives the descriptor up; false if there was none.
+    fn release(&mut self) -> bool {
+        self.0.take().is_some()
     }
 }
 
@@ -160,7 +204,7 @@ async fn peek_head(tcp: &TcpStream) -> Option<Head> {
     .flatten()
 }
 
-async fn serve_connection(node: Arc<Node>, tcp: TcpStream) {
+async fn serve_connection(node: Arc<Node>, tcp: TcpStream, remote: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     // Icecast sources (the legacy SOURCE method, and the PUT of ffmpeg's icecast:// output)
     // stream their body with neither a length nor chunking, which HTTP/1.1 reads as empty.
@@ -172,7 +216,7 @@ async fn serve_connection(node: Arc<Node>, tcp: TcpStream) {
     }
     let service = hyper::service::service_fn(move |req| {
         let node = node.clone();
-        async move { Ok::<_, Infallible>(route(node, req).await) }
+        async move { Ok::<_, Infallible>(route(node, req, remote).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -220,7 +264,8 @@ fn cors(r: &mut Response<Body>) {
     );
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let peer = Peer::new(Role::Listener, remote.ip());
     let path = req.uri().path().to_string();
     let mut resp = match (req.method(), path.as_str()) {
         (&Method::OPTIONS, _) => {
@@ -241,8 +286,8 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             let name = &p[1..p.len() - 4];
             match proto::check_path(name) {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("bad stream name: {e}")),
-                Ok(()) if req.method() == Method::HEAD => head_stream(&node, name).await,
-                Ok(()) => listen(node.clone(), name.to_string()).await,
+                Ok(()) if req.method() == Method::HEAD => head_stream(&node, name, &peer).await,
+                Ok(()) => listen(node.clone(), name.to_string(), &peer).await,
             }
         }
         (&Method::PUT, p) => source(node.clone(), p[1..].to_string(), req).await,
@@ -275,12 +320,12 @@ fn ogg_headers(r: &mut Response<Body>) {
 
 /// HEAD answers as GET would, without the body: a relay that does not hold the stream yet
 /// asks its parent (briefly), so a player probing with HEAD is not turned away.
-async fn head_stream(node: &Arc<Node>, name: &str) -> Response<Body> {
+async fn head_stream(node: &Arc<Node>, name: &str, peer: &Peer) -> Response<Body> {
     let live = match node.registry.get(name).and_then(|s| s.broadcast()) {
         Some(_) => true,
         None if node.is_relay() => {
             let wait = node.cfg.http_wait.min(Duration::from_secs(5));
-            node.subscribe(name, Start::Live, wait).await.is_ok()
+            node.subscribe(name, Start::Live, wait, peer).await.is_ok()
         }
         None => false,
     };
@@ -321,18 +366,15 @@ impl Sink for HttpSink {
     fn skip(&mut self) {}
 }
 
-async fn listen(node: Arc<Node>, name: String) -> Response<Body> {
+async fn listen(node: Arc<Node>, name: String, peer: &Peer) -> Response<Body> {
     let span = info_span!("sub", path = %name, role = "http");
     let sub = match node
-        .subscribe(&name, Start::Live, node.cfg.http_wait)
+        .subscribe(&name, Start::Live, node.cfg.http_wait, peer)
         .instrument(span.clone())
         .await
     {
         Ok(s) => s,
-        Err(e) if e.code() == ErrorCode::NotFound => {
-            return text(StatusCode::NOT_FOUND, e.to_string())
-        }
-        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return text(status_for(&e), e.reason()),
     };
     // Players buffer before they start (Chromium probes a few seconds of Ogg): begin one
     // whole segment further back than the live edge, so they start at once.
@@ -426,7 +468,11 @@ fn source_precheck(
     source_authorized(node, auth).map_err(|(s, m)| (s, m.to_string()))?;
     proto::check_path(name)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad stream name: {e}")))?;
-    if node.registry.get(name).is_some_and(|s| s.has_publisher()) {
+    if node
+        .registry
+        .get(name)
+        .is_some_and(|s| !s.may_claim(source_credential(node)))
+    {
         return Err((
             StatusCode::CONFLICT,
             format!("stream {name} already has a source"),
@@ -435,14 +481,26 @@ fn source_precheck(
     Ok(())
 }
 
+/// What an authorized source proved: the source password (see `PublisherClaim`).
+fn source_credential(node: &Node) -> Option<[u8; 32]> {
+    node.cfg
+        .source_password
+        .as_ref()
+        .map(|p| crate::server::credential(p.as_bytes()))
+}
+
+/// The HTTP status for an error, from its kind and code (never from its text).
 fn status_for(e: &Error) -> StatusCode {
-    match e.code() {
-        ErrorCode::Conflict => StatusCode::CONFLICT,
-        ErrorCode::BadMedia
-            if e.to_string().contains("not Opus") || e.to_string().contains("not an Ogg") =>
-        {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
-        }
+    match (e, e.code()) {
+        (Error::Unsupported(_), _) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        (_, ErrorCode::Conflict) => StatusCode::CONFLICT,
+        (_, ErrorCode::NotFound) => StatusCode::NOT_FOUND,
+        (_, ErrorCode::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+        (_, ErrorCode::Unauthorized) => StatusCode::UNAUTHORIZED,
+        (_, ErrorCode::NotAllowed) => StatusCode::FORBIDDEN,
+        (_, ErrorCode::Timeout) => StatusCode::REQUEST_TIMEOUT,
+        (_, ErrorCode::Upstream) => StatusCode::BAD_GATEWAY,
+        (_, ErrorCode::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -474,7 +532,7 @@ async fn source(node: Arc<Node>, name: String, req: Request<Incoming>) -> Respon
         Err(e) => {
             let status = status_for(&e);
             span.in_scope(|| warn!(side = "downstream", %status, "source refused: {e}"));
-            text(status, e.to_string())
+            text(status, e.reason())
         }
     }
 }
@@ -513,18 +571,42 @@ impl<R: AsyncRead + Unpin> ChunkSource for RawBody<R> {
     }
 }
 
-/// Demuxes a source's Ogg Opus body into the ingest.
+/// Demuxes a source's Ogg Opus body into the ingest. A source that sends no audio for
+/// `source-timeout` is lost (bytes that carry no audio do not count), as is one whose body
+/// stops without the Ogg end-of-stream page (its encoder crashed: it may come back within
+/// the grace period and continue). One that ends its Ogg stream ends the broadcast.
 async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) -> Result<()> {
     let mut demux = OggOpusDemuxer::new();
     let mut publishing: Option<Publishing> = None;
     let mut pts = 0u64;
+    let mut ended = false;
+    let silence = node.cfg.source_timeout;
+    let mut deadline = tokio::time::Instant::now() + silence;
+    let mut displaced: Option<Arc<tokio::sync::Notify>> = None;
     let outcome: Result<()> = async {
         loop {
-            let chunk = match tokio::time::timeout(Duration::from_secs(30), body.chunk()).await {
-                Ok(r) => r?,
-                Err(_) => return Err(Error::Timeout("source sent nothing for 30 s")),
+            let taken_over = async {
+                match &displaced {
+                    Some(d) => d.notified().await,
+                    None => std::future::pending().await,
+                }
             };
-            let Some(chunk) = chunk else { return Ok(()) };
+            let chunk = tokio::select! {
+                r = tokio::time::timeout_at(deadline, body.chunk()) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(Error::Timeout("source sent no audio")),
+                },
+                _ = taken_over => return Err(Error::refused(
+                    ErrorCode::Conflict,
+                    "a newer source with the same credentials took this stream over",
+                )),
+            };
+            let Some(chunk) = chunk else {
+                if ended {
+                    return Ok(());
+                }
+                return Err(Error::Closed);
+            };
             demux.push(&chunk);
             let mut frames = Vec::new();
             while let Some(ev) = demux.next_event()? {
@@ -533,7 +615,9 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
                         if publishing.is_some() {
                             return Err(Error::Media("a second OpusHead in one source".into()));
                         }
-                        publishing = Some(Publishing::claim(node, name, h.codec())?);
+                        let p = Publishing::claim(node, name, h.codec(), source_credential(node))?;
+                        displaced = Some(p.displaced());
+                        publishing = Some(p);
                     }
                     OggEvent::Packet(payload, duration, _) => {
                         frames.push(Frame {
@@ -544,8 +628,11 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
                         });
                         pts += duration as u64;
                     }
-                    OggEvent::End => {}
+                    OggEvent::End => ended = true,
                 }
+            }
+            if !frames.is_empty() {
+                deadline = tokio::time::Instant::now() + silence;
             }
             if let Some(p) = publishing.as_mut() {
                 p.push(frames)?;
@@ -558,9 +645,17 @@ async fn ingest_body(node: &Arc<Node>, name: &str, body: &mut impl ChunkSource) 
             p.finish();
             Ok(())
         }
-        (Ok(()), None) => Err(Error::Media(
+        (Ok(()), None) | (Err(Error::Closed), None) => Err(Error::Media(
             "source ended before any Ogg Opus header".into(),
         )),
+        (Err(Error::Closed), Some(p)) => {
+            warn!(
+                side = "downstream",
+                "source stopped without ending its Ogg stream: lost"
+            );
+            p.lost();
+            Ok(())
+        }
         (Err(e), Some(p)) => {
             p.lost();
             Err(e)
@@ -635,7 +730,7 @@ async fn raw_source(node: Arc<Node>, mut tcp: TcpStream, head: Head) {
         Err(e) => {
             let status = status_for(e);
             span.in_scope(|| warn!(side = "downstream", %status, "source refused: {e}"));
-            (status, e.to_string())
+            (status, e.reason())
         }
     };
     if !legacy {

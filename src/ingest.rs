@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::media::{opus_packet_samples, OpusHead};
 use crate::proto::{self, Codec, Frame, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
 use crate::server::{now_us, Node};
-use crate::store::{Broadcast, Segment, Slot, Stored};
+use crate::store::{Broadcast, PublisherClaim, Segment, Slot, Stored};
 
 /// A stream this publisher holds. Dropping it releases the stream without ending it; call
 /// `finish` (the publisher ended the broadcast) or `lost` (it went away).
@@ -20,28 +20,39 @@ pub struct Publishing {
     pub broadcast: Arc<Broadcast>,
     node: Arc<Node>,
     segmenter: Segmenter,
+    claim: PublisherClaim,
 }
 
 impl Drop for Publishing {
     fn drop(&mut self) {
-        self.slot.release_publisher();
+        self.slot.release_publisher(self.claim.id);
         self.node.stats.publishers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Publishing {
     /// Takes the publisher role for `path`: `bad_media` for a header that is not OpusHead,
-    /// `conflict` if the stream has a publisher. A publisher coming back with the same header
-    /// continues its broadcast; otherwise a new one starts.
-    pub fn claim(node: &Arc<Node>, path: &str, codec: Codec) -> Result<Publishing> {
+    /// `conflict` if the stream has a publisher, unless that publisher proved the same
+    /// `credential` (then this one takes over: a restarted encoder gets its stream back at
+    /// once). A publisher coming back with the same header continues its broadcast;
+    /// otherwise a new one starts.
+    pub fn claim(
+        node: &Arc<Node>,
+        path: &str,
+        codec: Codec,
+        credential: Option<[u8; 32]>,
+    ) -> Result<Publishing> {
         OpusHead::parse(&codec.header)?;
         proto::check_path(path)?;
         let (slot, _) = node.registry.slot(path)?;
-        if !slot.claim_publisher() {
+        let Some(claim) = slot.claim_publisher(credential) else {
             return Err(Error::refused(
                 ErrorCode::Conflict,
                 format!("stream {path} already has a publisher"),
             ));
+        };
+        if claim.took_over {
+            info!("a publisher with the same credentials took the stream over");
         }
         node.stats.publishers.fetch_add(1, Ordering::Relaxed);
         let broadcast = match slot.broadcast() {
@@ -69,7 +80,13 @@ impl Publishing {
             broadcast,
             node: node.clone(),
             segmenter,
+            claim,
         })
+    }
+
+    /// Resolves when a newer publisher with the same credentials took the stream over.
+    pub fn displaced(&self) -> Arc<tokio::sync::Notify> {
+        self.claim.displaced.clone()
     }
 
     /// Adds frames the publisher sent (their `wall_us` is replaced by our clock).
@@ -84,6 +101,9 @@ impl Publishing {
 
     /// The publisher ended the broadcast.
     pub fn finish(self) {
+        if !self.slot.is_publisher(self.claim.id) {
+            return;
+        }
         info!("publisher finished: broadcast ended");
         self.broadcast.end();
         if self
@@ -98,6 +118,9 @@ impl Publishing {
     /// The publisher went away without ending: keep the broadcast for the grace period so it
     /// can come back and continue, then end it.
     pub fn lost(self) {
+        if !self.slot.is_publisher(self.claim.id) {
+            return;
+        }
         if let Some(seg) = self.broadcast.open_segment() {
             self.broadcast.seal(&seg);
         }
@@ -121,6 +144,12 @@ struct Segmenter {
     next_seq: u64,
     seg: Option<(Arc<Segment>, u64)>,
     last_end: Option<u64>,
+    /// Added to the publisher's timestamps: a publisher continuing a broadcast (it came
+    /// back, or took it over after a restart that began its clock at zero) continues the
+    /// broadcast's timeline, never going back on it.
+    offset: Option<u64>,
+    /// Where the broadcast's timeline was when this publisher joined it.
+    resume_at: Option<u64>,
 }
 
 impl Segmenter {
@@ -133,10 +162,20 @@ impl Segmenter {
             next_seq: b.edge().latest.map(|l| l + 1).unwrap_or(0),
             seg: None,
             last_end: None,
+            offset: None,
+            resume_at: b.end_pts(),
         }
     }
 
     fn push(&mut self, b: &Broadcast, mut f: Frame, wall: u64) -> Result<()> {
+        let offset = *self.offset.get_or_insert(match self.resume_at {
+            Some(end) if f.pts < end => end - f.pts,
+            _ => 0,
+        });
+        f.pts = f
+            .pts
+            .checked_add(offset)
+            .ok_or_else(|| Error::refused(ErrorCode::ProtocolViolation, "frame pts overflows"))?;
         let samples = opus_packet_samples(&f.payload)?;
         if samples as u64 * b.codec.sample_rate as u64 / 48_000 != f.duration as u64 {
             return Err(Error::Media(format!(

@@ -130,9 +130,26 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Raises the process's descriptor limit to its hard limit, and returns how many HTTP
+/// connections fit in it, keeping a reserve for the node's own files and sockets.
+fn descriptor_budget() -> u64 {
+    let (before, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(before);
+    let reserve = 64 + limit / 32;
+    let budget = limit.saturating_sub(reserve);
+    info!(
+        limit,
+        raised_from = before,
+        http_connections = budget,
+        "file descriptors: HTTP connections beyond this get 503"
+    );
+    budget
+}
+
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     let args = args.load()?;
-    let cfg = args.node_config(relay)?;
+    let mut cfg = args.node_config(relay)?;
+    cfg.max_http_connections = descriptor_budget();
     let identity = args.identity()?;
     if identity.self_signed {
         info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
@@ -179,11 +196,14 @@ async fn run_listen(
 ) -> anyhow::Result<()> {
     let url = QuicUrl::parse(&url)?;
     let path = url.stream()?.to_string();
+    const MAX_DURATION: f64 = 366.0 * 86_400.0;
     let deadline = match duration {
-        Some(d) if d.is_finite() && d > 0.0 => {
+        Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DURATION => {
             Some(tokio::time::Instant::now() + Duration::from_secs_f64(d))
         }
-        Some(_) => bail!("--duration must be a positive number of seconds"),
+        Some(_) => bail!(
+            "--duration must be a number of seconds above 0 and at most {MAX_DURATION} (a year)"
+        ),
         None => None,
     };
     let mut out: Box<dyn Write + Send> = if output == "-" {
@@ -230,6 +250,14 @@ async fn run_listen(
         ended = report.ended,
         "done"
     );
+    if report.frames == 0 {
+        let why = if started {
+            "the stream is live but sent no audio"
+        } else {
+            "the stream has not started"
+        };
+        bail!("no audio received from {url}: {why}");
+    }
     Ok(())
 }
 

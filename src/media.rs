@@ -28,7 +28,7 @@ pub struct OpusHead {
 impl OpusHead {
     pub fn parse(raw: &[u8]) -> Result<OpusHead> {
         if !raw.starts_with(b"OpusHead") {
-            return Err(Error::Media(describe_non_opus(raw)));
+            return Err(Error::Unsupported(describe_non_opus(raw)));
         }
         if raw.len() < 19 {
             return Err(Error::Media(format!(
@@ -222,12 +222,14 @@ impl OggOpusDemuxer {
             return Ok(false);
         }
         if &self.buf[..4] != b"OggS" {
-            let msg = if self.serial.is_none() {
-                "input is not an Ogg stream (no OggS capture pattern at its start)".to_string()
-            } else {
-                "lost Ogg page sync (no OggS capture pattern where a page should start)".to_string()
-            };
-            return Err(Error::Media(msg));
+            if self.serial.is_none() {
+                return Err(Error::Unsupported(
+                    "input is not an Ogg stream (no OggS capture pattern at its start)".into(),
+                ));
+            }
+            return Err(Error::Media(
+                "lost Ogg page sync (no OggS capture pattern where a page should start)".into(),
+            ));
         }
         let nseg = self.buf[26] as usize;
         if self.buf.len() < 27 + nseg {

@@ -2,8 +2,8 @@
 //! stream's segments come from: publishers (ingest) or a parent (the upstream fetcher).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,8 +15,8 @@ use crate::client::{conn_error, QuicUrl};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fanout::{fan_out, Delivery, Sink};
 use crate::ingest::Publishing;
-use crate::proto::{self, Codec, Message, Role, Start, UNI_PUBLISH};
-use crate::store::{Cursor, Registry, StoreConfig, Stored, SubscriberGuard};
+use crate::proto::{self, Codec, Message, Role, Start, UniHeader};
+use crate::store::{Create, Cursor, Registry, StoreConfig, Stored, SubscriberGuard};
 use crate::tls::{Identity, Trust};
 use crate::upstream::Upstream;
 use crate::wire::{write_message, ControlReader, FrameReader};
@@ -43,8 +43,29 @@ pub struct NodeConfig {
     pub http_wait: Duration,
     /// Password of Icecast sources (`source:PASSWORD`); None disables HTTP ingest.
     pub source_password: Option<String>,
+    /// Subscriptions a listener connection may hold (a child relay's are bounded by the
+    /// node's stream bounds instead: it carries every stream its own listeners ask for).
     pub max_subscriptions_per_conn: usize,
+    /// Subscriptions to streams that are not live that one listener connection may hold.
+    pub max_waiting_per_conn: usize,
+    /// ... and that all the listeners of one IP address may hold together.
+    pub max_waiting_per_addr: usize,
+    /// How long a subscription waits for a name nobody announced (`waiting_room` is for
+    /// announced names).
+    pub unannounced_wait: Duration,
+    /// Names announced ahead (scheduled streams): their waiting rooms are always kept.
+    pub announce: Vec<String>,
+    /// A publisher that sends no audio for this long is lost (the grace period starts).
+    pub source_timeout: Duration,
+    /// How long a relay remembers that its parent refused a name (not found, overloaded).
+    pub refusal_memory: Duration,
+    /// How long a relay's parent has to say a name is live before the relay counts it as
+    /// a waiting room.
+    pub probe: Duration,
     pub max_connections: u64,
+    /// HTTP connections served at once: each holds a file descriptor, so the binary sets
+    /// this from the descriptors it may open (QUIC connections share one socket).
+    pub max_http_connections: u64,
     pub connect_timeout: Duration,
     /// How long subscribers are asked to delay their ACKs (zero: not asked).
     pub ack_delay: Duration,
@@ -67,7 +88,15 @@ impl Default for NodeConfig {
             http_wait: Duration::from_secs(30),
             source_password: None,
             max_subscriptions_per_conn: 16,
+            max_waiting_per_conn: 4,
+            max_waiting_per_addr: 64,
+            unannounced_wait: Duration::from_secs(30),
+            announce: Vec::new(),
+            source_timeout: Duration::from_secs(3),
+            refusal_memory: Duration::from_secs(5),
+            probe: Duration::from_secs(2),
             max_connections: 100_000,
+            max_http_connections: u64::MAX,
             connect_timeout: Duration::from_secs(3),
             ack_delay: Duration::from_secs(1),
             overload_lag: Duration::from_secs(1),
@@ -107,11 +136,65 @@ pub struct Node {
     pub stats: Stats,
     upstream: Option<Arc<Upstream>>,
     overloaded: std::sync::atomic::AtomicBool,
+    /// Waiting subscriptions by listener address (see `Peer`).
+    waiting_by_addr: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Names a relay's parent refused lately, and why: asked again, they are refused at
+    /// once rather than asked of the parent again.
+    refused: moka::sync::Cache<String, (ErrorCode, String)>,
+}
+
+/// Who subscribes, for the bounds on subscriptions to streams that are not live: per
+/// connection, and per address for listeners (a child relay carries its own listeners'
+/// waiting rooms, bounded by its own node).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub role: Role,
+    pub addr: IpAddr,
+    /// Waiting subscriptions this connection holds now.
+    pub waiting: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    pub fn new(role: Role, addr: IpAddr) -> Peer {
+        Peer {
+            role,
+            addr,
+            waiting: Arc::default(),
+        }
+    }
+}
+
+/// One waiting subscription's place in its peer's bounds; given back when it goes.
+struct WaitPermit {
+    node: Arc<Node>,
+    peer: Peer,
+}
+
+impl Drop for WaitPermit {
+    fn drop(&mut self) {
+        self.peer.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.peer.role != Role::Relay {
+            let mut m = self
+                .node
+                .waiting_by_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&self.peer.addr) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.peer.addr);
+                }
+            }
+        }
+    }
 }
 
 impl Node {
     pub fn new(cfg: NodeConfig) -> Result<Arc<Node>> {
-        let registry = Registry::new(cfg.store.clone());
+        let registry = Registry::with_announced(
+            cfg.store.clone(),
+            crate::store::Announced::new(cfg.announce.clone()),
+        );
         let upstream = if cfg.upstream.is_empty() {
             None
         } else {
@@ -122,14 +205,21 @@ impl Node {
                 cfg.upstream.clone(),
                 &trust,
                 cfg.connect_timeout,
+                (cfg.store.max_streams + cfg.store.max_waiting) as u64,
             )?)
         };
+        let refused = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cfg.refusal_memory.max(Duration::from_millis(1)))
+            .build();
         Ok(Arc::new(Node {
             cfg,
             registry,
             stats: Stats::default(),
             upstream,
             overloaded: Default::default(),
+            waiting_by_addr: Default::default(),
+            refused,
         }))
     }
 
@@ -141,6 +231,16 @@ impl Node {
     /// Sets the overload state (normally `watch_load` does).
     pub fn set_overloaded(&self, on: bool) {
         self.overloaded.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a new HTTP connection may be taken: as `admit`, and within the descriptors
+    /// the process may open (`max_http_connections`).
+    pub fn admit_http(&self) -> bool {
+        if self.stats.http_connections.load(Ordering::Relaxed) >= self.cfg.max_http_connections {
+            inc(&self.stats.refused_total);
+            return false;
+        }
+        self.admit()
     }
 
     /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit and
@@ -169,13 +269,38 @@ impl Node {
     /// Subscribes to `path` for any kind of subscriber: counts it, starts the upstream fetch
     /// on a relay's first subscriber, and waits up to `wait` for the stream to start (the
     /// waiting room; `not_found` after that). Who waited hears the stream from its first packet.
+    ///
+    /// A name that is not live costs a stranger its own bounds, never the node's: at most
+    /// `max_waiting_per_conn` such subscriptions per connection and `max_waiting_per_addr`
+    /// per listener address, and a name nobody announced waits `unannounced_wait` at most.
     pub async fn subscribe(
         self: &Arc<Self>,
         path: &str,
         start: Start,
         wait: Duration,
+        peer: &Peer,
     ) -> Result<Subscriber> {
-        let (guard, created) = self.registry.subscribe(path)?;
+        if let Some((code, reason)) = self.refused.get(path) {
+            return Err(Error::refused(code, reason));
+        }
+        // A name that is not live here takes a place in the peer's bounds before it costs
+        // the node anything; on a relay, only once the parent has had its chance to say the
+        // stream is live (a stream live upstream is no waiting room).
+        let live = self
+            .registry
+            .get(path)
+            .is_some_and(|s| s.broadcast().is_some());
+        let mut permit = if live || self.is_relay() {
+            None
+        } else {
+            Some(self.wait_permit(peer)?)
+        };
+        let how = if self.is_relay() {
+            Create::Asking
+        } else {
+            Create::Waiting
+        };
+        let (guard, created) = self.registry.subscribe(path, how)?;
         inc(&self.stats.subscriptions);
         inc(&self.stats.subscriptions_total);
         let counted = Counted(self.clone());
@@ -188,14 +313,43 @@ impl Node {
         if waited {
             debug!("stream has not started: waiting room");
         }
-        let b = tokio::time::timeout(wait, guard.slot.wait_broadcast())
-            .await
-            .map_err(|_| {
-                Error::refused(
-                    ErrorCode::NotFound,
-                    format!("stream {path} did not start within {} s", wait.as_secs()),
-                )
-            })?;
+        let wait = if guard.slot.announced {
+            wait
+        } else {
+            wait.min(self.cfg.unannounced_wait)
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let not_found = |_| {
+            Error::refused(
+                ErrorCode::NotFound,
+                format!("stream {path} did not start within {} s", wait.as_secs()),
+            )
+        };
+        let b = match guard.slot.broadcast() {
+            Some(b) => b,
+            None => {
+                let answered = if permit.is_none() {
+                    let probe = self.cfg.probe.min(wait);
+                    tokio::time::timeout(probe, guard.slot.wait_broadcast())
+                        .await
+                        .ok()
+                } else {
+                    None
+                };
+                match answered {
+                    Some(b) => b?,
+                    None => {
+                        if permit.is_none() {
+                            permit = Some(self.wait_permit(peer)?);
+                        }
+                        tokio::time::timeout_at(deadline, guard.slot.wait_broadcast())
+                            .await
+                            .map_err(not_found)??
+                    }
+                }
+            }
+        };
+        drop(permit);
         let cursor = if waited && start == Start::Live {
             b.cursor_from_first()
         } else {
@@ -206,6 +360,63 @@ impl Node {
             _guard: guard,
             _counted: counted,
         })
+    }
+
+    /// A place for one more subscription to a stream that is not live, within `peer`'s bounds.
+    fn wait_permit(self: &Arc<Self>, peer: &Peer) -> Result<WaitPermit> {
+        let held = peer.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = WaitPermit {
+            node: self.clone(),
+            peer: peer.clone(),
+        };
+        if peer.role == Role::Relay {
+            return Ok(permit);
+        }
+        let per_addr = {
+            let mut m = self
+                .waiting_by_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(peer.addr).or_default();
+            *n += 1;
+            *n
+        };
+        if held >= self.cfg.max_waiting_per_conn {
+            inc(&self.stats.refused_total);
+            return Err(Error::refused(
+                ErrorCode::Overloaded,
+                format!(
+                    "at most {} subscriptions per connection to streams that are not live",
+                    self.cfg.max_waiting_per_conn
+                ),
+            ));
+        }
+        if per_addr > self.cfg.max_waiting_per_addr {
+            inc(&self.stats.refused_total);
+            return Err(Error::refused(
+                ErrorCode::Overloaded,
+                format!(
+                    "at most {} subscriptions from one address to streams that are not live",
+                    self.cfg.max_waiting_per_addr
+                ),
+            ));
+        }
+        Ok(permit)
+    }
+
+    /// Remembers for a while that the parent refused `path` (see `Node::refused`).
+    pub fn remember_refusal(&self, path: &str, code: ErrorCode, reason: &str) {
+        self.refused
+            .insert(path.to_string(), (code, reason.to_string()));
+    }
+
+    /// Subscriptions a connection of `role` may hold.
+    pub fn max_subscriptions(&self, role: Role) -> usize {
+        if role == Role::Relay {
+            self.cfg.store.max_streams + self.cfg.store.max_waiting
+        } else {
+            self.cfg.max_subscriptions_per_conn
+        }
     }
 
     /// How many subscriptions this node has served for `path` (child relays included).
@@ -406,7 +617,7 @@ impl Ctl {
 
     /// Tells the peer `e` (an ERROR message) and closes its connection with the same code.
     async fn fail(&self, conn: &Connection, e: &Error) {
-        let (code, reason) = (e.code(), e.to_string());
+        let (code, reason) = (e.code(), e.reason());
         let _ = self
             .send(Message::Error {
                 code: code.as_u64(),
@@ -437,17 +648,25 @@ async fn refuse(conn: &Connection, send: &mut SendStream, code: ErrorCode, reaso
 fn token_ok(expected: &Option<String>, got: &[u8]) -> bool {
     match expected {
         None => true,
-        // Compare digests so the time taken does not depend on where the inputs differ.
-        Some(t) => {
-            let a = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
-            let b = ring::digest::digest(&ring::digest::SHA256, got);
-            a.as_ref()
-                .iter()
-                .zip(b.as_ref())
-                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                == 0
-        }
+        Some(t) => secret_eq(t.as_bytes(), got),
     }
+}
+
+/// What a credential (a token, a password) is remembered as: its SHA-256.
+pub fn credential(secret: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Compares two secrets in time that does not depend on where they differ (their digests).
+pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    credential(a)
+        .iter()
+        .zip(credential(b).iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn handle_connection(node: Arc<Node>, conn: Connection) {
@@ -497,11 +716,25 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
             let r = format!("first message must be hello, got {other:?}");
             return refuse(&conn, &mut send, ErrorCode::ProtocolViolation, &r).await;
         }
-        Ok(Err(e)) => return refuse(&conn, &mut send, e.code(), &e.to_string()).await,
+        Ok(Err(e)) => return refuse(&conn, &mut send, e.code(), &e.reason()).await,
         Ok(Ok(None)) => return,
         Err(_) => return close(&conn, ErrorCode::Timeout, "no hello"),
     };
     debug!(?role, "hello");
+    match role {
+        // A publisher gets its one frame stream; nobody else may open any (a stream the
+        // node never reads would hold its receive window for the connection's life).
+        Role::Publisher => conn.set_max_concurrent_uni_streams(1u32.into()),
+        // A child relay carries many streams at once: room for all of them in flight.
+        Role::Relay => conn.set_send_window(crate::tls::RELAY_WINDOW),
+        Role::Listener => {}
+    }
+    // The credential a publisher proved (see `PublisherClaim`).
+    let credential = match (&node.cfg.publish_token, role) {
+        (Some(t), Role::Publisher) => Some(credential(t.as_bytes())),
+        _ => None,
+    };
+    let peer = Peer::new(role, conn.remote_address().ip());
     if write_message(
         &mut send,
         &Message::HelloOk {
@@ -538,11 +771,9 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
                         format!("subscription id {id} reused"),
                     ));
                 }
-                if subs.len() >= node.cfg.max_subscriptions_per_conn {
-                    let reason = format!(
-                        "at most {} subscriptions per connection",
-                        node.cfg.max_subscriptions_per_conn
-                    );
+                let max = node.max_subscriptions(role);
+                if subs.len() >= max {
+                    let reason = format!("at most {max} subscriptions per connection");
                     let _ = ctl
                         .send(Message::SubscribeError {
                             id,
@@ -554,8 +785,14 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
                 }
                 let span = info_span!("sub", id, %path, ?role);
                 let task = tokio::spawn(
-                    serve_subscription(node.clone(), conn.clone(), ctl.clone(), id, path, start)
-                        .instrument(span),
+                    serve_subscription(
+                        node.clone(),
+                        conn.clone(),
+                        ctl.clone(),
+                        peer.clone(),
+                        (id, path, start),
+                    )
+                    .instrument(span),
                 );
                 subs.insert(id, task.abort_handle());
             }
@@ -579,8 +816,15 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
                 }
                 let span = info_span!("publish", %path);
                 publishing = Some(tokio::spawn(
-                    serve_publish(node.clone(), conn.clone(), ctl.clone(), path, codec)
-                        .instrument(span),
+                    serve_publish(
+                        node.clone(),
+                        conn.clone(),
+                        ctl.clone(),
+                        path,
+                        codec,
+                        credential,
+                    )
+                    .instrument(span),
                 ));
             }
             other => {
@@ -623,15 +867,17 @@ async fn serve_subscription(
     node: Arc<Node>,
     conn: Connection,
     ctl: Ctl,
-    id: u64,
-    path: String,
-    start: Start,
+    peer: Peer,
+    (id, path, start): (u64, String, Start),
 ) {
-    let mut sub = match node.subscribe(&path, start, node.cfg.waiting_room).await {
+    let mut sub = match node
+        .subscribe(&path, start, node.cfg.waiting_room, &peer)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             info!("{e}");
-            let (code, reason) = (e.code().as_u64(), e.to_string());
+            let (code, reason) = (e.code().as_u64(), e.reason());
             let _ = ctl.send(Message::SubscribeError { id, code, reason }).await;
             return;
         }
@@ -693,7 +939,16 @@ impl QuicSink<'_> {
 
 impl Sink for QuicSink<'_> {
     async fn begin(&mut self, seq: u64) -> Result<()> {
-        let s = self.conn.open_uni().await.map_err(conn_error)?;
+        let s = match futures_util::FutureExt::now_or_never(self.conn.open_uni()) {
+            Some(s) => s,
+            None => {
+                // No stream credit now: the held-back FIN must not wait for it (the peer
+                // may be waiting for that FIN to give credit back).
+                self.finish_ended();
+                self.conn.open_uni().await
+            }
+        }
+        .map_err(conn_error)?;
         let mut hdr = bytes::BytesMut::new();
         proto::SegmentHeader {
             sub_id: self.id,
@@ -745,6 +1000,7 @@ impl Sink for QuicSink<'_> {
     }
 
     fn skip(&mut self) {
+        self.finish_ended();
         self.header = None;
         if let Some(mut s) = self.out.take() {
             let _ = s.reset(ErrorCode::Skipped.varint());
@@ -753,48 +1009,82 @@ impl Sink for QuicSink<'_> {
 }
 
 /// A QUIC publisher: one ordered stream of frames into the shared ingest.
-async fn serve_publish(node: Arc<Node>, conn: Connection, ctl: Ctl, path: String, codec: Codec) {
-    let mut publishing = match Publishing::claim(&node, &path, codec) {
+async fn serve_publish(
+    node: Arc<Node>,
+    conn: Connection,
+    ctl: Ctl,
+    path: String,
+    codec: Codec,
+    credential: Option<[u8; 32]>,
+) {
+    let mut publishing = match Publishing::claim(&node, &path, codec, credential) {
         Ok(p) => p,
         Err(e) => {
             warn!(side = "downstream", code = %e.code(), "publish refused: {e}");
             return ctl.fail(&conn, &e).await;
         }
     };
+    let displaced = publishing.displaced();
+    let silence = node.cfg.source_timeout;
     let result = async {
         ctl.send(Message::PublishOk {
             instance: publishing.broadcast.instance,
         })
         .await?;
-        let recv = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
+        let recv = tokio::time::timeout(silence, conn.accept_uni())
             .await
             .map_err(|_| Error::Timeout("publisher opened no frame stream"))?
             .map_err(conn_error)?;
         let mut reader = FrameReader::new(recv);
-        let kind = reader.varint().await?;
-        if kind != UNI_PUBLISH {
+        let header = tokio::time::timeout(silence, reader.header())
+            .await
+            .map_err(|_| Error::Timeout("publisher sent no audio"))??;
+        if header != UniHeader::Publish {
             return Err(Error::refused(
                 ErrorCode::ProtocolViolation,
-                format!("stream kind {kind} where frames were expected"),
+                format!("{header:?} stream where frames were expected"),
             ));
         }
         let mut frames = Vec::new();
         loop {
             frames.clear();
-            reader.frames(&mut frames).await?;
+            // A publisher is never silent for long: one that sends nothing for
+            // `source-timeout` is lost (crashed, or cut off), and its grace period starts.
+            tokio::time::timeout(silence, reader.frames(&mut frames))
+                .await
+                .map_err(|_| Error::Timeout("publisher sent no audio"))??;
             if frames.is_empty() {
                 return Ok(());
             }
             publishing.push(frames.drain(..).map(|(f, _)| f))?;
         }
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = result => r,
+        _ = displaced.notified() => {
+            info!("a publisher with the same credentials took over: leaving");
+            let e = Error::refused(
+                ErrorCode::Conflict,
+                "a newer publisher with the same credentials took this stream over",
+            );
+            ctl.fail(&conn, &e).await;
+            return;
+        }
+    };
     match result {
         Ok(()) => publishing.finish(),
         Err(e) => {
             match &e {
                 Error::Remote { .. } | Error::Connection(_) | Error::Read(_) => {
                     warn!(side = "downstream", "publisher lost: {e}")
+                }
+                Error::Timeout(_) => {
+                    warn!(
+                        side = "downstream",
+                        silence_ms = silence.as_millis() as u64,
+                        "publisher lost: {e}"
+                    );
+                    ctl.fail(&conn, &e).await;
                 }
                 _ => {
                     warn!(side = "downstream", code = %e.code(), "publisher refused: {e}");

@@ -180,8 +180,10 @@ pub struct StoreConfig {
     pub window: u64,
     /// How many segments a subscriber may fall behind the newest before it is moved forward.
     pub max_lag: u64,
-    /// Streams (names) a node holds at once, waiting rooms included.
+    /// Live streams (and announced names) a node holds at once.
     pub max_streams: usize,
+    /// Waiting rooms for names nobody announced, held at once (apart from `max_streams`).
+    pub max_waiting: usize,
     /// Subscribers of a broadcast made here (an origin's) are woken at most this often for new
     /// frames, so each wake-up and each write carries several frames. Zero: at every frame.
     /// A relay wakes its subscribers once per batch it receives, which is already coalesced.
@@ -196,6 +198,7 @@ impl Default for StoreConfig {
             window: 8,
             max_lag: 3,
             max_streams: 10_000,
+            max_waiting: 1_000,
             // Measured (benches/fanout.rs, 1,000 listeners on one relay core): 0 ms 85 % of a
             // core, 50 ms 51 %, 100 ms 32 %, with latency p99 39 / 69 / 118 ms.
             coalesce: Duration::from_millis(100),
@@ -255,6 +258,8 @@ pub struct Broadcast {
     /// Payload bytes and samples appended, for the bitrate.
     payload_bytes: AtomicU64,
     samples: AtomicU64,
+    /// End (pts + duration) of the last frame appended, plus one; 0 before any.
+    end_pts: AtomicU64,
 }
 
 /// A view of where the broadcast is.
@@ -289,6 +294,7 @@ impl Broadcast {
             max_lag: cfg.max_lag.max(1),
             payload_bytes: AtomicU64::new(0),
             samples: AtomicU64::new(0),
+            end_pts: AtomicU64::new(0),
         })
     }
 
@@ -408,6 +414,9 @@ impl Broadcast {
                 .fetch_add(f.frame.payload.len() as u64, Ordering::Relaxed);
             self.samples
                 .fetch_add(f.frame.duration as u64, Ordering::Relaxed);
+            let end = f.frame.pts.saturating_add(f.frame.duration as u64);
+            self.end_pts
+                .fetch_max(end.saturating_add(1), Ordering::Relaxed);
             g.frames.push(f);
         }
         Ok(())
@@ -452,6 +461,11 @@ impl Broadcast {
             return 0;
         }
         self.payload_bytes.load(Ordering::Relaxed) * 8 * self.codec.sample_rate as u64 / samples
+    }
+
+    /// Where the last frame appended ends (pts + duration), if any was.
+    pub fn end_pts(&self) -> Option<u64> {
+        self.end_pts.load(Ordering::Relaxed).checked_sub(1)
     }
 
     pub fn is_ended(&self) -> bool {
@@ -675,33 +689,105 @@ impl Cursor {
     }
 }
 
-/// A stream name on a node: the broadcast now behind it (none yet, for a waiting room), and
-/// who is using it.
+/// What a stream name on a node is now.
+#[derive(Clone)]
+pub enum SlotState {
+    /// Nothing is published under it yet: subscribers wait (the waiting room).
+    Waiting,
+    Live(Arc<Broadcast>),
+    /// Refused for good (its parent says it does not exist, or a bound was reached): every
+    /// subscriber waiting on it gets this, and the name leaves the registry.
+    Failed {
+        code: ErrorCode,
+        reason: String,
+    },
+}
+
+/// Who publishes to a stream, and how a newer publisher with the same credentials tells it
+/// to go.
+struct PublisherHold {
+    id: u64,
+    credential: Option<[u8; 32]>,
+    displaced: Arc<tokio::sync::Notify>,
+}
+
+/// Proof of a publisher's right to a stream: what it took over with. Given when the node
+/// checked a credential (a publish token, a source password); two publishers holding the
+/// same one are the same publisher, so the newer takes the stream over (a restarted encoder
+/// gets its broadcast back at once). Publishers of an open node (no credential) cannot.
+#[derive(Debug, Clone)]
+pub struct PublisherClaim {
+    pub id: u64,
+    pub displaced: Arc<tokio::sync::Notify>,
+    /// A publisher with the same credential held the stream and was told to go.
+    pub took_over: bool,
+}
+
+/// A stream name on a node: what is behind it (nothing yet, for a waiting room), and who is
+/// using it.
 pub struct Slot {
     pub path: String,
-    current: watch::Sender<Option<Arc<Broadcast>>>,
+    state: watch::Sender<SlotState>,
     subscribers: watch::Sender<usize>,
-    publisher: AtomicBool,
+    publisher: Mutex<Option<PublisherHold>>,
     /// Subscriptions this node has served for this stream, ever (child relays included).
     pub subscriptions_total: AtomicU64,
     pub created: Instant,
+    /// Announced ahead by the operator: its waiting room is always kept.
+    pub announced: bool,
+    /// Counted among the node's unannounced waiting rooms (see `Registry::count_waiting`).
+    counted: AtomicBool,
+    waiting: Arc<AtomicU64>,
 }
 
 impl Slot {
+    /// The broadcast behind the name, if it is live.
     pub fn broadcast(&self) -> Option<Arc<Broadcast>> {
-        self.current.borrow().clone()
+        match &*self.state.borrow() {
+            SlotState::Live(b) => Some(b.clone()),
+            _ => None,
+        }
     }
 
+    pub fn state(&self) -> SlotState {
+        self.state.borrow().clone()
+    }
+
+    /// Puts a broadcast behind the name (a live stream is never a waiting room again), or
+    /// takes it away (the broadcast ended: the name waits for the next one).
     pub fn set_broadcast(&self, b: Option<Arc<Broadcast>>) {
-        self.current.send_replace(b);
+        if b.is_some() {
+            self.uncount();
+        }
+        self.state.send_replace(match b {
+            Some(b) => SlotState::Live(b),
+            None => SlotState::Waiting,
+        });
     }
 
-    /// Waits until the stream has a broadcast (the waiting room).
-    pub async fn wait_broadcast(&self) -> Arc<Broadcast> {
-        let mut rx = self.current.subscribe();
+    /// Refuses everyone waiting on this name with `code` (see `SlotState::Failed`).
+    pub fn fail(&self, code: ErrorCode, reason: impl Into<String>) {
+        self.uncount();
+        self.state.send_replace(SlotState::Failed {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until the stream is live (the waiting room), or refused.
+    pub async fn wait_broadcast(&self) -> Result<Arc<Broadcast>> {
+        let mut rx = self.state.subscribe();
         loop {
-            if let Some(b) = rx.borrow_and_update().clone() {
-                return b;
+            match rx.borrow_and_update().clone() {
+                SlotState::Live(b) => return Ok(b),
+                SlotState::Failed { code, reason } => return Err(Error::refused(code, reason)),
+                SlotState::Waiting => {}
             }
             // The slot owns the sender, and we hold the slot: this cannot fail.
             if rx.changed().await.is_err() {
@@ -719,17 +805,60 @@ impl Slot {
         self.subscribers.subscribe()
     }
 
-    /// Claims the publisher role; false if another publisher holds it.
-    pub fn claim_publisher(&self) -> bool {
-        !self.publisher.swap(true, Ordering::AcqRel)
+    fn holder(&self) -> std::sync::MutexGuard<'_, Option<PublisherHold>> {
+        self.publisher.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn release_publisher(&self) {
-        self.publisher.store(false, Ordering::Release);
+    /// Claims the publisher role: free, or held by a publisher with the same `credential`
+    /// (which is told to go). None if another publisher holds it.
+    pub fn claim_publisher(&self, credential: Option<[u8; 32]>) -> Option<PublisherClaim> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let mut h = self.holder();
+        let took_over = match h.as_ref() {
+            None => false,
+            Some(old) if credential.is_some() && old.credential == credential => {
+                old.displaced.notify_one();
+                true
+            }
+            Some(_) => return None,
+        };
+        let claim = PublisherClaim {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            displaced: Arc::new(tokio::sync::Notify::new()),
+            took_over,
+        };
+        *h = Some(PublisherHold {
+            id: claim.id,
+            credential,
+            displaced: claim.displaced.clone(),
+        });
+        Some(claim)
+    }
+
+    /// Gives the publisher role up, if `id` still holds it (a publisher that was taken over
+    /// from has nothing to give up).
+    pub fn release_publisher(&self, id: u64) {
+        let mut h = self.holder();
+        if h.as_ref().is_some_and(|p| p.id == id) {
+            *h = None;
+        }
     }
 
     pub fn has_publisher(&self) -> bool {
-        self.publisher.load(Ordering::Acquire)
+        self.holder().is_some()
+    }
+
+    /// Whether a publisher with `credential` may claim the stream now (see `claim_publisher`).
+    pub fn may_claim(&self, credential: Option<[u8; 32]>) -> bool {
+        match self.holder().as_ref() {
+            None => true,
+            Some(old) => credential.is_some() && old.credential == credential,
+        }
+    }
+
+    /// Whether publisher `id` holds the stream now.
+    pub fn is_publisher(&self, id: u64) -> bool {
+        self.holder().as_ref().is_some_and(|p| p.id == id)
     }
 }
 
@@ -748,22 +877,67 @@ impl Drop for SubscriberGuard {
     }
 }
 
+/// Names an operator announced ahead (scheduled streams): a name, or a prefix ending in `/`.
+#[derive(Debug, Clone, Default)]
+pub struct Announced(Vec<String>);
+
+impl Announced {
+    pub fn new(names: Vec<String>) -> Announced {
+        Announced(names)
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.iter().any(|a| match a.strip_suffix('/') {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .is_some_and(|r| r.starts_with('/')),
+            None => a == path,
+        })
+    }
+}
+
+/// How a slot is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// By a publisher: a live stream, bounded by `max_streams`.
+    Live,
+    /// By a subscriber on a node that knows what it publishes (an origin): a waiting room,
+    /// counted among the unannounced ones at once.
+    Waiting,
+    /// By a subscriber on a relay: not counted until the parent had its chance to say the
+    /// stream is live (`count_waiting`).
+    Asking,
+}
+
 /// Every stream on a node, by path.
+///
+/// Live streams (and announced names) are bounded by `max_streams`; waiting rooms for names
+/// nobody announced are bounded apart, by `max_waiting`, so that strangers asking for
+/// made-up names never keep a publisher from starting.
 pub struct Registry {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Unannounced waiting rooms now.
+    waiting: Arc<AtomicU64>,
     /// Bumped whenever a slot or a subscriber comes or goes (for whoever waits on that).
     changes: watch::Sender<u64>,
     pub cache: SegmentCache,
     pub cfg: StoreConfig,
+    announced: Announced,
 }
 
 impl Registry {
     pub fn new(cfg: StoreConfig) -> Arc<Registry> {
+        Registry::with_announced(cfg, Announced::default())
+    }
+
+    pub fn with_announced(cfg: StoreConfig, announced: Announced) -> Arc<Registry> {
         Arc::new(Registry {
             slots: Mutex::new(HashMap::new()),
+            waiting: Arc::new(AtomicU64::new(0)),
             changes: watch::Sender::new(0),
             cache: SegmentCache::new(&cfg),
             cfg,
+            announced,
         })
     }
 
@@ -771,17 +945,38 @@ impl Registry {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Unannounced waiting rooms now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    pub fn is_announced(&self, path: &str) -> bool {
+        self.announced.contains(path)
+    }
+
     fn slot_locked(
         &self,
         map: &mut HashMap<String, Arc<Slot>>,
         path: &str,
+        how: Create,
     ) -> Result<(Arc<Slot>, bool)> {
         if let Some(s) = map.get(path) {
             return Ok((s.clone(), false));
         }
-        // Every name costs a slot (and on a relay an upstream subscription): a client asking
-        // for made-up streams must not grow the node without bound.
-        if map.len() >= self.cfg.max_streams {
+        let announced = self.announced.contains(path);
+        let waiting = self.waiting();
+        let counted = how == Create::Waiting && !announced;
+        if counted {
+            // Every name costs a slot (and on a relay an upstream subscription): names asked
+            // for and not live are bounded apart from live streams.
+            if waiting >= self.cfg.max_waiting as u64 {
+                return Err(self.waiting_full());
+            }
+        } else if how == Create::Asking && !announced {
+            // A relay cannot tell a live name from a made-up one before its parent answers:
+            // it asks (bounded per connection and address by the node), and counts the name
+            // as a waiting room only if the parent has not said it is live (`count_waiting`).
+        } else if map.len() as u64 - waiting >= self.cfg.max_streams as u64 {
             return Err(Error::refused(
                 ErrorCode::Overloaded,
                 format!(
@@ -792,26 +987,63 @@ impl Registry {
         }
         let s = Arc::new(Slot {
             path: path.to_string(),
-            current: watch::Sender::new(None),
+            state: watch::Sender::new(SlotState::Waiting),
             subscribers: watch::Sender::new(0),
-            publisher: AtomicBool::new(false),
+            publisher: Mutex::new(None),
             subscriptions_total: AtomicU64::new(0),
             created: Instant::now(),
+            announced,
+            counted: AtomicBool::new(counted),
+            waiting: self.waiting.clone(),
         });
+        if counted {
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+        }
         map.insert(path.to_string(), s.clone());
         Ok((s, true))
     }
 
-    /// The slot for `path`, created if new (the bool says so).
-    pub fn slot(&self, path: &str) -> Result<(Arc<Slot>, bool)> {
-        self.slot_locked(&mut self.slots(), path)
+    fn waiting_full(&self) -> Error {
+        Error::refused(
+            ErrorCode::Overloaded,
+            format!(
+                "this node holds its maximum of {} waiting rooms for streams not announced",
+                self.cfg.max_waiting
+            ),
+        )
     }
 
-    /// Registers a subscriber on `path` (creating the slot: a waiting room). The count is
+    /// Counts an asking slot (see `Create::Asking`) among the waiting rooms, now that its
+    /// parent has not said it is live; refused if the node holds its maximum of them.
+    pub fn count_waiting(&self, slot: &Slot) -> Result<()> {
+        if slot.announced || slot.broadcast().is_some() || slot.counted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _map = self.slots();
+        if self.waiting() >= self.cfg.max_waiting as u64 {
+            return Err(self.waiting_full());
+        }
+        slot.counted.store(true, Ordering::Release);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        drop(_map);
+        self.bump();
+        Ok(())
+    }
+
+    /// The slot for `path`, created as a live stream if new (the bool says so).
+    pub fn slot(&self, path: &str) -> Result<(Arc<Slot>, bool)> {
+        let r = self.slot_locked(&mut self.slots(), path, Create::Live)?;
+        if r.1 {
+            self.bump();
+        }
+        Ok(r)
+    }
+
+    /// Registers a subscriber on `path` (creating the slot `how`, if new). The count is
     /// raised under the registry lock, so `remove_if_idle` never removes a slot in use.
-    pub fn subscribe(&self, path: &str) -> Result<(SubscriberGuard, bool)> {
+    pub fn subscribe(&self, path: &str, how: Create) -> Result<(SubscriberGuard, bool)> {
         let mut map = self.slots();
-        let (slot, created) = self.slot_locked(&mut map, path)?;
+        let (slot, created) = self.slot_locked(&mut map, path, how)?;
         slot.subscribers.send_modify(|n| *n += 1);
         slot.subscriptions_total.fetch_add(1, Ordering::Relaxed);
         drop(map);
@@ -858,11 +1090,23 @@ impl Registry {
         let same = map.get(&slot.path).is_some_and(|s| Arc::ptr_eq(s, slot));
         if same && slot.subscribers() == 0 && !slot.has_publisher() {
             map.remove(&slot.path);
+            slot.uncount();
             drop(map);
             self.bump();
             return true;
         }
         false
+    }
+
+    /// Removes `slot` whoever uses it (it failed: see `Slot::fail`).
+    pub fn remove(&self, slot: &Arc<Slot>) {
+        let mut map = self.slots();
+        if map.get(&slot.path).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(&slot.path);
+        }
+        slot.uncount();
+        drop(map);
+        self.bump();
     }
 
     pub fn list(&self) -> Vec<Arc<Slot>> {

@@ -45,32 +45,71 @@ pub fn sha256_hex(der: &[u8]) -> String {
 
 /// Parses a fingerprint given as 64 hex digits, colons allowed (`AB:CD:...`).
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 {
+    let hex: Vec<u8> = s.bytes().filter(|c| *c != b':').collect();
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
         return Err(Error::Tls(format!(
-            "fingerprint {s:?} is not 32 bytes of hex (SHA-256)"
+            "fingerprint {s:?} is not 64 hex digits (a SHA-256, colons allowed)"
         )));
     }
+    let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| Error::Tls(format!("fingerprint {s:?} is not hex")))?;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Ok(out)
 }
 
-/// The certificates of a PEM file (at least one).
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem =
-        std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
+/// A TLS file that cannot be used: which setting named it, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct FileError {
+    /// The configuration key (and flag) that named the file: `cert`, `key` or `ca`.
+    pub key: &'static str,
+    pub path: String,
+    pub problem: String,
+}
+
+impl From<FileError> for Error {
+    fn from(e: FileError) -> Self {
+        Error::Tls(format!("{}: {e}", e.key))
+    }
+}
+
+fn file_error(key: &'static str, path: &Path, problem: impl Into<String>) -> FileError {
+    FileError {
+        key,
+        path: path.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn read_file(key: &'static str, path: &Path) -> std::result::Result<Vec<u8>, FileError> {
+    std::fs::read(path).map_err(|e| file_error(key, path, format!("cannot read it: {e}")))
+}
+
+/// The certificates of a PEM file (at least one), each checked to be a certificate.
+fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> std::result::Result<Vec<CertificateDer<'static>>, FileError> {
+    let pem = read_file(key, path)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+        .map_err(|e| file_error(key, path, format!("not a valid PEM file: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "{}: no certificate in PEM file",
-            path.display()
-        )));
+        return Err(file_error(key, path, "no CERTIFICATE in this PEM file"));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        rustls::server::ParsedCertificate::try_from(c).map_err(|e| {
+            file_error(
+                key,
+                path,
+                format!(
+                    "certificate {} is not a valid X.509 certificate: {e}",
+                    i + 1
+                ),
+            )
+        })?;
     }
     Ok(certs)
 }
@@ -118,17 +157,51 @@ impl Identity {
         })
     }
 
-    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity> {
-        let certs = read_certs(cert)?;
-        let key_pem = std::fs::read(key)
-            .map_err(|e| Error::Tls(format!("reading {}: {e}", key.display())))?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?
-            .ok_or_else(|| Error::Tls(format!("{}: no private key in PEM file", key.display())))?;
+    /// A certificate chain and its key from PEM files, checked as the server will use them:
+    /// each error names the file and says what is wrong with it.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> std::result::Result<Identity, FileError> {
+        let certs = read_certs("cert", cert)?;
+        let key_pem = read_file("key", key)?;
+        let der = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
+            Ok(Some(k)) => k,
+            Ok(None) if String::from_utf8_lossy(&key_pem).contains("ENCRYPTED") => {
+                return Err(file_error(
+                    "key",
+                    key,
+                    "the key is encrypted; quicast needs it unencrypted (openssl pkey -in KEY -out PLAIN)",
+                ))
+            }
+            Ok(None) => return Err(file_error("key", key, "no PRIVATE KEY in this PEM file")),
+            Err(e) => return Err(file_error("key", key, format!("not a valid PEM file: {e}"))),
+        };
+        let signing = provider()
+            .key_provider
+            .load_private_key(der.clone_key())
+            .map_err(|e| {
+                file_error(
+                    "key",
+                    key,
+                    format!("unusable private key ({e}): quicast takes ECDSA P-256 or P-384, Ed25519, or RSA of 2048 bits or more"),
+                )
+            })?;
+        match rustls::sign::CertifiedKey::new(certs.clone(), signing).keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(file_error(
+                    "key",
+                    key,
+                    format!(
+                        "this key does not belong to the certificate in {}",
+                        cert.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(file_error("cert", cert, e.to_string())),
+        }
         let fingerprint = sha256_hex(&certs[0]);
         Ok(Identity {
             certs,
-            key,
+            key: der,
             fingerprint,
             self_signed: false,
         })
@@ -145,8 +218,14 @@ pub enum Trust {
 }
 
 impl Trust {
-    pub fn from_ca_file(path: &Path) -> Result<Trust> {
-        let certs = read_certs(path)?;
+    pub fn from_ca_file(path: &Path) -> std::result::Result<Trust, FileError> {
+        let certs = read_certs("ca", path)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &certs {
+            roots
+                .add(c.clone())
+                .map_err(|e| file_error("ca", path, format!("not a usable CA certificate: {e}")))?;
+        }
         Ok(Trust::Ca(certs))
     }
 
@@ -321,14 +400,25 @@ pub fn client_endpoint(addr: std::net::SocketAddr) -> std::io::Result<quinn::End
     )
 }
 
+/// What a node may have in flight to a child relay, all its streams together (a listener
+/// connection keeps the default, `transport`'s send window): a relay carrying thousands of
+/// streams at 8 KB/s each needs room for all of them over a round trip.
+pub const RELAY_WINDOW: u64 = 16 << 20;
+
+/// A relay's connection to its parent: it grants the parent this many concurrent segment
+/// streams per stream it carries (the segment being received, the next one, one reset).
+pub const UPSTREAM_STREAMS_PER_STREAM: u64 = 3;
+
 /// QUIC transport settings for many low-rate connections: few streams granted, small
 /// windows (they bound what a peer can make us buffer), keep-alives so NATs stay open.
-pub fn transport(uni_streams: u32) -> quinn::TransportConfig {
+/// `uni_streams` unidirectional streams are granted to the peer, each with a receive window
+/// of `stream_window` bytes, `conn_window` for all together.
+pub fn transport(uni_streams: u32, stream_window: u32, conn_window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1u32.into());
     t.max_concurrent_uni_streams(uni_streams.into());
-    t.stream_receive_window((256u32 * 1024).into());
-    t.receive_window((1024u32 * 1024).into());
+    t.stream_receive_window(stream_window.into());
+    t.receive_window(conn_window.into());
     t.send_window(512 * 1024);
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Some(
@@ -357,8 +447,10 @@ pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::Server
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    // Clients open one control stream and (publishers) one frame stream.
-    let mut t = transport(1);
+    // Clients open one control stream, read as it comes; a publisher is granted its one
+    // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
+    // is a second of the richest Opus stream: what a peer can make the node hold is small.
+    let mut t = transport(0, 64 * 1024, 128 * 1024);
     if !ack_delay.is_zero() {
         let mut af = quinn::AckFrequencyConfig::default();
         af.ack_eliciting_threshold(9u32.into())
@@ -371,12 +463,28 @@ pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::Server
 }
 
 pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
-    client_config_with(trust, true)
+    client_config_with(trust, true, listener_transport())
+}
+
+/// A listener's transport: a few segment streams in flight (a subscription or two).
+pub fn listener_transport() -> quinn::TransportConfig {
+    transport(16, 256 * 1024, 1024 * 1024)
+}
+
+/// A relay's config for its parents: room for `streams` streams' segments at once, and a
+/// window for all of them (a parent sends every stream the relay carries over one connection).
+pub fn upstream_config(trust: &Trust, streams: u64) -> Result<quinn::ClientConfig> {
+    let uni = (streams * UPSTREAM_STREAMS_PER_STREAM).clamp(64, 1 << 20) as u32;
+    client_config_with(trust, true, transport(uni, 256 * 1024, RELAY_WINDOW as u32))
 }
 
 /// A client's QUIC config; `resume`: whether to keep TLS session tickets and resume with
 /// them (cheaper handshakes on reconnects).
-pub fn client_config_with(trust: &Trust, resume: bool) -> Result<quinn::ClientConfig> {
+pub fn client_config_with(
+    trust: &Trust,
+    resume: bool,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?;
@@ -411,7 +519,7 @@ pub fn client_config_with(trust: &Trust, resume: bool) -> Result<quinn::ClientCo
     let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     // The server sends each segment on its own stream; a few may be in flight at once.
-    cfg.transport_config(Arc::new(transport(16)));
+    cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 

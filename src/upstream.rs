@@ -26,16 +26,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `streams`: how many streams the relay may carry at once (its parents may send all
+    /// of them over one connection).
     pub fn new(
         parents: Vec<QuicUrl>,
         trust: &Trust,
         connect_timeout: Duration,
+        streams: u64,
     ) -> Result<Arc<Upstream>> {
         let v6 = parents.first().is_some_and(|p| p.host.contains(':'));
         let bind = if v6 { "[::]:0" } else { "0.0.0.0:0" };
-        let client = Client::new(
+        let client = Client::with_config(
             bind.parse().map_err(|_| Error::Url(bind.into(), "bind"))?,
-            trust,
+            crate::tls::upstream_config(trust, streams)?,
         )?;
         Ok(Arc::new(Upstream {
             parents,
@@ -107,10 +110,30 @@ impl Upstream {
         };
         let mut subs = slot.watch_subscribers();
         let mut backoff = Duration::from_millis(100);
+        // The parent has this long to say the name is live before it counts as a waiting
+        // room here (bounded apart from live streams; see `Registry`).
+        let probe = tokio::time::sleep(node.cfg.probe);
+        tokio::pin!(probe);
+        let mut probing = true;
         loop {
-            let outcome = tokio::select! {
-                r = self.fetch_once(&node, &slot, &mut st) => Some(r),
-                _ = idle(&mut subs, node.cfg.linger) => None,
+            let outcome = {
+                let once = self.fetch_once(&node, &slot, &mut st);
+                tokio::pin!(once);
+                loop {
+                    tokio::select! {
+                        r = &mut once => break Some(r),
+                        _ = idle(&mut subs, node.cfg.linger) => break None,
+                        _ = &mut probe, if probing => {
+                            probing = false;
+                            if let Err(e) = node.registry.count_waiting(&slot) {
+                                info!("{e}");
+                                slot.fail(e.code(), e.reason());
+                                node.registry.remove(&slot);
+                                return;
+                            }
+                        }
+                    }
+                }
             };
             match outcome {
                 None => {
@@ -127,6 +150,19 @@ impl Upstream {
                     // The broadcast ended upstream: wait (in the parent's waiting room) for the next.
                     st.next = Start::Live;
                     backoff = Duration::from_millis(100);
+                }
+                Some(Err(Error::Remote { code, reason }))
+                    if st.b.is_none() && refusal_is_final(code) =>
+                {
+                    // The parent says no to the name itself: everyone waiting here hears it,
+                    // the name is remembered for a while, and nothing is held for it.
+                    info!(%code, "parent refused the stream: {reason}");
+                    if matches!(code, ErrorCode::NotFound | ErrorCode::Overloaded) {
+                        node.remember_refusal(&slot.path, code, &reason);
+                    }
+                    slot.fail(code, reason);
+                    node.registry.remove(&slot);
+                    return;
                 }
                 Some(Err(e)) => {
                     if st.healthy {
@@ -285,6 +321,17 @@ impl FetchState {
         self.next = Start::Seq(seq + 1);
         Ok(())
     }
+}
+
+/// Whether a parent's refusal of a stream it is asked for stands (not worth asking another).
+fn refusal_is_final(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotFound
+            | ErrorCode::Overloaded
+            | ErrorCode::NotAllowed
+            | ErrorCode::Unauthorized
+    )
 }
 
 /// Resolves once the slot has had no subscriber for `linger`.

@@ -5,7 +5,9 @@ use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 
 use crate::error::{Error, Result};
-use crate::proto::{self, DecodeError, Frame, Message, MAX_FRAME_RECORD, MAX_MESSAGE};
+use crate::proto::{
+    DecodeError, Frame, Message, SegmentHeader, UniHeader, MAX_FRAME_RECORD, MAX_MESSAGE,
+};
 
 /// Reads `Message`s from a control stream.
 pub struct ControlReader {
@@ -62,19 +64,29 @@ impl FrameReader {
         }
     }
 
-    /// Reads one varint (a stream header field).
-    pub async fn varint(&mut self) -> Result<u64> {
+    /// Reads the stream's header.
+    pub async fn header(&mut self) -> Result<UniHeader> {
         loop {
-            let mut peek = &self.buf[..];
-            if let Some(v) = proto::varint::try_get(&mut peek) {
-                let used = self.buf.len() - peek.len();
-                let _ = self.buf.split_to(used);
-                return Ok(v);
+            if let Some(h) = UniHeader::decode(&mut self.buf)? {
+                return Ok(h);
             }
-            match self.recv.read_chunk(8, true).await? {
+            // A header is at most three varints: never buffer more than that before it.
+            let room = 24usize.saturating_sub(self.buf.len()).max(1);
+            match self.recv.read_chunk(room, true).await? {
                 Some(c) => self.buf.extend_from_slice(&c.bytes),
                 None => return Err(DecodeError::Truncated.into()),
             }
+        }
+    }
+
+    /// Reads the header of what must be a segment stream.
+    pub async fn segment_header(&mut self) -> Result<SegmentHeader> {
+        match self.header().await? {
+            UniHeader::Segment(h) => Ok(h),
+            other => Err(Error::refused(
+                crate::error::ErrorCode::ProtocolViolation,
+                format!("{other:?} stream where a segment was expected"),
+            )),
         }
     }
 

@@ -366,29 +366,33 @@ async fn a_ca_signed_server_is_trusted_by_ca_and_a_wrong_pin_is_refused() {
 async fn made_up_stream_names_cannot_grow_a_relay_without_bound() {
     let o = origin().await;
     let mut cfg = test_config();
-    cfg.store.max_streams = 3;
+    cfg.store.max_waiting = 3;
     let r = relay_with(&[&o], cfg).await;
     let s = session(&r, Role::Listener, "").await.unwrap();
     let mut subs = Vec::new();
     for name in ["a", "b", "c"] {
         subs.push(s.subscribe(name, Start::Live).await.unwrap());
     }
-    r.node
-        .registry
-        .wait_until(|reg| reg.list().len() == 3)
-        .await;
+    r.node.registry.wait_until(|reg| reg.waiting() == 3).await;
+    // A relay cannot tell a made-up name from a live one before its parent answers: it asks,
+    // and once the parent has not said "live", the name would be a fourth waiting room.
     let mut fourth = s.subscribe("d", Start::Live).await.unwrap();
     match fourth.next().await {
         Some(quicast::client::Event::Error { code, reason }) => {
             assert_eq!(code, ErrorCode::Overloaded as u64);
-            assert!(reason.contains("maximum of 3 streams"), "{reason}");
+            assert!(reason.contains("maximum of 3 waiting rooms"), "{reason}");
         }
         _ => panic!("expected overloaded"),
     }
     assert!(
-        o.node.registry.get("d").is_none(),
-        "nothing was asked of the parent for it"
+        r.node.registry.get("d").is_none(),
+        "the relay holds nothing for it"
     );
+    // ... nor asks its parent for it any more.
+    o.node
+        .registry
+        .wait_until(|reg| reg.subscribers("d") == 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

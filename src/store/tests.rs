@@ -8,6 +8,7 @@ fn cfg(window: u64, max_lag: u64) -> StoreConfig {
         window,
         max_lag,
         max_streams: 100,
+        max_waiting: 100,
         coalesce: Duration::ZERO,
     }
 }
@@ -222,6 +223,7 @@ fn cache_is_bounded_by_bytes() {
         window: 1000,
         max_lag: 3,
         max_streams: 100,
+        max_waiting: 100,
         coalesce: Duration::ZERO,
     };
     let cache = SegmentCache::new(&c);
@@ -276,9 +278,9 @@ fn frames_are_shared_not_copied() {
 #[tokio::test]
 async fn registry_counts_subscribers_and_removes_only_idle_slots() {
     let r = Registry::new(cfg(8, 3));
-    let (g1, created) = r.subscribe("a").unwrap();
+    let (g1, created) = r.subscribe("a", Create::Waiting).unwrap();
     assert!(created);
-    let (g2, created) = r.subscribe("a").unwrap();
+    let (g2, created) = r.subscribe("a", Create::Waiting).unwrap();
     assert!(!created);
     assert_eq!(r.subscribers("a"), 2);
     assert!(!r.remove_if_idle(&g1.slot));
@@ -286,12 +288,84 @@ async fn registry_counts_subscribers_and_removes_only_idle_slots() {
     drop(g1);
     drop(g2);
     r.wait_until(|r| r.subscribers("a") == 0).await;
-    assert!(slot.claim_publisher());
-    assert!(!slot.claim_publisher(), "one publisher per stream");
+    let claim = slot.claim_publisher(None).unwrap();
+    assert!(
+        slot.claim_publisher(None).is_none(),
+        "one publisher per stream"
+    );
     assert!(!r.remove_if_idle(&slot), "a published stream stays");
-    slot.release_publisher();
+    slot.release_publisher(claim.id);
     assert!(r.remove_if_idle(&slot));
     assert!(r.get("a").is_none());
+}
+
+#[test]
+fn a_publisher_with_the_same_credential_takes_over_and_others_are_refused() {
+    let r = Registry::new(cfg(8, 3));
+    let (slot, _) = r.slot("a").unwrap();
+    let key = Some([7u8; 32]);
+    let first = slot.claim_publisher(key).unwrap();
+    assert!(!first.took_over);
+    assert!(
+        slot.claim_publisher(None).is_none(),
+        "no credential: refused"
+    );
+    assert!(
+        slot.claim_publisher(Some([8u8; 32])).is_none(),
+        "another credential: refused"
+    );
+    let second = slot.claim_publisher(key).unwrap();
+    assert!(second.took_over);
+    // The first is told to go, and giving up the role it no longer holds changes nothing.
+    assert!(first.displaced.notified().now_or_never().is_some());
+    slot.release_publisher(first.id);
+    assert!(slot.is_publisher(second.id));
+    // An open node's publishers (no credential) cannot take over from each other.
+    let (open, _) = r.slot("b").unwrap();
+    open.claim_publisher(None).unwrap();
+    assert!(open.claim_publisher(None).is_none());
+}
+
+#[test]
+fn waiting_rooms_are_bounded_apart_from_live_streams() {
+    let c = StoreConfig {
+        max_streams: 2,
+        max_waiting: 3,
+        ..cfg(8, 3)
+    };
+    let r = Registry::with_announced(c, Announced::new(vec!["events/".into(), "keynote".into()]));
+    let mut held = Vec::new();
+    for name in ["x1", "x2", "x3"] {
+        held.push(r.subscribe(name, Create::Waiting).unwrap().0);
+    }
+    let e = r.subscribe("x4", Create::Waiting).err().unwrap();
+    assert_eq!(e.code(), ErrorCode::Overloaded);
+    assert!(e.to_string().contains("waiting rooms"), "{e}");
+    assert_eq!(r.waiting(), 3);
+    // Full of waiting rooms, the node still takes publishers, and announced names wait.
+    let (live, _) = r.slot("live").unwrap();
+    held.push(r.subscribe("events/day-1", Create::Waiting).unwrap().0);
+    assert!(
+        r.slot("third").is_err(),
+        "live streams have their own bound"
+    );
+    assert!(r.is_announced("keynote") && !r.is_announced("keynote2"));
+    assert!(!r.is_announced("events") && !r.is_announced("eventsx/a"));
+    // A waiting room that goes live is no longer counted; a removed one neither.
+    held[0].slot.set_broadcast(Some(bcast(8, 3)));
+    assert_eq!(r.waiting(), 2);
+    let gone = held.remove(1).slot.clone();
+    r.remove(&gone);
+    assert_eq!(r.waiting(), 1);
+    r.subscribe("x5", Create::Waiting).unwrap();
+    drop(live);
+    // A relay's asking slot is not counted until its parent has had its chance.
+    let (asking, _) = r.subscribe("x6", Create::Asking).unwrap();
+    assert_eq!(r.waiting(), 2);
+    r.count_waiting(&asking.slot).unwrap();
+    assert_eq!(r.waiting(), 3);
+    let (more, _) = r.subscribe("x7", Create::Asking).unwrap();
+    assert!(r.count_waiting(&more.slot).is_err(), "over the bound");
 }
 
 /// A broadcast that wakes its subscribers at most once per 100 ms.
@@ -376,15 +450,12 @@ fn a_node_holds_at_most_max_streams_names() {
         max_streams: 3,
         ..cfg(8, 3)
     });
-    let guards: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|p| r.subscribe(p).unwrap())
-        .collect();
-    let e = r.subscribe("d").err().expect("a fourth name is refused");
+    let slots: Vec<_> = ["a", "b", "c"].iter().map(|p| r.slot(p).unwrap()).collect();
+    let e = r.slot("d").err().expect("a fourth name is refused");
     assert_eq!(e.code(), ErrorCode::Overloaded);
     // Names it holds still take subscribers.
-    r.subscribe("a").unwrap();
-    drop(guards);
+    r.subscribe("a", Create::Waiting).unwrap();
+    drop(slots);
 }
 
 /// The next `Step::Frames` of `c` (skipping Begin), with its wire chunks.

@@ -36,6 +36,7 @@ pub fn test_config() -> NodeConfig {
             ..StoreConfig::default()
         },
         linger: Duration::from_millis(500),
+        probe: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         ..NodeConfig::default()
     }
@@ -218,5 +219,58 @@ pub fn assert_frames(frames: &[Frame], from: u64, to: u64, size: usize) {
             "timing of frame {n}"
         );
         assert!(f.wall_us > 0, "origin stamps its wall clock");
+    }
+}
+
+/// Publishes frames `0, 1, ...` to `path`, one every `every`, until `stop` says so (and at
+/// least `min` were sent), then ends the broadcast. Returns how many it sent.
+pub fn publish_until(
+    origin: &Server,
+    path: &str,
+    every: Duration,
+    size: usize,
+    min: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<quicast::Result<u64>> {
+    let c = client(origin);
+    let u = url(origin, path);
+    let path = path.to_string();
+    tokio::spawn(async move {
+        let s = c.connect(&u, Role::Publisher, "").await?;
+        let mut p = s.publish(&path, codec()).await?;
+        let mut tick = tokio::time::interval(every);
+        let mut n = 0;
+        while n < min || !*stop.borrow() {
+            tick.tick().await;
+            p.send(&[test_frame(n, size)]).await?;
+            n += 1;
+        }
+        p.finish().await?;
+        Ok(n)
+    })
+}
+
+/// The audio packets of an Ogg Opus stream (as an HTTP listener received it).
+pub fn ogg_packets(ogg: &[u8]) -> Vec<Bytes> {
+    let mut d = quicast::media::OggOpusDemuxer::new();
+    d.push(ogg);
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = d.next_event() {
+        if let quicast::media::OggEvent::Packet(p, ..) = ev {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Asserts `packets` are the payloads of frames `from..to`, in order.
+pub fn assert_payloads(packets: &[Bytes], from: u64, to: u64, size: usize) {
+    let nums: Vec<u64> = packets
+        .iter()
+        .map(|p| u64::from_le_bytes(p[1..9].try_into().unwrap()))
+        .collect();
+    assert_eq!(nums, (from..to).collect::<Vec<_>>(), "packets heard");
+    for (p, n) in packets.iter().zip(from..) {
+        assert_eq!(p, &test_frame(n, size).payload, "payload of frame {n}");
     }
 }
