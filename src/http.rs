@@ -64,6 +64,9 @@ impl HttpServer {
             let mut reserve = Reserve::take();
             let mut last_warning: Option<tokio::time::Instant> = None;
             loop {
+                if !reserve.held() {
+                    reserve = Reserve::take();
+                }
                 let (tcp, remote) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -84,7 +87,7 @@ impl HttpServer {
                         if out_of_descriptors && reserve.release() {
                             // The waiting connection gets a clear answer, not a hang.
                             if let Ok((tcp, _)) = listener.accept().await {
-                                let _ = tcp.try_write(BUSY);
+                                answer_busy_now(tcp);
                             }
                             reserve = Reserve::take();
                         } else {
@@ -98,7 +101,7 @@ impl HttpServer {
                 // HTTP and QUIC connections share the node's limit and its overload state;
                 // HTTP connections are also bounded by the descriptors the process has.
                 if !node.admit_http() {
-                    let _ = tcp.try_write(BUSY);
+                    tokio::spawn(refuse(tcp));
                     continue;
                 }
                 node.stats.http_connections.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +126,39 @@ impl HttpServer {
 /// small enough to go out in one non-blocking write, so refusing costs nothing.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// Answers 503 and closes, reading (for at most a second) what the client sent meanwhile:
+/// closing on unread bytes would reset the connection and lose the answer.
+async fn refuse(mut tcp: TcpStream) {
+    if tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while let Ok(n) = tcp.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 64 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Answers 503 and closes at once, in one non-blocking write to the fresh socket's empty
+/// buffer (the descriptor is needed back at once).
+fn answer_busy_now(tcp: TcpStream) {
+    use std::io::Write;
+    if let Ok(mut s) = tcp.into_std() {
+        let _ = s.write(BUSY);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
@@ -139,6 +175,10 @@ impl Reserve {
     /// Gives the descriptor up; false if there was none.
     fn release(&mut self) -> bool {
         self.0.take().is_some()
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
     }
 }
 

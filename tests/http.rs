@@ -420,3 +420,25 @@ async fn an_overloaded_node_answers_new_http_listeners_503() {
     let (code, _) = curl(&[&format!("http://{}/streams", h.addr)]).await;
     assert_eq!(code, "200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_the_stream_limit_is_told_503_not_400() {
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = origin_config();
+    cfg.store.max_streams = 1;
+    let o = origin_with(cfg).await;
+    let h = http(&o).await;
+    let s = session(&o, Role::Publisher, "").await.unwrap();
+    let _p = s.publish("first", codec()).await.unwrap();
+    let src = tokio::task::block_in_place(|| make_opus(work.path(), 1));
+    let (code, body) = curl(&[
+        "-T",
+        src.to_str().unwrap(),
+        "-u",
+        &format!("source:{PASSWORD}"),
+        &format!("http://{}/second", h.addr),
+    ])
+    .await;
+    assert_eq!(code, "503", "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("maximum of 1 streams"));
+}

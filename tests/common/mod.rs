@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod media;
+pub mod procs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,236 @@
+//! Separate processes: the `quicast` binary as operators run it, its log watched line by line.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_quicast");
+
+/// A child process killed when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A child process whose stderr (the log) is watched line by line.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_program(BIN, args)
+    }
+
+    /// `program` with `args` (the binary run through a wrapper such as `prlimit`).
+    pub fn spawn_program(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info,quicast::server=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quicast");
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle` (the event), failing after a generous limit.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until a line containing each of `needles` has been seen, in any order.
+    pub fn wait_lines(&mut self, needles: &[&str]) {
+        let seen = |log: &[String], n: &str| log.iter().any(|l| l.contains(n));
+        while let Some(missing) = needles.iter().find(|n| !seen(&self.log, n)) {
+            self.wait_line(missing);
+        }
+    }
+
+    pub fn addr(&mut self) -> String {
+        let l = self.wait_line("listening (QUIC)");
+        let a = l
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        a.to_string()
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            // Drain the log so the child never blocks on a full pipe.
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => self.log.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Its stderr is closed: it is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
+            }
+        }
+        panic!("process did not exit; log:\n{}", self.log.join("\n"));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts `got` is a contiguous run of `src`, at least `min` packets long; returns where it starts.
+pub fn assert_contiguous_run(
+    got: &[(String, String)],
+    src: &[(String, String)],
+    min: usize,
+) -> usize {
+    assert!(
+        got.len() >= min,
+        "only {} packets received, expected at least {min}",
+        got.len()
+    );
+    let start = (0..src.len())
+        .find(|&i| src[i..].starts_with(got))
+        .unwrap_or_else(|| panic!("received packets are not a contiguous run of the source's"));
+    start
+}
+
+pub struct Certs {
+    pub _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub fp: String,
+}
+
+pub fn certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let fp = quicast::tls::sha256_hex(ck.cert.der());
+    Certs {
+        _dir: dir,
+        cert,
+        key,
+        fp,
+    }
+}
+
+/// An origin and two relays in a chain, as separate processes.
+pub struct Tree {
+    pub origin: Proc,
+    pub _r1: Proc,
+    pub _r2: Proc,
+    pub origin_addr: String,
+    pub r2_addr: String,
+    pub c: Certs,
+}
+
+pub fn tree() -> Tree {
+    let c = certs();
+    let (cert, key) = (c.cert.to_str().unwrap(), c.key.to_str().unwrap());
+    let mut origin = Proc::spawn(&[
+        "origin",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--publish-token",
+        "tok",
+        "--segment-ms",
+        "500",
+    ]);
+    let origin_addr = origin.addr();
+    // A relay whose parent is at `parent`, trusting it by the shared certificate's fingerprint.
+    let relay = |parent: &str| {
+        let up = format!("quic://{parent}");
+        Proc::spawn(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--fingerprint",
+            &c.fp,
+            "--cert",
+            cert,
+            "--key",
+            key,
+        ])
+    };
+    let mut r1 = relay(&origin_addr);
+    let mut r2 = relay(&r1.addr());
+    let r2_addr = r2.addr();
+    Tree {
+        origin,
+        _r1: r1,
+        _r2: r2,
+        origin_addr,
+        r2_addr,
+        c,
+    }
+}
+
+/// `quicast publish --loop` of `src` to `stream` on the tree's origin, once it is publishing.
+pub fn publish_loop(t: &Tree, stream: &str, src: &Path) -> Proc {
+    let url = format!("quic://{}/{stream}", t.origin_addr);
+    let mut p = Proc::spawn(&[
+        "publish",
+        &url,
+        "--input",
+        src.to_str().unwrap(),
+        "--loop",
+        "--token",
+        "tok",
+        "--fingerprint",
+        &t.c.fp,
+    ]);
+    p.wait_line("publishing");
+    p
+}
