@@ -4,6 +4,7 @@
 //!   cargo bench --bench fanout                       # N = 1000, 5000, 10000
 //!   QUICAST_BENCH_N=1000,2000 QUICAST_BENCH_SECS=20 cargo bench --bench fanout
 //!   QUICAST_BENCH_DELIVER_MS=0 cargo bench --bench fanout     # the origin's --deliver-ms
+//!   QUICAST_BENCH_RELAY_BIN=/path/to/other/quicast cargo bench --bench fanout   # A/B a relay build
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -27,13 +28,23 @@ impl Drop for Killed {
 }
 
 fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
+    spawn_bin(BIN, args, pin)
+}
+
+/// The relay under test: this build's binary, or `QUICAST_BENCH_RELAY_BIN` (another build,
+/// for interleaved A/B runs in which everything else stays the same).
+fn relay_bin() -> String {
+    std::env::var("QUICAST_BENCH_RELAY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+fn spawn_bin(bin: &str, args: &[&str], pin: Option<&str>) -> Killed {
     let mut cmd = match pin {
         Some(cpu) if has("taskset") => {
             let mut c = Command::new("taskset");
-            c.args(["-c", cpu, BIN]);
+            c.args(["-c", cpu, bin]);
             c
         }
-        _ => Command::new(BIN),
+        _ => Command::new(bin),
     };
     let child = cmd
         .args(args)
@@ -186,7 +197,8 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let oaddr = addr(&mut origin);
     let up = format!("quic://{oaddr}");
     let maxc = (n + 1000).to_string();
-    let mut relay = spawn(
+    let mut relay = spawn_bin(
+        &relay_bin(),
         &[
             "relay",
             "--listen",
