@@ -48,7 +48,7 @@ fn spawn_bin(bin: &str, args: &[&str], pin: Option<&str>) -> Killed {
     };
     let child = cmd
         .args(args)
-        .env("RUST_LOG", "warn,quicast::server=info")
+        .env("RUST_LOG", "warn,quicast::server=info,quicast::node=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -186,7 +186,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let fp = quicast::tls::sha256_hex(ck.cert.der());
+    let fp = quicast::sha256_hex(ck.cert.der());
     let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let mut oargs = vec!["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k];
     let deliver = std::env::var("QUICAST_BENCH_DELIVER_MS").ok();
@@ -251,7 +251,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
             &fp,
             "--json",
         ])
-        .env("RUST_LOG", "error,quicast::loadgen=info")
+        .env("RUST_LOG", "error,quicast::cli::loadgen=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

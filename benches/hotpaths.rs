@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
+use quicast::model::{Broadcast, SegmentCache, Step, StoreConfig, WireFrame};
 use quicast::proto::{Frame, Start};
-use quicast::store::{Broadcast, SegmentCache, Step, StoreConfig, Stored};
 
 fn frame(n: u64) -> Frame {
     // 20 ms at 64 kbit/s: 160 bytes.
@@ -60,7 +60,7 @@ fn fan_out(c: &mut Criterion) {
             );
             let mut seq = 0;
             let mut seg = bcast.begin(seq).unwrap();
-            bcast.append(&seg, Stored::new(frame(0))).unwrap();
+            bcast.append(&seg, WireFrame::new(frame(0))).unwrap();
             let mut cursors: Vec<_> = (0..n).map(|_| bcast.cursor(Start::Live)).collect();
             for c in &mut cursors {
                 while c.next().now_or_never().is_some() {}
@@ -72,7 +72,7 @@ fn fan_out(c: &mut Criterion) {
                     seq += 1;
                     seg = bcast.begin(seq).unwrap();
                 }
-                bcast.append(&seg, Stored::new(frame(k))).unwrap();
+                bcast.append(&seg, WireFrame::new(frame(k))).unwrap();
                 k += 1;
                 for c in &mut cursors {
                     while let Some(step) = c.next().now_or_never() {

@@ -1,166 +1,263 @@
-//! Error types shared by the library. Every error carries a numeric code that is
-//! what a peer is told (in a message, a stream reset or a connection close).
+//! The library's one error type: what went wrong (a kind, from which the code a peer is told
+//! and an HTTP status follow), on which side (the peer we fetch from, the peer we serve, or
+//! ourselves), and why, in words for a person.
+//!
+//! The cause's text is part of the reason, so a log line or a peer's message says it all
+//! once; `source()` is left empty so that printing the chain does not say it twice.
 
+use std::borrow::Cow;
 use std::fmt;
 
-/// Numeric error codes of wire protocol v1 (see `proto/SPEC.md`, "Error codes").
+use crate::proto::{DecodeError, ErrorCode};
+
+/// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u64)]
-pub enum ErrorCode {
-    NoError = 0,
-    ProtocolViolation = 1,
-    Unauthorized = 2,
-    NotFound = 3,
-    TooLarge = 4,
-    /// A subscriber fell too far behind and was moved forward: the segment stream is reset.
-    Skipped = 5,
-    UnsupportedVersion = 6,
-    NotAllowed = 7,
-    Conflict = 8,
-    Internal = 9,
-    Upstream = 10,
-    Timeout = 11,
-    BadMedia = 12,
-    GoingAway = 13,
-    Cancelled = 14,
-    Overloaded = 15,
+pub enum Kind {
+    /// A message or stream broke the protocol.
+    Protocol,
+    /// A length or count over its limit.
+    TooLarge,
+    /// No such stream (or it did not start in time).
+    NotFound,
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// The role may not do this.
+    NotAllowed,
+    /// The stream already has a publisher.
+    Conflict,
+    /// Media that breaks its format's rules.
+    BadMedia,
+    /// Media of a kind quicast does not carry (not Ogg, not Opus).
+    Unsupported,
+    /// A per-connection or per-node bound is reached.
+    Overloaded,
+    /// Something due did not come in time.
+    Timeout,
+    /// The peer went away: a closed or lost connection, a reset stream. Nobody's fault here.
+    Closed,
+    /// The node is shutting down.
+    GoingAway,
+    /// The receiver does not want this stream.
+    Cancelled,
+    /// A protocol version this side does not speak.
+    Version,
+    /// A subscriber was moved forward past a segment.
+    Skipped,
+    /// The node cannot reach its parents.
+    Upstream,
+    /// A file, a socket, a certificate, a setting: the node's own.
+    Local,
+    /// A bug, or a peer's code we do not know.
+    Internal,
 }
 
-impl ErrorCode {
-    pub fn from_u64(v: u64) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        Some(match v {
-            0 => NoError,
-            1 => ProtocolViolation,
-            2 => Unauthorized,
-            3 => NotFound,
-            4 => TooLarge,
-            5 => Skipped,
-            6 => UnsupportedVersion,
-            7 => NotAllowed,
-            8 => Conflict,
-            9 => Internal,
-            10 => Upstream,
-            11 => Timeout,
-            12 => BadMedia,
-            13 => GoingAway,
-            14 => Cancelled,
-            15 => Overloaded,
-            _ => return None,
-        })
-    }
-
-    pub fn as_u64(self) -> u64 {
-        self as u64
-    }
-
-    pub fn varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u32(self as u32)
-    }
-
-    pub fn name(self) -> &'static str {
-        use ErrorCode::*;
+impl Kind {
+    /// The code a peer is told.
+    pub fn code(self) -> ErrorCode {
         match self {
-            NoError => "no_error",
-            ProtocolViolation => "protocol_violation",
-            Unauthorized => "unauthorized",
-            NotFound => "not_found",
-            TooLarge => "too_large",
-            Skipped => "skipped",
-            UnsupportedVersion => "unsupported_version",
-            NotAllowed => "not_allowed",
-            Conflict => "conflict",
-            Internal => "internal",
-            Upstream => "upstream",
-            Timeout => "timeout",
-            BadMedia => "bad_media",
-            GoingAway => "going_away",
-            Cancelled => "cancelled",
-            Overloaded => "overloaded",
+            Kind::Protocol => ErrorCode::ProtocolViolation,
+            Kind::TooLarge => ErrorCode::TooLarge,
+            Kind::NotFound => ErrorCode::NotFound,
+            Kind::Unauthorized => ErrorCode::Unauthorized,
+            Kind::NotAllowed => ErrorCode::NotAllowed,
+            Kind::Conflict => ErrorCode::Conflict,
+            Kind::BadMedia | Kind::Unsupported => ErrorCode::BadMedia,
+            Kind::Overloaded => ErrorCode::Overloaded,
+            Kind::Timeout => ErrorCode::Timeout,
+            Kind::Closed | Kind::Cancelled => ErrorCode::Cancelled,
+            Kind::GoingAway => ErrorCode::GoingAway,
+            Kind::Version => ErrorCode::UnsupportedVersion,
+            Kind::Skipped => ErrorCode::Skipped,
+            Kind::Upstream => ErrorCode::Upstream,
+            Kind::Local | Kind::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// The kind a peer's code says.
+    pub fn from_code(code: ErrorCode) -> Kind {
+        match code {
+            ErrorCode::NoError | ErrorCode::Cancelled => Kind::Cancelled,
+            ErrorCode::ProtocolViolation => Kind::Protocol,
+            ErrorCode::Unauthorized => Kind::Unauthorized,
+            ErrorCode::NotFound => Kind::NotFound,
+            ErrorCode::TooLarge => Kind::TooLarge,
+            ErrorCode::Skipped => Kind::Skipped,
+            ErrorCode::UnsupportedVersion => Kind::Version,
+            ErrorCode::NotAllowed => Kind::NotAllowed,
+            ErrorCode::Conflict => Kind::Conflict,
+            ErrorCode::Internal => Kind::Internal,
+            ErrorCode::Upstream => Kind::Upstream,
+            ErrorCode::Timeout => Kind::Timeout,
+            ErrorCode::BadMedia => Kind::BadMedia,
+            ErrorCode::GoingAway => Kind::GoingAway,
+            ErrorCode::Overloaded => Kind::Overloaded,
         }
     }
 }
 
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name(), *self as u64)
-    }
-}
-
-/// Where an error came from, as an operator reads it in a log: the peer we fetch
-/// from, the peer we serve, or ourselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an error came from, as an operator reads it in a log: the peer we fetch from, the
+/// peer we serve, or ourselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     Upstream,
     Downstream,
     Internal,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("protocol error: {0}")]
-    Protocol(crate::proto::DecodeError),
-    #[error("{code} from peer: {reason}")]
-    Remote { code: ErrorCode, reason: String },
-    #[error("{code}: {reason}")]
-    Refused { code: ErrorCode, reason: String },
-    #[error("media error: {0}")]
-    Media(String),
-    /// Media of a kind quicast does not carry (not Ogg, not Opus).
-    #[error("unsupported media: {0}")]
-    Unsupported(String),
-    #[error("tls error: {0}")]
-    Tls(String),
-    #[error(transparent)]
-    Connection(#[from] quinn::ConnectionError),
-    #[error(transparent)]
-    Connect(#[from] quinn::ConnectError),
-    #[error(transparent)]
-    Write(#[from] quinn::WriteError),
-    #[error(transparent)]
-    Read(#[from] quinn::ReadError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error("bad url {0:?}: {1}")]
-    Url(String, &'static str),
-    #[error("timed out: {0}")]
-    Timeout(&'static str),
-    #[error("closed")]
-    Closed,
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Upstream => "upstream",
+            Side::Downstream => "downstream",
+            Side::Internal => "internal",
+        })
+    }
 }
 
-impl From<crate::proto::DecodeError> for Error {
-    fn from(e: crate::proto::DecodeError) -> Self {
-        Error::Protocol(e)
-    }
+#[derive(Debug, Clone)]
+pub struct Error {
+    kind: Kind,
+    side: Side,
+    /// The code the peer told us, for an error a peer reported.
+    remote: Option<ErrorCode>,
+    reason: Cow<'static, str>,
 }
 
 impl Error {
-    /// What a peer is told with the code: the reason alone (the code travels beside it).
-    pub fn reason(&self) -> String {
-        match self {
-            Error::Remote { reason, .. } | Error::Refused { reason, .. } => reason.clone(),
-            other => other.to_string(),
-        }
-    }
-
-    pub fn refused(code: ErrorCode, reason: impl Into<String>) -> Self {
-        Error::Refused {
-            code,
+    /// An error of `kind`, on our side until said otherwise (`upstream`, `downstream`).
+    pub fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            kind,
+            side: Side::Internal,
+            remote: None,
             reason: reason.into(),
         }
     }
 
+    /// A refusal with the code a peer is to be told.
+    pub fn refused(code: ErrorCode, reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::from_code(code), reason)
+    }
+
+    /// What a peer told us (an ERROR, a SUBSCRIBE_ERROR, a close or reset with its code).
+    pub fn remote(code: ErrorCode, reason: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            remote: Some(code),
+            ..Error::new(Kind::from_code(code), reason)
+        }
+    }
+
+    /// A peer went away (its connection closed or was lost, its stream reset).
+    pub fn closed(reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Closed, reason)
+    }
+
+    pub fn timeout(what: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Timeout, what)
+    }
+
+    pub fn media(reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::BadMedia, reason)
+    }
+
+    pub fn unsupported(reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Unsupported, reason)
+    }
+
+    pub fn protocol(reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Protocol, reason)
+    }
+
+    /// The node's own trouble: a file, a socket, a certificate.
+    pub fn local(reason: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Local, reason)
+    }
+
+    /// Marks the error as the peer we fetch from's.
+    pub fn upstream(mut self) -> Error {
+        self.side = Side::Upstream;
+        self
+    }
+
+    /// Marks the error as the peer we serve's.
+    pub fn downstream(mut self) -> Error {
+        self.side = Side::Downstream;
+        self
+    }
+
+    /// Puts `context` before the reason ("reading X: ...").
+    pub fn context(mut self, context: impl fmt::Display) -> Error {
+        self.reason = format!("{context}: {}", self.reason).into();
+        self
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     /// The code a peer is told for this error.
     pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::Protocol(e) => e.code(),
-            Error::Remote { code, .. } | Error::Refused { code, .. } => *code,
-            Error::Media(_) | Error::Unsupported(_) => ErrorCode::BadMedia,
-            Error::Timeout(_) => ErrorCode::Timeout,
-            Error::Closed => ErrorCode::Cancelled,
-            _ => ErrorCode::Internal,
+        self.remote.unwrap_or_else(|| self.kind.code())
+    }
+
+    /// The code a peer told us, if a peer reported this error.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        self.remote
+    }
+
+    /// What a peer is told with the code: the reason alone (the code travels beside it).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The peer went away, or said it was done: nothing to tell it, nothing to log loudly.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.kind, Kind::Closed | Kind::GoingAway)
+            || self.remote == Some(ErrorCode::NoError)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(code) = self.remote {
+            return write!(f, "{code} from peer: {}", self.reason);
         }
+        match self.kind {
+            Kind::Protocol => write!(f, "protocol error: {}", self.reason),
+            Kind::BadMedia => write!(f, "media error: {}", self.reason),
+            Kind::Unsupported => write!(f, "unsupported media: {}", self.reason),
+            Kind::Timeout => write!(f, "timed out: {}", self.reason),
+            Kind::Local | Kind::Closed => f.write_str(&self.reason),
+            k => write!(f, "{}: {}", k.code(), self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        let kind = match e {
+            DecodeError::TooLarge { .. } => Kind::TooLarge,
+            _ => Kind::Protocol,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::proto::UrlError> for Error {
+    fn from(e: crate::proto::UrlError) -> Self {
+        Error::local(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::local(e.to_string())
     }
 }
 

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use quicast::client::{Client, QuicUrl};
-use quicast::config::{client_trust, NodeArgs};
-use quicast::listen::{listen, ListenEvent};
+use quicast::client::{listen, publish, Client, Input, ListenEvent, OggReader, PublishOptions};
 use quicast::media::OggOpusWriter;
-use quicast::proto::{Role, Start};
-use quicast::publish::{publish, Input, PublishOptions};
-use quicast::server::{Node, Server};
+use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
+use quicast::proto::{QuicUrl, Role, Start};
+use quicast::{new_node, HttpServer, Identity, NodeArgs, NodeConfig, QuicServer, Trust};
 use tracing::info;
+
+mod cli;
+
+use cli::{demo, loadgen};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +35,33 @@ struct TrustArgs {
     ca: Option<PathBuf>,
     /// SHA-256 fingerprint of the server's (self-signed) certificate, as it logs it.
     #[arg(long = "fingerprint")]
-    fingerprint: Vec<String>,
+    fingerprint: Vec<Fingerprint>,
+}
+
+/// A client's trust from `--ca` / `--fingerprint`: exactly one of them.
+fn client_trust(
+    ca: Option<&std::path::Path>,
+    fingerprints: &[Fingerprint],
+) -> Result<Trust, ConfigError> {
+    match (ca, fingerprints.is_empty()) {
+        (Some(ca), true) => Trust::from_ca_file(ca).map_err(|e| invalid(e.key, e.to_string())),
+        (None, false) => Ok(Trust::pinned(fingerprints)),
+        (Some(_), false) => Err(invalid("ca", "give --ca or --fingerprint, not both")),
+        (None, true) => Err(invalid(
+            "ca",
+            "no way to trust the server: give --ca PEM, or --fingerprint HEX (printed in the server's log)",
+        )),
+    }
+}
+
+/// The server's identity: from `cert` and `key`, or generated.
+fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
+    match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => {
+            Identity::from_pem_files(c, k).map_err(|e| invalid(e.key, e.to_string()))
+        }
+        _ => Identity::self_signed(&[]).map_err(|e| invalid("cert", e.to_string())),
+    }
 }
 
 #[derive(Subcommand)]
@@ -147,22 +175,20 @@ fn descriptor_budget() -> u64 {
 }
 
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
-    let args = args.load()?;
-    let mut cfg = args.node_config(relay)?;
-    cfg.max_http_connections = descriptor_budget();
-    let identity = args.identity()?;
+    let mut cfg = args.load()?.resolve();
+    cfg.check(relay)?;
+    if cfg.max_http_connections.is_none() {
+        cfg.max_http_connections = Some(Count::new(descriptor_budget()));
+    }
+    let identity = identity(&cfg)?;
     if identity.self_signed {
         info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
     }
-    let server = Server::start(Node::new(cfg)?, args.listen_addr(), &identity)
-        .await
-        .with_context(|| format!("cannot serve on {}", args.listen_addr()))?;
-    let _http = match args.http {
-        Some(addr) => Some(
-            quicast::http::HttpServer::start(server.node.clone(), addr)
-                .await
-                .with_context(|| format!("cannot serve HTTP on {addr}"))?,
-        ),
+    let (listen, http) = (cfg.listen, cfg.http);
+    let node = new_node(cfg)?;
+    let server = QuicServer::start(node.clone(), listen, &identity).await?;
+    let _http = match http {
+        Some(addr) => Some(HttpServer::start(node, addr).await?),
         None => None,
     };
     shutdown_signal().await;
@@ -179,7 +205,11 @@ async fn connect(
     token: &str,
 ) -> anyhow::Result<std::sync::Arc<quicast::client::Session>> {
     let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
-    let addr = url.resolve().await?;
+    let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .with_context(|| format!("cannot resolve {}", url.host))?
+        .next()
+        .with_context(|| format!("{} did not resolve", url.host))?;
     let client = Client::for_target(&addr, &trust)?;
     let s = client
         .connect(url, role, token)
@@ -280,7 +310,7 @@ async fn run_publish(
     }
     // Check the input before connecting, so a bad file is reported as such.
     if let Input::File(p) = &input {
-        quicast::publish::OggReader::open(&input)
+        OggReader::open(&input)
             .await?
             .head()
             .await
@@ -298,7 +328,7 @@ async fn run_publish(
 }
 
 async fn run_demo(base_port: u16) -> anyhow::Result<()> {
-    let demo = quicast::demo::start(base_port).await.with_context(|| {
+    let demo = demo::start(base_port).await.with_context(|| {
         format!(
             "starting the demo on ports {base_port}..{} (try --base-port)",
             base_port.saturating_add(3)
@@ -316,7 +346,7 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
     );
     println!(
         "publishing the sample in a loop to stream '{}'. Listen on an edge with:",
-        quicast::demo::STREAM
+        demo::STREAM
     );
     for (url, fp) in demo.edge_urls() {
         println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
@@ -325,7 +355,7 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
         println!(
             "  ffplay -nodisp http://{}/{}.ogg     (or open http://{}/ in a browser)",
             h.addr,
-            quicast::demo::STREAM,
+            demo::STREAM,
             h.addr
         );
     }
@@ -360,7 +390,7 @@ async fn run_loadgen(
     }
     let url = QuicUrl::parse(&url)?;
     url.stream()?;
-    let opts = quicast::loadgen::LoadOptions {
+    let opts = loadgen::LoadOptions {
         url,
         trust: client_trust(trust.ca.as_deref(), &trust.fingerprint)?,
         listeners,
@@ -368,7 +398,7 @@ async fn run_loadgen(
         ramp: secs("ramp", ramp)?,
         endpoints: endpoints.unwrap_or(listeners / 2000 + 1).clamp(1, 64),
     };
-    let r = quicast::loadgen::run(opts).await?;
+    let r = loadgen::run(opts).await?;
     println!(
         "listeners {}  connected {}  failed {}",
         r.listeners, r.connected, r.failed

@@ -44,8 +44,8 @@ fn ffmpeg_audio_through_two_relays_decodes_and_matches_the_source() {
             .unwrap(),
     );
     t.origin.wait_lines(&[
-        "path=talk role=Relay}: quicast::server: stream has not started",
-        "path=piped role=Relay}: quicast::server: stream has not started",
+        "path=talk role=Relay}: quicast::node: stream has not started",
+        "path=piped role=Relay}: quicast::node: stream has not started",
     ]);
 
     // Publish the file (paced in real time), and ffmpeg piping into `publish --input -`.

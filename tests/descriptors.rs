@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use quicast::http::HttpServer;
+use quicast::HttpServer;
 use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

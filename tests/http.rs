@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::media::{assert_decodes_cleanly, make_opus, make_vorbis, packet_crcs};
 use common::*;
-use quicast::http::HttpServer;
+use quicast::node::config::{Count, Secs};
 use quicast::proto::Role;
-use quicast::server::{NodeConfig, Server};
+use quicast::HttpServer;
+use quicast::NodeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -24,7 +25,7 @@ async fn http(s: &Server) -> HttpServer {
 
 fn origin_config() -> NodeConfig {
     NodeConfig {
-        source_password: Some(PASSWORD.into()),
+        source_password: Some(PASSWORD.parse().unwrap()),
         ..test_config()
     }
 }
@@ -108,7 +109,7 @@ async fn ffmpeg_icecast_source_to_an_http_listener_two_relays_away() {
 async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
     let work = tempfile::tempdir().unwrap();
     let o = origin_with(NodeConfig {
-        http_wait: Duration::from_secs(1),
+        http_wait_secs: Secs::new(1),
         ..origin_config()
     })
     .await;
@@ -239,7 +240,7 @@ async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
     // Lag tolerance: the stuck listener falls behind without end; the good one, in this same
     // busy test process (with Chromium and ffmpeg beside it), now and then: at 4 MB/s with 2
     // segments of slack it was skipped in 1 run in 8; so 1.6 MB/s and 5 segments.
-    cfg.store.max_lag = 5;
+    cfg.max_lag_segments = Count::new(5);
     let o = origin_with(cfg).await;
     let h = http(&o).await;
     // A client that asks and then never reads.
@@ -294,15 +295,15 @@ async fn chromium_plays_the_stream_from_an_edge() {
     let u = url(&o, "live");
     let publisher = tokio::spawn(async move {
         let s = c.connect(&u, Role::Publisher, "").await.unwrap();
-        let opts = quicast::publish::PublishOptions {
+        let opts = quicast::client::PublishOptions {
             path: "live".into(),
-            input: quicast::publish::Input::Memory(bytes::Bytes::from_static(
-                quicast::demo::SAMPLE,
-            )),
+            input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
+                "../src/cli/demo/sample.opus"
+            ))),
             looping: true,
             realtime: true,
         };
-        let _ = quicast::publish::publish(&s, &opts).await;
+        let _ = quicast::client::publish(&s, &opts).await;
     });
     // The test's own page server: serves a page with an <audio> element and takes its report.
     let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -388,7 +389,7 @@ a.addEventListener('playing', () => {{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_count_against_the_node_limit() {
     let o = origin_with(NodeConfig {
-        max_connections: 1,
+        max_connections: Count::new(1),
         ..origin_config()
     })
     .await;
@@ -425,7 +426,7 @@ async fn an_overloaded_node_answers_new_http_listeners_503() {
 async fn a_source_over_the_stream_limit_is_told_503_not_400() {
     let work = tempfile::tempdir().unwrap();
     let mut cfg = origin_config();
-    cfg.store.max_streams = 1;
+    cfg.max_streams = Count::new(1);
     let o = origin_with(cfg).await;
     let h = http(&o).await;
     let s = session(&o, Role::Publisher, "").await.unwrap();

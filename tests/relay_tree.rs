@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use quicast::error::ErrorCode;
+use quicast::node::config::{Count, Millis};
+use quicast::proto::ErrorCode;
 use quicast::proto::{Message, Role, Start, VERSION};
-use quicast::Error;
 
 const MS5: Duration = Duration::from_millis(5);
 
 /// Waits until `node` has `n` subscribers on `path`.
-async fn subscribers(node: &quicast::server::Server, path: &str, n: usize) {
+async fn subscribers(node: &quicast::QuicServer, path: &str, n: usize) {
     node.node
         .registry
         .wait_until(|r| r.subscribers(path) >= n)
@@ -146,7 +146,7 @@ async fn a_listener_joining_mid_stream_starts_at_a_segment_start_with_the_header
 async fn a_listener_that_never_reads_delays_nobody_and_is_skipped_not_buffered() {
     let cfg = || {
         let mut c = test_config();
-        c.store.max_lag = 2;
+        c.max_lag_segments = Count::new(2);
         c
     };
     let o = origin_with(cfg()).await;
@@ -230,16 +230,16 @@ async fn a_relay_that_loses_its_parent_continues_from_the_next_with_no_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_token_is_checked() {
-    let o = origin_with(quicast::server::NodeConfig {
-        publish_token: Some("s3cret".into()),
+    let o = origin_with(quicast::NodeConfig {
+        publish_token: Some("s3cret".parse().unwrap()),
         ..test_config()
     })
     .await;
     for bad in ["", "wrong"] {
         match session(&o, Role::Publisher, bad).await {
-            Err(Error::Remote { code, reason }) => {
-                assert_eq!(code, ErrorCode::Unauthorized);
-                assert!(reason.contains("token"), "{reason}");
+            Err(e) if e.remote_code().is_some() => {
+                assert_eq!(e.remote_code(), Some(ErrorCode::Unauthorized));
+                assert!(e.reason().contains("token"), "{e}");
             }
             Err(e) => panic!("expected unauthorized, got {e}"),
             Ok(_) => panic!("publisher with token {bad:?} was accepted"),
@@ -257,14 +257,16 @@ async fn a_relay_refuses_publishers_and_a_second_publisher_is_refused() {
     let o = origin().await;
     let r = relay(&[&o]).await;
     match session(&r, Role::Publisher, "").await {
-        Err(Error::Remote { code, .. }) => assert_eq!(code, ErrorCode::NotAllowed),
+        Err(e) => assert_eq!(e.remote_code(), Some(ErrorCode::NotAllowed)),
         _ => panic!("relay accepted a publisher"),
     }
     let s1 = session(&o, Role::Publisher, "").await.unwrap();
     let _p1 = s1.publish("one", codec()).await.unwrap();
     let s2 = session(&o, Role::Publisher, "").await.unwrap();
     match s2.publish("one", codec()).await {
-        Err(Error::Remote { code, .. }) => assert_eq!(code, ErrorCode::Conflict),
+        Err(e) if e.remote_code().is_some() => {
+            assert_eq!(e.remote_code(), Some(ErrorCode::Conflict))
+        }
         Err(e) => panic!("expected conflict, got {e}"),
         Ok(_) => panic!("second publisher accepted"),
     }
@@ -300,7 +302,8 @@ async fn hostile_peers_lose_only_their_own_connection() {
     f.duration = 480;
     let _ = p.send(&[f]).await;
     match s.closed().await {
-        Error::Remote { code, reason } => {
+        e if e.remote_code().is_some() => {
+            let (code, reason) = (e.code(), e.reason().to_string());
             assert_eq!(code, ErrorCode::BadMedia);
             assert!(reason.contains("lasts"), "{reason}");
         }
@@ -339,22 +342,22 @@ async fn a_ca_signed_server_is_trusted_by_ca_and_a_wrong_pin_is_refused() {
     std::fs::write(&c, leaf.pem()).unwrap();
     std::fs::write(&k, leaf_key.serialize_pem()).unwrap();
     std::fs::write(&cap, ca.pem()).unwrap();
-    let id = quicast::tls::Identity::from_pem_files(&c, &k).unwrap();
+    let id = quicast::Identity::from_pem_files(&c, &k).unwrap();
     init_logs();
-    let node = quicast::server::Node::new(test_config()).unwrap();
-    let o = quicast::server::Server::start(node, "127.0.0.1:0".parse().unwrap(), &id)
+    let node = quicast::new_node(test_config()).unwrap();
+    let o = quicast::QuicServer::start(node, "127.0.0.1:0".parse().unwrap(), &id)
         .await
         .unwrap();
 
-    let by_ca = quicast::tls::Trust::from_ca_file(&cap).unwrap();
+    let by_ca = quicast::Trust::from_ca_file(&cap).unwrap();
     let u =
-        quicast::client::QuicUrl::parse(&format!("quic://localhost:{}/x", o.addr.port())).unwrap();
+        quicast::proto::QuicUrl::parse(&format!("quic://localhost:{}/x", o.addr.port())).unwrap();
     let cl = quicast::client::Client::for_target(&o.addr, &by_ca).unwrap();
     cl.connect(&u, Role::Listener, "")
         .await
         .expect("CA-signed certificate is trusted");
 
-    let wrong = quicast::tls::Trust::pinned(&["ab".repeat(32)]).unwrap();
+    let wrong = quicast::Trust::pinned(&["ab".repeat(32).parse().unwrap()]);
     let cl = quicast::client::Client::for_target(&o.addr, &wrong).unwrap();
     assert!(
         cl.connect(&u, Role::Listener, "").await.is_err(),
@@ -366,7 +369,7 @@ async fn a_ca_signed_server_is_trusted_by_ca_and_a_wrong_pin_is_refused() {
 async fn made_up_stream_names_cannot_grow_a_relay_without_bound() {
     let o = origin().await;
     let mut cfg = test_config();
-    cfg.store.max_waiting = 3;
+    cfg.max_waiting = Count::new(3);
     let r = relay_with(&[&o], cfg).await;
     let s = session(&r, Role::Listener, "").await.unwrap();
     let mut subs = Vec::new();
@@ -432,8 +435,8 @@ async fn churning_subscriptions_leave_the_control_stream_intact() {
 /// intervals of one packet each) on an origin with the given ACK delay; returns the
 /// listener's connection stats.
 async fn listen_and_count(ack_delay: Duration) -> quinn::ConnectionStats {
-    let o = origin_with(quicast::server::NodeConfig {
-        ack_delay,
+    let o = origin_with(quicast::NodeConfig {
+        ack_delay_ms: Millis::new(ack_delay.as_millis() as u64),
         ..test_config()
     })
     .await;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quicast::client::{Client, QuicUrl, Session};
-use quicast::listen::{listen, ListenEvent, ListenReport};
-use quicast::proto::{Codec, Frame, Role, Start};
-use quicast::server::{Node, NodeConfig, Server};
-use quicast::store::StoreConfig;
-use quicast::tls::{Identity, Trust};
+use quicast::client::{listen, Client, ListenEvent, ListenReport, Session};
+use quicast::node::config::{Count, Millis, Secs};
+use quicast::proto::{Codec, Frame, QuicUrl, Role, Start};
+use quicast::{Identity, NodeConfig, QuicServer, Trust};
+
+pub type Server = QuicServer;
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -30,23 +30,20 @@ pub fn init_logs() {
 /// loaded CI machine never skips a listener that is keeping up.
 pub fn test_config() -> NodeConfig {
     NodeConfig {
-        segment_duration: Duration::from_millis(100),
-        store: StoreConfig {
-            window: 64,
-            max_lag: 50,
-            ..StoreConfig::default()
-        },
-        linger: Duration::from_millis(500),
-        probe: Duration::from_millis(200),
-        connect_timeout: Duration::from_secs(2),
+        segment_ms: Millis::new(100),
+        window_segments: Count::new(64),
+        max_lag_segments: Count::new(50),
+        linger_secs: Secs::new(1),
+        probe_ms: Millis::new(200),
+        connect_timeout_ms: Millis::new(2000),
         ..NodeConfig::default()
     }
 }
 
 pub async fn origin_with(cfg: NodeConfig) -> Server {
     init_logs();
-    let node = Node::new(NodeConfig {
-        name: "origin".into(),
+    let node = quicast::new_node(NodeConfig {
+        name: Some("origin".parse().unwrap()),
         ..cfg
     })
     .unwrap();
@@ -67,27 +64,26 @@ pub async fn relay_with(parents: &[&Server], cfg: NodeConfig) -> Server {
     init_logs();
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let cfg = NodeConfig {
-        name: format!(
-            "relay-{}",
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        name: Some(
+            format!(
+                "relay-{}",
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+            .parse()
+            .unwrap(),
         ),
         upstream: parents
             .iter()
             .map(|p| QuicUrl::parse(&format!("quic://{}", p.addr)).unwrap())
             .collect(),
-        upstream_trust: Some(
-            Trust::pinned(
-                &parents
-                    .iter()
-                    .map(|p| p.fingerprint.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap(),
-        ),
+        fingerprint: parents
+            .iter()
+            .map(|p| p.fingerprint.parse().unwrap())
+            .collect(),
         ..cfg
     };
     Server::start(
-        Node::new(cfg).unwrap(),
+        quicast::new_node(cfg).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         &Identity::self_signed(&[]).unwrap(),
     )
@@ -104,7 +100,7 @@ pub fn url(s: &Server, path: &str) -> QuicUrl {
 }
 
 pub fn trust(s: &Server) -> Trust {
-    Trust::pinned(std::slice::from_ref(&s.fingerprint)).unwrap()
+    Trust::pinned(&[s.fingerprint.parse().unwrap()])
 }
 
 pub fn client(s: &Server) -> Client {

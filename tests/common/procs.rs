@@ -34,7 +34,7 @@ impl Proc {
     pub fn spawn_program(program: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info,quicast::server=debug")
+            .env("RUST_LOG", "info,quicast::node=debug,quicast::egress=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -151,7 +151,7 @@ pub fn certs() -> Certs {
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let fp = quicast::tls::sha256_hex(ck.cert.der());
+    let fp = quicast::sha256_hex(ck.cert.der());
     Certs {
         _dir: dir,
         cert,

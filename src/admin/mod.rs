@@ -1,0 +1,3 @@
+//! A node's own pages: the status page and the list of streams (metrics will join them).
+
+pub(crate) mod status;

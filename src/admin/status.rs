@@ -1,0 +1,79 @@
+//! What a node shows of itself: the live streams, as a page with a player for each and as
+//! JSON (`/streams`).
+
+use std::time::UNIX_EPOCH;
+
+use crate::node::Node;
+
+#[derive(serde::Serialize)]
+struct StreamInfo {
+    name: String,
+    listeners: usize,
+    /// Unix time in seconds.
+    started_at: u64,
+    codec: &'static str,
+    sample_rate: u32,
+    channels: u8,
+    /// Bits per second over the segments held.
+    bitrate: u64,
+}
+
+fn live_streams(node: &Node) -> Vec<StreamInfo> {
+    node.registry
+        .list()
+        .into_iter()
+        .filter_map(|slot| {
+            let b = slot.broadcast()?;
+            Some(StreamInfo {
+                name: slot.path.clone(),
+                listeners: slot.subscribers(),
+                started_at: b
+                    .started
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                codec: "opus",
+                sample_rate: b.codec.sample_rate,
+                channels: b.codec.channels,
+                bitrate: b.bitrate(),
+            })
+        })
+        .collect()
+}
+
+/// `/streams`: the live streams, as JSON.
+pub(crate) fn streams_json(node: &Node) -> String {
+    serde_json::to_string(&live_streams(node)).unwrap_or_else(|_| "[]".into())
+}
+
+/// `/`: a page listing the live streams, a player for each.
+pub(crate) fn page(node: &Node) -> String {
+    let streams = live_streams(node);
+    let mut items = String::new();
+    for s in &streams {
+        // Stream names are restricted to [A-Za-z0-9._~-/]: nothing to escape.
+        items += &format!(
+            "<li><h2>{n}</h2><p>{l} listening here &middot; {k} kbit/s</p><audio controls preload=\"none\" src=\"/{n}.ogg\"></audio></li>\n",
+            n = s.name,
+            l = s.listeners,
+            k = s.bitrate / 1000
+        );
+    }
+    if streams.is_empty() {
+        items = "<li>Nothing is live here right now.</li>".into();
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>quicast: {node}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}</style>
+</head><body>
+<h1>Live on {node}</h1>
+<ul id="streams">
+{items}</ul>
+<p><small>Also as JSON: <a href="/streams">/streams</a>. Any player: <code>ffplay http://HOST:PORT/STREAM.ogg</code></small></p>
+</body></html>
+"#,
+        node = node.name()
+    )
+}

@@ -1,0 +1,69 @@
+//! The client side of the protocol, one code for everything that connects to a node:
+//! `quicast listen`, `quicast publish`, the load generator, and a relay fetching from its
+//! parents (`QuicParents`, the node's way to them over QUIC).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::Connection;
+
+use crate::error::Result;
+use crate::proto::{QuicUrl, Role};
+use crate::transport::{self, Trust};
+
+mod listen;
+mod parents;
+mod publish;
+mod session;
+
+pub use listen::{listen, ListenEvent, ListenReport};
+pub use parents::QuicParents;
+pub use publish::{publish, Input, OggReader, PublishOptions, PublishReport};
+pub use session::{Event, Publication, Session, Subscription};
+
+/// A client endpoint: one UDP socket, many connections.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Client {
+    pub fn new(bind: SocketAddr, trust: &Trust) -> Result<Client> {
+        Client::with_config(bind, transport::client_config(trust)?)
+    }
+
+    /// This client makes a full TLS handshake on every connection: no session resumption.
+    pub fn without_resumption(mut self, trust: &Trust) -> Result<Client> {
+        self.config = transport::client_config_with(trust, false, transport::listener_transport())?;
+        Ok(self)
+    }
+
+    /// A client whose connections use `config` (a relay's, for its parents).
+    pub fn with_config(bind: SocketAddr, config: quinn::ClientConfig) -> Result<Client> {
+        Ok(Client {
+            endpoint: transport::client_endpoint(bind)?,
+            config,
+        })
+    }
+
+    /// A client bound to an ephemeral port of the same address family as `target`.
+    pub fn for_target(target: &SocketAddr, trust: &Trust) -> Result<Client> {
+        Client::new(transport::unspecified_for(target), trust)
+    }
+
+    /// Connects to the node at `url` and says hello as `role`.
+    pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
+        Session::start(self.connect_raw(url).await?, role, token).await
+    }
+
+    /// A bare QUIC connection (TLS done, nothing said yet): for tools and tests that speak
+    /// the protocol themselves.
+    pub async fn connect_raw(&self, url: &QuicUrl) -> Result<Connection> {
+        let addr = transport::resolve(url).await?;
+        Ok(self
+            .endpoint
+            .connect_with(self.config.clone(), addr, &url.host)?
+            .await?)
+    }
+}

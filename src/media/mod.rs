@@ -1,0 +1,14 @@
+//! Media: Opus in Ogg, in and out. All of it I/O-free (bytes in, packets or pages out).
+
+mod ogg_demux;
+mod ogg_mux;
+mod opus;
+mod timeline;
+
+pub use ogg_demux::{OggEvent, OggOpusDemuxer};
+pub use ogg_mux::OggOpusWriter;
+pub use opus::{opus_packet_samples, OpusHead, OPUS_RATE};
+pub use timeline::{Timeline, MAX_GAP};
+
+#[cfg(test)]
+mod tests;

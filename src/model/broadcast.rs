@@ -1,0 +1,267 @@
+//! A broadcast: one run of a stream from one publisher, its segments, and the wake-ups of
+//! the subscribers walking it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::{Cursor, Segment, SegmentCache, StoreConfig, WireFrame};
+use crate::error::{Error, Result};
+use crate::proto::ErrorCode;
+use crate::proto::{Codec, Start};
+
+#[derive(Default)]
+struct BState {
+    open: Option<Arc<Segment>>,
+    /// The broadcast's first segment here (for subscribers who waited for it to start).
+    first: Option<u64>,
+    latest: Option<u64>,
+    ended: bool,
+}
+
+/// One run of a stream from one publisher: its codec, and its segments by sequence number.
+/// A relay holds a `Broadcast` with the same `instance` as its parent's.
+pub struct Broadcast {
+    pub path: String,
+    pub instance: u64,
+    pub codec: Codec,
+    pub started: SystemTime,
+    state: Mutex<BState>,
+    /// Bumped whenever subscribers have something new to take.
+    changed: watch::Sender<u64>,
+    cache: SegmentCache,
+    pub(super) window: u64,
+    pub(super) max_lag: u64,
+    me: std::sync::Weak<Broadcast>,
+    coalesce: Duration,
+    last_wake: Mutex<Option<tokio::time::Instant>>,
+    wake_pending: AtomicBool,
+    /// Payload bytes and samples appended, for the bitrate.
+    payload_bytes: AtomicU64,
+    samples: AtomicU64,
+    /// End (pts + duration) of the last frame appended, plus one; 0 before any.
+    end_pts: AtomicU64,
+}
+
+/// Where the broadcast is: its first and latest segments here, and whether it is over.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub first: Option<u64>,
+    pub latest: Option<u64>,
+    pub ended: bool,
+}
+
+impl Broadcast {
+    pub fn new(
+        path: &str,
+        instance: u64,
+        codec: Codec,
+        cache: &SegmentCache,
+        cfg: &StoreConfig,
+    ) -> Arc<Broadcast> {
+        Arc::new_cyclic(|me| Broadcast {
+            me: me.clone(),
+            coalesce: cfg.coalesce,
+            last_wake: Mutex::new(None),
+            wake_pending: AtomicBool::new(false),
+            path: path.to_string(),
+            instance,
+            codec,
+            started: SystemTime::now(),
+            state: Mutex::new(BState::default()),
+            changed: watch::Sender::new(0),
+            cache: cache.clone(),
+            window: cfg.window.max(1),
+            max_lag: cfg.max_lag.max(1),
+            payload_bytes: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            end_pts: AtomicU64::new(0),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn span(&self) -> Span {
+        let s = self.state();
+        Span {
+            first: s.first,
+            latest: s.latest,
+            ended: s.ended,
+        }
+    }
+
+    /// Starts segment `seq`, sealing the open one. Sequence numbers only grow.
+    pub fn begin(&self, seq: u64) -> Result<Arc<Segment>> {
+        let seg = Arc::new(Segment::new(seq));
+        {
+            let mut s = self.state();
+            if s.ended {
+                return Err(Error::refused(
+                    ErrorCode::ProtocolViolation,
+                    "broadcast has ended",
+                ));
+            }
+            if let Some(l) = s.latest {
+                if seq <= l {
+                    return Err(Error::refused(
+                        ErrorCode::ProtocolViolation,
+                        format!("segment {seq} does not follow {l}"),
+                    ));
+                }
+            }
+            if let Some(old) = s.open.take() {
+                self.seal_locked(&old);
+            }
+            s.open = Some(seg.clone());
+            s.first.get_or_insert(seq);
+            s.latest = Some(seq);
+            if seq > self.window {
+                self.cache
+                    .cache
+                    .invalidate(&(self.instance, seq - self.window - 1));
+            }
+        }
+        self.cache.cache.insert((self.instance, seq), seg.clone());
+        // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and
+        // an extra packet to every subscriber).
+        self.flush();
+        Ok(seg)
+    }
+
+    /// Appends a frame to `seg` (the open segment) and wakes subscribers (see `flush`).
+    pub fn append(&self, seg: &Segment, f: WireFrame) -> Result<()> {
+        self.append_quiet(seg, f)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Wakes subscribers for frames appended quietly: at once, or, with a coalescing interval,
+    /// at most once per interval (a wake-up due later is scheduled, never lost).
+    pub fn flush(&self) {
+        if self.coalesce.is_zero() {
+            return self.notify();
+        }
+        let now = tokio::time::Instant::now();
+        let mut last = self.last_wake.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(l) if now < l + self.coalesce => {
+                if !self.wake_pending.swap(true, Ordering::AcqRel) {
+                    let (due, me) = (l + self.coalesce, self.me.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        if let Some(b) = me.upgrade() {
+                            b.wake_pending.store(false, Ordering::Release);
+                            *b.last_wake.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(tokio::time::Instant::now());
+                            b.notify();
+                        }
+                    });
+                }
+            }
+            _ => {
+                *last = Some(now);
+                drop(last);
+                self.notify();
+            }
+        }
+    }
+
+    /// Appends a frame without waking anyone: call `flush` after a batch.
+    pub fn append_quiet(&self, seg: &Segment, f: WireFrame) -> Result<()> {
+        let (payload, duration, pts) = (f.frame.payload.len(), f.frame.duration, f.frame.pts);
+        seg.append(f)?;
+        self.payload_bytes
+            .fetch_add(payload as u64, Ordering::Relaxed);
+        self.samples.fetch_add(duration as u64, Ordering::Relaxed);
+        let end = pts.saturating_add(duration as u64);
+        self.end_pts
+            .fetch_max(end.saturating_add(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn seal_locked(&self, seg: &Arc<Segment>) {
+        seg.seal();
+        // Re-insert so the cache weighs the segment at its final size.
+        self.cache
+            .cache
+            .insert((self.instance, seg.seq), seg.clone());
+    }
+
+    /// Seals `seg` (a segment that is complete).
+    pub fn seal(&self, seg: &Arc<Segment>) {
+        {
+            let mut s = self.state();
+            if s.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, seg)) {
+                s.open = None;
+            }
+            self.seal_locked(seg);
+        }
+        self.flush();
+    }
+
+    /// The broadcast is over (no more segments): seals the open one and wakes every subscriber.
+    pub fn finish(&self) {
+        {
+            let mut s = self.state();
+            if let Some(old) = s.open.take() {
+                self.seal_locked(&old);
+            }
+            s.ended = true;
+        }
+        self.notify();
+    }
+
+    /// Average bits per second of the audio so far.
+    pub fn bitrate(&self) -> u64 {
+        let samples = self.samples.load(Ordering::Relaxed);
+        if samples == 0 {
+            return 0;
+        }
+        self.payload_bytes.load(Ordering::Relaxed) * 8 * self.codec.sample_rate as u64 / samples
+    }
+
+    /// Where the last frame appended ends (pts + duration), if any was.
+    pub fn end_pts(&self) -> Option<u64> {
+        self.end_pts.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state().ended
+    }
+
+    pub fn segment(&self, seq: u64) -> Option<Arc<Segment>> {
+        {
+            let s = self.state();
+            if let Some(o) = &s.open {
+                if o.seq == seq {
+                    return Some(o.clone());
+                }
+            }
+        }
+        self.cache.cache.get(&(self.instance, seq))
+    }
+
+    /// The open segment, if any.
+    pub fn open_segment(&self) -> Option<Arc<Segment>> {
+        self.state().open.clone()
+    }
+
+    /// A cursor starting at `start` (`Live`: the segment being produced).
+    pub fn cursor(self: &Arc<Self>, start: Start) -> Cursor {
+        Cursor::new(self.clone(), self.changed.subscribe(), start, false)
+    }
+
+    /// A cursor for a subscriber that waited for the broadcast to start: it begins at the
+    /// broadcast's first segment, however many were cut before it first runs.
+    pub fn cursor_from_first(self: &Arc<Self>) -> Cursor {
+        Cursor::new(self.clone(), self.changed.subscribe(), Start::Live, true)
+    }
+}

@@ -1,0 +1,173 @@
+//! A segment: a run of frames, the unit of caching and of joining.
+
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use super::{Batch, WireFrame};
+use crate::error::{Error, Kind, Result};
+use crate::proto::{MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
+
+/// A run of frames starting with an independently decodable one. Open while it grows,
+/// sealed when the next one begins. Append-only.
+pub struct Segment {
+    pub seq: u64,
+    inner: RwLock<SegInner>,
+}
+
+#[derive(Default)]
+struct SegInner {
+    frames: Vec<WireFrame>,
+    bytes: usize,
+    sealed: bool,
+    /// Runs of consecutive wire records, each one `Bytes`, partitioning `frames[..covered]`:
+    /// (end index, bytes). One copy per node, however many read it: the first subscriber to
+    /// read a delivery interval's frames joins their records into one run, and every other
+    /// subscriber at that place is handed the same run (one chunk to write, not one per
+    /// frame). The records of a run are slices of it, so frames are held once.
+    runs: Vec<(usize, Bytes)>,
+}
+
+impl SegInner {
+    fn covered(&self) -> usize {
+        self.runs.last().map_or(0, |r| r.0)
+    }
+
+    /// Makes the frames not yet in a run into one: built once, by the first subscriber to
+    /// read them, and shared by every other subscriber that reads from the same place (all
+    /// of them, at the live edge). One copy of a delivery interval's frames per node.
+    fn close_run(&mut self) {
+        let (from, to) = (self.covered(), self.frames.len());
+        let run = match to - from {
+            0 => return,
+            1 => self.frames[from].record.clone(),
+            _ => {
+                let fresh = &mut self.frames[from..];
+                let len = fresh.iter().map(|f| f.record.len()).sum();
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                for f in fresh.iter() {
+                    buf.extend_from_slice(&f.record);
+                }
+                let run = buf.freeze();
+                // Point each frame into the run, so its old allocation is freed.
+                let mut at = 0;
+                for f in fresh.iter_mut() {
+                    let (n, p) = (f.record.len(), f.frame.payload.len());
+                    f.record = run.slice(at..at + n);
+                    f.frame.payload = run.slice(at + n - p..at + n);
+                    at += n;
+                }
+                run
+            }
+        };
+        self.runs.push((to, run));
+    }
+
+    /// The wire records of `frames[from..]` as few `Bytes` as the runs allow.
+    fn wire_from(&self, from: usize, out: &mut Vec<Bytes>) {
+        let mut at = from;
+        let mut i = self.runs.partition_point(|r| r.0 <= at);
+        while at < self.frames.len() {
+            match self.runs.get(i) {
+                Some((end, run)) => {
+                    let start = if i == 0 { 0 } else { self.runs[i - 1].0 };
+                    if start == at {
+                        out.push(run.clone());
+                    } else {
+                        // Joined in the middle of a run (rare): frame by frame to its end.
+                        out.extend(self.frames[at..*end].iter().map(|f| f.record.clone()));
+                    }
+                    at = *end;
+                    i += 1;
+                }
+                None => {
+                    out.extend(self.frames[at..].iter().map(|f| f.record.clone()));
+                    at = self.frames.len();
+                }
+            }
+        }
+    }
+}
+
+impl Segment {
+    pub(super) fn new(seq: u64) -> Segment {
+        Segment {
+            seq,
+            inner: RwLock::new(SegInner::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SegInner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SegInner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a frame: refused if the segment is sealed or would pass its bounds.
+    pub(super) fn append(&self, f: WireFrame) -> Result<()> {
+        let mut g = self.write();
+        if g.sealed {
+            return Err(Error::protocol(format!("segment {} is sealed", self.seq)));
+        }
+        if g.frames.len() >= MAX_FRAMES_PER_SEGMENT || g.bytes + f.record.len() > MAX_SEGMENT_BYTES
+        {
+            return Err(Error::new(
+                Kind::TooLarge,
+                format!("segment {} is over its limits", self.seq),
+            ));
+        }
+        g.bytes += f.record.len();
+        g.frames.push(f);
+        Ok(())
+    }
+
+    /// No more frames.
+    pub(super) fn seal(&self) {
+        self.write().sealed = true;
+    }
+
+    /// Appends frames `from..` to `out`, in its form: the frames themselves (clones of a few
+    /// `Bytes` handles), or their wire records as runs (see `SegInner::runs`). Returns how many
+    /// frames that is, and whether the segment is sealed.
+    pub fn read_from(&self, from: usize, out: &mut Batch) -> (usize, bool) {
+        {
+            let g = self.read();
+            let n = g.frames.len().saturating_sub(from);
+            if n == 0 {
+                return (0, g.sealed);
+            }
+            match out {
+                Batch::Frames(f) => {
+                    f.extend_from_slice(&g.frames[from..]);
+                    return (n, g.sealed);
+                }
+                Batch::Wire(w) if g.covered() == g.frames.len() => {
+                    g.wire_from(from, w);
+                    return (n, g.sealed);
+                }
+                Batch::Wire(_) => {}
+            }
+        }
+        let mut g = self.write();
+        g.close_run();
+        let n = g.frames.len() - from;
+        if let Batch::Wire(w) = out {
+            g.wire_from(from, w);
+        }
+        (n, g.sealed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+}

@@ -1,0 +1,656 @@
+//! A node's configuration: every key declared once, in `keys!` below, with its type (which
+//! carries its unit and bounds), its default and its doc. That one declaration makes the
+//! command-line flags (`--segment-ms 500`), the TOML file's keys (`segment-ms = 500`) and the
+//! resolved `NodeConfig` the node runs with. A flag wins over the file. An unknown key, or a
+//! value of the wrong type or out of its bounds, is refused at start, naming the key.
+//!
+//! Adding a key: one line in `keys!` (and its row in README's table, which a test checks).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::proto::QuicUrl;
+
+/// A configuration key that cannot be taken: which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read it: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+pub fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// How a key's value is given: exactly one (with a default), maybe one, or a list (the flag
+/// repeated, a TOML array; its type is the `Vec`).
+macro_rules! cfg_ty {
+    (one, $t:ty) => { $t };
+    (opt, $t:ty) => { Option<$t> };
+    (list, $t:ty) => { $t };
+}
+macro_rules! default_of {
+    (one, $t:ty, $d:literal) => {
+        <$t as FromStr>::from_str($d)
+            .unwrap_or_else(|_| panic!("default {:?} of {} does not parse", $d, stringify!($t)))
+    };
+    (opt, $t:ty, $d:literal) => {
+        None
+    };
+    (list, $t:ty, $d:literal) => {
+        Vec::new()
+    };
+}
+macro_rules! merge {
+    (one, $given:expr, $default:expr) => {
+        $given.unwrap_or($default)
+    };
+    (opt, $given:expr, $default:expr) => {
+        $given.or($default)
+    };
+    (list, $given:expr, $default:expr) => {
+        $given.unwrap_or($default)
+    };
+}
+
+macro_rules! keys {
+    ($( $(#[doc = $doc:literal])+ $field:ident : $mode:ident $ty:ty = $default:literal ; )*) => {
+        /// The node's settings as given: flags, or a file's keys, each maybe absent.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct NodeArgs {
+            /// TOML file with any of these settings (flags win).
+            #[arg(long)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])+
+                #[arg(long, help = help_of(concat!($($doc, "\n"),+), $default))]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The settings a node runs with: every key has its value.
+        #[derive(Debug, Clone)]
+        pub struct NodeConfig {
+            $( $(#[doc = $doc])+ pub $field: cfg_ty!($mode, $ty), )*
+        }
+
+        impl Default for NodeConfig {
+            fn default() -> Self {
+                NodeConfig { $( $field: default_of!($mode, $ty, $default), )* }
+            }
+        }
+
+        /// Every key, as it is written in a file (kebab-case), with its doc.
+        pub const KEYS: &[(&str, &str)] = &[ $( (stringify!($field), concat!($($doc),+)), )* ];
+
+        impl NodeArgs {
+            /// The file's settings, overridden by the flags given.
+            pub fn overridden_by(self, flags: NodeArgs) -> NodeArgs {
+                NodeArgs {
+                    config: flags.config,
+                    $( $field: flags.$field.or(self.$field), )*
+                }
+            }
+
+            /// Every key given, over the defaults.
+            pub fn resolve(self) -> NodeConfig {
+                let d = NodeConfig::default();
+                NodeConfig { $( $field: merge!($mode, self.$field, d.$field), )* }
+            }
+
+            /// The settings of a TOML file; an unknown key or a bad value is refused by name.
+            pub fn from_toml(text: &str, path: &Path) -> Result<NodeArgs, ConfigError> {
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.message().to_string(),
+                })?;
+                let mut args = NodeArgs::default();
+                for (key, value) in table {
+                    let field = key.replace('-', "_");
+                    let known = !key.contains('_') && KEYS.iter().any(|(k, _)| *k == field);
+                    if !known {
+                        return Err(invalid(&key, format!(
+                            "unknown key in {} (see `quicast relay --help` for the keys)",
+                            path.display()
+                        )));
+                    }
+                    $(
+                        if field == stringify!($field) {
+                            args.$field = Some(value.try_into().map_err(|e: toml::de::Error| {
+                                invalid(&key, e.message().trim().to_string())
+                            })?);
+                            continue;
+                        }
+                    )*
+                }
+                Ok(args)
+            }
+        }
+    };
+}
+
+/// A key's help: its doc as one paragraph, and its default when it has one.
+fn help_of(doc: &str, default: &str) -> String {
+    let text: Vec<&str> = doc
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = text.join(" ");
+    if default.is_empty() || text.contains("[default:") {
+        text
+    } else {
+        format!("{text} [default: {default}]")
+    }
+}
+
+keys! {
+    /// Name of this node, in logs and in its hello to peers [default: origin or relay].
+    name: opt Name = "";
+    /// UDP address to serve QUIC on.
+    listen: one SocketAddr = "127.0.0.1:4433";
+    /// Parent node, quic://HOST:PORT (repeat, in priority order). Makes this node a relay.
+    upstream: list Vec<QuicUrl> = "";
+    /// TLS certificate chain (PEM). Without cert and key a self-signed one is generated.
+    cert: opt PathBuf = "";
+    /// TLS private key (PEM).
+    key: opt PathBuf = "";
+    /// CA certificate(s) (PEM) to trust for parents.
+    ca: opt PathBuf = "";
+    /// SHA-256 fingerprint of a parent's certificate to pin (repeat for several parents).
+    fingerprint: list Vec<Fingerprint> = "";
+    /// TCP address for HTTP: listeners (GET /STREAM.ogg, the page at /) and, on an origin,
+    /// Icecast sources (PUT or SOURCE /STREAM). Off unless given.
+    http: opt SocketAddr = "";
+    /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
+    /// HTTP ingest is off.
+    source_password: opt Secret = "";
+    /// Seconds an HTTP listener may wait for a stream that has not started, then 404.
+    http_wait_secs: one Secs<0, 3600> = "30";
+    /// Token publishers must present (origin). Without one, anyone may publish.
+    publish_token: opt Secret = "";
+    /// Target segment duration in milliseconds (origin).
+    segment_ms: one Millis<20, 10_000> = "1000";
+    /// Delivery interval in ms (origin): listeners are sent new frames at most this often, in
+    /// one write, instead of at every frame; fewer packets and wake-ups for up to this much
+    /// more latency. 0 sends every frame at once.
+    deliver_ms: one Millis<0, 100> = "100";
+    /// Segment cache size in MiB, all streams together.
+    cache_mib: one Mib<1, 1_048_576> = "256";
+    /// Seconds a cached segment is kept.
+    cache_ttl_secs: one Secs<1, 86_400> = "60";
+    /// Sealed segments kept per stream.
+    window_segments: one Count<1, 1000> = "8";
+    /// Segments a subscriber may fall behind before it is moved to the newest.
+    max_lag_segments: one Count<1, 1000> = "3";
+    /// Live streams (and announced names) this node holds at once.
+    max_streams: one Count<1, 10_000_000> = "10000";
+    /// Waiting rooms for names nobody announced, held at once; apart from max-streams, so
+    /// they never keep a publisher from starting.
+    max_waiting: one Count<0, 10_000_000> = "1000";
+    /// Subscriptions to streams that are not live one listener connection may hold.
+    max_waiting_per_conn: one Count<0, 100_000> = "4";
+    /// Subscriptions to streams that are not live all listeners from one IP address may hold.
+    max_waiting_per_addr: one Count<0, 10_000_000> = "64";
+    /// Subscriptions one listener connection may hold (a child relay's are bounded by the
+    /// node's stream bounds instead: it carries what its own listeners ask for).
+    max_subscriptions_per_conn: one Count<1, 10_000> = "16";
+    /// Stream names (or prefixes ending in /) announced ahead: their waiting rooms are kept
+    /// for waiting-room-secs and never count against max-waiting (repeat).
+    announce: list Vec<Announce> = "";
+    /// Seconds a subscription may wait for an announced stream that has not started.
+    waiting_room_secs: one Secs<0, 604_800> = "3600";
+    /// Seconds a subscription may wait for a name nobody announced.
+    unannounced_wait_secs: one Secs<0, 604_800> = "30";
+    /// A publisher or source that sends no audio for this many ms is lost: its grace
+    /// period starts.
+    source_timeout_ms: one Millis<100, 600_000> = "3000";
+    /// Seconds a relay keeps an upstream subscription after its last subscriber left.
+    linger_secs: one Secs<0, 3600> = "5";
+    /// Seconds an origin waits for a lost publisher to come back before ending the stream.
+    publisher_grace_secs: one Secs<0, 3600> = "10";
+    /// Most connections served at once, QUIC and HTTP together.
+    max_connections: one Count<1, 10_000_000> = "100000";
+    /// Most HTTP connections served at once (each holds a file descriptor) [default: as
+    /// many as the process's descriptor limit leaves room for].
+    max_http_connections: opt Count<0, 10_000_000> = "";
+    /// Longest a listener is asked to delay its ACKs, in ms (QUIC ACK-frequency extension):
+    /// one ACK per 10 packets or this long, instead of one per packet. 0 asks nothing.
+    ack_delay_ms: one Millis<0, 10_000> = "1000";
+    /// Refuse new connections while the node's tasks run this many ms late (CPU overload),
+    /// to keep serving the listeners it has. 0 never refuses.
+    overload_lag_ms: one Millis<0, 60_000> = "1000";
+    /// How long a relay waits for a parent's handshake before trying the next, in ms.
+    connect_timeout_ms: one Millis<100, 60_000> = "3000";
+    /// How long a client may take to open its control stream and say hello, in ms.
+    hello_timeout_ms: one Millis<100, 60_000> = "10000";
+    /// How long a relay's parent has to say a name is live before the relay counts it as
+    /// a waiting room, in ms.
+    probe_ms: one Millis<0, 60_000> = "2000";
+    /// Seconds a relay remembers that its parent refused a name (not found, overloaded).
+    refusal_memory_secs: one Secs<0, 3600> = "5";
+}
+
+impl NodeArgs {
+    /// The file named by `--config` (if any), overridden by the flags given.
+    pub fn load(self) -> Result<NodeArgs, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            error: e,
+        })?;
+        let file = NodeArgs::from_toml(&text, &path)?;
+        Ok(file.overridden_by(self))
+    }
+}
+
+impl NodeConfig {
+    /// Whether this node takes its streams from parents.
+    pub fn is_relay(&self) -> bool {
+        !self.upstream.is_empty()
+    }
+
+    /// The node's name: as configured, or its role's.
+    pub fn name(&self) -> &str {
+        match &self.name {
+            Some(n) => &n.0,
+            None if self.is_relay() => "relay",
+            None => "origin",
+        }
+    }
+
+    /// Checks what only the keys together can say, for the role `relay` says.
+    pub fn check(&self, relay: bool) -> Result<(), ConfigError> {
+        if relay && self.upstream.is_empty() {
+            return Err(invalid(
+                "upstream",
+                "a relay needs at least one --upstream quic://HOST:PORT",
+            ));
+        }
+        if !relay && !self.upstream.is_empty() {
+            return Err(invalid(
+                "upstream",
+                "an origin takes no upstream (did you mean `quicast relay`?)",
+            ));
+        }
+        if let Some(u) = self.upstream.iter().find(|u| !u.path.is_empty()) {
+            return Err(invalid(
+                "upstream",
+                format!("{u}: a parent is quic://HOST:PORT, with no stream path"),
+            ));
+        }
+        if relay && self.publish_token.is_some() {
+            return Err(invalid("publish-token", "a relay takes no publishers"));
+        }
+        if relay && self.source_password.is_some() {
+            return Err(invalid("source-password", "a relay takes no sources"));
+        }
+        if relay {
+            match (&self.ca, self.fingerprint.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid("ca", "give --ca or --fingerprint, not both"))
+                }
+                (None, true) => return Err(invalid(
+                    "ca",
+                    "no way to trust the parents: give --ca PEM, or --fingerprint HEX (printed in the parent's log)",
+                )),
+                _ => {}
+            }
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => Err(invalid("key", "--cert needs --key")),
+            (None, Some(_)) => Err(invalid("cert", "--key needs --cert")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whole seconds, within `LO..=HI`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secs<const LO: u64, const HI: u64>(u64);
+/// Whole milliseconds, within `LO..=HI`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Millis<const LO: u64, const HI: u64>(u64);
+/// A count, within `LO..=HI`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Count<const LO: u64, const HI: u64>(u64);
+/// Mebibytes, within `LO..=HI`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mib<const LO: u64, const HI: u64>(u64);
+
+macro_rules! bounded {
+    ($t:ident, $unit:literal) => {
+        impl<const LO: u64, const HI: u64> $t<LO, HI> {
+            /// The value as given in the key's unit (code and tests may set any).
+            pub const fn new(v: u64) -> Self {
+                $t(v)
+            }
+
+            pub fn value(self) -> u64 {
+                self.0
+            }
+
+            fn checked(v: u64) -> Result<Self, String> {
+                if (LO..=HI).contains(&v) {
+                    Ok($t(v))
+                } else {
+                    Err(format!("{v} is outside {LO}..={HI}{}", $unit))
+                }
+            }
+        }
+
+        impl<const LO: u64, const HI: u64> FromStr for $t<LO, HI> {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let v: u64 = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not a whole number"))?;
+                Self::checked(v)
+            }
+        }
+
+        impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for $t<LO, HI> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = i64::deserialize(d)?;
+                let v = u64::try_from(v)
+                    .map_err(|_| serde::de::Error::custom(format!("{v} is negative")))?;
+                Self::checked(v).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl<const LO: u64, const HI: u64> fmt::Debug for $t<LO, HI> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", self.0, $unit)
+            }
+        }
+
+        impl<const LO: u64, const HI: u64> fmt::Display for $t<LO, HI> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+bounded!(Secs, " s");
+bounded!(Millis, " ms");
+bounded!(Count, "");
+bounded!(Mib, " MiB");
+
+impl<const LO: u64, const HI: u64> Secs<LO, HI> {
+    pub fn get(self) -> Duration {
+        Duration::from_secs(self.0)
+    }
+}
+
+impl<const LO: u64, const HI: u64> Millis<LO, HI> {
+    pub fn get(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+impl<const LO: u64, const HI: u64> Count<LO, HI> {
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<const LO: u64, const HI: u64> Mib<LO, HI> {
+    /// In bytes.
+    pub fn bytes(self) -> u64 {
+        self.0 << 20
+    }
+}
+
+/// Parses from a TOML string with `FromStr`, naming what was wrong.
+macro_rules! from_toml_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A node's name: 1 to 128 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(pub String);
+
+impl FromStr for Name {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > crate::proto::MAX_NAME {
+            return Err("a name is 1 to 128 bytes".into());
+        }
+        Ok(Name(s.to_string()))
+    }
+}
+from_toml_str!(Name);
+
+/// A secret (a token, a password): never empty, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+from_toml_str!(Secret);
+
+/// The SHA-256 of a certificate's DER: 64 hex digits, colons allowed (`AB:CD:...`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl FromStr for Fingerprint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex: Vec<u8> = s.bytes().filter(|c| *c != b':').collect();
+        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!(
+                "fingerprint {s:?} is not 64 hex digits (a SHA-256, colons allowed)"
+            ));
+        }
+        let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *o = (digit(pair[0]) << 4) | digit(pair[1]);
+        }
+        Ok(Fingerprint(out))
+    }
+}
+from_toml_str!(Fingerprint);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// A stream name announced ahead, or a prefix of names ending in `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce(pub String);
+
+impl FromStr for Announce {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = s.strip_suffix('/').unwrap_or(s);
+        crate::proto::check_path(name).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Announce(s.to_string()))
+    }
+}
+from_toml_str!(Announce);
+
+impl<'de> Deserialize<'de> for QuicUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        QuicUrl::parse(&s).map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NodeArgs, ConfigError> {
+        NodeArgs::from_toml(s, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn every_default_parses() {
+        let d = NodeConfig::default();
+        assert_eq!(d.segment_ms.get(), Duration::from_secs(1));
+        assert_eq!(d.listen.port(), 4433);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("lisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = parse("segment_ms = 500\n").unwrap_err().to_string();
+        assert!(e.starts_with("segment_ms"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = parse("listen = \"not an address\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("listen"), "{e}");
+        let e = parse("segment-ms = 5\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("segment-ms") && e.contains("outside 20..=10000"),
+            "{e}"
+        );
+        let e = parse("segment-ms = -5\n").unwrap_err().to_string();
+        assert!(e.starts_with("segment-ms"), "{e}");
+        let e = parse("upstream = [\"http://x:1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("upstream"), "{e}");
+        let e = parse(&format!("fingerprint = [\"{}\"]\n", "é".repeat(32)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("fingerprint"), "{e}");
+        let e = parse("announce = [\"a/../b\"]\n").unwrap_err().to_string();
+        assert!(e.starts_with("announce"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file =
+            parse("listen = \"127.0.0.1:1000\"\nsegment-ms = 500\nupstream = [\"quic://a:1\"]\n")
+                .unwrap();
+        let flags = NodeArgs {
+            listen: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
+        let m = file.overridden_by(flags).resolve();
+        assert_eq!(m.listen.port(), 2000);
+        assert_eq!(m.segment_ms.value(), 500);
+        assert_eq!(m.upstream, vec![QuicUrl::parse("quic://a:1").unwrap()]);
+    }
+
+    #[test]
+    fn relay_needs_upstream_and_trust() {
+        let c = NodeArgs::default().resolve();
+        assert!(c
+            .check(true)
+            .unwrap_err()
+            .to_string()
+            .starts_with("upstream"));
+        c.check(false).unwrap();
+        let c = NodeArgs {
+            upstream: Some(vec![QuicUrl::parse("quic://127.0.0.1:1").unwrap()]),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(c.check(true).unwrap_err().to_string().starts_with("ca"));
+        assert!(c.check(false).is_err());
+        let c = NodeArgs {
+            upstream: Some(vec![QuicUrl::parse("quic://127.0.0.1:1/live").unwrap()]),
+            fingerprint: Some(vec!["ab".repeat(32).parse().unwrap()]),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(c
+            .check(true)
+            .unwrap_err()
+            .to_string()
+            .contains("no stream path"));
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let c = a.resolve();
+                c.check(c.is_relay())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "expected the example configs in config/");
+    }
+
+    #[test]
+    fn the_readme_documents_every_key() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        for (key, _) in KEYS {
+            let key = key.replace('_', "-");
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "README's configuration table lacks `{key}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The one server path, for an origin and a relay alike: they differ only in where a
+//! stream's segments come from (a publisher through `ingest`, or a parent through
+//! `upstream`). The node admits connections, bounds what each peer may cost, subscribes
+//! every kind of subscriber the same way, and runs its own background work. It knows
+//! nothing of QUIC or HTTP: those are the shells around it (`server`, `ingress`, `egress`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tracing::debug;
+
+use crate::error::{Error, Kind, Result};
+use crate::model::{Announced, Create, Cursor, Registry, StoreConfig, SubscriberGuard};
+use crate::proto::{ErrorCode, Role, Start};
+
+mod auth;
+pub mod config;
+mod fanout;
+mod ingest;
+mod load;
+mod stats;
+mod upstream;
+
+pub use auth::{credential, secret_eq};
+pub use config::{ConfigError, NodeArgs, NodeConfig};
+pub use fanout::{fan_out, Delivery, Sink};
+pub use ingest::Publishing;
+pub use load::next_overload;
+pub use stats::Stats;
+pub(crate) use stats::{dec, inc};
+pub use upstream::{
+    ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
+};
+
+use upstream::Upstream;
+
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub registry: Arc<Registry>,
+    pub stats: Stats,
+    upstream: Option<Arc<Upstream>>,
+    overloaded: AtomicBool,
+    /// Waiting subscriptions by listener address (see `Peer`).
+    waiting_by_addr: Mutex<HashMap<IpAddr, usize>>,
+    /// Names a relay's parent refused lately, and why: asked again, they are refused at
+    /// once rather than asked of the parent again.
+    refused: moka::sync::Cache<String, (ErrorCode, String)>,
+    /// The node's own background work, stopped with it.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+/// The model's settings, from the node's.
+pub fn store_config(cfg: &NodeConfig) -> StoreConfig {
+    StoreConfig {
+        cache_bytes: cfg.cache_mib.bytes(),
+        cache_ttl: cfg.cache_ttl_secs.get(),
+        window: cfg.window_segments.value(),
+        max_lag: cfg.max_lag_segments.value(),
+        max_streams: cfg.max_streams.get(),
+        max_waiting: cfg.max_waiting.get(),
+        coalesce: cfg.deliver_ms.get(),
+    }
+}
+
+impl Node {
+    /// A node that runs `cfg`. A relay (`cfg.upstream` not empty) takes its streams through
+    /// `parents`, the transport's way to them. Starts the node's background work.
+    pub fn new(cfg: NodeConfig, parents: Option<Arc<dyn Parents>>) -> Result<Arc<Node>> {
+        let registry = Registry::with_announced(
+            store_config(&cfg),
+            Announced::new(cfg.announce.iter().map(|a| a.0.clone()).collect()),
+        );
+        let upstream = match (cfg.is_relay(), parents) {
+            (false, _) => None,
+            (true, Some(p)) => Some(Upstream::new(p)),
+            (true, None) => {
+                return Err(Error::local(
+                    "a relay needs a way to its parents (the QUIC client)",
+                ))
+            }
+        };
+        let refused = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cfg.refusal_memory_secs.get().max(Duration::from_millis(1)))
+            .build();
+        let node = Arc::new(Node {
+            cfg,
+            registry,
+            stats: Stats::default(),
+            upstream,
+            overloaded: Default::default(),
+            waiting_by_addr: Default::default(),
+            refused,
+            tasks: Mutex::default(),
+        });
+        let mut tasks = Vec::new();
+        if !node.cfg.overload_lag_ms.get().is_zero() {
+            tasks.push(tokio::spawn(load::watch(Arc::downgrade(&node))).abort_handle());
+        }
+        if !node.is_relay() {
+            tasks.push(tokio::spawn(load::sweep(Arc::downgrade(&node))).abort_handle());
+        }
+        *node.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        self.cfg.name()
+    }
+
+    /// Whether new connections are being refused to protect the listeners already served.
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    /// Sets the overload state (normally the load watch does).
+    pub fn set_overloaded(&self, on: bool) {
+        self.overloaded.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a new HTTP connection may be taken: as `admit`, and within the descriptors
+    /// the process may open (`max-http-connections`).
+    pub fn admit_http(&self) -> bool {
+        let max = self
+            .cfg
+            .max_http_connections
+            .map_or(u64::MAX, |m| m.value());
+        if self.stats.http_connections.load(Ordering::Relaxed) >= max {
+            inc(&self.stats.refused_total);
+            return false;
+        }
+        self.admit()
+    }
+
+    /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit and
+    /// not overloaded. Counts a refusal.
+    pub fn admit(&self) -> bool {
+        let open = self.stats.connections.load(Ordering::Relaxed)
+            + self.stats.http_connections.load(Ordering::Relaxed);
+        let ok = if open >= self.cfg.max_connections.value() {
+            false
+        } else if self.overloaded() {
+            inc(&self.stats.shed_total);
+            false
+        } else {
+            true
+        };
+        if !ok {
+            inc(&self.stats.refused_total);
+        }
+        ok
+    }
+
+    pub fn is_relay(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// Subscribes to `path` for any kind of subscriber: counts it, starts the upstream fetch
+    /// on a relay's first subscriber, and waits up to `wait` for the stream to start (the
+    /// waiting room; `not_found` after that). Who waited hears the stream from its first packet.
+    ///
+    /// A name that is not live costs a stranger its own bounds, never the node's: at most
+    /// `max-waiting-per-conn` such subscriptions per connection and `max-waiting-per-addr`
+    /// per listener address, and a name nobody announced waits `unannounced-wait-secs` at most.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        path: &str,
+        start: Start,
+        wait: Duration,
+        peer: &Peer,
+    ) -> Result<Subscriber> {
+        if let Some((code, reason)) = self.refused.get(path) {
+            return Err(Error::refused(code, reason));
+        }
+        // A name that is not live here takes a place in the peer's bounds before it costs
+        // the node anything; on a relay, only once the parent has had its chance to say the
+        // stream is live (a stream live upstream is no waiting room).
+        let live = self
+            .registry
+            .get(path)
+            .is_some_and(|s| s.broadcast().is_some());
+        let mut permit = if live || self.is_relay() {
+            None
+        } else {
+            Some(self.wait_permit(peer)?)
+        };
+        let how = if self.is_relay() {
+            Create::Asking
+        } else {
+            Create::Waiting
+        };
+        let (guard, created) = self.registry.subscribe(path, how)?;
+        inc(&self.stats.subscriptions);
+        inc(&self.stats.subscriptions_total);
+        let counted = Counted(self.clone());
+        if created {
+            if let Some(up) = &self.upstream {
+                up.lead(self.clone(), guard.slot.clone(), start);
+            }
+        }
+        let waited = guard.slot.broadcast().is_none();
+        if waited {
+            debug!("stream has not started: waiting room");
+        }
+        let wait = if guard.slot.announced {
+            wait
+        } else {
+            wait.min(self.cfg.unannounced_wait_secs.get())
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let not_found = |_| {
+            Error::new(
+                Kind::NotFound,
+                format!("stream {path} did not start within {} s", wait.as_secs()),
+            )
+        };
+        let b = match guard.slot.broadcast() {
+            Some(b) => b,
+            None => {
+                let answered = if permit.is_none() {
+                    let probe = self.cfg.probe_ms.get().min(wait);
+                    tokio::time::timeout(probe, guard.slot.wait_broadcast())
+                        .await
+                        .ok()
+                } else {
+                    None
+                };
+                match answered {
+                    Some(b) => b?,
+                    None => {
+                        if permit.is_none() {
+                            permit = Some(self.wait_permit(peer)?);
+                        }
+                        tokio::time::timeout_at(deadline, guard.slot.wait_broadcast())
+                            .await
+                            .map_err(not_found)??
+                    }
+                }
+            }
+        };
+        drop(permit);
+        let cursor = if waited && start == Start::Live {
+            b.cursor_from_first()
+        } else {
+            b.cursor(start)
+        };
+        Ok(Subscriber {
+            cursor,
+            _guard: guard,
+            _counted: counted,
+        })
+    }
+
+    /// A place for one more subscription to a stream that is not live, within `peer`'s bounds.
+    fn wait_permit(self: &Arc<Self>, peer: &Peer) -> Result<WaitPermit> {
+        let held = peer.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = WaitPermit {
+            node: self.clone(),
+            peer: peer.clone(),
+        };
+        if peer.role == Role::Relay {
+            return Ok(permit);
+        }
+        let per_addr = {
+            let mut m = self
+                .waiting_by_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(peer.addr).or_default();
+            *n += 1;
+            *n
+        };
+        if held >= self.cfg.max_waiting_per_conn.get() {
+            inc(&self.stats.refused_total);
+            return Err(Error::new(
+                Kind::Overloaded,
+                format!(
+                    "at most {} subscriptions per connection to streams that are not live",
+                    self.cfg.max_waiting_per_conn
+                ),
+            ));
+        }
+        if per_addr > self.cfg.max_waiting_per_addr.get() {
+            inc(&self.stats.refused_total);
+            return Err(Error::new(
+                Kind::Overloaded,
+                format!(
+                    "at most {} subscriptions from one address to streams that are not live",
+                    self.cfg.max_waiting_per_addr
+                ),
+            ));
+        }
+        Ok(permit)
+    }
+
+    /// Remembers for a while that the parent refused `path` (see `Node::refused`).
+    pub(crate) fn remember_refusal(&self, path: &str, code: ErrorCode, reason: &str) {
+        self.refused
+            .insert(path.to_string(), (code, reason.to_string()));
+    }
+
+    /// Subscriptions a connection of `role` may hold.
+    pub fn max_subscriptions(&self, role: Role) -> usize {
+        if role == Role::Relay {
+            self.cfg.max_streams.get() + self.cfg.max_waiting.get()
+        } else {
+            self.cfg.max_subscriptions_per_conn.get()
+        }
+    }
+
+    /// How many subscriptions this node has served for `path` (child relays included).
+    pub fn subscriptions_for(&self, path: &str) -> u64 {
+        self.registry
+            .get(path)
+            .map(|s| s.subscriptions_total.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+/// Who subscribes, for the bounds on subscriptions to streams that are not live: per
+/// connection, and per address for listeners (a child relay carries its own listeners'
+/// waiting rooms, bounded by its own node).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub role: Role,
+    pub addr: IpAddr,
+    /// Waiting subscriptions this connection holds now.
+    pub waiting: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    pub fn new(role: Role, addr: IpAddr) -> Peer {
+        Peer {
+            role,
+            addr,
+            waiting: Arc::default(),
+        }
+    }
+}
+
+/// One waiting subscription's place in its peer's bounds; given back when it goes.
+struct WaitPermit {
+    node: Arc<Node>,
+    peer: Peer,
+}
+
+impl Drop for WaitPermit {
+    fn drop(&mut self) {
+        self.peer.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.peer.role != Role::Relay {
+            let mut m = self
+                .node
+                .waiting_by_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&self.peer.addr) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.peer.addr);
+                }
+            }
+        }
+    }
+}
+
+/// A subscription on this node: where it is in the broadcast, and its place in the counts.
+pub struct Subscriber {
+    pub cursor: Cursor,
+    _guard: SubscriberGuard,
+    _counted: Counted,
+}
+
+struct Counted(Arc<Node>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        dec(&self.0.stats.subscriptions);
+    }
+}
+
+/// Now, as the origin stamps frames: microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

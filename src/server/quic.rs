@@ -1,0 +1,309 @@
+//! A node's QUIC front door: the endpoint and its accept loop (admission before any
+//! cryptography), each connection's handshake and control loop, which hands subscriptions
+//! to the QUIC egress and a publish to the QUIC ingress.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{Connection, SendStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::egress::quic::serve_subscription;
+use crate::error::{Error, Kind, Result};
+use crate::ingress::quic::serve_publish;
+use crate::node::config::Secret;
+use crate::node::{credential, dec, inc, secret_eq, Node, Peer};
+use crate::proto::{self, ErrorCode, Message, Role};
+use crate::transport::{
+    self, close, conn_error, write_message, ControlReader, ControlWriter, Identity,
+};
+
+/// A node's QUIC front door: the endpoint, and its accept loop.
+pub struct QuicServer {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    endpoint: quinn::Endpoint,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuicServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl QuicServer {
+    pub async fn start(
+        node: Arc<Node>,
+        listen: SocketAddr,
+        identity: &Identity,
+    ) -> Result<QuicServer> {
+        let endpoint = transport::server_endpoint(
+            transport::server_config(identity, node.cfg.ack_delay_ms.get())?,
+            listen,
+        )
+        .map_err(|e| Error::local(format!("cannot serve QUIC on {listen}: {e}")))?;
+        let addr = endpoint.local_addr()?;
+        let role = if node.is_relay() { "relay" } else { "origin" };
+        info!(%addr, role, node = %node.name(), fingerprint = %identity.fingerprint, "listening (QUIC)");
+        if !node.is_relay() && node.cfg.publish_token.is_none() {
+            warn!("no publish token configured: any client can publish to this origin (set --publish-token)");
+        }
+        let ep = endpoint.clone();
+        let n = node.clone();
+        let accept = tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                // Refusing costs one small packet and no cryptography.
+                if !n.admit() {
+                    incoming.refuse();
+                    continue;
+                }
+                let remote = incoming.remote_address();
+                let span = info_span!("conn", node = %n.name(), %remote);
+                let n = n.clone();
+                tokio::spawn(
+                    async move {
+                        inc(&n.stats.connections);
+                        inc(&n.stats.connections_total);
+                        match incoming.await {
+                            Ok(conn) => handle_connection(n.clone(), conn).await,
+                            Err(e) => debug!("handshake failed: {e}"),
+                        }
+                        dec(&n.stats.connections);
+                    }
+                    .instrument(span),
+                );
+            }
+        });
+        Ok(QuicServer {
+            node,
+            addr,
+            fingerprint: identity.fingerprint.clone(),
+            endpoint,
+            accept,
+        })
+    }
+
+    /// Closes every connection (peers are told `going_away`) and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(
+            transport::varint(ErrorCode::GoingAway),
+            b"node shutting down",
+        );
+        self.accept.abort();
+    }
+
+    /// Waits for connections to be closed cleanly (after `close`).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Tells a peer that did not get as far as the control loop why, and closes.
+async fn refuse(conn: &Connection, send: &mut SendStream, e: Error) {
+    let (code, reason) = (e.code(), e.reason().to_string());
+    warn!(side = "downstream", %code, reason, "refusing peer");
+    let _ = write_message(
+        send,
+        &Message::Error {
+            code: code.as_u64(),
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    close(conn, code, &reason);
+}
+
+fn token_ok(expected: &Option<Secret>, got: &[u8]) -> bool {
+    match expected {
+        None => true,
+        Some(t) => secret_eq(t.expose().as_bytes(), got),
+    }
+}
+
+/// The hello: who the peer is, checked before anything else is taken from it.
+async fn hello(
+    node: &Node,
+    conn: &Connection,
+    send: &mut SendStream,
+    reader: &mut ControlReader,
+) -> Option<Role> {
+    let hello = tokio::time::timeout(node.cfg.hello_timeout_ms.get(), reader.next()).await;
+    let refusal = match hello {
+        Ok(Ok(Some(Message::Hello {
+            version,
+            role,
+            token,
+        }))) => {
+            if version != proto::VERSION {
+                Error::new(
+                    Kind::Version,
+                    format!(
+                        "protocol version {version} is not supported (this node speaks {})",
+                        proto::VERSION
+                    ),
+                )
+            } else if role == Role::Publisher && node.is_relay() {
+                Error::new(
+                    Kind::NotAllowed,
+                    "a relay takes no publishers; publish to the origin",
+                )
+            } else if role == Role::Publisher && !token_ok(&node.cfg.publish_token, &token) {
+                let why = if token.is_empty() {
+                    "publish token required"
+                } else {
+                    "wrong publish token"
+                };
+                Error::new(Kind::Unauthorized, why)
+            } else {
+                return Some(role);
+            }
+        }
+        Ok(Ok(Some(other))) => {
+            Error::protocol(format!("first message must be hello, got {other:?}"))
+        }
+        Ok(Err(e)) => e,
+        Ok(Ok(None)) => return None,
+        Err(_) => {
+            close(conn, ErrorCode::Timeout, "no hello");
+            return None;
+        }
+    };
+    refuse(conn, send, refusal.downstream()).await;
+    None
+}
+
+async fn handle_connection(node: Arc<Node>, conn: Connection) {
+    let accepted = tokio::time::timeout(node.cfg.hello_timeout_ms.get(), conn.accept_bi()).await;
+    let (mut send, recv) = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return debug!("closed before its control stream: {e}"),
+        Err(_) => return close(&conn, ErrorCode::Timeout, "no control stream"),
+    };
+    let mut reader = ControlReader::new(recv);
+    let Some(role) = hello(&node, &conn, &mut send, &mut reader).await else {
+        return;
+    };
+    debug!(?role, "hello");
+    match role {
+        // A publisher gets its one frame stream; nobody else may open any (a stream the
+        // node never reads would hold its receive window for the connection's life).
+        Role::Publisher => conn.set_max_concurrent_uni_streams(1u32.into()),
+        // A child relay carries many streams at once: room for all of them in flight.
+        Role::Relay => conn.set_send_window(transport::RELAY_WINDOW),
+        Role::Listener => {}
+    }
+    // The credential a publisher proved (see `PublisherClaim`).
+    let credential = match (&node.cfg.publish_token, role) {
+        (Some(t), Role::Publisher) => Some(credential(t.expose().as_bytes())),
+        _ => None,
+    };
+    let peer = Peer::new(role, conn.remote_address().ip());
+    let ok = Message::HelloOk {
+        version: proto::VERSION,
+        node: node.name().to_string(),
+    };
+    if write_message(&mut send, &ok).await.is_err() {
+        return;
+    }
+
+    // Every task of this connection writes control messages through this one writer.
+    let ctl = ControlWriter::new(send);
+    let mut subs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
+    let outcome: Result<()> = loop {
+        let msg = tokio::select! {
+            m = reader.next() => m,
+            e = conn.closed() => break Err(conn_error(e)),
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        match msg {
+            Message::Subscribe { id, path, start } => {
+                subs.retain(|_, h| !h.is_finished());
+                if subs.contains_key(&id) {
+                    break Err(Error::protocol(format!("subscription id {id} reused")));
+                }
+                let max = node.max_subscriptions(role);
+                if subs.len() >= max {
+                    let reason = format!("at most {max} subscriptions per connection");
+                    let _ = ctl
+                        .send(Message::SubscribeError {
+                            id,
+                            code: ErrorCode::Overloaded.as_u64(),
+                            reason,
+                        })
+                        .await;
+                    continue;
+                }
+                let span = info_span!("sub", id, %path, ?role);
+                let task = tokio::spawn(
+                    serve_subscription(
+                        node.clone(),
+                        conn.clone(),
+                        ctl.clone(),
+                        peer.clone(),
+                        (id, path, start),
+                    )
+                    .instrument(span),
+                );
+                subs.insert(id, task.abort_handle());
+            }
+            Message::Unsubscribe { id } => {
+                if let Some(h) = subs.remove(&id) {
+                    h.abort();
+                }
+            }
+            Message::Publish { path, codec } => {
+                if role != Role::Publisher {
+                    break Err(Error::new(
+                        Kind::NotAllowed,
+                        "publish without the publisher role",
+                    ));
+                }
+                if publishing.is_some() {
+                    break Err(Error::protocol("one publish per connection"));
+                }
+                let span = info_span!("publish", %path);
+                publishing = Some(tokio::spawn(
+                    serve_publish(
+                        node.clone(),
+                        conn.clone(),
+                        ctl.clone(),
+                        path,
+                        codec,
+                        credential,
+                    )
+                    .instrument(span),
+                ));
+            }
+            other => break Err(Error::protocol(format!("unexpected message {other:?}"))),
+        }
+    };
+    for (_, h) in subs.drain() {
+        h.abort();
+    }
+    match outcome {
+        Ok(()) => {
+            // The peer finished its control stream: let a publisher's last frames land.
+            if let Some(p) = publishing.take() {
+                let _ = p.await;
+            }
+            close(&conn, ErrorCode::NoError, "bye");
+        }
+        Err(e) if e.is_gone() || e.remote_code().is_some() => debug!("connection closed: {e}"),
+        Err(e) => {
+            let e = e.downstream();
+            warn!(side = %e.side(), code = %e.code(), "closing connection: {e}");
+            ctl.fail(&conn, &e).await;
+        }
+    }
+    // A publish task is never aborted: it ends with its stream and must run its cleanup
+    // (end the broadcast, or keep it for the publisher's return).
+    drop(publishing);
+}

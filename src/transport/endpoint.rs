@@ -1,0 +1,264 @@
+//! QUIC endpoints: their UDP sockets, and the transport settings for listeners, publishers
+//! and node-to-node links.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use super::tls::{provider, Identity, PinnedVerifier, Trust};
+use crate::error::{Error, Result};
+use crate::proto::ALPN;
+
+/// Socket buffer size asked of the kernel for every QUIC endpoint.
+pub const UDP_BUFFER: usize = 8 << 20;
+
+/// A UDP socket for a QUIC endpoint, with large kernel buffers: a crowd of handshakes arriving
+/// at once otherwise overflows the default (~208 KiB) and the lost packets wait out QUIC's
+/// retransmission timer (a second, for a handshake).
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    for (what, set, get) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "send",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        let _ = set(&s, UDP_BUFFER);
+        let got = get(&s).unwrap_or(0);
+        // Linux reports twice what it grants.
+        if got < UDP_BUFFER {
+            tracing::debug!(
+                "UDP {what} buffer is {} KiB, asked {} KiB: raise net.core.{}mem_max for crowds of joins",
+                got / 1024,
+                UDP_BUFFER / 1024,
+                if what == "receive" { "r" } else { "w" }
+            );
+        }
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Datagrams a server connection hands the kernel in one send (GSO). quinn keeps a send
+/// buffer per connection as large as its largest batch (up to 10 × 1200 bytes), for the
+/// connection's life; a listener's steady traffic is one packet at a time, so batching only
+/// ever helped its join burst. One: −8 KiB per listener (47 → 37 KiB at 2,000 listeners),
+/// CPU and join times unchanged within noise.
+const SERVER_SEND_SEGMENTS: usize = 1;
+
+/// A UDP socket that hands quinn at most `segments` datagrams per send.
+#[derive(Debug)]
+struct FewSegments {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    segments: usize,
+}
+
+impl quinn::AsyncUdpSocket for FewSegments {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.segments)
+    }
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+pub fn server_endpoint(
+    cfg: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let inner = runtime.wrap_udp_socket(udp_socket(addr)?)?;
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        Arc::new(FewSegments {
+            inner,
+            segments: SERVER_SEND_SEGMENTS,
+        }),
+        runtime,
+    )
+}
+
+/// The unspecified address of `target`'s family, any port: where a client binds.
+pub fn unspecified_for(target: &SocketAddr) -> SocketAddr {
+    if target.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// Where a client binds to reach `host` (an IPv6 literal: the IPv6 unspecified address).
+pub fn unspecified_for_host(host: &str) -> SocketAddr {
+    let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+    unspecified_for(if host.contains(':') { &v6 } else { &v4 })
+}
+
+pub fn client_endpoint(addr: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(addr)?,
+        runtime,
+    )
+}
+
+/// What a node may have in flight to a child relay, all its streams together (a listener
+/// connection keeps the default, `transport`'s send window): a relay carrying thousands of
+/// streams at 8 KB/s each needs room for all of them over a round trip.
+pub const RELAY_WINDOW: u64 = 16 << 20;
+
+/// A relay's connection to its parent: it grants the parent this many concurrent segment
+/// streams per stream it carries (the segment being received, the next one, one reset).
+pub const UPSTREAM_STREAMS_PER_STREAM: u64 = 3;
+
+/// QUIC transport settings for many low-rate connections: few streams granted, small
+/// windows (they bound what a peer can make us buffer), keep-alives so NATs stay open.
+/// `uni_streams` unidirectional streams are granted to the peer, each with a receive window
+/// of `stream_window` bytes, `conn_window` for all together.
+pub fn transport(uni_streams: u32, stream_window: u32, conn_window: u32) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(uni_streams.into());
+    t.stream_receive_window(stream_window.into());
+    t.receive_window(conn_window.into());
+    t.send_window(512 * 1024);
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(20)
+            .try_into()
+            .expect("20 s is a valid idle timeout"),
+    ));
+    // Audio packets are far below QUIC's 1200-byte minimum MTU: probing for a larger one only
+    // costs packets (most at join, when they are dearest).
+    t.mtu_discovery_config(None);
+    t
+}
+
+/// A server's QUIC config. `ack_delay` non-zero: peers are asked (ACK-frequency extension)
+/// to ACK every 10th ack-eliciting packet, or after `ack_delay`, and at once on any gap.
+/// Listeners get a packet per delivery interval and send only ACKs, so this halves the
+/// datagrams a node handles (needs the patch in vendor/README.md to ask for more than 25 ms).
+pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::local(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| Error::local(format!("TLS: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::local(format!("TLS: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    // Clients open one control stream, read as it comes; a publisher is granted its one
+    // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
+    // is a second of the richest Opus stream: what a peer can make the node hold is small.
+    let mut t = transport(0, 64 * 1024, 128 * 1024);
+    if !ack_delay.is_zero() {
+        let mut af = quinn::AckFrequencyConfig::default();
+        af.ack_eliciting_threshold(9u32.into())
+            .max_ack_delay(Some(ack_delay))
+            .reordering_threshold(1u32.into());
+        t.ack_frequency_config(Some(af));
+    }
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
+    client_config_with(trust, true, listener_transport())
+}
+
+/// A listener's transport: a few segment streams in flight (a subscription or two).
+pub fn listener_transport() -> quinn::TransportConfig {
+    transport(16, 256 * 1024, 1024 * 1024)
+}
+
+/// A relay's config for its parents: room for `streams` streams' segments at once, and a
+/// window for all of them (a parent sends every stream the relay carries over one connection).
+pub fn upstream_config(trust: &Trust, streams: u64) -> Result<quinn::ClientConfig> {
+    let uni = (streams * UPSTREAM_STREAMS_PER_STREAM).clamp(64, 1 << 20) as u32;
+    client_config_with(trust, true, transport(uni, 256 * 1024, RELAY_WINDOW as u32))
+}
+
+/// A client's QUIC config; `resume`: whether to keep TLS session tickets and resume with
+/// them (cheaper handshakes on reconnects).
+pub fn client_config_with(
+    trust: &Trust,
+    resume: bool,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::local(format!("TLS: {e}")))?;
+    let mut tls = match trust {
+        Trust::Ca(cas) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in cas {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| Error::local(format!("bad CA certificate: {e}")))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Pinned(pins) => {
+            if pins.is_empty() {
+                return Err(Error::local("no fingerprint to pin"));
+            }
+            let algs = provider().signature_verification_algorithms;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    pins: pins.clone(),
+                    algs,
+                }))
+                .with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    if !resume {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::local(format!("TLS: {e}")))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    // The server sends each segment on its own stream; a few may be in flight at once.
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
