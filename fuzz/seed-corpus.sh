@@ -15,4 +15,4 @@ while read -r kind name hex; do
   # The control target reads its first byte as where to split the input: 0 = no split.
   { printf "$prefix"; perl -e "print pack(\"H*\", \"$hex\")"; } > "corpus/$dir/$name"
 done < <(grep -v '^#' ../proto/vectors.txt | grep -v '^$')
-cp ../src/demo/sample.opus corpus/ogg/sample.opus
+cp ../src/cli/demo/sample.opus corpus/ogg/sample.opus
