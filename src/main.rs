@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use quicast::client::{listen, publish, Client, Input, ListenEvent, OggReader, PublishOptions};
+use quicast::client::{
+    listen_any, publish, Client, Input, ListenEvent, ListenOptions, OggReader, Origin,
+    PublishOptions,
+};
 use quicast::media::OggOpusWriter;
 use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
-use quicast::proto::{QuicUrl, Role, Start};
+use quicast::proto::QuicUrl;
 use quicast::{new_node, HttpServer, Identity, NodeArgs, NodeConfig, QuicServer, Trust};
 use tracing::info;
 
@@ -70,10 +73,12 @@ enum Cmd {
     Origin(NodeArgs),
     /// Run a relay: fetches from its parents, serves listeners and child relays.
     Relay(NodeArgs),
-    /// Publish Ogg Opus from a file or stdin.
+    /// Publish Ogg Opus from a file or stdin, to one origin or to several at once (one
+    /// broadcast, which redundant origins hold alike).
     Publish {
-        /// quic://HOST:PORT/STREAM
-        url: String,
+        /// quic://HOST:PORT/STREAM (repeat the URL for each origin, the same stream path).
+        #[arg(required = true, num_args = 1..)]
+        urls: Vec<String>,
         /// Ogg Opus file, or - for stdin.
         #[arg(long)]
         input: String,
@@ -88,8 +93,14 @@ enum Cmd {
     },
     /// Listen to a stream and write it as Ogg Opus.
     Listen {
-        /// quic://HOST:PORT/STREAM
-        url: String,
+        /// quic://HOST:PORT/STREAM (repeat the URL for each node to fall back to, in order;
+        /// the same stream path).
+        #[arg(required = true, num_args = 1..)]
+        urls: Vec<String>,
+        /// Once audio flows, a node that sends nothing for this many ms is taken for lost,
+        /// and the listener moves to the next.
+        #[arg(long, default_value_t = 1500)]
+        silence_ms: u64,
         /// Output file, or - for stdout.
         #[arg(long)]
         output: String,
@@ -101,8 +112,9 @@ enum Cmd {
     },
     /// Open many listener connections to one node and report what they heard.
     Loadgen {
-        /// quic://HOST:PORT/STREAM
-        url: String,
+        /// quic://HOST:PORT/STREAM (repeat: each listener falls back to the next nodes).
+        #[arg(required = true, num_args = 1..)]
+        urls: Vec<String>,
         /// Listener connections to open (each its own QUIC connection and TLS handshake).
         #[arg(long)]
         listeners: usize,
@@ -141,21 +153,40 @@ fn init_logs() {
         .init();
 }
 
-async fn shutdown_signal() {
+/// How the process was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C: at once.
+    Interrupt,
+    /// SIGTERM (a service manager): drain first.
+    Terminate,
+}
+
+async fn stop_signal() -> Stop {
     #[cfg(unix)]
     {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return std::future::pending().await,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return Stop::Interrupt;
+                }
             };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+            _ = term.recv() => Stop::Terminate,
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        Stop::Interrupt
+    }
+}
+
+async fn shutdown_signal() {
+    stop_signal().await;
 }
 
 /// Raises the process's descriptor limit to its hard limit, and returns how many HTTP
@@ -184,48 +215,53 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     if identity.self_signed {
         info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
     }
-    let (listen, http) = (cfg.listen, cfg.http);
+    let (listen, http, drain) = (cfg.listen, cfg.http, cfg.drain_secs.get());
+    let alternates: Vec<String> = cfg.alternates.iter().map(|u| u.to_string()).collect();
     let node = new_node(cfg)?;
     let server = QuicServer::start(node.clone(), listen, &identity).await?;
     let _http = match http {
         Some(addr) => Some(HttpServer::start(node, addr).await?),
         None => None,
     };
-    shutdown_signal().await;
+    if stop_signal().await == Stop::Terminate && !drain.is_zero() {
+        // Tell listeners and child relays to move, and give them the time to.
+        server.drain(alternates);
+        tokio::select! {
+            gone = server.drained(drain) => {
+                if gone {
+                    info!("every peer has moved");
+                } else {
+                    info!(wait = ?drain, "drain time is up");
+                }
+            }
+            _ = stop_signal() => info!("asked again: stopping now"),
+        }
+    }
     info!("shutting down");
     server.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), server.wait_idle()).await;
     Ok(())
 }
 
-async fn connect(
-    url: &QuicUrl,
-    trust: &TrustArgs,
-    role: Role,
-    token: &str,
-) -> anyhow::Result<std::sync::Arc<quicast::client::Session>> {
-    let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
-    let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
-        .await
-        .with_context(|| format!("cannot resolve {}", url.host))?
-        .next()
-        .with_context(|| format!("{} did not resolve", url.host))?;
-    let client = Client::for_target(&addr, &trust)?;
-    let s = client
-        .connect(url, role, token)
-        .await
-        .with_context(|| format!("connecting to {}", url.authority()))?;
-    Ok(s)
-}
-
 async fn run_listen(
-    url: String,
+    urls: Vec<String>,
+    silence_ms: u64,
     output: String,
     duration: Option<f64>,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
-    let url = QuicUrl::parse(&url)?;
-    let path = url.stream()?.to_string();
+    let urls = urls
+        .iter()
+        .map(|u| QuicUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = urls[0].stream()?.to_string();
+    if let Some(u) = urls.iter().find(|u| u.path != path) {
+        bail!("{u}: every node is asked for the same stream ({path})");
+    }
+    if !(50..=3_600_000).contains(&silence_ms) {
+        bail!("--silence-ms must be between 50 and 3600000");
+    }
+    let url = &urls[0];
     const MAX_DURATION: f64 = 366.0 * 86_400.0;
     let deadline = match duration {
         Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DURATION => {
@@ -241,10 +277,20 @@ async fn run_listen(
     } else {
         Box::new(std::fs::File::create(&output).with_context(|| format!("cannot create {output}"))?)
     };
-    let session = connect(&url, &trust, Role::Listener, "").await?;
+    let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
+    let mut nodes = Vec::new();
+    for u in &urls {
+        let addr = resolve(u).await?;
+        nodes.push((Client::for_target(&addr, &trust)?, u.clone()));
+    }
+    let opts = ListenOptions {
+        path,
+        deadline,
+        silence: Duration::from_millis(silence_ms),
+    };
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
-    let report = listen(&session, &path, Start::Live, deadline, |ev| {
+    let report = listen_any(&nodes, &opts, |ev| {
         let bytes = match ev {
             ListenEvent::Header { codec, .. } if !started => {
                 started = true;
@@ -278,6 +324,7 @@ async fn run_listen(
         skipped = report.skipped,
         missed = report.missed,
         ended = report.ended,
+        moves = report.moves,
         "done"
     );
     if report.frames == 0 {
@@ -292,14 +339,20 @@ async fn run_listen(
 }
 
 async fn run_publish(
-    url: String,
+    urls: Vec<String>,
     input: String,
     looping: bool,
     token: String,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
-    let url = QuicUrl::parse(&url)?;
-    let path = url.stream()?.to_string();
+    let urls = urls
+        .iter()
+        .map(|u| QuicUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = urls[0].stream()?.to_string();
+    if let Some(u) = urls.iter().find(|u| u.path != path) {
+        bail!("{u}: every origin gets the same stream ({path})");
+    }
     let (input, realtime) = if input == "-" {
         (Input::Stdin, false)
     } else {
@@ -316,15 +369,32 @@ async fn run_publish(
             .await
             .with_context(|| format!("{}", p.display()))?;
     }
-    let session = connect(&url, &trust, Role::Publisher, &token).await?;
+    let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
+    let mut origins = Vec::new();
+    for url in urls {
+        let addr = resolve(&url).await?;
+        origins.push(Origin {
+            client: Client::for_target(&addr, &trust)?,
+            url,
+            token: token.clone(),
+        });
+    }
     let opts = PublishOptions {
         path,
         input,
         looping,
         realtime,
     };
-    publish(&session, &opts).await?;
+    publish(origins, &opts).await?;
     Ok(())
+}
+
+async fn resolve(url: &QuicUrl) -> anyhow::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .with_context(|| format!("cannot resolve {}", url.host))?
+        .next()
+        .with_context(|| format!("{} did not resolve", url.host))
 }
 
 async fn run_demo(base_port: u16) -> anyhow::Result<()> {
@@ -371,7 +441,7 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
 }
 
 async fn run_loadgen(
-    url: String,
+    urls: Vec<String>,
     listeners: usize,
     duration: f64,
     ramp: f64,
@@ -388,10 +458,16 @@ async fn run_loadgen(
     if listeners == 0 || listeners > 1_000_000 {
         bail!("--listeners must be between 1 and 1000000");
     }
-    let url = QuicUrl::parse(&url)?;
-    url.stream()?;
+    let urls = urls
+        .iter()
+        .map(|u| QuicUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    for u in &urls {
+        u.stream()?;
+    }
     let opts = loadgen::LoadOptions {
-        url,
+        urls,
+        silence: Duration::from_millis(1500),
         trust: client_trust(trust.ca.as_deref(), &trust.fingerprint)?,
         listeners,
         duration: secs("duration", duration)?,
@@ -417,6 +493,13 @@ async fn run_loadgen(
         "join ms     p50 {:.0}  p99 {:.0}",
         r.join_ms.p50, r.join_ms.p99
     );
+    println!(
+        "stall ms    p50 {:.0}  p99 {:.0}  max {:.1}  (each listener's longest wait between frames; {} moves)",
+        r.stall_ms.p50,
+        r.stall_ms.p99,
+        r.stall_ms.max.unwrap_or(0.0),
+        r.moves
+    );
     if json {
         println!("{}", serde_json::to_string(&r)?);
     }
@@ -431,28 +514,29 @@ async fn main() -> std::process::ExitCode {
         Cmd::Origin(a) => run_node(a, false).await,
         Cmd::Relay(a) => run_node(a, true).await,
         Cmd::Publish {
-            url,
+            urls,
             input,
             looping,
             token,
             trust,
-        } => run_publish(url, input, looping, token, trust).await,
+        } => run_publish(urls, input, looping, token, trust).await,
         Cmd::Listen {
-            url,
+            urls,
+            silence_ms,
             output,
             duration,
             trust,
-        } => run_listen(url, output, duration, trust).await,
+        } => run_listen(urls, silence_ms, output, duration, trust).await,
         Cmd::Demo { base_port } => run_demo(base_port).await,
         Cmd::Loadgen {
-            url,
+            urls,
             listeners,
             duration,
             ramp,
             endpoints,
             json,
             trust,
-        } => run_loadgen(url, listeners, duration, ramp, endpoints, json, trust).await,
+        } => run_loadgen(urls, listeners, duration, ramp, endpoints, json, trust).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

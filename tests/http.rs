@@ -176,7 +176,7 @@ async fn page_streams_json_head_and_cors() {
     let o = origin().await;
     let h = http(&o).await;
     let s = session(&o, Role::Publisher, "").await.unwrap();
-    let mut p = s.publish("spaces/town-hall", codec()).await.unwrap();
+    let mut p = s.publish("spaces/town-hall", codec(), None).await.unwrap();
     p.send(&[test_frame(0, 100), test_frame(1, 100)])
         .await
         .unwrap();
@@ -294,7 +294,11 @@ async fn chromium_plays_the_stream_from_an_edge() {
     let c = client(&o);
     let u = url(&o, "live");
     let publisher = tokio::spawn(async move {
-        let s = c.connect(&u, Role::Publisher, "").await.unwrap();
+        let origin = quicast::client::Origin {
+            client: c,
+            url: u,
+            token: String::new(),
+        };
         let opts = quicast::client::PublishOptions {
             path: "live".into(),
             input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
@@ -303,7 +307,7 @@ async fn chromium_plays_the_stream_from_an_edge() {
             looping: true,
             realtime: true,
         };
-        let _ = quicast::client::publish(&s, &opts).await;
+        let _ = quicast::client::publish(vec![origin], &opts).await;
     });
     // The test's own page server: serves a page with an <audio> element and takes its report.
     let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -430,7 +434,7 @@ async fn a_source_over_the_stream_limit_is_told_503_not_400() {
     let o = origin_with(cfg).await;
     let h = http(&o).await;
     let s = session(&o, Role::Publisher, "").await.unwrap();
-    let _p = s.publish("first", codec()).await.unwrap();
+    let _p = s.publish("first", codec(), None).await.unwrap();
     let src = tokio::task::block_in_place(|| make_opus(work.path(), 1));
     let (code, body) = curl(&[
         "-T",

@@ -247,7 +247,7 @@ async fn publish_token_is_checked() {
     }
     assert!(o.node.registry.list().is_empty(), "nothing was published");
     let s = session(&o, Role::Publisher, "s3cret").await.unwrap();
-    s.publish("ok", codec()).await.unwrap();
+    s.publish("ok", codec(), None).await.unwrap();
     // Listeners need no token.
     session(&o, Role::Listener, "").await.unwrap();
 }
@@ -261,9 +261,9 @@ async fn a_relay_refuses_publishers_and_a_second_publisher_is_refused() {
         _ => panic!("relay accepted a publisher"),
     }
     let s1 = session(&o, Role::Publisher, "").await.unwrap();
-    let _p1 = s1.publish("one", codec()).await.unwrap();
+    let _p1 = s1.publish("one", codec(), None).await.unwrap();
     let s2 = session(&o, Role::Publisher, "").await.unwrap();
-    match s2.publish("one", codec()).await {
+    match s2.publish("one", codec(), None).await {
         Err(e) if e.remote_code().is_some() => {
             assert_eq!(e.remote_code(), Some(ErrorCode::Conflict))
         }
@@ -297,7 +297,7 @@ async fn hostile_peers_lose_only_their_own_connection() {
 
     // A publisher whose frame lies about its duration.
     let s = session(&o, Role::Publisher, "").await.unwrap();
-    let mut p = s.publish("liar", codec()).await.unwrap();
+    let mut p = s.publish("liar", codec(), None).await.unwrap();
     let mut f = test_frame(0, 20);
     f.duration = 480;
     let _ = p.send(&[f]).await;
@@ -314,7 +314,7 @@ async fn hostile_peers_lose_only_their_own_connection() {
     let s = session(&o, Role::Publisher, "").await.unwrap();
     let mut bad = codec();
     bad.header = bytes::Bytes::from_static(b"\x01vorbis-not-opus-at-all");
-    assert!(s.publish("vorbis", bad).await.is_err());
+    assert!(s.publish("vorbis", bad, None).await.is_err());
 
     // Meanwhile the good listener is served as if nothing happened.
     publish(&o, "h", 40, MS5, 30).await.unwrap().unwrap();

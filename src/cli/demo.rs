@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quicast::client::{publish, Client, Input, PublishOptions};
-use quicast::proto::{QuicUrl, Role};
+use quicast::client::{publish, Client, Input, Origin, PublishOptions};
+use quicast::proto::QuicUrl;
 use quicast::{new_node, HttpServer, Identity, NodeConfig, QuicServer, Result, Trust};
 use tracing::{info_span, warn, Instrument};
 
@@ -73,9 +73,12 @@ pub async fn start(base_port: u16) -> Result<Demo> {
             };
             loop {
                 let r = async {
-                    let client = Client::for_target(&origin_addr, &trust)?;
-                    let session = client.connect(&url, Role::Publisher, "").await?;
-                    publish(&session, &opts).await
+                    let origin = Origin {
+                        client: Client::for_target(&origin_addr, &trust)?,
+                        url: url.clone(),
+                        token: String::new(),
+                    };
+                    publish(vec![origin], &opts).await
                 }
                 .await;
                 if let Err(e) = r {

@@ -11,14 +11,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
-use quicast::client::{listen, Client, ListenEvent};
+use quicast::client::{listen, listen_any, Client, ListenEvent, ListenOptions};
 use quicast::node::now_us;
 use quicast::proto::{QuicUrl, Role, Start};
 use quicast::{Result, Trust};
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub url: QuicUrl,
+    /// The node to listen to, or several: each listener starts on the first and moves to
+    /// the next when one is lost, silent or draining.
+    pub urls: Vec<QuicUrl>,
+    /// With several nodes: silence that makes a listener move.
+    pub silence: Duration,
     pub trust: Trust,
     pub listeners: usize,
     pub duration: Duration,
@@ -81,6 +85,7 @@ struct Totals {
     frames: AtomicU64,
     gaps: AtomicU64,
     skips: AtomicU64,
+    moves: AtomicU64,
 }
 
 impl Totals {
@@ -121,15 +126,24 @@ pub struct LoadReport {
     pub latency_ms: Quantiles,
     /// Connect start to first audio byte.
     pub join_ms: Quantiles,
+    /// Each listener's longest wait between two frames (a failover shows here).
+    pub stall_ms: Quantiles,
+    /// Moves of listeners to another node.
+    pub moves: u64,
     pub duration_s: f64,
 }
 
 pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
-    let addr = tokio::net::lookup_host((opts.url.host.as_str(), opts.url.port))
+    let url = opts
+        .urls
+        .first()
+        .ok_or_else(|| quicast::Error::local("no node to listen to"))?
+        .clone();
+    let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
         .await?
         .next()
-        .ok_or_else(|| quicast::Error::local(format!("{} did not resolve", opts.url.host)))?;
-    let path = opts.url.stream()?.to_string();
+        .ok_or_else(|| quicast::Error::local(format!("{} did not resolve", url.host)))?;
+    let path = url.stream()?.to_string();
     let endpoints: Vec<Client> = (0..opts.endpoints.max(1))
         .map(|_| {
             // Every simulated listener is a first-time visitor: a full handshake, as the
@@ -140,6 +154,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
         .collect::<Result<_>>()?;
     let latency = Arc::new(Histogram::new());
     let join = Arc::new(Histogram::new());
+    let stall = Arc::new(Histogram::new());
     let totals = Arc::new(Totals::default());
     let failures: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let start = Instant::now();
@@ -149,10 +164,11 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
     for i in 0..opts.listeners {
         let at = start + opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64);
         let client = endpoints[i % endpoints.len()].clone();
-        let (url, path) = (opts.url.clone(), path.clone());
-        let (latency, join, totals, failures) = (
+        let (urls, path, silence) = (opts.urls.clone(), path.clone(), opts.silence);
+        let (latency, join, stall, totals, failures) = (
             latency.clone(),
             join.clone(),
+            stall.clone(),
             totals.clone(),
             failures.clone(),
         );
@@ -161,13 +177,18 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
             let t0 = Instant::now();
             let joined_us = now_us();
             let mut first = true;
+            let mut last_at: Option<Instant> = None;
+            let mut longest = Duration::ZERO;
             let r = async {
-                let session = client.connect(&url, Role::Listener, "").await?;
-                totals.connected.fetch_add(1, Ordering::Relaxed);
                 let mut next_pts: Option<u64> = None;
-                listen(&session, &path, Start::Live, Some(end), |ev| {
+                let on = |ev: ListenEvent<'_>| {
                     match ev {
                         ListenEvent::Frames(frames) => {
+                            let at = Instant::now();
+                            if let Some(l) = last_at {
+                                longest = longest.max(at - l);
+                            }
+                            last_at = Some(at);
                             if first {
                                 first = false;
                                 join.record_us(t0.elapsed().as_micros() as u64);
@@ -198,14 +219,33 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                         ListenEvent::Missed { count, .. } => {
                             totals.skips.fetch_add(count, Ordering::Relaxed);
                         }
+                        ListenEvent::Moved { .. } => {
+                            totals.moves.fetch_add(1, Ordering::Relaxed);
+                        }
                         _ => {}
                     }
                     Ok(())
-                })
-                .await?;
+                };
+                if urls.len() == 1 {
+                    let session = client.connect(&urls[0], Role::Listener, "").await?;
+                    totals.connected.fetch_add(1, Ordering::Relaxed);
+                    listen(&session, &path, Start::Live, Some(end), on).await?;
+                } else {
+                    let nodes: Vec<_> = urls.iter().map(|u| (client.clone(), u.clone())).collect();
+                    totals.connected.fetch_add(1, Ordering::Relaxed);
+                    let lo = ListenOptions {
+                        path: path.clone(),
+                        deadline: Some(end),
+                        silence,
+                    };
+                    listen_any(&nodes, &lo, on).await?;
+                }
                 Ok::<_, quicast::Error>(())
             }
             .await;
+            if last_at.is_some() {
+                stall.record_us(longest.as_micros() as u64);
+            }
             if r.is_err() && first {
                 totals.settle(listeners);
             }
@@ -248,6 +288,12 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
             p99: join.quantile_ms(0.99),
             max: None,
         },
+        stall_ms: Quantiles {
+            p50: stall.quantile_ms(0.5),
+            p99: stall.quantile_ms(0.99),
+            max: Some(stall.max_ms()),
+        },
+        moves: totals.moves.load(Ordering::Relaxed),
         duration_s: start.elapsed().as_secs_f64(),
     })
 }

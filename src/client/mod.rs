@@ -16,9 +16,9 @@ mod parents;
 mod publish;
 mod session;
 
-pub use listen::{listen, ListenEvent, ListenReport};
+pub use listen::{listen, listen_any, ListenEvent, ListenOptions, ListenReport};
 pub use parents::QuicParents;
-pub use publish::{publish, Input, OggReader, PublishOptions, PublishReport};
+pub use publish::{publish, Input, OggReader, Origin, PublishOptions, PublishReport};
 pub use session::{Event, Publication, Session, Subscription};
 
 /// A client endpoint: one UDP socket, many connections.

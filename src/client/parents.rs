@@ -35,7 +35,10 @@ impl QuicParents {
         let bind = transport::unspecified_for_host(cfg.upstream.first().map_or("", |p| &p.host));
         Ok(QuicParents {
             parents: cfg.upstream.clone(),
-            client: Client::with_config(bind, transport::upstream_config(&trust, streams)?)?,
+            client: Client::with_config(
+                bind,
+                transport::upstream_config(&trust, streams, cfg.parent_timeout_ms.get())?,
+            )?,
             connect_timeout: cfg.connect_timeout_ms.get(),
         })
     }
@@ -51,6 +54,10 @@ impl Parents for QuicParents {
             .get(i)
             .map(|p| p.authority())
             .unwrap_or_default()
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.parents.get(i).map_or(1, |p| p.weight)
     }
 
     fn connect(&self, i: usize) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>> {
@@ -84,6 +91,13 @@ impl ParentLink for Link {
 
     fn closed(&self) -> BoxFuture<'_, Error> {
         self.0.closed().boxed()
+    }
+
+    fn going_away(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.0.going_away().await;
+        }
+        .boxed()
     }
 
     fn subscribe(

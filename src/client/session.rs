@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, ConnectionError, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::proto::{
@@ -52,6 +52,8 @@ pub struct Session {
     pub node: String,
     ctl: ControlWriter,
     routes: Routes,
+    /// The alternatives the node named when it said it is going away (draining).
+    going_away: watch::Receiver<Option<Vec<String>>>,
     next_id: AtomicU64,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -105,6 +107,7 @@ impl Session {
         };
         let routes: Routes = Arc::default();
         let ctl = ControlWriter::new(send);
+        let (away, going_away) = watch::channel(None);
         let span = tracing::info_span!("session", node = %node, remote = %conn.remote_address());
         let r = routes.clone();
         let reader_task = tokio::spawn(
@@ -130,6 +133,11 @@ impl Session {
                         Message::StreamEnd { id, last_seq } => (id, Event::End { last_seq }),
                         Message::PublishOk { instance } => {
                             (PUBLISH_ROUTE, Event::PublishOk { instance })
+                        }
+                        Message::GoAway { alternatives } => {
+                            info!(?alternatives, "node is going away");
+                            let _ = away.send(Some(alternatives));
+                            continue;
                         }
                         Message::Error { code, reason } => {
                             warn!(code, %reason, "node reported an error");
@@ -209,6 +217,7 @@ impl Session {
             node,
             ctl,
             routes,
+            going_away,
             next_id: AtomicU64::new(1),
             tasks: vec![reader_task.abort_handle(), uni_task.abort_handle()],
         }))
@@ -219,6 +228,19 @@ impl Session {
     pub async fn close_gracefully(&self, timeout: Duration) {
         self.ctl.finish().await;
         let _ = tokio::time::timeout(timeout, self.conn.closed()).await;
+    }
+
+    /// Resolves when the node says it is going away, with the alternatives it names.
+    pub async fn going_away(&self) -> Vec<String> {
+        let mut rx = self.going_away.clone();
+        loop {
+            if let Some(a) = rx.borrow_and_update().clone() {
+                return a;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -247,7 +269,14 @@ impl Session {
         Ok(sub)
     }
 
-    pub async fn publish(self: &Arc<Self>, path: &str, codec: Codec) -> Result<Publication> {
+    /// Announces a broadcast on `path`; `broadcast` names it (the same for every origin a
+    /// publisher sends it to, and when it comes back after losing one).
+    pub async fn publish(
+        self: &Arc<Self>,
+        path: &str,
+        codec: Codec,
+        broadcast: Option<u64>,
+    ) -> Result<Publication> {
         check_path(path)?;
         let (tx, mut rx) = mpsc::channel(4);
         lock(&self.routes).insert(PUBLISH_ROUTE, tx);
@@ -255,6 +284,7 @@ impl Session {
             .send(Message::Publish {
                 path: path.to_string(),
                 codec,
+                broadcast,
             })
             .await?;
         let instance = match rx.recv().await {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tracing::warn;
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{OggEvent, OggOpusDemuxer, Timeline};
+use crate::media::{OggEvent, OggOpusDemuxer, OpusHead, Timeline};
 use crate::node::{credential, secret_eq, Node, Publishing};
 use crate::proto::{self, Frame};
 
@@ -77,6 +77,22 @@ fn source_credential(node: &Node) -> Option<[u8; 32]> {
         .map(|p| credential(p.expose().as_bytes()))
 }
 
+/// The broadcast an Icecast source carries, named by what every origin it is sent to sees
+/// alike (an encoder pushing to two origins, ffmpeg's tee muxer, sends the same Ogg stream to
+/// both): the stream's path, its OpusHead, its first audio packet and that packet's granule.
+fn broadcast_id(path: &str, head: &[u8], first: &[u8], granule: Option<u64>) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [path.as_bytes(), head, first] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    ctx.update(&granule.unwrap_or(u64::MAX).to_le_bytes());
+    let d = ctx.finish();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_le_bytes(b)
+}
+
 /// Where a source's body comes from, chunk by chunk (None at its end).
 pub(crate) trait ChunkSource {
     async fn chunk(&mut self) -> Result<Option<Bytes>>;
@@ -92,6 +108,7 @@ pub(crate) async fn ingest(
     body: &mut impl ChunkSource,
 ) -> Result<()> {
     let mut demux = OggOpusDemuxer::new();
+    let mut head: Option<OpusHead> = None;
     let mut publishing: Option<Publishing> = None;
     let mut timeline = Timeline::default();
     let mut ended = false;
@@ -127,14 +144,28 @@ pub(crate) async fn ingest(
             while let Some(ev) = demux.next_event()? {
                 match ev {
                     OggEvent::Head(h) => {
-                        if publishing.is_some() {
+                        if head.is_some() {
                             return Err(Error::media("a second OpusHead in one source"));
                         }
-                        let p = Publishing::claim(node, name, h.codec(), source_credential(node))?;
-                        displaced = Some(p.displaced());
-                        publishing = Some(p);
+                        head = Some(h);
                     }
                     OggEvent::Packet(payload, duration, granule) => {
+                        if publishing.is_none() {
+                            // Claimed at the first audio packet, which names the broadcast.
+                            let Some(h) = &head else {
+                                return Err(Error::media("audio before the OpusHead"));
+                            };
+                            let id = broadcast_id(name, &h.raw, &payload, granule);
+                            let p = Publishing::claim(
+                                node,
+                                name,
+                                h.codec(),
+                                source_credential(node),
+                                Some(id),
+                            )?;
+                            displaced = Some(p.displaced());
+                            publishing = Some(p);
+                        }
                         frames.push(Frame {
                             pts: timeline.pts(duration, granule),
                             duration,
@@ -159,7 +190,7 @@ pub(crate) async fn ingest(
             p.finish();
             Ok(())
         }
-        (Ok(()), None) => Err(Error::media("source ended before any Ogg Opus header")),
+        (Ok(()), None) => Err(Error::media("source ended before any Ogg Opus audio")),
         (Err(e), None) if e.kind() == Kind::Closed => {
             Err(Error::media("source ended before any Ogg Opus header"))
         }

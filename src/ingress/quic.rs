@@ -17,9 +17,10 @@ pub(crate) async fn serve_publish(
     ctl: ControlWriter,
     path: String,
     codec: Codec,
+    broadcast: Option<u64>,
     credential: Option<[u8; 32]>,
 ) {
-    let mut publishing = match Publishing::claim(&node, &path, codec, credential) {
+    let mut publishing = match Publishing::claim(&node, &path, codec, credential, broadcast) {
         Ok(p) => p,
         Err(e) => {
             warn!(side = "downstream", code = %e.code(), "publish refused: {e}");

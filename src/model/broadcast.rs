@@ -15,6 +15,8 @@ use crate::proto::{Codec, Start};
 #[derive(Default)]
 struct BState {
     open: Option<Arc<Segment>>,
+    /// The segments held here, oldest first (at most `window` sealed ones and the open one).
+    held: std::collections::VecDeque<u64>,
     /// The broadcast's first segment here (for subscribers who waited for it to start).
     first: Option<u64>,
     latest: Option<u64>,
@@ -25,7 +27,12 @@ struct BState {
 /// A relay holds a `Broadcast` with the same `instance` as its parent's.
 pub struct Broadcast {
     pub path: String,
+    /// The broadcast's name on the wire: the same on every node (and on every origin that
+    /// takes it from one publisher).
     pub instance: u64,
+    /// This node's own number for it, unique here (a broadcast that comes back under the
+    /// same instance is another one here): the key of its segments in the cache.
+    local: u64,
     pub codec: Codec,
     pub started: SystemTime,
     state: Mutex<BState>,
@@ -61,6 +68,7 @@ impl Broadcast {
         cache: &SegmentCache,
         cfg: &StoreConfig,
     ) -> Arc<Broadcast> {
+        static LOCAL: AtomicU64 = AtomicU64::new(1);
         Arc::new_cyclic(|me| Broadcast {
             me: me.clone(),
             coalesce: cfg.coalesce,
@@ -68,6 +76,7 @@ impl Broadcast {
             wake_pending: AtomicBool::new(false),
             path: path.to_string(),
             instance,
+            local: LOCAL.fetch_add(1, Ordering::Relaxed),
             codec,
             started: SystemTime::now(),
             state: Mutex::new(BState::default()),
@@ -123,13 +132,14 @@ impl Broadcast {
             s.open = Some(seg.clone());
             s.first.get_or_insert(seq);
             s.latest = Some(seq);
-            if seq > self.window {
-                self.cache
-                    .cache
-                    .invalidate(&(self.instance, seq - self.window - 1));
+            s.held.push_back(seq);
+            while s.held.len() as u64 > self.window + 1 {
+                if let Some(old) = s.held.pop_front() {
+                    self.cache.cache.invalidate(&(self.local, old));
+                }
             }
         }
-        self.cache.cache.insert((self.instance, seq), seg.clone());
+        self.cache.cache.insert((self.local, seq), seg.clone());
         // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and
         // an extra packet to every subscriber).
         self.flush();
@@ -190,9 +200,7 @@ impl Broadcast {
     fn seal_locked(&self, seg: &Arc<Segment>) {
         seg.seal();
         // Re-insert so the cache weighs the segment at its final size.
-        self.cache
-            .cache
-            .insert((self.instance, seg.seq), seg.clone());
+        self.cache.cache.insert((self.local, seg.seq), seg.clone());
     }
 
     /// Seals `seg` (a segment that is complete).
@@ -246,7 +254,7 @@ impl Broadcast {
                 }
             }
         }
-        self.cache.cache.get(&(self.instance, seq))
+        self.cache.cache.get(&(self.local, seq))
     }
 
     /// The open segment, if any.

@@ -21,7 +21,7 @@ pub use cursor::{Batch, Cursor, Form, Step};
 pub use frame::WireFrame;
 pub use registry::{Announced, Create, PublisherClaim, Registry, Slot, SlotState, SubscriberGuard};
 pub use segment::Segment;
-pub use segmenter::Segmenter;
+pub use segmenter::{Join, Segmenter};
 
 /// Limits and sizes of a node's store.
 #[derive(Debug, Clone)]

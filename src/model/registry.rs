@@ -61,6 +61,8 @@ pub struct Slot {
     /// Counted among the node's unannounced waiting rooms (see `Registry::count_waiting`).
     counted: AtomicBool,
     waiting: Arc<AtomicU64>,
+    /// Where a relay takes this stream from now (its parents, for operators).
+    parents: Mutex<Vec<String>>,
 }
 
 impl Slot {
@@ -134,6 +136,19 @@ impl Slot {
 
     pub fn subscribers(&self) -> usize {
         *self.subscribers.borrow()
+    }
+
+    /// Says where a relay takes the stream from now.
+    pub fn set_parents(&self, parents: Vec<String>) {
+        *self.parents.lock().unwrap_or_else(|e| e.into_inner()) = parents;
+    }
+
+    /// Where a relay takes the stream from now (empty on an origin).
+    pub fn parents(&self) -> Vec<String> {
+        self.parents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A receiver that sees the subscriber count change.
@@ -331,6 +346,7 @@ impl Registry {
             announced,
             counted: AtomicBool::new(counted),
             waiting: self.waiting.clone(),
+            parents: Mutex::default(),
         });
         if counted {
             self.waiting.fetch_add(1, Ordering::AcqRel);

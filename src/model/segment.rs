@@ -128,6 +128,15 @@ impl Segment {
         self.write().sealed = true;
     }
 
+    pub fn is_sealed(&self) -> bool {
+        self.read().sealed
+    }
+
+    /// The timestamp of frame `i`, if the segment has it.
+    pub fn pts_at(&self, i: usize) -> Option<u64> {
+        self.read().frames.get(i).map(|f| f.frame.pts)
+    }
+
     /// Appends frames `from..` to `out`, in its form: the frames themselves (clones of a few
     /// `Bytes` handles), or their wire records as runs (see `SegInner::runs`). Returns how many
     /// frames that is, and whether the segment is sealed.

@@ -241,6 +241,23 @@ keys! {
     probe_ms: one Millis<0, 60_000> = "2000";
     /// Seconds a relay remembers that its parent refused a name (not found, overloaded).
     refusal_memory_secs: one Secs<0, 3600> = "5";
+    /// How a relay picks each stream's parent: `hash` (rendezvous hashing of the stream's
+    /// name over the parents: every relay with the same parents picks the same one for a
+    /// stream, the same fallbacks after it, and a tier's streams spread over its nodes),
+    /// `ordered` (the first parent listed that is up), or `auto` (hash with two parents or
+    /// more).
+    parent_choice: one ParentChoice = "auto";
+    /// Keep a standby subscription on each stream's second parent, merged by position, so
+    /// that losing a parent costs no stall (one more upstream subscription per stream):
+    /// `on`, `off`, or `auto` (on with two parents or more).
+    hedge: one Switch = "auto";
+    /// A parent that sends nothing (no audio, no keep-alive) for this long is lost, in ms.
+    parent_timeout_ms: one Millis<50, 60_000> = "400";
+    /// On SIGTERM: how long to wait for listeners and child relays to move (told to go away,
+    /// and to the alternates) before closing, in seconds.
+    drain_secs: one Secs<0, 3600> = "10";
+    /// Nodes a draining node names to those it tells to go away, quic://HOST:PORT (repeat).
+    alternates: list Vec<QuicUrl> = "";
 }
 
 impl NodeArgs {
@@ -427,6 +444,68 @@ macro_rules! from_toml_str {
             }
         }
     };
+}
+
+/// How a relay picks a stream's parent (see `parent-choice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentChoice {
+    Auto,
+    Ordered,
+    Hash,
+}
+
+impl FromStr for ParentChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ParentChoice::Auto),
+            "ordered" => Ok(ParentChoice::Ordered),
+            "hash" => Ok(ParentChoice::Hash),
+            _ => Err(format!("{s:?} is not auto, ordered or hash")),
+        }
+    }
+}
+from_toml_str!(ParentChoice);
+
+/// On, off, or decided by the node (`auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for Switch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Switch::Auto),
+            "on" | "true" => Ok(Switch::On),
+            "off" | "false" => Ok(Switch::Off),
+            _ => Err(format!("{s:?} is not auto, on or off")),
+        }
+    }
+}
+from_toml_str!(Switch);
+
+impl NodeConfig {
+    /// Whether a relay spreads its streams over its parents by hashing.
+    pub fn hashes_parents(&self) -> bool {
+        match self.parent_choice {
+            ParentChoice::Hash => true,
+            ParentChoice::Ordered => false,
+            ParentChoice::Auto => self.upstream.len() > 1,
+        }
+    }
+
+    /// Whether a relay keeps a standby subscription on each stream's second parent.
+    pub fn hedges(&self) -> bool {
+        match self.hedge {
+            Switch::On => self.upstream.len() > 1,
+            Switch::Off => false,
+            Switch::Auto => self.upstream.len() > 1,
+        }
+    }
 }
 
 /// A node's name: 1 to 128 bytes.

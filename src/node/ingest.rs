@@ -10,7 +10,7 @@ use tracing::info;
 use super::{now_us, Node};
 use crate::error::{Error, Kind, Result};
 use crate::media::OpusHead;
-use crate::model::{Broadcast, PublisherClaim, Segmenter, Slot};
+use crate::model::{Broadcast, Join, PublisherClaim, Segmenter, Slot};
 use crate::proto::{self, Codec, Frame};
 
 /// A stream this publisher holds. Dropping it releases the stream without ending it; call
@@ -36,11 +36,17 @@ impl Publishing {
     /// `credential` (then this one takes over: a restarted encoder gets its stream back at
     /// once). A publisher coming back with the same header continues its broadcast;
     /// otherwise a new one starts.
+    ///
+    /// `broadcast` names the run of the publisher (it picks it; every origin it publishes to
+    /// uses it as the broadcast's instance, so redundant origins agree on it). A publisher
+    /// that comes back with the broadcast it left resumes it where it was; another joining a
+    /// live broadcast continues its timeline (see `Join`).
     pub fn claim(
         node: &Arc<Node>,
         path: &str,
         codec: Codec,
         credential: Option<[u8; 32]>,
+        broadcast: Option<u64>,
     ) -> Result<Publishing> {
         OpusHead::parse(&codec.header)?;
         proto::check_path(path)?;
@@ -55,13 +61,22 @@ impl Publishing {
             info!("a publisher with the same credentials took the stream over");
         }
         node.stats.publishers.fetch_add(1, Ordering::Relaxed);
-        let broadcast = match slot.broadcast() {
-            Some(b) if !b.is_finished() && b.codec == codec => b,
+        let instance = broadcast.map(|b| b & proto::varint::MAX);
+        let (broadcast, join) = match slot.broadcast() {
+            Some(b) if !b.is_finished() && b.codec == codec => {
+                let join = if instance == Some(b.instance) {
+                    Join::Resume
+                } else {
+                    Join::Rebase
+                };
+                (b, join)
+            }
             old => {
                 if let Some(o) = old {
                     o.finish();
                 }
-                let instance = rand::random::<u64>() & proto::varint::MAX;
+                let instance =
+                    instance.unwrap_or_else(|| rand::random::<u64>() & proto::varint::MAX);
                 let b = Broadcast::new(
                     path,
                     instance,
@@ -70,11 +85,11 @@ impl Publishing {
                     &node.registry.cfg,
                 );
                 slot.set_broadcast(Some(b.clone()));
-                b
+                (b, Join::Resume)
             }
         };
         info!(instance = broadcast.instance, "publisher connected");
-        let segmenter = Segmenter::new(node.cfg.segment_ms.get(), &broadcast);
+        let segmenter = Segmenter::new(node.cfg.segment_ms.get(), &broadcast, join);
         Ok(Publishing {
             slot,
             broadcast,
@@ -113,9 +128,6 @@ impl Publishing {
     pub fn lost(self) {
         if !self.slot.is_publisher(self.claim.id) {
             return;
-        }
-        if let Some(seg) = self.broadcast.open_segment() {
-            self.broadcast.seal(&seg);
         }
         let grace = self.node.cfg.publisher_grace_secs.get();
         let (slot, b) = (self.slot.clone(), self.broadcast.clone());

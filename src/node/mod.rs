@@ -43,6 +43,8 @@ pub struct Node {
     pub stats: Stats,
     upstream: Option<Arc<Upstream>>,
     overloaded: AtomicBool,
+    /// Told to go (SIGTERM): takes no newcomers while those it serves move elsewhere.
+    draining: AtomicBool,
     /// Waiting subscriptions by listener address (see `Peer`).
     waiting_by_addr: Mutex<HashMap<IpAddr, usize>>,
     /// Names a relay's parent refused lately, and why: asked again, they are refused at
@@ -88,7 +90,7 @@ impl Node {
         );
         let upstream = match (cfg.is_relay(), parents) {
             (false, _) => None,
-            (true, Some(p)) => Some(Upstream::new(p)),
+            (true, Some(p)) => Some(Upstream::new(p, cfg.hashes_parents(), cfg.hedges())),
             (true, None) => {
                 return Err(Error::local(
                     "a relay needs a way to its parents (the QUIC client)",
@@ -105,6 +107,7 @@ impl Node {
             stats: Stats::default(),
             upstream,
             overloaded: Default::default(),
+            draining: Default::default(),
             waiting_by_addr: Default::default(),
             refused,
             tasks: Mutex::default(),
@@ -148,12 +151,21 @@ impl Node {
         self.admit()
     }
 
-    /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit and
-    /// not overloaded. Counts a refusal.
+    /// The node is going away: it takes no newcomers from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit, not
+    /// overloaded, not draining. Counts a refusal.
     pub fn admit(&self) -> bool {
         let open = self.stats.connections.load(Ordering::Relaxed)
             + self.stats.http_connections.load(Ordering::Relaxed);
-        let ok = if open >= self.cfg.max_connections.value() {
+        let ok = if open >= self.cfg.max_connections.value() || self.is_draining() {
             false
         } else if self.overloaded() {
             inc(&self.stats.shed_total);

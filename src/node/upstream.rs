@@ -1,17 +1,30 @@
-//! A relay's source of segments: its parents. One upstream subscription per stream however
-//! many subscribe below: the first subscriber starts the stream's fetch (its leader), and
-//! every later one waits on the same slot (the followers), like a CDN's cache lock. On a
-//! parent's loss the fetch moves to the next parent and resumes from the next frame it needs.
+//! A relay's source of segments: its parents. One upstream subscription per stream per
+//! parent it uses, however many subscribe below: the first subscriber starts the stream's
+//! fetch (its leader), and every later one waits on the same slot (the followers), like a
+//! CDN's cache lock.
+//!
+//! Each stream has its own order of parents: the list as given (`ordered`), or the list
+//! sorted by rendezvous hashing of the stream's name (`hash`), so that every relay with the
+//! same parents sends a stream to the same parent, and a tier's streams spread over its
+//! nodes. The fetch runs a *leg* (a subscription) on the first parent of that order that is
+//! up, and with hedging on the second too; legs are merged by position (segment number and
+//! frame index): what one leg delivers first, the other skips. A parent that is lost (its
+//! link silent for `parent-timeout-ms`) or draining (it said GOAWAY) is left; its streams go
+//! to the next parent in their order, resuming from the next frame needed. A leg is only
+//! stopped for another once the other has caught up, so a parent that comes back takes its
+//! streams back without a frame lost.
 //!
 //! The node knows nothing of the transport: a relay's way to its parents is the `Parents`
 //! trait, which the QUIC client implements (`client::QuicParents`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{watch, Mutex};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{inc, Node};
@@ -19,12 +32,18 @@ use crate::error::{Error, Kind, Result};
 use crate::model::{Broadcast, Segment, Slot, StoreConfig, WireFrame};
 use crate::proto::{Codec, ErrorCode, Start};
 
-/// A relay's way to its parents, in the order they are tried.
+/// A relay's way to its parents.
 pub trait Parents: Send + Sync + 'static {
     /// How many parents there are.
     fn count(&self) -> usize;
-    /// How parent `i` is named in logs.
+    /// How parent `i` is named: in logs, and in the hash that spreads streams (every relay
+    /// must name a parent alike: its `HOST:PORT`).
     fn describe(&self, i: usize) -> String;
+    /// How many streams parent `i` takes, relative to the others.
+    fn weight(&self, i: usize) -> u32 {
+        let _ = i;
+        1
+    }
     /// A new connection to parent `i`.
     fn connect(&self, i: usize) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>>;
 }
@@ -36,6 +55,8 @@ pub trait ParentLink: Send + Sync {
     fn is_closed(&self) -> bool;
     /// Why the connection ended (waits until it has).
     fn closed(&self) -> BoxFuture<'_, Error>;
+    /// Resolves when the parent says it is going away (draining).
+    fn going_away(&self) -> BoxFuture<'_, ()>;
     fn subscribe(
         &self,
         path: &str,
@@ -88,55 +109,206 @@ pub trait SegmentReader: Send {
     fn stop(&mut self, code: ErrorCode);
 }
 
-pub(super) struct Upstream {
-    parents: Arc<dyn Parents>,
-    link: Mutex<Option<Arc<dyn ParentLink>>>,
-    current: AtomicUsize,
+/// What a parent is now, as every stream sees it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// Its link failed, and no new one could be made yet.
+    down: bool,
+    /// It said it is going away.
+    draining: bool,
+    /// A task is trying to connect to it again.
+    probing: bool,
 }
 
+struct Parent {
+    /// The one connection to it, shared by every stream it carries.
+    link: tokio::sync::Mutex<Option<Arc<dyn ParentLink>>>,
+    health: Mutex<Health>,
+    /// Its name, and its hash identity.
+    name: String,
+    weight: u32,
+    /// Legs on it now, across streams (a draining parent's link is closed when none is left).
+    users: watch::Sender<usize>,
+}
+
+pub(super) struct Upstream {
+    parents: Arc<dyn Parents>,
+    each: Vec<Parent>,
+    /// Bumped whenever a parent goes down, comes back or starts draining.
+    changed: watch::Sender<u64>,
+    hash: bool,
+    hedge: bool,
+}
+
+/// Backoff between a stream's attempts on one parent.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
 impl Upstream {
-    pub(super) fn new(parents: Arc<dyn Parents>) -> Arc<Upstream> {
+    pub(super) fn new(parents: Arc<dyn Parents>, hash: bool, hedge: bool) -> Arc<Upstream> {
+        let each = (0..parents.count())
+            .map(|i| Parent {
+                link: tokio::sync::Mutex::new(None),
+                health: Mutex::default(),
+                name: parents.describe(i),
+                weight: parents.weight(i).max(1),
+                users: watch::Sender::new(0),
+            })
+            .collect();
         Arc::new(Upstream {
             parents,
-            link: Mutex::new(None),
-            current: AtomicUsize::new(0),
+            each,
+            changed: watch::Sender::new(0),
+            hash,
+            hedge,
         })
     }
 
-    /// The connection to the current parent, made (trying each parent in turn) if there is none.
-    async fn link(&self) -> Result<Arc<dyn ParentLink>> {
-        let mut g = self.link.lock().await;
-        let n = self.parents.count();
-        if let Some(s) = g.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
+    fn health(&self, i: usize) -> Health {
+        *self.each[i]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_health(&self, i: usize, f: impl FnOnce(&mut Health)) {
+        let changed = {
+            let mut h = self.each[i]
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = (h.down, h.draining);
+            f(&mut h);
+            before != (h.down, h.draining)
+        };
+        if changed {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// The parents of `path`, in the order it tries them.
+    pub(super) fn order(&self, path: &str) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.each.len()).collect();
+        if self.hash {
+            let score = |i: usize| rendezvous(&self.each[i].name, path, self.each[i].weight);
+            order.sort_by(|a, b| score(*b).total_cmp(&score(*a)).then(a.cmp(b)));
+        }
+        order
+    }
+
+    /// The parents a stream with `order` is to take it from now: the first (with hedging,
+    /// two) that are neither down nor draining; the first of its order if none is.
+    fn wanted(&self, order: &[usize]) -> Vec<usize> {
+        let k = if self.hedge { 2 } else { 1 };
+        let mut up: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| {
+                let h = self.health(*i);
+                !h.down && !h.draining
+            })
+            .take(k)
+            .collect();
+        if up.is_empty() {
+            up.extend(order.first());
+        }
+        up
+    }
+
+    /// The connection to parent `i`: the one it has, or a new one. A parent that cannot be
+    /// reached is marked down, and a task tries it again until it comes back.
+    async fn link(self: &Arc<Self>, i: usize) -> Result<Arc<dyn ParentLink>> {
+        let mut g = self.each[i].link.lock().await;
+        if let Some(l) = g.as_ref() {
+            if !l.is_closed() {
+                return Ok(l.clone());
             }
-            // That parent is gone: start with the next one.
             *g = None;
-            let _ = self
-                .current
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some((c + 1) % n));
         }
-        let first = self.current.load(Ordering::Relaxed);
-        let mut last_err = None;
-        for i in 0..n {
-            let idx = (first + i) % n;
-            match self.parents.connect(idx).await {
-                Ok(s) => {
-                    info!(parent = %self.parents.describe(idx), node = %s.name(), "connected to parent");
-                    self.current.store(idx, Ordering::Relaxed);
-                    *g = Some(s.clone());
-                    return Ok(s);
-                }
-                Err(e) => {
-                    warn!(side = "upstream", parent = %self.parents.describe(idx), "cannot connect: {e}");
-                    last_err = Some(e);
-                }
+        match self.parents.connect(i).await {
+            Ok(l) => {
+                info!(parent = %self.each[i].name, node = %l.name(), "connected to parent");
+                *g = Some(l.clone());
+                drop(g);
+                self.set_health(i, |h| *h = Health::default());
+                self.clone().watch_link(i, l.clone());
+                Ok(l)
+            }
+            Err(e) => {
+                drop(g);
+                warn!(side = "upstream", parent = %self.each[i].name, "cannot connect: {e}");
+                self.lost(i);
+                Err(e.upstream())
             }
         }
-        Err(last_err
-            .unwrap_or_else(|| Error::new(Kind::Upstream, "no parent"))
-            .upstream())
+    }
+
+    /// Follows a link until it ends (the parent is lost) or the parent says it is going away.
+    fn watch_link(self: Arc<Self>, i: usize, link: Arc<dyn ParentLink>) {
+        let span = info_span!("parent", parent = %self.each[i].name);
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    e = link.closed() => {
+                        warn!(side = "upstream", "parent lost: {e}");
+                        self.lost(i);
+                    }
+                    _ = link.going_away() => {
+                        info!("parent is draining: its streams move to other parents");
+                        self.set_health(i, |h| h.draining = true);
+                        // Once every stream has moved, this relay leaves it too.
+                        let mut users = self.each[i].users.subscribe();
+                        tokio::select! {
+                            _ = async { users.wait_for(|n| *n == 0).await.map(|_| ()) } => {
+                                let mut g = self.each[i].link.lock().await;
+                                if g.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                                    *g = None;
+                                }
+                                drop(g);
+                                drop(link);
+                                info!("every stream left the draining parent: link closed");
+                            }
+                            e = link.closed() => debug!("draining parent closed: {e}"),
+                        }
+                        self.lost(i);
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Parent `i` is lost: marked down, and tried again (with backoff) until it comes back.
+    fn lost(self: &Arc<Self>, i: usize) {
+        let mut start = false;
+        self.set_health(i, |h| {
+            h.down = true;
+            start = !h.probing;
+            h.probing = true;
+        });
+        if !start {
+            return;
+        }
+        let me = self.clone();
+        let span = info_span!("parent", parent = %self.each[i].name);
+        tokio::spawn(
+            async move {
+                let mut wait = FIRST_RETRY;
+                loop {
+                    tokio::time::sleep(wait).await;
+                    let g = me.each[i].link.lock().await;
+                    let alive = g.as_ref().is_some_and(|l| !l.is_closed());
+                    drop(g);
+                    if alive || me.link(i).await.is_ok() {
+                        info!("parent is back");
+                        me.set_health(i, |h| h.probing = false);
+                        return;
+                    }
+                    wait = (wait * 2).min(LAST_RETRY);
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Starts the stream's one fetch from the parents (its leader; later subscribers follow
@@ -147,184 +319,403 @@ impl Upstream {
         tokio::spawn(self.clone().fetch(node, slot, start).instrument(span));
     }
 
+    /// The stream's fetch: keeps a leg on each parent it wants, merges them, and ends when
+    /// the stream has had no subscriber for `linger-secs`.
     async fn fetch(self: Arc<Self>, node: Arc<Node>, slot: Arc<Slot>, start: Start) {
-        let mut st = FetchState {
-            b: None,
-            open: None,
-            sealed_through: None,
-            next: start,
-            healthy: false,
-        };
+        let merge = Arc::new(Merge::new(node.clone(), slot.clone(), start));
+        let order = self.order(&slot.path);
+        let mut legs: HashMap<usize, Leg> = HashMap::new();
+        let mut running: FuturesUnordered<tokio::task::JoinHandle<(usize, LegEnd)>> =
+            FuturesUnordered::new();
+        let mut retry: HashMap<usize, (Instant, Duration)> = HashMap::new();
+        let mut health = self.changed.subscribe();
         let mut subs = slot.watch_subscribers();
-        let mut backoff = Duration::from_millis(100);
         let linger = node.cfg.linger_secs.get();
         // The parent has this long to say the name is live before it counts as a waiting
         // room here (bounded apart from live streams; see `Registry`).
         let probe = tokio::time::sleep(node.cfg.probe_ms.get());
         tokio::pin!(probe);
         let mut probing = true;
+        let mut shown: Vec<usize> = Vec::new();
         loop {
-            let outcome = {
-                let once = self.fetch_once(&node, &slot, &mut st);
-                tokio::pin!(once);
-                loop {
-                    tokio::select! {
-                        r = &mut once => break Some(r),
-                        _ = idle(&mut subs, linger) => break None,
-                        _ = &mut probe, if probing => {
-                            probing = false;
-                            if let Err(e) = node.registry.count_waiting(&slot) {
-                                info!("{e}");
-                                slot.fail(e.code(), e.reason());
-                                node.registry.remove(&slot);
-                                return;
+            health.borrow_and_update();
+            let now = Instant::now();
+            let wanted = self.wanted(&order);
+            // Start a leg on each wanted parent that has none (and is not resting).
+            for &p in &wanted {
+                if legs.contains_key(&p) || retry.get(&p).is_some_and(|(at, _)| *at > now) {
+                    continue;
+                }
+                let (caught_tx, caught) = watch::channel(false);
+                let task = tokio::spawn(
+                    self.clone()
+                        .leg(merge.clone(), p, caught_tx)
+                        .instrument(info_span!("leg", parent = %self.each[p].name)),
+                );
+                legs.insert(
+                    p,
+                    Leg {
+                        caught,
+                        abort: task.abort_handle(),
+                    },
+                );
+                running.push(task);
+            }
+            // Stop a leg nobody wants any more, once a wanted one has caught up (or at once if
+            // its parent is gone anyway): never a gap for the change of parent.
+            // (Each leg's catching up is marked seen here, so that only a change wakes us.)
+            let mut ready = false;
+            for (p, l) in legs.iter_mut() {
+                let caught = *l.caught.borrow_and_update();
+                ready |= caught && wanted.contains(p);
+            }
+            legs.retain(|p, leg| {
+                let keep = wanted.contains(p) || (!ready && !self.health(*p).down);
+                if !keep {
+                    info!(parent = %self.each[*p].name, "leaving parent: the stream comes from another");
+                    leg.abort.abort();
+                }
+                keep
+            });
+            let mut now_from: Vec<usize> = legs.keys().copied().collect();
+            now_from.sort();
+            if now_from != shown {
+                let names: Vec<String> = now_from
+                    .iter()
+                    .map(|p| self.each[*p].name.clone())
+                    .collect();
+                info!(parents = ?names, "stream comes from");
+                slot.set_parents(names);
+                shown = now_from;
+            }
+            let next_retry = retry
+                .values()
+                .map(|(at, _)| *at)
+                .filter(|at| *at > now)
+                .min();
+            let caught_changes = legs
+                .values()
+                .map(|l| {
+                    let mut c = l.caught.clone();
+                    async move {
+                        let _ = c.changed().await;
+                    }
+                })
+                .collect::<FuturesUnordered<_>>();
+            tokio::select! {
+                _ = health.changed() => {}
+                _ = async {
+                    let mut c = caught_changes;
+                    if c.is_empty() { std::future::pending::<()>().await }
+                    c.next().await;
+                } => {}
+                _ = sleep_until(next_retry) => {}
+                Some(done) = running.next(), if !running.is_empty() => {
+                    let Ok((p, end)) = done else { continue };
+                    let Some(leg) = legs.remove(&p) else { continue };
+                    let was_caught = *leg.caught.borrow();
+                    match end {
+                        LegEnd::Refused(e) if merge.is_waiting() && refusal_is_final(e.kind()) => {
+                            // The parent says no to the name itself: everyone waiting here
+                            // hears it, the name is remembered for a while, and nothing is
+                            // held for it.
+                            info!(code = %e.code(), "parent refused the stream: {}", e.reason());
+                            if matches!(e.kind(), Kind::NotFound | Kind::Overloaded) {
+                                node.remember_refusal(&slot.path, e.code(), e.reason());
+                            }
+                            slot.fail(e.code(), e.reason().to_string());
+                            node.registry.remove(&slot);
+                            stop(&legs);
+                            return;
+                        }
+                        end => {
+                            // Rest before trying this parent again: a little if the leg had
+                            // been delivering, more each time it fails at once.
+                            let wait = match retry.get(&p) {
+                                Some((_, w)) if !was_caught => (*w * 2).min(LAST_RETRY),
+                                _ => FIRST_RETRY,
+                            };
+                            retry.insert(p, (Instant::now() + wait, wait));
+                            match end {
+                                LegEnd::Lost(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "upstream subscription lost: {e}"),
+                                LegEnd::Refused(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused the stream: {e}"),
+                                LegEnd::Mismatch(why) => warn!(side = "upstream", parent = %self.each[p].name, "parent serves another broadcast: {why}"),
                             }
                         }
                     }
                 }
-            };
-            match outcome {
-                None => {
+                _ = idle(&mut subs, linger) => {
                     if node.registry.remove_if_idle(&slot) {
-                        if let Some(b) = st.b.take() {
-                            slot.end_broadcast(&b);
-                        }
-                        info!("no subscribers left: upstream subscription closed");
+                        stop(&legs);
+                        merge.close();
+                        info!("no subscribers left: upstream subscriptions closed");
                         return;
                     }
                 }
-                Some(Ok(())) => {
-                    // The broadcast ended upstream: wait (in the parent's waiting room) for the next.
-                    st.next = Start::Live;
-                    backoff = Duration::from_millis(100);
-                }
-                Some(Err(e))
-                    if st.b.is_none()
-                        && e.remote_code().is_some()
-                        && refusal_is_final(e.kind()) =>
-                {
-                    // The parent says no to the name itself: everyone waiting here hears it,
-                    // the name is remembered for a while, and nothing is held for it.
-                    info!(code = %e.code(), "parent refused the stream: {}", e.reason());
-                    if matches!(e.kind(), Kind::NotFound | Kind::Overloaded) {
-                        node.remember_refusal(&slot.path, e.code(), e.reason());
+                _ = &mut probe, if probing => {
+                    probing = false;
+                    if let Err(e) = node.registry.count_waiting(&slot) {
+                        info!("{e}");
+                        slot.fail(e.code(), e.reason());
+                        node.registry.remove(&slot);
+                        stop(&legs);
+                        return;
                     }
-                    slot.fail(e.code(), e.reason().to_string());
-                    node.registry.remove(&slot);
-                    return;
-                }
-                Some(Err(e)) => {
-                    if st.healthy {
-                        backoff = Duration::from_millis(100);
-                    }
-                    st.healthy = false;
-                    warn!(side = "upstream", code = %e.code(), next = ?st.next, "upstream subscription lost: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = idle(&mut subs, linger) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     }
 
-    async fn fetch_once(&self, node: &Node, slot: &Arc<Slot>, st: &mut FetchState) -> Result<()> {
-        let link = self.link().await?;
-        let mut sub = link.subscribe(&slot.path, st.next).await?;
-        inc(&node.stats.upstream_subscriptions_total);
-        debug!(start = ?st.next, "subscribed upstream");
-        let mut pending_end: Option<u64> = None;
-        loop {
-            let ev = match sub.next().await {
-                Some(ev) => ev,
-                None => return Err(link.closed().await.upstream()),
+    /// One leg: the stream from parent `p`, merged into the stream's position, for as long as
+    /// the parent serves it (across broadcasts: after one ends it waits for the next).
+    async fn leg(
+        self: Arc<Self>,
+        merge: Arc<Merge>,
+        p: usize,
+        caught: watch::Sender<bool>,
+    ) -> (usize, LegEnd) {
+        let _user = User::new(&self.each[p].users);
+        let end = async {
+            let link = match self.link(p).await {
+                Ok(l) => l,
+                Err(e) => return LegEnd::Lost(e),
             };
-            match ev {
-                ParentEvent::Subscribed { instance, codec } => {
-                    let same =
-                        st.b.as_ref()
-                            .is_some_and(|b| b.instance == instance && !b.is_finished());
-                    if !same {
-                        if let Some(old) = st.b.take() {
-                            info!(
-                                old = old.instance,
-                                new = instance,
-                                "parent has a new broadcast"
-                            );
-                            old.finish();
+            loop {
+                let start = merge.resume_point();
+                let mut sub = match link.subscribe(&merge.slot.path, start).await {
+                    Ok(s) => s,
+                    Err(e) => return LegEnd::Lost(e.upstream()),
+                };
+                inc(&merge.node.stats.upstream_subscriptions_total);
+                debug!(start = ?start, "subscribed upstream");
+                // The broadcast this subscription is on (its parent's Subscribed says).
+                let mut instance = None;
+                loop {
+                    let ev = match sub.next().await {
+                        Some(ev) => ev,
+                        None => return LegEnd::Lost(link.closed().await.upstream()),
+                    };
+                    match ev {
+                        ParentEvent::Subscribed { instance: i, codec } => {
+                            if let Err(why) = merge.subscribed(i, codec) {
+                                return LegEnd::Mismatch(why);
+                            }
+                            instance = Some(i);
                         }
-                        let b = Broadcast::new(
-                            &slot.path,
-                            instance,
-                            codec,
-                            &node.registry.cache,
-                            // Batches from the parent are already coalesced: pass them on as they come.
-                            &StoreConfig {
-                                coalesce: Duration::ZERO,
-                                ..node.registry.cfg.clone()
-                            },
-                        );
-                        st.open = None;
-                        st.sealed_through = None;
-                        slot.set_broadcast(Some(b.clone()));
-                        st.b = Some(b);
+                        ParentEvent::Segment { seq, mut frames } => {
+                            let Some(i) = instance else {
+                                frames.stop(ErrorCode::Cancelled);
+                                continue;
+                            };
+                            if let Err(e) = merge.read_segment(i, seq, frames, &caught).await {
+                                if let Some(why) = e.mismatch {
+                                    return LegEnd::Mismatch(why);
+                                }
+                                return LegEnd::Lost(e.error);
+                            }
+                        }
+                        ParentEvent::End { last_seq } => {
+                            if let Some(i) = instance {
+                                if merge.end(i, last_seq) {
+                                    info!("broadcast ended upstream");
+                                }
+                            }
+                            break;
+                        }
+                        ParentEvent::Refused(e) => return LegEnd::Refused(e.upstream()),
                     }
-                    st.healthy = true;
                 }
-                // The subscription hands us audio only after Subscribed.
-                ParentEvent::Segment { seq, frames } => st.read_segment(seq, frames).await?,
-                ParentEvent::End { last_seq } => pending_end = Some(last_seq),
-                ParentEvent::Refused(e) => return Err(e.upstream()),
+                // The broadcast ended: wait (in the parent's waiting room) for the next.
+                let _ = caught.send(false);
             }
-            if let Some(last) = pending_end {
-                let past = matches!(st.next, Start::Seq(n) if n > last);
-                if past
-                    || st.sealed_through.is_some_and(|s| s >= last)
-                    || st.b.as_ref().is_some_and(|b| b.span().latest.is_none())
-                {
-                    if let Some(b) = st.b.take() {
-                        slot.end_broadcast(&b);
-                    }
-                    info!("broadcast ended upstream");
-                    return Ok(());
-                }
-            }
+        };
+        (p, end.await)
+    }
+}
+
+/// A leg's place in its parent's count of users, given back when it ends (or is aborted).
+struct User<'a>(&'a watch::Sender<usize>);
+
+impl<'a> User<'a> {
+    fn new(users: &'a watch::Sender<usize>) -> User<'a> {
+        users.send_modify(|n| *n += 1);
+        User(users)
+    }
+}
+
+impl Drop for User<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A leg the fetch runs: whether it has caught up with the stream's position, and how to
+/// stop it.
+struct Leg {
+    caught: watch::Receiver<bool>,
+    abort: tokio::task::AbortHandle,
+}
+
+fn stop(legs: &HashMap<usize, Leg>) {
+    for l in legs.values() {
+        l.abort.abort();
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a leg ended.
+enum LegEnd {
+    /// Its parent or link was lost.
+    Lost(Error),
+    /// The parent refused the stream.
+    Refused(Error),
+    /// The parent serves another broadcast than the stream's, or other frames in it.
+    Mismatch(String),
+}
+
+/// A leg's failure to merge a segment.
+struct MergeError {
+    error: Error,
+    mismatch: Option<String>,
+}
+
+impl From<Error> for MergeError {
+    fn from(error: Error) -> Self {
+        MergeError {
+            error,
+            mismatch: None,
         }
     }
 }
 
-struct FetchState {
+/// The stream's position here, which every leg merges into.
+struct Merge {
+    node: Arc<Node>,
+    slot: Arc<Slot>,
+    /// Where the first subscription starts (the first subscriber's start).
+    start: Start,
+    state: Mutex<MergeState>,
+}
+
+#[derive(Default)]
+struct MergeState {
     b: Option<Arc<Broadcast>>,
-    /// The segment being received (possibly partly, if the parent was lost mid-way).
+    /// The segment being received (possibly partly: a leg was lost mid-way).
     open: Option<Arc<Segment>>,
     sealed_through: Option<u64>,
-    /// Where to (re)subscribe from.
-    next: Start,
-    healthy: bool,
+    /// Whether a broadcast was ever had (a leg that comes back then resumes, never "live").
+    had: bool,
 }
 
-impl FetchState {
-    /// Receives one segment stream into the store. A segment we hold part of (the parent
-    /// was lost mid-way) is resumed: the frames we have are skipped, the rest appended.
-    async fn read_segment(&mut self, seq: u64, mut frames: Box<dyn SegmentReader>) -> Result<()> {
-        let Some(b) = self.b.clone() else {
-            return Ok(());
-        };
-        if self.sealed_through.is_some_and(|s| seq <= s) {
-            frames.stop(ErrorCode::Cancelled);
-            return Ok(());
+impl Merge {
+    fn new(node: Arc<Node>, slot: Arc<Slot>, start: Start) -> Merge {
+        Merge {
+            node,
+            slot,
+            start,
+            state: Mutex::default(),
         }
-        let (seg, have) = match &self.open {
-            Some(o) if o.seq == seq => (o.clone(), o.len()),
-            Some(o) if seq < o.seq => {
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MergeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the stream is waiting for a broadcast (none yet, or the last one ended).
+    fn is_waiting(&self) -> bool {
+        self.state().b.is_none()
+    }
+
+    /// Where a leg subscribes from: the segment being received, the one after the last
+    /// sealed, or (nothing held yet) the first subscriber's start.
+    fn resume_point(&self) -> Start {
+        let s = self.state();
+        match (&s.b, &s.open, s.sealed_through) {
+            (Some(_), Some(o), _) => Start::Seq(o.seq),
+            (Some(_), None, Some(sealed)) => Start::Seq(sealed + 1),
+            (None, _, _) if s.had => Start::Live,
+            _ => self.start,
+        }
+    }
+
+    /// A leg's parent has broadcast `instance`: it becomes the stream's if it has none.
+    fn subscribed(&self, instance: u64, codec: Codec) -> std::result::Result<(), String> {
+        let mut s = self.state();
+        if let Some(b) = &s.b {
+            if b.instance == instance && !b.is_finished() {
+                return Ok(());
+            }
+            if !b.is_finished() {
+                return Err(format!(
+                    "broadcast {instance} where this relay has {}",
+                    b.instance
+                ));
+            }
+        }
+        let b = Broadcast::new(
+            &self.slot.path,
+            instance,
+            codec,
+            &self.node.registry.cache,
+            // Batches from the parent are already coalesced: pass them on as they come.
+            &StoreConfig {
+                coalesce: Duration::ZERO,
+                ..self.node.registry.cfg.clone()
+            },
+        );
+        s.open = None;
+        s.sealed_through = None;
+        s.had = true;
+        s.b = Some(b.clone());
+        self.slot.set_broadcast(Some(b));
+        Ok(())
+    }
+
+    /// Receives one segment stream from a leg. Frames the stream holds already (another leg
+    /// brought them, or this one before it was lost) are skipped, the rest appended; a frame
+    /// that differs from the one held at its place means the parent has another broadcast.
+    async fn read_segment(
+        &self,
+        instance: u64,
+        seq: u64,
+        mut frames: Box<dyn SegmentReader>,
+        caught: &watch::Sender<bool>,
+    ) -> std::result::Result<(), MergeError> {
+        let (b, seg) = {
+            let mut s = self.state();
+            let Some(b) = s.b.clone().filter(|b| b.instance == instance) else {
+                // A broadcast that ended here (this leg is behind): nothing to take.
+                frames.stop(ErrorCode::Cancelled);
+                return Ok(());
+            };
+            if s.sealed_through.is_some_and(|t| seq <= t) {
                 frames.stop(ErrorCode::Cancelled);
                 return Ok(());
             }
-            _ => (b.begin(seq)?, 0),
+            let seg = match &s.open {
+                Some(o) if o.seq == seq => o.clone(),
+                Some(o) if seq < o.seq => {
+                    frames.stop(ErrorCode::Cancelled);
+                    return Ok(());
+                }
+                _ => {
+                    if b.span().latest.is_some_and(|l| seq <= l) {
+                        frames.stop(ErrorCode::Cancelled);
+                        return Ok(());
+                    }
+                    let seg = b.begin(seq)?;
+                    s.open = Some(seg.clone());
+                    seg
+                }
+            };
+            (b, seg)
         };
-        self.open = Some(seg.clone());
-        self.next = Start::Seq(seq);
         let mut i = 0usize;
         let mut batch = Vec::new();
         loop {
@@ -332,33 +723,89 @@ impl FetchState {
             match frames.read(&mut batch).await {
                 SegmentRead::Finished => break,
                 SegmentRead::Frames => {
+                    let _s = self.state();
+                    if seg.is_sealed() {
+                        // Another leg finished it, or a newer one began: the rest is theirs.
+                        drop(_s);
+                        frames.stop(ErrorCode::Cancelled);
+                        return Ok(());
+                    }
                     for f in batch.drain(..) {
-                        if i >= have {
+                        let have = seg.len();
+                        if i < have {
+                            if let Some(pts) = seg.pts_at(i) {
+                                if pts != f.frame.pts {
+                                    drop(_s);
+                                    frames.stop(ErrorCode::Cancelled);
+                                    return Err(MergeError {
+                                        error: Error::protocol("frames differ"),
+                                        mismatch: Some(format!(
+                                            "frame {i} of segment {seq} is at pts {} here, {} there",
+                                            pts, f.frame.pts
+                                        )),
+                                    });
+                                }
+                            }
+                        } else if i == have {
                             b.append_quiet(&seg, f)?;
                         }
                         i += 1;
                     }
                     // One wake-up per batch: what the parent sent together goes on together.
                     b.flush();
+                    if i >= seg.len() && !*caught.borrow() {
+                        let _ = caught.send(true);
+                    }
                 }
                 SegmentRead::Reset(code) => {
-                    // The parent moved us forward (we were too slow): this segment stays short.
+                    // The parent moved this leg forward (we were too slow): the segment may
+                    // still come whole from another leg, or stays short.
                     warn!(side = "upstream", seq, %code, "parent skipped us past a segment");
-                    break;
+                    return Ok(());
                 }
                 SegmentRead::Failed(e) => {
                     if !e.is_gone() {
                         frames.stop(e.code());
                     }
-                    return Err(e.upstream());
+                    return Err(e.upstream().into());
                 }
             }
         }
-        b.seal(&seg);
-        self.open = None;
-        self.sealed_through = Some(seq);
-        self.next = Start::Seq(seq + 1);
+        let mut s = self.state();
+        if s.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, &seg)) {
+            b.seal(&seg);
+            s.open = None;
+            s.sealed_through = Some(seq);
+        }
         Ok(())
+    }
+
+    /// A leg heard that broadcast `instance` ended with segment `last`, after it had read
+    /// all it was sent: the broadcast ends here (if it is this one). True if it did.
+    fn end(&self, instance: u64, last: u64) -> bool {
+        let mut s = self.state();
+        let Some(b) = s.b.clone().filter(|b| b.instance == instance) else {
+            return false;
+        };
+        if let Some(o) = s.open.take() {
+            if o.seq <= last {
+                b.seal(&o);
+            }
+        }
+        s.b = None;
+        s.sealed_through = None;
+        drop(s);
+        self.slot.end_broadcast(&b);
+        true
+    }
+
+    /// The stream is closed here: its broadcast ends.
+    fn close(&self) {
+        let mut s = self.state();
+        if let Some(b) = s.b.take() {
+            drop(s);
+            self.slot.end_broadcast(&b);
+        }
     }
 }
 
@@ -368,6 +815,22 @@ fn refusal_is_final(kind: Kind) -> bool {
         kind,
         Kind::NotFound | Kind::Overloaded | Kind::NotAllowed | Kind::Unauthorized
     )
+}
+
+/// Rendezvous (highest random weight) hashing: the score of a parent for a stream. Every
+/// relay computes the same one from the same names, whatever order it lists its parents in.
+/// With weights, a parent of weight w wins a share w / sum of the streams (the
+/// logarithm method: score = -w / ln(u), u uniform in (0, 1) from the hash).
+pub fn rendezvous(parent: &str, path: &str, weight: u32) -> f64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(parent.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(path.as_bytes());
+    let d = ctx.finish();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    let u = ((u64::from_le_bytes(b) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -(weight as f64) / u.ln()
 }
 
 /// Resolves once the slot has had no subscriber for `linger`.
@@ -392,5 +855,69 @@ async fn idle(rx: &mut watch::Receiver<usize>, linger: Duration) {
         if came_back.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parents(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("mid-{i}.example:4434")).collect()
+    }
+
+    fn primary(names: &[String], weights: &[u32], path: &str) -> usize {
+        (0..names.len())
+            .max_by(|a, b| {
+                rendezvous(&names[*a], path, weights[*a]).total_cmp(&rendezvous(
+                    &names[*b],
+                    path,
+                    weights[*b],
+                ))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn hashing_spreads_streams_evenly_and_by_weight() {
+        let names = parents(4);
+        let mut count = [0usize; 4];
+        for s in 0..10_000 {
+            count[primary(&names, &[1; 4], &format!("stream-{s}"))] += 1;
+        }
+        // 2,500 each expected; a binomial's standard deviation here is ~43.
+        assert!(count.iter().all(|c| (2300..=2700).contains(c)), "{count:?}");
+        let mut count = [0usize; 4];
+        for s in 0..10_000 {
+            count[primary(&names, &[1, 1, 1, 3], &format!("stream-{s}"))] += 1;
+        }
+        // Weight 3 of 6: half the streams.
+        assert!((4700..=5300).contains(&count[3]), "{count:?}");
+    }
+
+    #[test]
+    fn a_fifth_parent_takes_about_a_fifth_and_moves_nothing_else() {
+        let four = parents(4);
+        let mut five = four.clone();
+        five.push("mid-new.example:4434".into());
+        let mut moved_elsewhere = 0;
+        let mut to_new = 0;
+        for s in 0..10_000 {
+            let path = format!("stream-{s}");
+            let (a, b) = (
+                primary(&four, &[1; 4], &path),
+                primary(&five, &[1; 5], &path),
+            );
+            if b == 4 {
+                to_new += 1;
+            } else if a != b {
+                moved_elsewhere += 1;
+            }
+        }
+        assert_eq!(
+            moved_elsewhere, 0,
+            "only streams that go to the new parent move"
+        );
+        assert!((1800..=2200).contains(&to_new), "{to_new}");
     }
 }

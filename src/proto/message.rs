@@ -4,7 +4,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::varint::{self, get_varint, put_varint};
 use super::{
-    DecodeError, MAX_CODEC_HEADER, MAX_MESSAGE, MAX_NAME, MAX_PATH, MAX_REASON, MAX_TOKEN,
+    DecodeError, MAX_ALTERNATIVES, MAX_CODEC_HEADER, MAX_MESSAGE, MAX_NAME, MAX_PATH, MAX_REASON,
+    MAX_TOKEN, MAX_URL,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,10 +83,13 @@ pub enum Message {
     Unsubscribe {
         id: u64,
     },
-    /// Publisher → origin: announce a stream; frames follow on one uni stream.
+    /// Publisher → origin: announce a stream; frames follow on one uni stream. `broadcast`
+    /// names the broadcast (the publisher picks it; every origin it publishes to uses it as
+    /// the instance, so redundant origins agree); optional, trailing.
     Publish {
         path: String,
         codec: Codec,
+        broadcast: Option<u64>,
     },
     PublishOk {
         instance: u64,
@@ -100,6 +104,11 @@ pub enum Message {
         code: u64,
         reason: String,
     },
+    /// Server → client: this node is draining; move elsewhere (to one of `alternatives`,
+    /// `quic://` URLs, if any are named) before it closes the connection.
+    GoAway {
+        alternatives: Vec<String>,
+    },
 }
 
 mod ty {
@@ -113,6 +122,7 @@ mod ty {
     pub const PUBLISH_OK: u64 = 0x08;
     pub const STREAM_END: u64 = 0x09;
     pub const ERROR: u64 = 0x0a;
+    pub const GO_AWAY: u64 = 0x0b;
 }
 
 fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
@@ -261,9 +271,16 @@ impl Message {
                 put_varint(&mut p, *id);
                 ty::UNSUBSCRIBE
             }
-            Message::Publish { path, codec } => {
+            Message::Publish {
+                path,
+                codec,
+                broadcast,
+            } => {
                 put_bytes(&mut p, path.as_bytes());
                 put_codec(&mut p, codec);
+                if let Some(b) = broadcast {
+                    put_varint(&mut p, *b);
+                }
                 ty::PUBLISH
             }
             Message::PublishOk { instance } => {
@@ -279,6 +296,13 @@ impl Message {
                 put_varint(&mut p, *code);
                 put_bytes(&mut p, reason.as_bytes());
                 ty::ERROR
+            }
+            Message::GoAway { alternatives } => {
+                put_varint(&mut p, alternatives.len() as u64);
+                for a in alternatives {
+                    put_bytes(&mut p, a.as_bytes());
+                }
+                ty::GO_AWAY
             }
         };
         put_varint(out, t);
@@ -363,7 +387,27 @@ impl Message {
             ty::PUBLISH => Message::Publish {
                 path: get_path(&mut p)?,
                 codec: get_codec(&mut p)?,
+                broadcast: if p.has_remaining() {
+                    Some(get_varint(&mut p)?)
+                } else {
+                    None
+                },
             },
+            ty::GO_AWAY => {
+                let n = get_varint(&mut p)?;
+                if n > MAX_ALTERNATIVES as u64 {
+                    return Err(DecodeError::TooLarge {
+                        what: "alternatives",
+                        len: n,
+                        max: MAX_ALTERNATIVES,
+                    });
+                }
+                let mut alternatives = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    alternatives.push(get_string(&mut p, "alternative", MAX_URL)?);
+                }
+                Message::GoAway { alternatives }
+            }
             ty::PUBLISH_OK => Message::PublishOk {
                 instance: get_varint(&mut p)?,
             },

@@ -30,6 +30,9 @@ pub const MAX_TOKEN: usize = 512;
 pub const MAX_REASON: usize = 1024;
 pub const MAX_NAME: usize = 128;
 pub const MAX_CODEC_HEADER: usize = 2048;
+/// Alternatives a GOAWAY may name, and the length of each (a `quic://` URL).
+pub const MAX_ALTERNATIVES: usize = 8;
+pub const MAX_URL: usize = 512;
 pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024;
 /// Frames one segment may hold (at 2.5 ms frames, 10 s of audio is 4,000).
 pub const MAX_FRAMES_PER_SEGMENT: usize = 4096;

@@ -79,6 +79,15 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
             Message::Publish {
                 path: "live".into(),
                 codec: opus_codec(),
+                broadcast: None,
+            },
+        ),
+        (
+            "publish_broadcast",
+            Message::Publish {
+                path: "live".into(),
+                codec: opus_codec(),
+                broadcast: Some(0x1234),
             },
         ),
         ("publish_ok", Message::PublishOk { instance: 0x1234 }),
@@ -94,6 +103,18 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
             Message::Error {
                 code: 2,
                 reason: "wrong publish token".into(),
+            },
+        ),
+        (
+            "go_away",
+            Message::GoAway {
+                alternatives: vec!["quic://b:1".into()],
+            },
+        ),
+        (
+            "go_away_none",
+            Message::GoAway {
+                alternatives: vec![],
             },
         ),
     ]
@@ -327,6 +348,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 },
             }
         }),
+        (arb_path(), proptest::option::of(v.clone())).prop_map(|(path, broadcast)| {
+            Message::Publish {
+                path,
+                codec: opus_codec(),
+                broadcast,
+            }
+        }),
+        proptest::collection::vec("[ -~]{0,40}", 0..=8)
+            .prop_map(|alternatives| Message::GoAway { alternatives }),
     ]
 }
 

@@ -1,4 +1,6 @@
-//! `quic://HOST:PORT[/STREAM]`: how nodes and streams are named in commands and configs.
+//! `quic://HOST:PORT[/STREAM][?weight=N]`: how nodes and streams are named in commands and
+//! configs. A parent's `weight` (1 by default) says how many of a tier's streams it takes,
+//! relative to its siblings, when a relay spreads its streams over its parents.
 
 use std::fmt;
 
@@ -27,6 +29,8 @@ pub struct QuicUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// How many streams this node takes, relative to its siblings (1 unless given).
+    pub weight: u32,
 }
 
 impl QuicUrl {
@@ -34,6 +38,17 @@ impl QuicUrl {
         let rest = s
             .strip_prefix("quic://")
             .ok_or_else(|| url_error(s, "must start with quic://"))?;
+        let (rest, weight) = match rest.split_once('?') {
+            None => (rest, 1),
+            Some((rest, query)) => {
+                let w = query
+                    .strip_prefix("weight=")
+                    .and_then(|w| w.parse::<u32>().ok())
+                    .filter(|w| (1..=1000).contains(w))
+                    .ok_or_else(|| url_error(s, "the only query is ?weight=N, N from 1 to 1000"))?;
+                (rest, w)
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -59,6 +74,7 @@ impl QuicUrl {
             host: host.to_string(),
             port,
             path: path.to_string(),
+            weight,
         })
     }
 
@@ -90,13 +106,27 @@ impl std::str::FromStr for QuicUrl {
 
 impl fmt::Display for QuicUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "quic://{}/{}", self.authority(), self.path)
+        write!(f, "quic://{}/{}", self.authority(), self.path)?;
+        if self.weight != 1 {
+            write!(f, "?weight={}", self.weight)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights() {
+        assert_eq!(QuicUrl::parse("quic://h:1").unwrap().weight, 1);
+        let u = QuicUrl::parse("quic://h:1?weight=3").unwrap();
+        assert_eq!((u.port, u.weight, u.path.as_str()), (1, 3, ""));
+        assert_eq!(u.to_string(), "quic://h:1/?weight=3");
+        assert!(QuicUrl::parse("quic://h:1?weight=0").is_err());
+        assert!(QuicUrl::parse("quic://h:1?w=2").is_err());
+    }
 
     #[test]
     fn urls() {

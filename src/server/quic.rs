@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::{Connection, SendStream};
+use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::egress::quic::serve_subscription;
@@ -26,6 +27,8 @@ pub struct QuicServer {
     pub fingerprint: String,
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
+    /// Set when the node drains: every connection tells its peer to go (and where).
+    going_away: watch::Sender<Option<Vec<String>>>,
 }
 
 impl Drop for QuicServer {
@@ -53,6 +56,7 @@ impl QuicServer {
         }
         let ep = endpoint.clone();
         let n = node.clone();
+        let (going_away, away) = watch::channel(None);
         let accept = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 // Refusing costs one small packet and no cryptography.
@@ -63,12 +67,13 @@ impl QuicServer {
                 let remote = incoming.remote_address();
                 let span = info_span!("conn", node = %n.name(), %remote);
                 let n = n.clone();
+                let away = away.clone();
                 tokio::spawn(
                     async move {
                         inc(&n.stats.connections);
                         inc(&n.stats.connections_total);
                         match incoming.await {
-                            Ok(conn) => handle_connection(n.clone(), conn).await,
+                            Ok(conn) => handle_connection(n.clone(), conn, away).await,
                             Err(e) => debug!("handshake failed: {e}"),
                         }
                         dec(&n.stats.connections);
@@ -83,7 +88,40 @@ impl QuicServer {
             fingerprint: identity.fingerprint.clone(),
             endpoint,
             accept,
+            going_away,
         })
+    }
+
+    /// The node drains: it takes no newcomers, and tells every peer to go (listeners and
+    /// child relays move to their other nodes, or to `alternatives`).
+    pub fn drain(&self, alternatives: Vec<String>) {
+        self.node.drain();
+        info!(
+            connections = self
+                .node
+                .stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "draining: telling every peer to go"
+        );
+        self.going_away.send_replace(Some(alternatives));
+    }
+
+    /// Waits until every peer has gone (after `drain`), at most `wait`.
+    pub async fn drained(&self, wait: std::time::Duration) -> bool {
+        tokio::time::timeout(wait, async {
+            while self
+                .node
+                .stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Closes every connection (peers are told `going_away`) and stops accepting.
@@ -175,7 +213,11 @@ async fn hello(
     None
 }
 
-async fn handle_connection(node: Arc<Node>, conn: Connection) {
+async fn handle_connection(
+    node: Arc<Node>,
+    conn: Connection,
+    mut going_away: watch::Receiver<Option<Vec<String>>>,
+) {
     let accepted = tokio::time::timeout(node.cfg.hello_timeout_ms.get(), conn.accept_bi()).await;
     let (mut send, recv) = match accepted {
         Ok(Ok(s)) => s,
@@ -213,10 +255,20 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
     let ctl = ControlWriter::new(send);
     let mut subs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut told = false;
     let outcome: Result<()> = loop {
         let msg = tokio::select! {
             m = reader.next() => m,
             e = conn.closed() => break Err(conn_error(e)),
+            Ok(()) = going_away.changed(), if !told => {
+                let alternatives = going_away.borrow_and_update().clone();
+                if let Some(alternatives) = alternatives {
+                    told = true;
+                    debug!("telling the peer to go");
+                    let _ = ctl.send(Message::GoAway { alternatives }).await;
+                }
+                continue;
+            }
         };
         let msg = match msg {
             Ok(Some(m)) => m,
@@ -259,7 +311,11 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
                     h.abort();
                 }
             }
-            Message::Publish { path, codec } => {
+            Message::Publish {
+                path,
+                codec,
+                broadcast,
+            } => {
                 if role != Role::Publisher {
                     break Err(Error::new(
                         Kind::NotAllowed,
@@ -277,6 +333,7 @@ async fn handle_connection(node: Arc<Node>, conn: Connection) {
                         ctl.clone(),
                         path,
                         codec,
+                        broadcast,
                         credential,
                     )
                     .instrument(span),

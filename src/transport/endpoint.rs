@@ -213,9 +213,23 @@ pub fn listener_transport() -> quinn::TransportConfig {
 
 /// A relay's config for its parents: room for `streams` streams' segments at once, and a
 /// window for all of them (a parent sends every stream the relay carries over one connection).
-pub fn upstream_config(trust: &Trust, streams: u64) -> Result<quinn::ClientConfig> {
+///
+/// A live parent is never silent: it sends audio every delivery interval, and answers the
+/// keep-alives this relay sends it four times per `silence`. A link that hears nothing for
+/// `silence` is closed, and the relay moves its streams to other parents at once (a
+/// listener's link, by contrast, keeps QUIC's slow default: a listener pays per packet).
+pub fn upstream_config(
+    trust: &Trust,
+    streams: u64,
+    silence: Duration,
+) -> Result<quinn::ClientConfig> {
     let uni = (streams * UPSTREAM_STREAMS_PER_STREAM).clamp(64, 1 << 20) as u32;
-    client_config_with(trust, true, transport(uni, 256 * 1024, RELAY_WINDOW as u32))
+    let mut t = transport(uni, 256 * 1024, RELAY_WINDOW as u32);
+    t.keep_alive_interval(Some(silence / 4));
+    if let Ok(idle) = silence.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    client_config_with(trust, true, t)
 }
 
 /// A client's QUIC config; `resume`: whether to keep TLS session tickets and resume with

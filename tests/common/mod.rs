@@ -145,7 +145,7 @@ pub fn publish(
     let path = path.to_string();
     tokio::spawn(async move {
         let s = c.connect(&u, Role::Publisher, "").await?;
-        let mut p = s.publish(&path, codec()).await?;
+        let mut p = s.publish(&path, codec(), None).await?;
         let mut tick = tokio::time::interval(every);
         for i in 0..n {
             tick.tick().await;
@@ -191,7 +191,7 @@ pub async fn hear(
                     p.send_replace(h.frames.len());
                 }
             }
-            ListenEvent::Skipped(_) | ListenEvent::Missed { .. } => {}
+            ListenEvent::Skipped(_) | ListenEvent::Missed { .. } | ListenEvent::Moved { .. } => {}
         }
         Ok(())
     })
@@ -234,7 +234,7 @@ pub fn publish_until(
     let path = path.to_string();
     tokio::spawn(async move {
         let s = c.connect(&u, Role::Publisher, "").await?;
-        let mut p = s.publish(&path, codec()).await?;
+        let mut p = s.publish(&path, codec(), None).await?;
         let mut tick = tokio::time::interval(every);
         let mut n = 0;
         while n < min || !*stop.borrow() {
