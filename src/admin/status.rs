@@ -16,6 +16,10 @@ struct StreamInfo {
     channels: u8,
     /// Bits per second over the segments held.
     bitrate: u64,
+    /// The broadcast's instance (the same on every node).
+    instance: u64,
+    /// Where a relay takes the stream from now (`HOST:PORT` of its parents); empty on an origin.
+    parents: Vec<String>,
 }
 
 fn live_streams(node: &Node) -> Vec<StreamInfo> {
@@ -36,6 +40,8 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                 sample_rate: b.codec.sample_rate,
                 channels: b.codec.channels,
                 bitrate: b.bitrate(),
+                instance: b.instance,
+                parents: slot.parents(),
             })
         })
         .collect()
