@@ -12,51 +12,10 @@ mod common;
 use common::media::{assert_decodes_cleanly, make_opus, packet_crcs};
 use common::procs::*;
 
-/// A node of a test tree: its process and QUIC address.
-struct Node {
-    p: Proc,
-    addr: String,
-}
-
-fn spawn_node(c: &Certs, args: &[&str]) -> Node {
-    let mut all = args.to_vec();
-    all.extend([
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        c.cert.to_str().unwrap(),
-        "--key",
-        c.key.to_str().unwrap(),
-    ]);
-    let mut p = Proc::spawn(&all);
-    let addr = p.addr();
-    Node { p, addr }
-}
-
-fn origin(c: &Certs, extra: &[&str]) -> Node {
-    let mut args = vec!["origin", "--segment-ms", "500"];
-    args.extend_from_slice(extra);
-    spawn_node(c, &args)
-}
-
-fn relay(c: &Certs, parents: &[&Node], extra: &[&str]) -> Node {
-    let ups: Vec<String> = parents.iter().map(|p| format!("quic://{}", p.addr)).collect();
-    let mut args = vec!["relay", "--fingerprint", &c.fp];
-    for u in &ups {
-        args.extend(["--upstream", u.as_str()]);
-    }
-    args.extend_from_slice(extra);
-    spawn_node(c, &args)
-}
-
-fn url(n: &Node, stream: &str) -> String {
-    format!("quic://{}/{stream}", n.addr)
-}
-
 /// `quicast publish --loop` of `src` to every origin of `to`, once it is publishing.
 fn publish(c: &Certs, to: &[&Node], stream: &str, src: &Path) -> Proc {
     let mut args = vec!["publish".to_string()];
-    args.extend(to.iter().map(|n| url(n, stream)));
+    args.extend(to.iter().map(|n| n.url(stream)));
     args.extend([
         "--input".into(),
         src.to_str().unwrap().into(),
@@ -72,7 +31,7 @@ fn publish(c: &Certs, to: &[&Node], stream: &str, src: &Path) -> Proc {
 /// `quicast listen` of `stream` through `nodes`, for `secs`, into `out`.
 fn listen(c: &Certs, nodes: &[&Node], stream: &str, out: &Path, secs: u32) -> Proc {
     let mut args = vec!["listen".to_string()];
-    args.extend(nodes.iter().map(|n| url(n, stream)));
+    args.extend(nodes.iter().map(|n| n.url(stream)));
     args.extend([
         "--fingerprint".into(),
         c.fp.clone(),
@@ -88,12 +47,7 @@ fn listen(c: &Certs, nodes: &[&Node], stream: &str, out: &Path, secs: u32) -> Pr
 /// (HOST:PORT). The line may already be in the log.
 fn parents_of(edge: &mut Node) -> Vec<String> {
     edge.p.wait_lines(&["stream comes from"]);
-    let l = edge.p.log.iter().find(|l| l.contains("stream comes from")).unwrap();
-    let list = l.split("parents=[").nth(1).unwrap().split(']').next().unwrap();
-    list.split(',')
-        .map(|s| s.trim().trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+    parent_choices(&edge.p.log).remove(0).1
 }
 
 /// The listener's output decodes cleanly and is one contiguous run of the looped source,
@@ -101,7 +55,12 @@ fn parents_of(edge: &mut Node) -> Vec<String> {
 fn assert_one_run(out: &Path, src_crcs: &[(String, String)], min: usize) {
     assert_decodes_cleanly(out);
     let got = packet_crcs(out);
-    let looped: Vec<_> = src_crcs.iter().cycle().take(src_crcs.len() * 8).cloned().collect();
+    let looped: Vec<_> = src_crcs
+        .iter()
+        .cycle()
+        .take(src_crcs.len() * 8)
+        .cloned()
+        .collect();
     assert_contiguous_run(&got, &looped, min);
 }
 
@@ -111,14 +70,6 @@ fn flow(secs: f64) {
     std::thread::sleep(Duration::from_secs_f64(secs));
 }
 
-fn sigterm(p: &Proc) {
-    let st = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 /// origin -> mid-a, mid-b -> edge with both as parents -> `quicast listen` on the edge; the
 /// mid the stream comes from is killed (SIGKILL) mid-stream.
 fn kill_a_mid(hedge: &str) {
@@ -126,9 +77,9 @@ fn kill_a_mid(hedge: &str) {
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let c = certs();
-    let o = origin(&c, &[]);
-    let mut mids = vec![relay(&c, &[&o], &[]), relay(&c, &[&o], &[])];
-    let mut edge = relay(&c, &[&mids[0], &mids[1]], &["--hedge", hedge]);
+    let o = origin_node(&c, &[]);
+    let mut mids = [relay_node(&c, &[&o], &[]), relay_node(&c, &[&o], &[])];
+    let mut edge = relay_node(&c, &[&mids[0], &mids[1]], &["--hedge", hedge]);
     let _pub = publish(&c, &[&o], "talk", &src);
     let out = work.path().join("heard.opus");
     let mut l = listen(&c, &[&edge], "talk", &out, 7);
@@ -136,8 +87,7 @@ fn kill_a_mid(hedge: &str) {
     assert_eq!(from.len(), if hedge == "on" { 2 } else { 1 }, "{from:?}");
     flow(3.0);
     let victim = mids.iter().position(|m| m.addr == from[0]).unwrap();
-    mids[victim].p.child.kill().unwrap();
-    mids[victim].p.child.wait().unwrap();
+    mids[victim].kill9();
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     edge.p.wait_line("parent lost");
     assert_one_run(&out, &src_crcs, 6 * 50);
@@ -159,18 +109,17 @@ fn an_origin_killed_of_two_fed_by_one_publisher_costs_no_frame() {
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let c = certs();
-    let mut origins = vec![origin(&c, &[]), origin(&c, &[])];
+    let mut origins = [origin_node(&c, &[]), origin_node(&c, &[])];
     // An edge whose parents are the two origins, without hedging: it fails over between
     // them by position, which needs them to hold the same segments.
-    let mut edge = relay(&c, &[&origins[0], &origins[1]], &["--hedge", "off"]);
+    let mut edge = relay_node(&c, &[&origins[0], &origins[1]], &["--hedge", "off"]);
     let _pub = publish(&c, &[&origins[0], &origins[1]], "talk", &src);
     let out = work.path().join("heard.opus");
     let mut l = listen(&c, &[&edge], "talk", &out, 7);
     let from = parents_of(&mut edge);
     flow(3.0);
     let victim = origins.iter().position(|o| o.addr == from[0]).unwrap();
-    origins[victim].p.child.kill().unwrap();
-    origins[victim].p.child.wait().unwrap();
+    origins[victim].kill9();
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert_one_run(&out, &src_crcs, 6 * 50);
 }
@@ -182,18 +131,22 @@ fn an_origin_killed_of_two_fed_by_ffmpeg_tee_over_icecast_costs_no_frame() {
     let src_crcs = packet_crcs(&src);
     let c = certs();
     let http_origin = |c: &Certs| {
-        let mut o = origin(
-            c,
-            &["--http", "127.0.0.1:0", "--source-password", "pw"],
-        );
+        let mut o = origin_node(c, &["--http", "127.0.0.1:0", "--source-password", "pw"]);
         let l = o.p.wait_line("listening (HTTP)");
-        let http = l.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        let http = l
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         (o, http)
     };
     let (a, a_http) = http_origin(&c);
     let (b, b_http) = http_origin(&c);
-    let mut origins = vec![a, b];
-    let mut edge = relay(&c, &[&origins[0], &origins[1]], &["--hedge", "off"]);
+    let mut origins = [a, b];
+    let mut edge = relay_node(&c, &[&origins[0], &origins[1]], &["--hedge", "off"]);
     let out = work.path().join("heard.opus");
     // The listener waits at the edge before the source starts.
     let mut l = listen(&c, &[&edge], "live", &out, 11);
@@ -214,13 +167,15 @@ fn an_origin_killed_of_two_fed_by_ffmpeg_tee_over_icecast_costs_no_frame() {
     edge.p.wait_line("subscribed");
     flow(3.0);
     let victim = origins.iter().position(|o| o.addr == from[0]).unwrap();
-    origins[victim].p.child.kill().unwrap();
-    origins[victim].p.child.wait().unwrap();
+    origins[victim].kill9();
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert_decodes_cleanly(&out);
     let got = packet_crcs(&out);
     let start = assert_contiguous_run(&got, &src_crcs, 7 * 50);
-    assert_eq!(start, 0, "the listener waited: it hears the source from its first packet");
+    assert_eq!(
+        start, 0,
+        "the listener waited: it hears the source from its first packet"
+    );
 }
 
 #[test]
@@ -229,17 +184,16 @@ fn an_edge_killed_under_a_listener_of_two_edges_costs_no_frame() {
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let c = certs();
-    let o = origin(&c, &[]);
-    let mid = relay(&c, &[&o], &[]);
-    let mut e1 = relay(&c, &[&mid], &[]);
-    let e2 = relay(&c, &[&mid], &[]);
+    let o = origin_node(&c, &[]);
+    let mid = relay_node(&c, &[&o], &[]);
+    let mut e1 = relay_node(&c, &[&mid], &[]);
+    let e2 = relay_node(&c, &[&mid], &[]);
     let _pub = publish(&c, &[&o], "talk", &src);
     let out = work.path().join("heard.opus");
     let mut l = listen(&c, &[&e1, &e2], "talk", &out, 7);
     e1.p.wait_line("subscribed");
     flow(3.0);
-    e1.p.child.kill().unwrap();
-    e1.p.child.wait().unwrap();
+    e1.kill9();
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert!(
         l.log.iter().any(|x| x.contains("moved to another node")),
@@ -255,18 +209,18 @@ fn a_mid_drained_with_sigterm_costs_no_frame() {
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let c = certs();
-    let o = origin(&c, &[]);
-    let mut mids = vec![relay(&c, &[&o], &[]), relay(&c, &[&o], &[])];
+    let o = origin_node(&c, &[]);
+    let mut mids = [relay_node(&c, &[&o], &[]), relay_node(&c, &[&o], &[])];
     // Without hedging: the edge moves the stream from the draining mid to the other,
     // taking it from the other before it leaves the first.
-    let mut edge = relay(&c, &[&mids[0], &mids[1]], &["--hedge", "off"]);
+    let mut edge = relay_node(&c, &[&mids[0], &mids[1]], &["--hedge", "off"]);
     let _pub = publish(&c, &[&o], "talk", &src);
     let out = work.path().join("heard.opus");
     let mut l = listen(&c, &[&edge], "talk", &out, 7);
     let from = parents_of(&mut edge);
     flow(3.0);
     let victim = mids.iter().position(|m| m.addr == from[0]).unwrap();
-    sigterm(&mids[victim].p);
+    mids[victim].sigterm();
     edge.p.wait_line("parent is draining");
     // The mid exits by itself, once the edge has left it: well before its drain time.
     assert!(mids[victim].p.wait_exit().success());
@@ -285,16 +239,16 @@ fn an_edge_drained_with_sigterm_moves_its_listener_with_no_frame_lost() {
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
     let c = certs();
-    let o = origin(&c, &[]);
-    let mid = relay(&c, &[&o], &[]);
-    let mut e1 = relay(&c, &[&mid], &[]);
-    let e2 = relay(&c, &[&mid], &[]);
+    let o = origin_node(&c, &[]);
+    let mid = relay_node(&c, &[&o], &[]);
+    let mut e1 = relay_node(&c, &[&mid], &[]);
+    let e2 = relay_node(&c, &[&mid], &[]);
     let _pub = publish(&c, &[&o], "talk", &src);
     let out = work.path().join("heard.opus");
     let mut l = listen(&c, &[&e1, &e2], "talk", &out, 7);
     e1.p.wait_line("subscribed");
     flow(3.0);
-    sigterm(&e1.p);
+    e1.sigterm();
     assert!(e1.p.wait_exit().success());
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert!(

@@ -32,7 +32,7 @@ pub use load::next_overload;
 pub use stats::Stats;
 pub(crate) use stats::{dec, inc};
 pub use upstream::{
-    ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
+    hash_order, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
 
 use upstream::Upstream;

@@ -188,12 +188,11 @@ impl Upstream {
 
     /// The parents of `path`, in the order it tries them.
     pub(super) fn order(&self, path: &str) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.each.len()).collect();
-        if self.hash {
-            let score = |i: usize| rendezvous(&self.each[i].name, path, self.each[i].weight);
-            order.sort_by(|a, b| score(*b).total_cmp(&score(*a)).then(a.cmp(b)));
+        if !self.hash {
+            return (0..self.each.len()).collect();
         }
-        order
+        let named: Vec<(&str, u32)> = self.each.iter().map(|p| (&*p.name, p.weight)).collect();
+        hash_order(&named, path)
     }
 
     /// The parents a stream with `order` is to take it from now: the first (with hedging,
@@ -372,7 +371,7 @@ impl Upstream {
             legs.retain(|p, leg| {
                 let keep = wanted.contains(p) || (!ready && !self.health(*p).down);
                 if !keep {
-                    info!(parent = %self.each[*p].name, "leaving parent: the stream comes from another");
+                    info!(parent = %self.each[*p].name, "leaving parent: another one carries the stream");
                     leg.abort.abort();
                 }
                 keep
@@ -822,6 +821,7 @@ fn refusal_is_final(kind: Kind) -> bool {
 /// With weights, a parent of weight w wins a share w / sum of the streams (the
 /// logarithm method: score = -w / ln(u), u uniform in (0, 1) from the hash).
 pub fn rendezvous(parent: &str, path: &str, weight: u32) -> f64 {
+    let weight = weight.max(1);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(parent.as_bytes());
     ctx.update(&[0]);
@@ -831,6 +831,16 @@ pub fn rendezvous(parent: &str, path: &str, weight: u32) -> f64 {
     b.copy_from_slice(&d.as_ref()[..8]);
     let u = ((u64::from_le_bytes(b) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -(weight as f64) / u.ln()
+}
+
+/// The order in which a relay with these parents (`HOST:PORT` as listed, weight) tries them
+/// for `path` under `parent-choice = "hash"`: highest rendezvous score first, ties by list
+/// position. Every relay with the same parents computes the same order.
+pub fn hash_order(parents: &[(&str, u32)], path: &str) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..parents.len()).collect();
+    let score = |i: usize| rendezvous(parents[i].0, path, parents[i].1);
+    order.sort_by(|a, b| score(*b).total_cmp(&score(*a)).then(a.cmp(b)));
+    order
 }
 
 /// Resolves once the slot has had no subscriber for `linger`.

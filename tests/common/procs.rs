@@ -21,7 +21,7 @@ impl Drop for Killed {
 /// A child process whose stderr (the log) is watched line by line.
 pub struct Proc {
     pub child: Child,
-    lines: mpsc::Receiver<String>,
+    pub lines: mpsc::Receiver<String>,
     pub log: Vec<String>,
 }
 
@@ -233,4 +233,110 @@ pub fn publish_loop(t: &Tree, stream: &str, src: &Path) -> Proc {
     ]);
     p.wait_line("publishing");
     p
+}
+
+/// A node of a test tree, as a separate process: its process and QUIC address.
+pub struct Node {
+    pub p: Proc,
+    pub addr: String,
+}
+
+impl Node {
+    /// Starts `quicast ARGS` on a loopback port with the shared certificate.
+    pub fn spawn(c: &Certs, args: &[&str]) -> Node {
+        let mut all = args.to_vec();
+        all.extend([
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            c.cert.to_str().unwrap(),
+            "--key",
+            c.key.to_str().unwrap(),
+        ]);
+        let mut p = Proc::spawn(&all);
+        let addr = p.addr();
+        Node { p, addr }
+    }
+
+    /// The HTTP address of a node started with `--http 127.0.0.1:0`.
+    pub fn http_addr(&mut self) -> String {
+        self.p.wait_lines(&["listening (HTTP)"]);
+        let l = self
+            .p
+            .log
+            .iter()
+            .find(|l| l.contains("listening (HTTP)"))
+            .unwrap();
+        l.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn url(&self, stream: &str) -> String {
+        format!("quic://{}/{stream}", self.addr)
+    }
+
+    /// SIGTERM: the operator's polite stop (drain).
+    pub fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// SIGKILL: the machine dies. Returns once the process is gone.
+    pub fn kill9(&mut self) {
+        self.p.child.kill().unwrap();
+        self.p.child.wait().unwrap();
+    }
+}
+
+/// `quicast origin` with 500 ms segments.
+pub fn origin_node(c: &Certs, extra: &[&str]) -> Node {
+    let mut args = vec!["origin", "--segment-ms", "500"];
+    args.extend_from_slice(extra);
+    Node::spawn(c, &args)
+}
+
+/// `quicast relay` under `parents`, in that order.
+pub fn relay_node(c: &Certs, parents: &[&Node], extra: &[&str]) -> Node {
+    let ups: Vec<String> = parents
+        .iter()
+        .map(|p| format!("quic://{}", p.addr))
+        .collect();
+    let mut args = vec!["relay", "--fingerprint", &c.fp];
+    for u in &ups {
+        args.extend(["--upstream", u.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    Node::spawn(c, &args)
+}
+
+/// Every "stream comes from" line a relay logged so far, in order: (stream, parents).
+pub fn parent_choices(log: &[String]) -> Vec<(String, Vec<String>)> {
+    log.iter()
+        .filter(|l| l.contains("stream comes from parents="))
+        .map(|l| {
+            let path = l.split("path=").nth(1).unwrap();
+            let path = path.split(['}', ' ']).next().unwrap().to_string();
+            let list = l
+                .split("parents=[")
+                .nth(1)
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap();
+            let parents = list
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            (path, parents)
+        })
+        .collect()
 }
