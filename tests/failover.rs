@@ -3,7 +3,6 @@
 //! asserts that the listener's output decodes cleanly and that its packets are one
 //! contiguous run of the source (framecrc) over the whole listening time.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,58 +10,6 @@ mod common;
 
 use common::media::{assert_decodes_cleanly, make_opus, packet_crcs};
 use common::procs::*;
-
-/// `quicast publish --loop` of `src` to every origin of `to`, once it is publishing.
-fn publish(c: &Certs, to: &[&Node], stream: &str, src: &Path) -> Proc {
-    let mut args = vec!["publish".to_string()];
-    args.extend(to.iter().map(|n| n.url(stream)));
-    args.extend([
-        "--input".into(),
-        src.to_str().unwrap().into(),
-        "--loop".into(),
-        "--fingerprint".into(),
-        c.fp.clone(),
-    ]);
-    let mut p = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    p.wait_line("publishing");
-    p
-}
-
-/// `quicast listen` of `stream` through `nodes`, for `secs`, into `out`.
-fn listen(c: &Certs, nodes: &[&Node], stream: &str, out: &Path, secs: u32) -> Proc {
-    let mut args = vec!["listen".to_string()];
-    args.extend(nodes.iter().map(|n| n.url(stream)));
-    args.extend([
-        "--fingerprint".into(),
-        c.fp.clone(),
-        "--output".into(),
-        out.to_str().unwrap().into(),
-        "--duration".into(),
-        secs.to_string(),
-    ]);
-    Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Waits for the edge to say (first) which parents the stream comes from; returns them
-/// (HOST:PORT). The line may already be in the log.
-fn parents_of(edge: &mut Node) -> Vec<String> {
-    edge.p.wait_lines(&["stream comes from"]);
-    parent_choices(&edge.p.log).remove(0).1
-}
-
-/// The listener's output decodes cleanly and is one contiguous run of the looped source,
-/// at least `min` packets long (packets of 20 ms).
-fn assert_one_run(out: &Path, src_crcs: &[(String, String)], min: usize) {
-    assert_decodes_cleanly(out);
-    let got = packet_crcs(out);
-    let looped: Vec<_> = src_crcs
-        .iter()
-        .cycle()
-        .take(src_crcs.len() * 8)
-        .cloned()
-        .collect();
-    assert_contiguous_run(&got, &looped, min);
-}
 
 /// Lets the stream flow for a while before and after a failure: positions the failure
 /// mid-stream (what is asserted does not depend on it).

@@ -95,7 +95,7 @@ impl Proc {
     }
 
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
         while std::time::Instant::now() < deadline {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
@@ -339,4 +339,56 @@ pub fn parent_choices(log: &[String]) -> Vec<(String, Vec<String>)> {
             (path, parents)
         })
         .collect()
+}
+
+/// `quicast publish --loop` of `src` to every origin of `to`, once it is publishing.
+pub fn publish(c: &Certs, to: &[&Node], stream: &str, src: &Path) -> Proc {
+    let mut args = vec!["publish".to_string()];
+    args.extend(to.iter().map(|n| n.url(stream)));
+    args.extend([
+        "--input".into(),
+        src.to_str().unwrap().into(),
+        "--loop".into(),
+        "--fingerprint".into(),
+        c.fp.clone(),
+    ]);
+    let mut p = Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    p.wait_line("publishing");
+    p
+}
+
+/// `quicast listen` of `stream` through `nodes`, for `secs`, into `out`.
+pub fn listen(c: &Certs, nodes: &[&Node], stream: &str, out: &Path, secs: u32) -> Proc {
+    let mut args = vec!["listen".to_string()];
+    args.extend(nodes.iter().map(|n| n.url(stream)));
+    args.extend([
+        "--fingerprint".into(),
+        c.fp.clone(),
+        "--output".into(),
+        out.to_str().unwrap().into(),
+        "--duration".into(),
+        secs.to_string(),
+    ]);
+    Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits for the edge to say (first) which parents the stream comes from; returns them
+/// (HOST:PORT). The line may already be in the log.
+pub fn parents_of(edge: &mut Node) -> Vec<String> {
+    edge.p.wait_lines(&["stream comes from"]);
+    parent_choices(&edge.p.log).remove(0).1
+}
+
+/// The listener's output decodes cleanly and is one contiguous run of the looped source,
+/// at least `min` packets long (packets of 20 ms).
+pub fn assert_one_run(out: &Path, src_crcs: &[(String, String)], min: usize) {
+    super::media::assert_decodes_cleanly(out);
+    let got = super::media::packet_crcs(out);
+    let looped: Vec<_> = src_crcs
+        .iter()
+        .cycle()
+        .take(src_crcs.len() * (got.len() / src_crcs.len().max(1) + 2))
+        .cloned()
+        .collect();
+    assert_contiguous_run(&got, &looped, min);
 }
