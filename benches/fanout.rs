@@ -11,75 +11,25 @@
 //! the listeners heard (latency p50/p99, gaps, join p99), and writes
 //! target/fanout/results.md and target/fanout/results.svg.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quicast");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{addr, cert, source, spawn_bin, Killed, BIN};
 
 fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
-    spawn_bin(BIN, args, pin)
+    spawn_bin(BIN, args, pin, LOG)
 }
+
+const LOG: &str = "warn,quicast::server=info,quicast::node=info";
 
 /// The relay under test: this build's binary, or `QUICAST_BENCH_RELAY_BIN` (another build,
 /// for interleaved A/B runs in which everything else stays the same).
 fn relay_bin() -> String {
     std::env::var("QUICAST_BENCH_RELAY_BIN").unwrap_or_else(|_| BIN.to_string())
-}
-
-fn spawn_bin(bin: &str, args: &[&str], pin: Option<&str>) -> Killed {
-    let mut cmd = match pin {
-        Some(cpu) if has("taskset") => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpu, bin]);
-            c
-        }
-        _ => Command::new(bin),
-    };
-    let child = cmd
-        .args(args)
-        .env("RUST_LOG", "warn,quicast::server=info,quicast::node=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quicast");
-    Killed(child)
-}
-
-fn has(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Reads the child's log until the "listening" line; returns the address. Keeps draining after.
-fn addr(k: &mut Killed) -> String {
-    let err = k.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(err).lines();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        if let Some(rest) = l.split("addr=").nth(1) {
-            if l.contains("listening (QUIC)") {
-                let a = rest.split_whitespace().next().unwrap().to_string();
-                std::thread::spawn(move || for _ in lines {});
-                return a;
-            }
-        }
-    }
-    panic!("node exited before listening");
 }
 
 /// The pid of the quicast process (not of taskset, which execs it: same pid).
@@ -132,42 +82,6 @@ fn ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn source(dir: &Path) -> PathBuf {
-    let p = dir.join("talk64k.opus");
-    if !p.exists() {
-        let st = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=300:duration=20",
-                "-f",
-                "lavfi",
-                "-i",
-                "anoisesrc=color=pink:amplitude=0.1:duration=20",
-                "-filter_complex",
-                "amix=inputs=2",
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "64k",
-                "-vbr",
-                "off",
-                "-frame_duration",
-                "20",
-            ])
-            .arg(&p)
-            .status()
-            .expect("ffmpeg makes the 64 kbit/s source (apt-get install -y ffmpeg)");
-        assert!(st.success());
-    }
-    p
-}
-
 struct Row {
     n: usize,
     cpu_pct: f64,
@@ -181,13 +95,8 @@ struct Row {
 
 fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     let src = source(dir);
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let fp = quicast::sha256_hex(ck.cert.der());
-    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (cert, key, fp) = cert(dir);
+    let (c, k) = (cert.as_str(), key.as_str());
     let mut oargs = vec!["origin", "--listen", "127.0.0.1:0", "--cert", c, "--key", k];
     let deliver = std::env::var("QUICAST_BENCH_DELIVER_MS").ok();
     if let Some(d) = &deliver {
@@ -215,6 +124,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
             &maxc,
         ],
         Some("0"),
+        LOG,
     );
     let raddr = addr(&mut relay);
     let _publisher = spawn(

@@ -252,7 +252,7 @@ keys! {
     /// `on`, `off`, or `auto` (on with two parents or more).
     hedge: one Switch = "auto";
     /// A parent that sends nothing (no audio, no keep-alive) for this long is lost, in ms.
-    parent_timeout_ms: one Millis<50, 60_000> = "400";
+    parent_timeout_ms: one Millis<50, 60_000> = "300";
     /// On SIGTERM: how long to wait for listeners and child relays to move (told to go away,
     /// and to the alternates) before closing, in seconds.
     drain_secs: one Secs<0, 3600> = "10";
