@@ -374,7 +374,7 @@ async fn run_publish(
     for url in urls {
         let addr = resolve(&url).await?;
         origins.push(Origin {
-            client: Client::for_target(&addr, &trust)?,
+            client: Client::publisher_for(&addr, &trust)?,
             url,
             token: token.clone(),
         });

@@ -125,6 +125,32 @@ fn an_origin_killed_of_two_fed_by_ffmpeg_tee_over_icecast_costs_no_frame() {
     );
 }
 
+/// The only origin is killed and restarted on its address: the publisher reconnects and
+/// sends again what the new origin missed, which cuts it into the same segments (by the
+/// media's timestamps), so the relay below resumes by position and its listener hears the
+/// broadcast go on with no frame lost.
+#[test]
+fn the_only_origin_killed_and_restarted_costs_no_frame() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let src_crcs = packet_crcs(&src);
+    let c = certs();
+    let mut o = origin_node(&c, &[]);
+    let mut edge = relay_node(&c, &[&o], &[]);
+    let mut publisher = publish(&c, &[&o], "talk", &src);
+    let out = work.path().join("heard.opus");
+    let mut l = listen(&c, &[&edge], "talk", &out, 8);
+    edge.p.wait_line("subscribed");
+    flow(3.0);
+    o.kill9();
+    edge.p.wait_line("parent lost");
+    publisher.wait_line("origin lost");
+    let _o2 = Node::spawn_on(&c, &o.addr, &["origin", "--segment-ms", "500"]);
+    publisher.wait_line("publishing");
+    assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
+    assert_one_run(&out, &src_crcs, 7 * 50);
+}
+
 #[test]
 fn an_edge_killed_under_a_listener_of_two_edges_costs_no_frame() {
     let work = tempfile::tempdir().unwrap();

@@ -47,6 +47,13 @@ impl Client {
         })
     }
 
+    /// A publisher's client for `target`: its connections notice a lost origin within a
+    /// second (see `transport::publisher_transport`).
+    pub fn publisher_for(target: &SocketAddr, trust: &Trust) -> Result<Client> {
+        let config = transport::client_config_with(trust, true, transport::publisher_transport())?;
+        Client::with_config(transport::unspecified_for(target), config)
+    }
+
     /// A client bound to an ephemeral port of the same address family as `target`.
     pub fn for_target(target: &SocketAddr, trust: &Trust) -> Result<Client> {
         Client::new(transport::unspecified_for(target), trust)

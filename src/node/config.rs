@@ -705,8 +705,16 @@ mod tests {
     fn example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.extend(
+            std::fs::read_dir(dir.join("redundant"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        );
+        for p in paths {
             if p.extension().is_some_and(|e| e == "toml") {
                 let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -716,7 +724,10 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 3, "expected the example configs in config/");
+        assert!(
+            n >= 10,
+            "expected the example configs in config/ and config/redundant/"
+        );
     }
 
     #[test]

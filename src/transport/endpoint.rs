@@ -206,6 +206,20 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig> {
     client_config_with(trust, true, listener_transport())
 }
 
+/// A publisher's transport: it sends audio all the time, so an origin that stops answering
+/// (killed, cut off) is known lost after a second and the publisher reconnects, well within
+/// what it keeps to send again: the origin that comes back misses nothing.
+pub fn publisher_transport() -> quinn::TransportConfig {
+    let mut t = listener_transport();
+    t.keep_alive_interval(Some(Duration::from_millis(250)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(1)
+            .try_into()
+            .expect("1 s is a valid idle timeout"),
+    ));
+    t
+}
+
 /// A listener's transport: a few segment streams in flight (a subscription or two).
 pub fn listener_transport() -> quinn::TransportConfig {
     transport(16, 256 * 1024, 1024 * 1024)

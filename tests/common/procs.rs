@@ -244,10 +244,15 @@ pub struct Node {
 impl Node {
     /// Starts `quicast ARGS` on a loopback port with the shared certificate.
     pub fn spawn(c: &Certs, args: &[&str]) -> Node {
+        Node::spawn_on(c, "127.0.0.1:0", args)
+    }
+
+    /// Starts `quicast ARGS` serving QUIC on `listen` (a node restarted on its address).
+    pub fn spawn_on(c: &Certs, listen: &str, args: &[&str]) -> Node {
         let mut all = args.to_vec();
         all.extend([
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--cert",
             c.cert.to_str().unwrap(),
             "--key",
