@@ -383,7 +383,16 @@ impl Upstream {
                     .iter()
                     .map(|p| self.each[*p].name.clone())
                     .collect();
-                info!(parents = ?names, "stream comes from");
+                if names.is_empty() {
+                    // Between a parent's loss and its successor's leg (or while every parent
+                    // rests after failures): `/streams` shows no parent too.
+                    warn!(
+                        side = "upstream",
+                        "stream comes from parents=[] (none up now)"
+                    );
+                } else {
+                    info!(parents = ?names, "stream comes from");
+                }
                 slot.set_parents(names);
                 shown = now_from;
             }
