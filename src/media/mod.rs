@@ -1,10 +1,12 @@
-//! Media: Opus in Ogg, in and out. All of it I/O-free (bytes in, packets or pages out).
+//! Media: Opus in Ogg, in and out, and in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
 
+mod fmp4;
 mod ogg_demux;
 mod ogg_mux;
 mod opus;
 mod timeline;
 
+pub use fmp4::{fragment, init_segment};
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};
 pub use ogg_mux::OggOpusWriter;
 pub use opus::{opus_packet_samples, OpusHead, OPUS_RATE};

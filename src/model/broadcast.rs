@@ -98,6 +98,12 @@ impl Broadcast {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Changes as the broadcast does (a frame, a segment, its end): for those who poll the
+    /// store rather than walk it with a cursor (HLS requests).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub fn span(&self) -> Span {
         let s = self.state();
         Span {

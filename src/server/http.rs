@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::status;
-use crate::egress::http_ogg;
+use crate::egress::{hls, http_ogg};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::icecast::{self, ChunkSource};
 use crate::node::{Node, Peer};
@@ -303,6 +303,7 @@ fn cors(r: &mut Response<Body>) {
 async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let peer = Peer::new(Role::Listener, remote.ip());
     let path = req.uri().path().to_string();
+    let hls = hls::parse(&path, req.uri().query());
     let mut resp = match (req.method(), path.as_str()) {
         (&Method::OPTIONS, _) => {
             let mut r = full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
@@ -322,6 +323,11 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> R
             "application/json",
             status::streams_json(&node),
         ),
+        (&Method::GET | &Method::HEAD, _) if hls.is_some() => match hls {
+            Some(Ok(r)) => serve_hls(&node, r, &peer).await,
+            Some(Err(e)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+            None => text(StatusCode::NOT_FOUND, "no such page"),
+        },
         (&Method::GET | &Method::HEAD, p) if p.ends_with(".ogg") => {
             let name = &p[1..p.len() - 4];
             match proto::check_path(name) {
@@ -392,6 +398,30 @@ fn source_precheck(node: &Node, name: &str, auth: Option<&[u8]>) -> Result<()> {
         ));
     }
     icecast::precheck(node, name, auth)
+}
+
+/// An HLS playlist, init segment, segment or part (see `egress::hls`).
+async fn serve_hls(node: &Arc<Node>, r: hls::Resource, peer: &Peer) -> Response<Body> {
+    match hls::serve(node, r, peer).await {
+        Ok(reply) => {
+            let mut resp = full(StatusCode::OK, reply.content_type, reply.body);
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(reply.cache_control),
+            );
+            resp
+        }
+        Err(e) => {
+            debug!("HLS request refused: {e}");
+            let mut resp = text(status_for(&e), e.to_string());
+            // Not there yet, or no more: a cache asks again soon, not at once.
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=1"),
+            );
+            resp
+        }
+    }
 }
 
 /// The HTTP status for an error, from its kind (never from its text).
