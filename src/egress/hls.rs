@@ -180,12 +180,35 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
         | Resource::Segment { name, .. }
         | Resource::Part { name, .. } => (name, MEDIA_WAIT.min(node.cfg.http_wait_secs.get())),
     };
-    // A subscriber while served: on a relay, this starts or keeps the upstream fetch.
-    let sub = node.subscribe(name, Start::Live, wait, peer).await?;
-    let b = sub.cursor.broadcast().clone();
+    // A broadcast that just ended is still answered for (its playlist says it ended).
+    let ended = node
+        .registry
+        .get(name)
+        .filter(|s| s.broadcast().is_none())
+        .and_then(|s| s.last_ended());
+    // Otherwise a subscriber while served: on a relay, this starts or keeps the upstream
+    // fetch.
+    let (b, _sub) = match ended {
+        Some(b) => (b, None),
+        None => {
+            let sub = node.subscribe(name, Start::Live, wait, peer).await?;
+            (sub.cursor.broadcast().clone(), Some(sub))
+        }
+    };
     let head = OpusHead::parse(&b.codec.header)?;
     match r {
         Resource::Playlist { block, .. } => {
+            // A broadcast is announced before its first frame, and a relay that just began
+            // to fetch it holds only the segment being made: the playlist waits for one
+            // whole segment (players that do not read parts need one to start).
+            let started = |b: &Broadcast| {
+                b.span().ended || listed(b).iter().any(|s| s.is_sealed() && !s.is_empty())
+            };
+            if !started(&b) {
+                wait_for(&b, wait, started)
+                    .await
+                    .map_err(|_| Error::new(Kind::NotFound, "the stream has no audio yet"))?;
+            }
             if let Some((msn, part)) = block {
                 let latest = b.span().latest.unwrap_or(0);
                 if msn > latest + 2 {
@@ -470,10 +493,18 @@ pub fn render(b: &Broadcast) -> String {
     let ended = b.span().ended;
     let with_parts = segs.len().saturating_sub(PARTS_OF_SEALED + 1);
     for (i, (seg, fr)) in segs.iter().zip(&frames).enumerate() {
+        let sealed = seg.is_sealed() || ended;
         if fr.is_empty() {
+            // Only a segment just begun: its first part is to come.
+            if !sealed {
+                let _ = writeln!(
+                    o,
+                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.m4s\"",
+                    seg.seq
+                );
+            }
             continue;
         }
-        let sealed = seg.is_sealed() || ended;
         if i == 0 || i == with_parts {
             let _ = writeln!(
                 o,
@@ -507,8 +538,18 @@ pub fn render(b: &Broadcast) -> String {
             );
         }
     }
-    if ended {
-        o.push_str("#EXT-X-ENDLIST\n");
+    match segs.last() {
+        _ if ended => o.push_str("#EXT-X-ENDLIST\n"),
+        // A relay seals a segment when its parent's stream of it ends, before the next
+        // begins: the next one's first part is the one to come.
+        Some(last) if last.is_sealed() => {
+            let _ = writeln!(
+                o,
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.m4s\"",
+                last.seq + 1
+            );
+        }
+        _ => {}
     }
     o
 }

@@ -63,9 +63,17 @@ pub struct Slot {
     waiting: Arc<AtomicU64>,
     /// Where a relay takes this stream from now (its parents, for operators).
     parents: Mutex<Vec<String>>,
+    /// The broadcast that ended last, until the next one goes live: HLS clients polling
+    /// the name after the end are told it ended (the playlist's ENDLIST), not left to wait.
+    ended: Mutex<Option<Arc<Broadcast>>>,
 }
 
 impl Slot {
+    /// The broadcast that ended last, if no other has gone live since.
+    pub fn last_ended(&self) -> Option<Arc<Broadcast>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The broadcast behind the name, if it is live.
     pub fn broadcast(&self) -> Option<Arc<Broadcast>> {
         match &*self.state.borrow() {
@@ -83,6 +91,7 @@ impl Slot {
     pub fn set_broadcast(&self, b: Option<Arc<Broadcast>>) {
         if b.is_some() {
             self.uncount();
+            *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         self.state.send_replace(match b {
             Some(b) => SlotState::Live(b),
@@ -96,6 +105,7 @@ impl Slot {
         b.finish();
         self.state.send_if_modified(|s| match s {
             SlotState::Live(cur) if Arc::ptr_eq(cur, b) => {
+                *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
                 *s = SlotState::Waiting;
                 true
             }
@@ -347,6 +357,7 @@ impl Registry {
             counted: AtomicBool::new(counted),
             waiting: self.waiting.clone(),
             parents: Mutex::default(),
+            ended: Mutex::default(),
         });
         if counted {
             self.waiting.fetch_add(1, Ordering::AcqRel);
