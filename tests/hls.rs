@@ -54,6 +54,12 @@ async fn get(addr: &str, path: &str) -> Resp {
     }
 }
 
+/// A listed segment: (msn, uri, duration, parts (duration, uri), program date-time).
+type Seg = (u64, String, f64, Vec<(f64, String)>, Option<String>);
+
+/// Segments' bytes by media sequence number.
+type Segments = BTreeMap<u64, Vec<u8>>;
+
 /// A media playlist, parsed strictly: any tag quicast does not write fails the test.
 #[derive(Debug, Default, Clone)]
 struct Playlist {
@@ -62,8 +68,7 @@ struct Playlist {
     part_hold_back: f64,
     media_seq: u64,
     map: String,
-    /// (msn, uri, duration, parts (duration, uri), program date-time)
-    segs: Vec<(u64, String, f64, Vec<(f64, String)>, Option<String>)>,
+    segs: Vec<Seg>,
     /// Parts of the segment being made, and the hint of the next one.
     open_parts: Vec<(f64, String)>,
     hint: Option<String>,
@@ -455,7 +460,7 @@ async fn two_hundred_clients_through_nginx_get_every_segment_the_edge_serves_eac
     let nx = nginx(&t.edge_http, work.path());
     // Each client: the playlist, the init segment, then blocking reloads segment by
     // segment (`_HLS_msn`), fetching every new segment, for four segments.
-    let got: Arc<Mutex<Vec<BTreeMap<u64, Vec<u8>>>>> = Arc::default();
+    let got: Arc<Mutex<Vec<Segments>>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let (addr, got) = (nx.addr.clone(), got.clone());
