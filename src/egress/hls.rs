@@ -14,7 +14,7 @@
 //! (three target durations) and in number per node.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -227,7 +227,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
                 } else {
                     "public, max-age=1"
                 },
-                body: Bytes::from(render(&b)),
+                body: playlist_of(&b),
             })
         }
         Resource::Init { instance, .. } => {
@@ -465,6 +465,28 @@ fn date_time(us: u64) -> String {
         rem % 60,
         us % 1_000_000 / 1000
     )
+}
+
+/// The playlist as the broadcast is now, rendered once per state of its newest segment: a
+/// crowd of blocking reloads woken by the same part is answered from one rendering.
+fn playlist_of(b: &Broadcast) -> Bytes {
+    type Key = (u64, u64, usize, bool, bool);
+    static RENDERED: OnceLock<moka::sync::Cache<Key, Bytes>> = OnceLock::new();
+    let cache = RENDERED.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(10))
+            .build()
+    });
+    // What the playlist depends on: older segments never change, and the window moves
+    // only when a segment begins.
+    let span = b.span();
+    let latest = span.latest.unwrap_or(0);
+    let (len, sealed) = b
+        .segment(latest)
+        .map_or((0, false), |s| (s.len(), s.is_sealed()));
+    let key = (b.local_id(), latest, len, sealed, span.ended);
+    cache.get_with(key, || Bytes::from(render(b)))
 }
 
 /// The media playlist of the broadcast as held now.

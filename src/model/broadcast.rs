@@ -98,6 +98,11 @@ impl Broadcast {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// This node's own number for the broadcast (unique here, never reused).
+    pub fn local_id(&self) -> u64 {
+        self.local
+    }
+
     /// Changes as the broadcast does (a frame, a segment, its end): for those who poll the
     /// store rather than walk it with a cursor (HLS requests).
     pub fn watch(&self) -> watch::Receiver<u64> {
