@@ -52,14 +52,39 @@ pub(crate) fn streams_json(node: &Node) -> String {
     serde_json::to_string(&live_streams(node)).unwrap_or_else(|_| "[]".into())
 }
 
+/// The page's player: native HLS, or LL-HLS over Media Source Extensions, or Ogg (see the
+/// file). Inlined into the page, so the page needs no route of its own for it.
+const PLAYER_JS: &str = include_str!("player.js");
+
+/// Whether `hay` contains `needle`, ASCII case-insensitively (in a const context).
+const fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let mut i = 0;
+    while i + n.len() <= h.len() {
+        let mut j = 0;
+        while j < n.len() && h[i + j].eq_ignore_ascii_case(&n[j]) {
+            j += 1;
+        }
+        if j == n.len() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+// Inside <script>, the first `</script` ends it.
+const _: () = assert!(!contains_ignore_case(PLAYER_JS, "</script"));
+
 /// `/`: a page listing the live streams, a player for each.
 pub(crate) fn page(node: &Node) -> String {
     let streams = live_streams(node);
     let mut items = String::new();
     for s in &streams {
-        // Stream names are restricted to [A-Za-z0-9._~-/]: nothing to escape.
+        // Stream names are restricted to [A-Za-z0-9._~-/]: nothing to escape. The `src` is
+        // for a browser without scripts; the player sets the best one for the browser.
         items += &format!(
-            "<li><h2>{n}</h2><p>{l} listening here &middot; {k} kbit/s</p><audio controls preload=\"none\" src=\"/{n}.ogg\"></audio></li>\n",
+            "<li><h2>{n}</h2><p>{l} listening here &middot; {k} kbit/s<span class=\"behind\"></span></p><audio controls preload=\"none\" data-stream=\"{n}\" src=\"/{n}.ogg\"></audio></li>\n",
             n = s.name,
             l = s.listeners,
             k = s.bitrate / 1000
@@ -72,12 +97,13 @@ pub(crate) fn page(node: &Node) -> String {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>quicast: {node}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}.behind{{color:#666}}</style>
 </head><body>
 <h1>Live on {node}</h1>
 <ul id="streams">
 {items}</ul>
-<p><small>Also as JSON: <a href="/streams">/streams</a>. Any player: <code>ffplay http://HOST:PORT/STREAM.ogg</code></small></p>
+<p><small>Also as JSON: <a href="/streams">/streams</a>. Any player: <code>ffplay http://HOST:PORT/STREAM.ogg</code> or <code>http://HOST:PORT/STREAM.m3u8</code> (LL-HLS)</small></p>
+<script>{PLAYER_JS}</script>
 </body></html>
 "#,
         node = node.name()

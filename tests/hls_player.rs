@@ -1,0 +1,218 @@
+//! The web player of a node's page (`/`): Chromium plays a stream from an edge through the
+//! page's own LL-HLS player on Media Source Extensions.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use quicast::node::config::Millis;
+use quicast::{HttpServer, NodeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+async fn http(s: &Server) -> HttpServer {
+    HttpServer::start(s.node.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Chromium, as installed (.ci/run installs it: apt-get install -y chromium).
+fn chromium() -> &'static str {
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("chromium is needed (.ci/run installs it: apt-get install -y chromium)")
+}
+
+/// The test's page: it takes the edge's page (`http://EDGE/`) into itself, with the edge
+/// as its base address so that the player's requests go there (every node answers with
+/// `Access-Control-Allow-Origin: *`), runs the page's script, presses play and reports to
+/// `/report?...` how it went: the path the player took, how long it took to start, how far
+/// `currentTime` moved in six seconds of the wall clock, and how far behind live it said.
+fn test_page(edge: &str, stream: &str) -> String {
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
+const node = 'http://{edge}/';
+const reportTo = location.origin + '/report?';
+let reported = false;
+const report = q => {{ if (!reported) {{ reported = true; fetch(reportTo + q); }} }};
+const t0 = performance.now();
+window.addEventListener('error', e => report('error=' + encodeURIComponent('script: ' + e.message)));
+async function load() {{
+  for (let i = 0; i < 40; i++) {{
+    // An edge holds a stream once someone asks for it: the playlist waits until it is live.
+    await fetch(node + '{stream}.m3u8').catch(() => {{}});
+    const html = await (await fetch(node)).text();
+    if (html.includes('data-stream="{stream}"')) return html;
+    await new Promise(r => setTimeout(r, 250));
+  }}
+  throw new Error('the page never listed the stream');
+}}
+load().then(html => {{
+  const doc = new DOMParser().parseFromString(html, 'text/html');
+  const base = document.createElement('base');
+  base.href = node;
+  document.head.appendChild(base);
+  const root = document.getElementById('root');
+  root.innerHTML = doc.body.innerHTML;
+  const inserted = performance.now();
+  // Scripts put in by innerHTML do not run: these run as they would have in the page.
+  for (const old of root.querySelectorAll('script')) {{
+    const s = document.createElement('script');
+    s.textContent = old.textContent;
+    old.replaceWith(s);
+  }}
+  const a = document.querySelector('audio[data-stream="{stream}"]');
+  const state = () => 'path=' + a.dataset.path + '&ready=' + a.readyState + '&ct=' + a.currentTime +
+    '&buffered=' + [...Array(a.buffered.length).keys()].map(i => a.buffered.start(i).toFixed(2) + '-' + a.buffered.end(i).toFixed(2)).join(',');
+  a.addEventListener('error', () => report('error=media' + (a.error && a.error.code) + '&' + state()));
+  a.addEventListener('playing', () => {{
+    const c0 = a.currentTime, w0 = performance.now();
+    setTimeout(() => {{
+      const label = a.closest('li').querySelector('.behind').textContent;
+      report('t=' + (a.currentTime - c0) + '&wall=' + (performance.now() - w0) +
+        '&startup=' + (w0 - inserted) + '&page=' + (w0 - t0) + '&behind=' + a.dataset.behind +
+        '&label=' + encodeURIComponent(label) + '&' + state());
+    }}, 6000);
+  }}, {{ once: true }});
+  setTimeout(() => report('error=not+playing+after+20+s&' + state()), 20000);
+  a.play().catch(e => report('error=' + encodeURIComponent(String(e)) + '&' + state()));
+}}).catch(e => report('error=' + encodeURIComponent(String(e))));
+</script></body></html>"#
+    )
+}
+
+/// Serves `html` at any address but `/report?QUERY`, whose QUERY it sends to the receiver.
+async fn page_server(html: String) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = pages.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = pages.accept().await.unwrap();
+            let (html, tx) = (html.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_string();
+                if let Some(q) = line.strip_prefix("GET /report?") {
+                    let _ = tx
+                        .send(q.split_whitespace().next().unwrap_or("").to_string())
+                        .await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n")
+                        .await;
+                } else {
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The value of `key` in a query string (not decoded).
+fn field<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_the_page_through_media_source_from_an_edge() {
+    let chromium = chromium();
+    // Segments of a second, as an origin has them by default: five parts each.
+    let o = origin_with(NodeConfig {
+        segment_ms: Millis::new(1000),
+        ..test_config()
+    })
+    .await;
+    let r = relay(&[&o]).await;
+    let edge = http(&r).await;
+    // A real-time Opus stream: the sample the demo ships, looped.
+    let c = client(&o);
+    let u = url(&o, "live");
+    let publisher = tokio::spawn(async move {
+        let origin = quicast::client::Origin {
+            client: c,
+            url: u,
+            token: String::new(),
+        };
+        let opts = quicast::client::PublishOptions {
+            path: "live".into(),
+            input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
+                "../src/cli/demo/sample.opus"
+            ))),
+            looping: true,
+            realtime: true,
+        };
+        let _ = quicast::client::publish(vec![origin], &opts).await;
+    });
+    // Live for a few segments before the page comes: it starts from the newest of several.
+    o.node
+        .registry
+        .wait_until(|r| r.get("live").is_some_and(|s| s.broadcast().is_some()))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (page_addr, mut rx) = page_server(test_page(&edge.addr.to_string(), "live")).await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = Command::new(chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--autoplay-policy=no-user-gesture-required",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--mute-audio",
+            &format!("--user-data-dir={}", profile.path().display()),
+            &format!("http://{page_addr}/"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the page reported")
+        .unwrap();
+    let _ = browser.kill().await;
+    publisher.abort();
+    eprintln!("page reported {report}");
+    assert_eq!(
+        field(&report, "path"),
+        Some("mse"),
+        "Chromium plays through Media Source Extensions ({report})"
+    );
+    let t: f64 = field(&report, "t")
+        .unwrap_or_else(|| panic!("page reported {report}"))
+        .parse()
+        .unwrap();
+    let startup: f64 = field(&report, "startup").unwrap().parse().unwrap();
+    eprintln!(
+        "startup: {startup:.0} ms from the page's script to playing; {} s behind live",
+        field(&report, "behind").unwrap_or("?")
+    );
+    // Six seconds after it started playing, the element has played several seconds of audio.
+    assert!(
+        t >= 3.0,
+        "the <audio> element advanced only {t} s in 6 s of playing ({report})"
+    );
+    // And the page says how far behind live it plays.
+    assert!(
+        field(&report, "label").is_some_and(|l| l.contains("behind%20live")),
+        "the page shows how far behind live it plays ({report})"
+    );
+}
