@@ -158,10 +158,7 @@ async fn chromium_plays_the_page_through_media_source_from_an_edge() {
         let _ = quicast::client::publish(vec![origin], &opts).await;
     });
     // Live for a few segments before the page comes: it starts from the newest of several.
-    o.node
-        .registry
-        .wait_until(|r| r.get("live").is_some_and(|s| s.broadcast().is_some()))
-        .await;
+    wait_live(&o, "live").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (page_addr, mut rx) = page_server(test_page(&edge.addr.to_string(), "live")).await;
     let profile = tempfile::tempdir().unwrap();

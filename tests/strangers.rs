@@ -254,10 +254,7 @@ async fn waiting_rooms_filled_by_strangers_never_stop_a_publisher() {
     let keynote = publish(&o, "events/keynote", 50, MS20, 80);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let show = publish_until(&o, "show", MS20, 80, 30, stopped);
-    o.node
-        .registry
-        .wait_until(|r| r.get("show").is_some_and(|s| s.broadcast().is_some()))
-        .await;
+    wait_live(&o, "show").await;
     let listener = hear(session(&o, Role::Listener, "").await.unwrap(), "show", None);
     let _ = stop.send(true);
     let (h, n) = tokio::join!(listener, show);

@@ -95,6 +95,19 @@ pub async fn relay(parents: &[&Server]) -> Server {
     relay_with(parents, test_config()).await
 }
 
+/// Waits until `path` is live on `s`: the registry says when the name appears, its slot
+/// when it goes live (the registry is not told of that). Fails after a minute.
+pub async fn wait_live(s: &Server, path: &str) {
+    let live = async {
+        s.node.registry.wait_until(|r| r.get(path).is_some()).await;
+        let slot = s.node.registry.get(path).expect("the slot just appeared");
+        slot.wait_broadcast().await.expect("the stream goes live");
+    };
+    tokio::time::timeout(Duration::from_secs(60), live)
+        .await
+        .unwrap_or_else(|_| panic!("{path} did not go live"));
+}
+
 pub fn url(s: &Server, path: &str) -> QuicUrl {
     QuicUrl::parse(&format!("quic://{}/{path}", s.addr)).unwrap()
 }
