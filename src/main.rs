@@ -13,7 +13,9 @@ use quicast::client::{
 use quicast::media::OggOpusWriter;
 use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
 use quicast::proto::QuicUrl;
-use quicast::{new_node, HttpServer, Identity, NodeArgs, NodeConfig, QuicServer, Trust};
+use quicast::{
+    new_node, AdminServer, HttpServer, Identity, NodeArgs, NodeConfig, QuicServer, Trust,
+};
 use tracing::info;
 
 mod cli;
@@ -215,10 +217,14 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     if identity.self_signed {
         info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
     }
-    let (listen, http, drain) = (cfg.listen, cfg.http, cfg.drain_secs.get());
+    let (listen, http, admin, drain) = (cfg.listen, cfg.http, cfg.admin, cfg.drain_secs.get());
     let alternates: Vec<String> = cfg.alternates.iter().map(|u| u.to_string()).collect();
     let node = new_node(cfg)?;
     let server = QuicServer::start(node.clone(), listen, &identity).await?;
+    let _admin = match admin {
+        Some(addr) => Some(AdminServer::start(node.clone(), addr).await?),
+        None => None,
+    };
     let _http = match http {
         Some(addr) => Some(HttpServer::start(node, addr).await?),
         None => None,

@@ -174,6 +174,9 @@ keys! {
     /// TCP address for HTTP: listeners (GET /STREAM.ogg, the page at /) and, on an origin,
     /// Icecast sources (PUT or SOURCE /STREAM). Off unless given.
     http: opt SocketAddr = "";
+    /// TCP address of the admin port: GET /metrics (Prometheus), /healthz, /readyz. Off
+    /// unless given; never the public HTTP address.
+    admin: opt SocketAddr = "";
     /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
     /// HTTP ingest is off.
     source_password: opt Secret = "";
@@ -296,6 +299,12 @@ impl NodeConfig {
             return Err(invalid(
                 "upstream",
                 "a relay needs at least one --upstream quic://HOST:PORT",
+            ));
+        }
+        if self.admin.is_some() && self.admin == self.http {
+            return Err(invalid(
+                "admin",
+                "the admin port must not be the public HTTP address (metrics are not for everyone)",
             ));
         }
         if !relay && !self.upstream.is_empty() {

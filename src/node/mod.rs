@@ -179,6 +179,17 @@ impl Node {
         ok
     }
 
+    /// A relay's parents that are up (not known down, not draining), of how many; `None`
+    /// on an origin.
+    pub fn parents_up(&self) -> Option<(usize, usize)> {
+        self.upstream.as_ref().map(|u| u.parents_up())
+    }
+
+    /// Parents this relay lost or saw drain, each moving its streams (0 on an origin).
+    pub fn parent_failovers(&self) -> u64 {
+        self.upstream.as_ref().map_or(0, |u| u.failovers())
+    }
+
     pub fn is_relay(&self) -> bool {
         self.upstream.is_some()
     }

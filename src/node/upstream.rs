@@ -138,6 +138,8 @@ pub(super) struct Upstream {
     changed: watch::Sender<u64>,
     hash: bool,
     hedge: bool,
+    /// Parents lost (closed or silent) or draining, each moving its streams elsewhere.
+    failovers: std::sync::atomic::AtomicU64,
 }
 
 /// Backoff between a stream's attempts on one parent.
@@ -161,7 +163,23 @@ impl Upstream {
             changed: watch::Sender::new(0),
             hash,
             hedge,
+            failovers: Default::default(),
         })
+    }
+
+    /// Parents neither known down nor draining, of how many.
+    pub(super) fn parents_up(&self) -> (usize, usize) {
+        let up = (0..self.each.len())
+            .filter(|&i| {
+                let h = self.health(i);
+                !h.down && !h.draining
+            })
+            .count();
+        (up, self.each.len())
+    }
+
+    pub(super) fn failovers(&self) -> u64 {
+        self.failovers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn health(&self, i: usize) -> Health {
@@ -250,10 +268,12 @@ impl Upstream {
                 tokio::select! {
                     e = link.closed() => {
                         warn!(side = "upstream", "parent lost: {e}");
+                        inc(&self.failovers);
                         self.lost(i);
                     }
                     _ = link.going_away() => {
                         info!("parent is draining: its streams move to other parents");
+                        inc(&self.failovers);
                         self.set_health(i, |h| h.draining = true);
                         // Once every stream has moved, this relay leaves it too.
                         let mut users = self.each[i].users.subscribe();

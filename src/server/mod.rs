@@ -2,11 +2,13 @@
 //! control loop that hands subscriptions to the egress and a publish to the ingress) and the
 //! HTTP server (accept, framing, routing to the egress, the ingress and the node's pages).
 
+mod admin;
 mod http;
 mod quic;
 
 use std::sync::Arc;
 
+pub use admin::AdminServer;
 pub use http::HttpServer;
 pub use quic::QuicServer;
 

@@ -1,0 +1,239 @@
+//! What a node tells its operator's monitoring: Prometheus metrics (`GET /metrics` on the
+//! admin port) and its health for load balancers (`/healthz`, `/readyz`).
+//!
+//! The values are the node's own counters and state, read at each scrape by a collector
+//! (nothing is kept twice), and written in the text exposition format by the
+//! `prometheus-client` crate.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::node::Node;
+
+/// Reads the node at each scrape.
+struct NodeCollector(Arc<Node>);
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeCollector({})", self.0.name())
+    }
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn seconds(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, Some(&Unit::Seconds), g.metric_type())?)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let n = &self.0;
+        let s = &n.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        gauge(
+            &mut e,
+            "quicast_connections",
+            "Connections served now, QUIC and HTTP.",
+            get(&s.connections) + get(&s.http_connections),
+        )?;
+        gauge(
+            &mut e,
+            "quicast_http_connections",
+            "HTTP connections served now.",
+            get(&s.http_connections),
+        )?;
+        counter(
+            &mut e,
+            "quicast_connections_accepted",
+            "QUIC connections accepted.",
+            get(&s.connections_total),
+        )?;
+        gauge(
+            &mut e,
+            "quicast_subscriptions",
+            "Subscriptions now (listeners, child relays, HLS requests being served).",
+            get(&s.subscriptions),
+        )?;
+        counter(
+            &mut e,
+            "quicast_joins",
+            "Subscriptions taken (joins).",
+            get(&s.subscriptions_total),
+        )?;
+        counter(
+            &mut e,
+            "quicast_skips",
+            "Slow subscribers moved forward past a segment.",
+            get(&s.skips_total),
+        )?;
+        counter(
+            &mut e,
+            "quicast_upstream_subscriptions",
+            "Subscriptions this relay took from its parents.",
+            get(&s.upstream_subscriptions_total),
+        )?;
+        counter(
+            &mut e,
+            "quicast_parent_failovers",
+            "Parents lost or drained, each moving its streams to others.",
+            n.parent_failovers(),
+        )?;
+        gauge(
+            &mut e,
+            "quicast_publishers",
+            "Publishers and sources now.",
+            get(&s.publishers),
+        )?;
+        seconds(
+            &mut e,
+            "quicast_overload_lag",
+            "How late the node's tasks ran, last measured.",
+            get(&s.lag_ms) as f64 / 1000.0,
+        )?;
+        gauge(
+            &mut e,
+            "quicast_draining",
+            "1 while the node drains (SIGTERM).",
+            u64::from(n.is_draining()),
+        )?;
+        {
+            let shed = get(&s.shed_total);
+            let c = ConstCounter::new(0u64);
+            let mut fam = e.encode_descriptor(
+                "quicast_refusals",
+                "Connections refused, by reason.",
+                None,
+                c.metric_type(),
+            )?;
+            for (reason, v) in [
+                ("overload", shed),
+                ("limit", get(&s.refused_total).saturating_sub(shed)),
+            ] {
+                ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        if let Some((up, all)) = n.parents_up() {
+            gauge(
+                &mut e,
+                "quicast_parents_up",
+                "Parents neither known down nor draining.",
+                up as u64,
+            )?;
+            gauge(&mut e, "quicast_parents", "Parents configured.", all as u64)?;
+        }
+        // Per stream: its subscribers here, and (on a relay) where it comes from.
+        let slots = n.registry.list();
+        let live: Vec<_> = slots
+            .iter()
+            .filter_map(|s| s.broadcast().map(|b| (s, b)))
+            .collect();
+        gauge(
+            &mut e,
+            "quicast_streams",
+            "Live streams held.",
+            live.len() as u64,
+        )?;
+        gauge(
+            &mut e,
+            "quicast_waiting_rooms",
+            "Names waited on that nobody announced and are not live.",
+            n.registry.waiting(),
+        )?;
+        {
+            let g = ConstGauge::new(0i64);
+            let mut fam = e.encode_descriptor("quicast_listeners", "Subscribers of a stream now (QUIC and HTTP listeners, child relays, HLS requests being served).", None, g.metric_type())?;
+            for (slot, _) in &live {
+                ConstGauge::new(slot.subscribers() as i64)
+                    .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
+            }
+        }
+        {
+            let g = ConstGauge::new(0i64);
+            let mut fam = e.encode_descriptor(
+                "quicast_stream_bitrate_bytes_per_second",
+                "A stream's rate (payload bytes per second) over the segments held.",
+                None,
+                g.metric_type(),
+            )?;
+            for (slot, b) in &live {
+                ConstGauge::new((b.bitrate() / 8) as i64)
+                    .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
+            }
+        }
+        if n.is_relay() {
+            let g = ConstGauge::new(0i64);
+            let mut fam = e.encode_descriptor(
+                "quicast_stream_parent",
+                "1 for each parent a stream comes from now; rank 0 is the active one.",
+                None,
+                g.metric_type(),
+            )?;
+            for (slot, _) in &live {
+                for (rank, parent) in slot.parents().iter().enumerate() {
+                    let rank = rank.to_string();
+                    let labels = [
+                        ("stream", slot.path.as_str()),
+                        ("parent", parent.as_str()),
+                        ("rank", rank.as_str()),
+                    ];
+                    ConstGauge::new(1i64).encode(fam.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let g = ConstGauge::new(1i64);
+            let mut fam = e.encode_descriptor(
+                "quicast_build_info",
+                "The build: always 1.",
+                None,
+                g.metric_type(),
+            )?;
+            let role = if n.is_relay() { "relay" } else { "origin" };
+            g.encode(
+                fam.encode_family(&[("version", env!("CARGO_PKG_VERSION")), ("role", role)])?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub(crate) fn text(node: &Arc<Node>) -> String {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(NodeCollector(node.clone())));
+    let mut out = String::with_capacity(4096);
+    if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
+        out.clear();
+        out.push_str("# error encoding the metrics\n");
+    }
+    out
+}
+
+/// `GET /readyz`: whether the node should be sent listeners, and if not, why (one line).
+pub(crate) fn ready(node: &Node) -> Result<(), String> {
+    if node.is_draining() {
+        return Err("draining".into());
+    }
+    if node.overloaded() {
+        return Err("overloaded".into());
+    }
+    if let Some((0, all)) = node.parents_up() {
+        return Err(format!("no parent reachable (0 of {all})"));
+    }
+    Ok(())
+}
