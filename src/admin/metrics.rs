@@ -224,6 +224,42 @@ pub(crate) fn text(node: &Arc<Node>) -> String {
     out
 }
 
+/// The same in the Prometheus text format (0.0.4), which promtool and older scrapers read:
+/// a counter's HELP and TYPE name its `_total` series, and OpenMetrics' `# UNIT` and
+/// `# EOF` lines go.
+pub(crate) fn prometheus_text(node: &Arc<Node>) -> String {
+    let open = text(node);
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 256);
+    for l in open.lines() {
+        if l.starts_with("# UNIT ") || l == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                out.push_str(&format!("{p}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// `GET /readyz`: whether the node should be sent listeners, and if not, why (one line).
 pub(crate) fn ready(node: &Node) -> Result<(), String> {
     if node.is_draining() {

@@ -100,11 +100,28 @@ fn route<B>(node: &Arc<Node>, req: Request<B>) -> Response<Full<Bytes>> {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n");
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics::text(node),
-        ),
+        // OpenMetrics to those who ask for it (Prometheus does), the classic text format
+        // to everyone else.
+        "/metrics" => {
+            let open = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if open {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics::text(node),
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics::prometheus_text(node),
+                )
+            }
+        }
         // The process is alive and answering.
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" => match metrics::ready(node) {
