@@ -135,6 +135,15 @@ enum Cmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Check a node's config file without starting: the start-up checks of every key and of
+    /// the keys together (exit 0 and "ok", or exit 1 naming the key and why).
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+        /// Check it as an `origin` or a `relay` [default: a relay if it names upstreams].
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
     Demo {
         /// Ports used: this one and the next three (0 = any free ports).
@@ -205,6 +214,25 @@ fn descriptor_budget() -> u64 {
         "file descriptors: HTTP connections beyond this get 503"
     );
     budget
+}
+
+/// `quicast check-config FILE`: what `origin`/`relay --config FILE` would refuse at start.
+fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let cfg = NodeArgs::from_toml(&text, file)?.resolve();
+    let relay = match role {
+        None => cfg.is_relay(),
+        Some("origin") => false,
+        Some("relay") => true,
+        Some(other) => bail!("--role is origin or relay, not {other:?}"),
+    };
+    cfg.check(relay)?;
+    println!(
+        "{}: ok ({})",
+        file.display(),
+        if relay { "relay" } else { "origin" }
+    );
+    Ok(())
 }
 
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
@@ -534,6 +562,7 @@ async fn main() -> std::process::ExitCode {
             trust,
         } => run_listen(urls, silence_ms, output, duration, trust).await,
         Cmd::Demo { base_port } => run_demo(base_port).await,
+        Cmd::CheckConfig { file, role } => check_config(&file, role.as_deref()),
         Cmd::Loadgen {
             urls,
             listeners,

@@ -390,3 +390,63 @@ fn loadgen_reports_what_its_listeners_heard_as_one_json_line() {
         );
     }
 }
+
+#[test]
+fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .chain(std::fs::read_dir(root.join("redundant")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10);
+    for f in &files {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(f)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.trim_end().ends_with("ok (origin)") || said.trim_end().ends_with("ok (relay)"),
+            "{said}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, role) in [
+        ("segment-ms = 5\n", "segment-ms", None),
+        ("nonsense = 1\n", "nonsense", None),
+        ("listen = \"not an address\"\n", "listen", None),
+        (
+            "upstream = [\"quic://127.0.0.1:1/x\"]\nfingerprint = [\"00\"]\n",
+            "fingerprint",
+            None,
+        ),
+        ("listen = \"127.0.0.1:4433\"\n", "upstream", Some("relay")),
+        (
+            "http = \"127.0.0.1:8000\"\nadmin = \"127.0.0.1:8000\"\n",
+            "admin",
+            None,
+        ),
+    ] {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, text).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check-config").arg(&f);
+        if let Some(r) = role {
+            cmd.args(["--role", r]);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains(&format!("error: {key}")), "{text}: {err}");
+    }
+}
