@@ -31,6 +31,16 @@ use cli::{demo, loadgen};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines (stderr) as `text`, or `json`: one JSON object a line, with the span fields
+    /// (connection, stream) of each event, for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -152,16 +162,19 @@ enum Cmd {
     },
 }
 
-fn init_logs() {
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal; log files and pipes get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+        // Colour only for a person at a terminal; log files and pipes get plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// How the process was asked to stop.
@@ -543,7 +556,7 @@ async fn run_loadgen(
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    init_logs(cli.log_format);
     let r = match cli.cmd {
         Cmd::Origin(a) => run_node(a, false).await,
         Cmd::Relay(a) => run_node(a, true).await,

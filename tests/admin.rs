@@ -158,3 +158,71 @@ fn the_admin_port_is_refused_on_the_public_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin"), "{err}");
 }
+
+/// `--log-format json`: every line a JSON object; a QUIC listener's connection and an HTTP
+/// listener each end with one line of totals.
+#[test]
+fn json_logs_parse_and_say_what_each_listener_got() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let c = certs();
+    let mut o = Node::spawn(
+        &c,
+        &[
+            "--log-format",
+            "json",
+            "origin",
+            "--segment-ms",
+            "500",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = {
+        let l = o.p.wait_line("listening (HTTP)");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        v["fields"]["addr"].as_str().unwrap().to_string()
+    };
+    let _pub = publish(&c, &[&o], "talk", &src);
+    // A QUIC listener for two seconds, an HTTP one for two.
+    let out = work.path().join("heard.opus");
+    let mut l = listen(&c, &[&o], "talk", &out, 2);
+    let curl = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "2",
+            "-o",
+            "/dev/null",
+            &format!("http://{http}/talk.ogg"),
+        ])
+        .status()
+        .unwrap();
+    assert!(!curl.success(), "curl stopped by its time limit");
+    assert!(l.wait_exit().success());
+    o.p.wait_lines(&["connection ended", "HTTP listener ended"]);
+    let mut seen = Vec::new();
+    for line in &o.p.log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        seen.push(v);
+    }
+    let listener = seen
+        .iter()
+        .find(|v| v["fields"]["message"] == "connection ended" && v["fields"]["role"] == "Listener")
+        .expect("the QUIC listener's line");
+    assert!(listener["fields"]["bytes_sent"].as_u64().unwrap() > 8_000);
+    assert_eq!(listener["fields"]["subscriptions"], 1);
+    let h = seen
+        .iter()
+        .find(|v| v["fields"]["message"] == "HTTP listener ended")
+        .expect("the HTTP listener's line");
+    assert!(h["fields"]["frames"].as_u64().unwrap() >= 50, "{h}");
+    assert!(h["fields"]["bytes"].as_u64().unwrap() > 8_000, "{h}");
+    assert_eq!(h["fields"]["skips"], 0);
+    assert_eq!(h["span"]["path"], "talk", "the line carries its span: {h}");
+}

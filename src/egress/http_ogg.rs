@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, info_span, Instrument};
+use tracing::{info, info_span, Instrument};
 
 use crate::error::{Error, Result};
 use crate::media::OggOpusWriter;
@@ -23,6 +23,10 @@ const LISTENER_QUEUE: usize = 8;
 struct HttpSink {
     tx: mpsc::Sender<Bytes>,
     ogg: OggOpusWriter,
+    /// Totals, said when the listener ends.
+    frames: u64,
+    bytes: u64,
+    skips: u64,
 }
 
 impl Sink for HttpSink {
@@ -40,6 +44,8 @@ impl Sink for HttpSink {
         let pages = self
             .ogg
             .packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));
+        self.frames += frames.len() as u64;
+        self.bytes += pages.len() as u64;
         if !pages.is_empty() {
             self.tx
                 .send(pages)
@@ -53,7 +59,9 @@ impl Sink for HttpSink {
 
     /// The Ogg stream simply continues from the newer segment: granule positions count what
     /// this listener heard, so players see a short jump in the audio, never a broken file.
-    fn skip(&mut self) {}
+    fn skip(&mut self) {
+        self.skips += 1;
+    }
 }
 
 /// Subscribes an HTTP listener to `name` (waiting up to `http-wait-secs` for it to start) and
@@ -81,15 +89,31 @@ pub(crate) async fn listen(
             // The whole subscription moves here (not just its cursor): its place in the
             // counts lasts as long as the listener.
             let mut sub = sub;
-            let mut sink = HttpSink { tx, ogg };
-            match fan_out(&node, &mut sub.cursor, &mut sink).await {
+            let started = std::time::Instant::now();
+            let mut sink = HttpSink {
+                tx,
+                ogg,
+                frames: 0,
+                bytes: 0,
+                skips: 0,
+            };
+            let why = match fan_out(&node, &mut sub.cursor, &mut sink).await {
                 Ok(_) => {
                     let tail = sink.ogg.finish();
                     let _ = sink.tx.send(tail).await;
-                    debug!("broadcast ended");
+                    "the broadcast ended".to_string()
                 }
-                Err(e) => debug!("listener left: {e}"),
-            }
+                Err(e) => e.to_string(),
+            };
+            // One line per HTTP listener when it ends, with its totals.
+            info!(
+                duration_ms = started.elapsed().as_millis() as u64,
+                bytes = sink.bytes,
+                frames = sink.frames,
+                skips = sink.skips,
+                why,
+                "HTTP listener ended"
+            );
         }
         .instrument(span),
     );

@@ -218,6 +218,7 @@ async fn handle_connection(
     conn: Connection,
     mut going_away: watch::Receiver<Option<Vec<String>>>,
 ) {
+    let started = std::time::Instant::now();
     let accepted = tokio::time::timeout(node.cfg.hello_timeout_ms.get(), conn.accept_bi()).await;
     let (mut send, recv) = match accepted {
         Ok(Ok(s)) => s,
@@ -256,6 +257,7 @@ async fn handle_connection(
     let mut subs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
     let mut told = false;
+    let mut subscribed = 0u64;
     let outcome: Result<()> = loop {
         let msg = tokio::select! {
             m = reader.next() => m,
@@ -277,6 +279,7 @@ async fn handle_connection(
         };
         match msg {
             Message::Subscribe { id, path, start } => {
+                subscribed += 1;
                 subs.retain(|_, h| !h.is_finished());
                 if subs.contains_key(&id) {
                     break Err(Error::protocol(format!("subscription id {id} reused")));
@@ -345,6 +348,23 @@ async fn handle_connection(
     for (_, h) in subs.drain() {
         h.abort();
     }
+    // One line per connection when it ends, with its totals (for operators and log
+    // collectors: --log-format json).
+    let stats = conn.stats();
+    let why = match &outcome {
+        Ok(()) => "bye".to_string(),
+        Err(e) => e.to_string(),
+    };
+    info!(
+        ?role,
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_sent = stats.udp_tx.bytes,
+        bytes_received = stats.udp_rx.bytes,
+        packets_sent = stats.udp_tx.datagrams,
+        subscriptions = subscribed,
+        why,
+        "connection ended"
+    );
     match outcome {
         Ok(()) => {
             // The peer finished its control stream: let a publisher's last frames land.

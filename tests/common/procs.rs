@@ -84,6 +84,11 @@ impl Proc {
 
     pub fn addr(&mut self) -> String {
         let l = self.wait_line("listening (QUIC)");
+        if l.starts_with('{') {
+            // --log-format json
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            return v["fields"]["addr"].as_str().unwrap().to_string();
+        }
         let a = l
             .split("addr=")
             .nth(1)
