@@ -450,3 +450,27 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
         assert!(err.contains(&format!("error: {key}")), "{text}: {err}");
     }
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deploy/quicast@.service"),
+    )
+    .unwrap();
+    // An instance of the template, running this build.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("quicast@edge-1.service");
+    std::fs::write(&f, unit.replace("/usr/local/bin/quicast", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&f)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; .ci/run installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("quicast@"),
+        "systemd-analyze has something to say: {said}"
+    );
+}
