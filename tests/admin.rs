@@ -98,7 +98,8 @@ fn metrics_and_health_tell_an_operator_what_a_node_does() {
     let _pub = publish(&c, &[&o], "talk", &src);
     let out = work.path().join("heard.opus");
     let _l = listen(&c, &[&r], "talk", &out, 60);
-    r.p.wait_lines(&["stream comes from"]);
+    // The listener's subscription has its broadcast: the stream is live at the relay.
+    r.p.wait_lines(&["stream comes from", "egress::quic: subscribed"]);
     // The relay: one stream, one listener, from the origin; its parent is up.
     let m = scrape(&r_admin);
     assert_eq!(m["quicast_streams"], 1.0);

@@ -267,14 +267,15 @@ impl Upstream {
             async move {
                 tokio::select! {
                     e = link.closed() => {
-                        warn!(side = "upstream", "parent lost: {e}");
                         inc(&self.failovers);
                         self.lost(i);
+                        warn!(side = "upstream", "parent lost: {e}");
                     }
                     _ = link.going_away() => {
-                        info!("parent is draining: its streams move to other parents");
-                        inc(&self.failovers);
+                        // Marked (and counted) before it is said, so what is said is true.
                         self.set_health(i, |h| h.draining = true);
+                        inc(&self.failovers);
+                        info!("parent is draining: its streams move to other parents");
                         // Once every stream has moved, this relay leaves it too.
                         let mut users = self.each[i].users.subscribe();
                         tokio::select! {
