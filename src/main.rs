@@ -169,7 +169,11 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         // Colour only for a person at a terminal; log files and pipes get plain text.
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -362,7 +366,12 @@ async fn run_listen(
         out.flush()?;
         Ok(())
     })
-    .await?;
+    .await;
+    // Leave politely: the node frees the listener's place now, not at its idle timeout.
+    for (client, _) in &nodes {
+        client.close().await;
+    }
+    let report = report?;
     out.write_all(&writer.finish())?;
     out.flush()?;
     info!(
@@ -432,7 +441,14 @@ async fn run_publish(
         looping,
         realtime,
     };
-    publish(origins, &opts).await?;
+    let clients: Vec<Client> = origins.iter().map(|o| o.client.clone()).collect();
+    let r = publish(origins, &opts).await;
+    // Leave politely: each origin knows at once (a publisher that failed is not taken for
+    // one that was cut off).
+    for c in &clients {
+        c.close().await;
+    }
+    r?;
     Ok(())
 }
 

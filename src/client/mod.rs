@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::Connection;
 
@@ -57,6 +58,14 @@ impl Client {
     /// A client bound to an ephemeral port of the same address family as `target`.
     pub fn for_target(target: &SocketAddr, trust: &Trust) -> Result<Client> {
         Client::new(transport::unspecified_for(target), trust)
+    }
+
+    /// Closes every connection of this client politely (the node learns at once that its
+    /// listener or publisher is gone, not after an idle timeout) and waits, briefly, for the
+    /// close to be sent.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
     }
 
     /// Connects to the node at `url` and says hello as `role`.
