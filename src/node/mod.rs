@@ -21,6 +21,9 @@ pub mod config;
 mod fanout;
 mod ingest;
 mod load;
+mod merge;
+mod parents;
+mod rendezvous;
 mod stats;
 mod upstream;
 
@@ -29,11 +32,12 @@ pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use fanout::{fan_out, Delivery, Sink};
 pub use ingest::Publishing;
 pub use load::next_overload;
+pub use parents::{
+    ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
+};
+pub use rendezvous::{hash_order, rendezvous};
 pub use stats::Stats;
 pub(crate) use stats::{dec, inc};
-pub use upstream::{
-    hash_order, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
-};
 
 use upstream::Upstream;
 

@@ -1,0 +1,87 @@
+//! A relay's way to its parents, as the node sees it: traits the transport implements
+//! (`client::QuicParents` over QUIC), so the node holds no transport of its own.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::model::WireFrame;
+use crate::proto::{Codec, ErrorCode, Start};
+
+/// A relay's way to its parents.
+pub trait Parents: Send + Sync + 'static {
+    /// How many parents there are.
+    fn count(&self) -> usize;
+    /// How parent `i` is named: in logs, and in the hash that spreads streams (every relay
+    /// must name a parent alike: its `HOST:PORT`).
+    fn describe(&self, i: usize) -> String;
+    /// How many streams parent `i` takes, relative to the others.
+    fn weight(&self, i: usize) -> u32 {
+        let _ = i;
+        1
+    }
+    /// A new connection to parent `i`.
+    fn connect(&self, i: usize) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>>;
+}
+
+/// One connection to a parent.
+pub trait ParentLink: Send + Sync {
+    /// The parent's node name, as its hello says.
+    fn name(&self) -> &str;
+    fn is_closed(&self) -> bool;
+    /// Why the connection ended (waits until it has).
+    fn closed(&self) -> BoxFuture<'_, Error>;
+    /// Resolves when the parent says it is going away (draining).
+    fn going_away(&self) -> BoxFuture<'_, ()>;
+    fn subscribe(
+        &self,
+        path: &str,
+        start: Start,
+    ) -> BoxFuture<'_, Result<Box<dyn ParentSubscription>>>;
+}
+
+/// What a subscription on a parent hears, in the order the parent sent it.
+pub enum ParentEvent {
+    Subscribed {
+        instance: u64,
+        codec: Codec,
+    },
+    /// A segment, read frame by frame as it arrives.
+    Segment {
+        seq: u64,
+        frames: Box<dyn SegmentReader>,
+    },
+    /// The broadcast ended with segment `last_seq`.
+    End {
+        last_seq: u64,
+    },
+    /// The parent refused the subscription, or reported an error.
+    Refused(Error),
+}
+
+/// One subscription on a parent; dropping it unsubscribes.
+pub trait ParentSubscription: Send {
+    /// The next event; None once the connection is gone (see `ParentLink::closed`).
+    fn next(&mut self) -> BoxFuture<'_, Option<ParentEvent>>;
+}
+
+/// How reading a segment went.
+pub enum SegmentRead {
+    /// Frames were appended.
+    Frames,
+    /// The segment is complete.
+    Finished,
+    /// The parent gave the segment up (it moved us forward, `skipped`).
+    Reset(ErrorCode),
+    /// The connection failed.
+    Failed(Error),
+}
+
+/// A segment's frames as they arrive.
+pub trait SegmentReader: Send {
+    /// Appends the frames that have arrived, waiting for at least one.
+    fn read<'a>(&'a mut self, out: &'a mut Vec<WireFrame>) -> BoxFuture<'a, SegmentRead>;
+    /// Tells the parent we do not want the rest.
+    fn stop(&mut self, code: ErrorCode);
+}
