@@ -15,7 +15,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{cert, field, source, spawn_bin, Killed, Log, BIN};
+use support::{cert, field, publisher, source, spawn_bin, Killed, Log, BIN};
 
 const LOG: &str = "warn,quicast::server=info,quicast::node=info";
 
@@ -69,20 +69,7 @@ fn run_one(hedge: &'static str, n: usize, secs: u64, dir: &std::path::Path) -> R
             &maxc,
         ],
     );
-    let _publisher = spawn_bin(
-        BIN,
-        &[
-            "publish",
-            &format!("quic://{oaddr}/bench"),
-            "--input",
-            src.to_str().unwrap(),
-            "--loop",
-            "--fingerprint",
-            &fp,
-        ],
-        Some("1"),
-        "warn",
-    );
+    let _publisher = publisher(&oaddr, "bench", &src, &fp, Some("1"));
     let ramp = (n as f64 / 2500.0).max(1.0);
     let mut loadgen = Killed(
         Command::new("taskset")

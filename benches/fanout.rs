@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{addr, cert, source, spawn_bin, Killed, BIN};
+use support::{addr, cert, publisher, source, spawn_bin, Killed, BIN};
 
 fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
     spawn_bin(BIN, args, pin, LOG)
@@ -127,18 +127,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         LOG,
     );
     let raddr = addr(&mut relay);
-    let _publisher = spawn(
-        &[
-            "publish",
-            &format!("quic://{oaddr}/bench"),
-            "--input",
-            src.to_str().unwrap(),
-            "--loop",
-            "--fingerprint",
-            &fp,
-        ],
-        Some("1"),
-    );
+    let _publisher = publisher(&oaddr, "bench", &src, &fp, Some("1"));
     std::thread::sleep(Duration::from_secs(2));
     let rpid = pid(&relay);
     let rss0 = rss_kib(rpid);

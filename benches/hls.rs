@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use support::{cert, field, source, spawn_bin, Killed, Log, BIN};
+use support::{cert, publisher, source, spawn_bin, Killed, Log, BIN};
 
 const LOG: &str = "warn,quicast::server=info";
 
@@ -201,24 +201,8 @@ fn setup(dir: &Path) -> Setup {
         LOG,
     );
     let mut edge_log = Log::of(&mut edge);
-    let (_, l) = edge_log
-        .wait("listening (HTTP)", Duration::from_secs(30))
-        .expect("the edge serves HTTP");
-    let edge_http = field(&l, "addr=");
-    let publisher = spawn_bin(
-        BIN,
-        &[
-            "publish",
-            &format!("quic://{oaddr}/bench"),
-            "--input",
-            src.to_str().unwrap(),
-            "--loop",
-            "--fingerprint",
-            &fp,
-        ],
-        Some("1"),
-        "warn",
-    );
+    let edge_http = edge_log.http_addr();
+    let publisher = publisher(&oaddr, "bench", &src, &fp, Some("1"));
     Setup {
         _origin: origin,
         edge,

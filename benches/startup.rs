@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{cert, field, source, spawn_bin, Killed, Log, BIN};
+use support::{cert, publisher, source, spawn_bin, Killed, Log, BIN};
 
 const LOG: &str = "warn,quicast::server=info";
 const STREAM: &str = "bench";
@@ -243,24 +243,8 @@ fn nodes(dir: &std::path::Path) -> Nodes {
         LOG,
     );
     let mut edge_log = Log::of(&mut edge);
-    let (_, l) = edge_log
-        .wait("listening (HTTP)", Duration::from_secs(30))
-        .expect("the edge serves HTTP");
-    let edge_http = field(&l, "addr=");
-    let publisher = spawn_bin(
-        BIN,
-        &[
-            "publish",
-            &format!("quic://{oaddr}/{STREAM}"),
-            "--input",
-            src.to_str().unwrap(),
-            "--loop",
-            "--fingerprint",
-            &fp,
-        ],
-        None,
-        "warn",
-    );
+    let edge_http = edge_log.http_addr();
+    let publisher = publisher(&oaddr, STREAM, &src, &fp, None);
     Nodes {
         _origin: origin,
         _origin_log: origin_log,

@@ -3,32 +3,17 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::browser::{headless, page_server, publish_sample};
 use common::*;
 use quicast::node::config::Millis;
 use quicast::{HttpServer, NodeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 async fn http(s: &Server) -> HttpServer {
     HttpServer::start(s.node.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
-}
-
-/// Chromium, as installed (.ci/run installs it: apt-get install -y chromium).
-fn chromium() -> &'static str {
-    ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| {
-            std::process::Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok()
-        })
-        .expect("chromium is needed (.ci/run installs it: apt-get install -y chromium)")
 }
 
 /// The test's page: it takes the edge's page (`http://EDGE/`) into itself, with the edge
@@ -89,37 +74,6 @@ load().then(html => {{
     )
 }
 
-/// Serves `html` at any address but `/report?QUERY`, whose QUERY it sends to the receiver.
-async fn page_server(html: String) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<String>) {
-    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = pages.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = pages.accept().await.unwrap();
-            let (html, tx) = (html.clone(), tx.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let line = req.lines().next().unwrap_or("").to_string();
-                if let Some(q) = line.strip_prefix("GET /report?") {
-                    let _ = tx
-                        .send(q.split_whitespace().next().unwrap_or("").to_string())
-                        .await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n")
-                        .await;
-                } else {
-                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len());
-                    let _ = s.write_all(resp.as_bytes()).await;
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 /// The value of `key` in a query string (not decoded).
 fn field<'a>(report: &'a str, key: &str) -> Option<&'a str> {
     report
@@ -129,7 +83,6 @@ fn field<'a>(report: &'a str, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_the_page_through_media_source_from_an_edge() {
-    let chromium = chromium();
     // Segments of a second, as an origin has them by default: five parts each.
     let o = origin_with(NodeConfig {
         segment_ms: Millis::new(1000),
@@ -139,48 +92,13 @@ async fn chromium_plays_the_page_through_media_source_from_an_edge() {
     let r = relay(&[&o]).await;
     let edge = http(&r).await;
     // A real-time Opus stream: the sample the demo ships, looped.
-    let c = client(&o);
-    let u = url(&o, "live");
-    let publisher = tokio::spawn(async move {
-        let origin = quicast::client::Origin {
-            client: c,
-            url: u,
-            token: String::new(),
-        };
-        let opts = quicast::client::PublishOptions {
-            path: "live".into(),
-            input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
-                "../src/cli/demo/sample.opus"
-            ))),
-            looping: true,
-            realtime: true,
-        };
-        let _ = quicast::client::publish(vec![origin], &opts).await;
-    });
+    let publisher = publish_sample(&o, "live");
     // Live for a few segments before the page comes: it starts from the newest of several.
     wait_live(&o, "live").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (page_addr, mut rx) = page_server(test_page(&edge.addr.to_string(), "live")).await;
     let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--autoplay-policy=no-user-gesture-required",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--mute-audio",
-            &format!("--user-data-dir={}", profile.path().display()),
-            &format!("http://{page_addr}/"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut browser = headless(&format!("http://{page_addr}/"), profile.path());
     let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
         .expect("the page reported")

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::browser::{headless, page_server, publish_sample};
 use common::media::{assert_decodes_cleanly, make_opus, make_vorbis, packet_crcs};
 use common::*;
 use quicast::node::config::{Count, Secs};
@@ -279,39 +279,12 @@ async fn an_http_listener_that_never_reads_delays_nobody_and_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_the_stream_from_an_edge() {
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok()
-    });
-    let chromium =
-        chromium.expect("chromium is needed (.ci/run installs it: apt-get install -y chromium)");
     let o = origin().await;
     let r = relay(&[&o]).await;
     let edge = http(&r).await;
     // A real-time Opus stream: the sample the demo ships, looped.
-    let c = client(&o);
-    let u = url(&o, "live");
-    let publisher = tokio::spawn(async move {
-        let origin = quicast::client::Origin {
-            client: c,
-            url: u,
-            token: String::new(),
-        };
-        let opts = quicast::client::PublishOptions {
-            path: "live".into(),
-            input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
-                "../src/cli/demo/sample.opus"
-            ))),
-            looping: true,
-            realtime: true,
-        };
-        let _ = quicast::client::publish(vec![origin], &opts).await;
-    });
+    let publisher = publish_sample(&o, "live");
     // The test's own page server: serves a page with an <audio> element and takes its report.
-    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let page_addr = pages.local_addr().unwrap();
     let html = format!(
         r#"<!doctype html><html><body><audio id="a" autoplay src="http://{edge}/live.ogg"></audio><script>
 const a = document.getElementById('a');
@@ -326,50 +299,9 @@ a.addEventListener('playing', () => {{
 </script></body></html>"#,
         edge = edge.addr
     );
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = pages.accept().await.unwrap();
-            let (html, tx) = (html.clone(), tx.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let line = req.lines().next().unwrap_or("").to_string();
-                if let Some(q) = line.strip_prefix("GET /report?") {
-                    let _ = tx
-                        .send(q.split_whitespace().next().unwrap_or("").to_string())
-                        .await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                        .await;
-                } else {
-                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len());
-                    let _ = s.write_all(resp.as_bytes()).await;
-                }
-            });
-        }
-    });
+    let (page_addr, mut rx) = page_server(html).await;
     let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--autoplay-policy=no-user-gesture-required",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--mute-audio",
-            &format!("--user-data-dir={}", profile.path().display()),
-            &format!("http://{page_addr}/"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut browser = headless(&format!("http://{page_addr}/"), profile.path());
     let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
         .expect("the page reported")

@@ -91,6 +91,14 @@ impl Log {
         None
     }
 
+    /// The HTTP address the node serves on (`--http`).
+    pub fn http_addr(&mut self) -> String {
+        let (_, l) = self
+            .wait("listening (HTTP)", Duration::from_secs(30))
+            .expect("the node serves HTTP");
+        field(&l, "addr=")
+    }
+
     /// The QUIC address the node serves on.
     pub fn addr(&mut self) -> String {
         let (_, l) = self
@@ -175,4 +183,22 @@ pub fn source(dir: &Path) -> PathBuf {
         assert!(st.success());
     }
     p
+}
+
+/// `quicast publish --loop` of `src` to `quic://ORIGIN/STREAM`, trusting `fp`.
+pub fn publisher(origin: &str, stream: &str, src: &Path, fp: &str, pin: Option<&str>) -> Killed {
+    spawn_bin(
+        BIN,
+        &[
+            "publish",
+            &format!("quic://{origin}/{stream}"),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--fingerprint",
+            fp,
+        ],
+        pin,
+        "warn",
+    )
 }

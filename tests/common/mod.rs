@@ -2,6 +2,7 @@
 //! that records every frame.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod media;
 pub mod procs;
 

@@ -1,0 +1,100 @@
+//! A browser for the tests: headless Chromium on a page the test serves, reporting back
+//! over HTTP; and the demo's sample published in real time.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::{client, url, Server};
+
+/// Chromium, as installed (.ci/run installs it: apt-get install -y chromium).
+pub fn chromium() -> &'static str {
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("chromium is needed (.ci/run installs it: apt-get install -y chromium)")
+}
+
+/// Headless Chromium on `page` (autoplay allowed, muted), with its profile in `profile`;
+/// killed when dropped.
+pub fn headless(page: &str, profile: &std::path::Path) -> Child {
+    Command::new(chromium())
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--autoplay-policy=no-user-gesture-required",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--mute-audio",
+            &format!("--user-data-dir={}", profile.display()),
+            page,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The demo's sample, published to `o` as `path` in real time, looped, until aborted.
+pub fn publish_sample(o: &Server, path: &str) -> tokio::task::JoinHandle<()> {
+    let (c, u, path) = (client(o), url(o, path), path.to_string());
+    tokio::spawn(async move {
+        let origin = quicast::client::Origin {
+            client: c,
+            url: u,
+            token: String::new(),
+        };
+        let opts = quicast::client::PublishOptions {
+            path,
+            input: quicast::client::Input::Memory(bytes::Bytes::from_static(include_bytes!(
+                "../../src/cli/demo/sample.opus"
+            ))),
+            looping: true,
+            realtime: true,
+        };
+        let _ = quicast::client::publish(vec![origin], &opts).await;
+    })
+}
+
+/// Serves `html` at any address but `/report?QUERY`, whose QUERY it sends to the receiver.
+pub async fn page_server(
+    html: String,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+    let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = pages.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = pages.accept().await.unwrap();
+            let (html, tx) = (html.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_string();
+                if let Some(q) = line.strip_prefix("GET /report?") {
+                    let _ = tx
+                        .send(q.split_whitespace().next().unwrap_or("").to_string())
+                        .await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n")
+                        .await;
+                } else {
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}", html.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
