@@ -12,11 +12,12 @@ use quicast::client::{
 };
 use quicast::media::OggOpusWriter;
 use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
+use quicast::node::{mint, Access, Claims, Grant};
 use quicast::proto::QuicUrl;
 use quicast::{
     new_node, AdminServer, HttpServer, Identity, NodeArgs, NodeConfig, QuicServer, Trust,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 mod cli;
 
@@ -119,6 +120,9 @@ enum Cmd {
         /// Stop after this many seconds (exit 0).
         #[arg(long)]
         duration: Option<f64>,
+        /// A listen token, for streams whose node asks for one.
+        #[arg(long, env = "QUICAST_TOKEN", default_value = "")]
+        token: String,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -153,6 +157,25 @@ enum Cmd {
         /// Check it as an `origin` or a `relay` [default: a relay if it names upstreams].
         #[arg(long)]
         role: Option<String>,
+    },
+    /// Mint a signed token (printed on stdout) for a publisher, a listener or a relay.
+    Token {
+        /// The signing key: an HMAC secret file (HS256), or a PEM ECDSA P-256 private key
+        /// (ES256) whose public key the nodes hold.
+        #[arg(long)]
+        key: PathBuf,
+        /// The key id the nodes know the key by (their `token-key KID=FILE`).
+        #[arg(long)]
+        kid: String,
+        /// What it lets its holder do: publish, listen or relay.
+        #[arg(long)]
+        role: Grant,
+        /// The stream path it is for, a prefix ending in /, or / for every stream.
+        #[arg(long)]
+        path: String,
+        /// Seconds it is valid for, from now.
+        #[arg(long)]
+        ttl: u64,
     },
     /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
     Demo {
@@ -252,8 +275,88 @@ fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()
     Ok(())
 }
 
+/// `quicast token`: one signed token on stdout.
+fn mint_token(
+    key: &std::path::Path,
+    kid: &str,
+    role: Grant,
+    path: String,
+    ttl: u64,
+) -> anyhow::Result<()> {
+    const MAX_TTL: u64 = 10 * 366 * 86_400;
+    if ttl == 0 || ttl > MAX_TTL {
+        bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
+    }
+    let name = path.trim_start_matches('/');
+    let name = name.strip_suffix('/').unwrap_or(name);
+    if !name.is_empty() {
+        quicast::proto::check_path(name).map_err(|e| anyhow::anyhow!("--path {path:?}: {e}"))?;
+    }
+    let now = quicast::node::unix_now();
+    let claims = Claims {
+        role,
+        path,
+        exp: now + ttl,
+        nbf: now,
+    };
+    let token = mint(key, kid, &claims).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// SIGHUPs, from the moment this is called (a SIGHUP no longer stops the process).
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// Resolves at the next SIGHUP (never without the signal).
+async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// SIGHUP: the config (file and flags) read again; its certificate, token keys and listen
+/// policy taken for what comes next. All or nothing: a file that does not pass the start-up
+/// checks is refused, naming the key, and nothing changes. Other keys take effect at restart.
+fn reload(
+    args: &NodeArgs,
+    relay: bool,
+    node: &quicast::Node,
+    server: &QuicServer,
+) -> Result<String, ConfigError> {
+    let cfg = args.clone().load()?.resolve();
+    cfg.check(relay)?;
+    let access = Access::from_config(&cfg)?;
+    // A generated certificate is kept: a new one would break every fingerprint pin.
+    let identity = match cfg.cert {
+        Some(_) => Some(identity(&cfg)?),
+        None => None,
+    };
+    if let Some(id) = &identity {
+        server
+            .set_identity(id)
+            .map_err(|e| invalid("cert", e.to_string()))?;
+    }
+    let what = format!(
+        "certificate {}, {} token key(s), listen policy",
+        identity
+            .as_ref()
+            .map_or("unchanged (generated)".to_string(), |i| i
+                .fingerprint
+                .clone()),
+        access.keys(),
+    );
+    node.set_access(access);
+    Ok(what)
+}
+
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
-    let mut cfg = args.load()?.resolve();
+    let mut hups = hangups();
+    let mut cfg = args.clone().load()?.resolve();
     cfg.check(relay)?;
     if cfg.max_http_connections.is_none() {
         cfg.max_http_connections = Some(Count::new(descriptor_budget()));
@@ -271,10 +374,19 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
         None => None,
     };
     let _http = match http {
-        Some(addr) => Some(HttpServer::start(node, addr).await?),
+        Some(addr) => Some(HttpServer::start(node.clone(), addr).await?),
         None => None,
     };
-    if stop_signal().await == Stop::Terminate && !drain.is_zero() {
+    let stop = loop {
+        tokio::select! {
+            stop = stop_signal() => break stop,
+            () = hangup(&mut hups) => match reload(&args, relay, &node, &server) {
+                Ok(what) => info!("reloaded on SIGHUP: {what}"),
+                Err(e) => warn!("reload refused, the running settings stay: {e}"),
+            },
+        }
+    };
+    if stop == Stop::Terminate && !drain.is_zero() {
         // Tell listeners and child relays to move, and give them the time to.
         server.drain(alternates);
         tokio::select! {
@@ -299,6 +411,7 @@ async fn run_listen(
     silence_ms: u64,
     output: String,
     duration: Option<f64>,
+    token: String,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
     let urls = urls
@@ -338,6 +451,7 @@ async fn run_listen(
         path,
         deadline,
         silence: Duration::from_millis(silence_ms),
+        token,
     };
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
@@ -588,9 +702,17 @@ async fn main() -> std::process::ExitCode {
             silence_ms,
             output,
             duration,
+            token,
             trust,
-        } => run_listen(urls, silence_ms, output, duration, trust).await,
+        } => run_listen(urls, silence_ms, output, duration, token, trust).await,
         Cmd::Demo { base_port } => run_demo(base_port).await,
+        Cmd::Token {
+            key,
+            kid,
+            role,
+            path,
+            ttl,
+        } => mint_token(&key, &kid, role, path, ttl),
         Cmd::CheckConfig { file, role } => check_config(&file, role.as_deref()),
         Cmd::Loadgen {
             urls,

@@ -116,13 +116,15 @@ impl Collector for NodeCollector {
             let c = ConstCounter::new(0u64);
             let mut fam = e.encode_descriptor(
                 "quicast_refusals",
-                "Connections refused, by reason.",
+                "Connections, subscriptions and requests refused, by reason.",
                 None,
                 c.metric_type(),
             )?;
             for (reason, v) in [
                 ("overload", shed),
                 ("limit", get(&s.refused_total).saturating_sub(shed)),
+                ("auth", get(&s.auth_refused_total)),
+                ("not_found", get(&s.not_found_total)),
             ] {
                 ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
             }

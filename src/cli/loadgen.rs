@@ -237,6 +237,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                         path: path.clone(),
                         deadline: Some(end),
                         silence,
+                        token: String::new(),
                     };
                     listen_any(&nodes, &lo, on).await?;
                 }

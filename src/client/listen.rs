@@ -101,6 +101,8 @@ pub struct ListenOptions {
     pub deadline: Option<Instant>,
     /// Once audio flows, a node that sends nothing for this long is taken for lost.
     pub silence: Duration,
+    /// The token presented to each node (empty: none).
+    pub token: String,
 }
 
 /// Listens on `path` until the broadcast ends or `deadline` passes.
@@ -150,7 +152,7 @@ pub async fn listen_any(
             Some(n) => (&n.0, &n.1),
             None => (&nodes[k % nodes.len()].0, &nodes[k % nodes.len()].1),
         };
-        let connect = client.connect(url, Role::Listener, "");
+        let connect = client.connect(url, Role::Listener, &opts.token);
         let session = tokio::select! {
             s = connect => s,
             _ = &mut timer => return Ok(pos.report),

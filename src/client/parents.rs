@@ -11,6 +11,7 @@ use super::session::{Event, Session, Subscription};
 use super::Client;
 use crate::error::{Error, Result};
 use crate::model::WireFrame;
+use crate::node::config::read_relay_token;
 use crate::node::{
     NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
@@ -22,6 +23,8 @@ pub struct QuicParents {
     parents: Vec<QuicUrl>,
     client: Client,
     connect_timeout: Duration,
+    /// The file holding the relay token presented to parents (read at each connection).
+    relay_token: Option<std::path::PathBuf>,
 }
 
 impl QuicParents {
@@ -40,6 +43,7 @@ impl QuicParents {
                 transport::upstream_config(&trust, streams, cfg.parent_timeout_ms.get())?,
             )?,
             connect_timeout: cfg.connect_timeout_ms.get(),
+            relay_token: cfg.relay_token.clone(),
         })
     }
 }
@@ -66,9 +70,13 @@ impl Parents for QuicParents {
                 .parents
                 .get(i)
                 .ok_or_else(|| Error::local("no such parent"))?;
+            let token = match &self.relay_token {
+                Some(f) => read_relay_token(f).map_err(|e| Error::local(e.to_string()))?,
+                None => String::new(),
+            };
             let s = tokio::time::timeout(
                 self.connect_timeout,
-                self.client.connect(url, Role::Relay, ""),
+                self.client.connect(url, Role::Relay, &token),
             )
             .await
             .map_err(|_| Error::timeout("connecting to parent"))??;

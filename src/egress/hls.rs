@@ -61,6 +61,18 @@ pub enum Resource {
     },
 }
 
+impl Resource {
+    /// The stream it is of.
+    pub fn name(&self) -> &str {
+        match self {
+            Resource::Playlist { name, .. }
+            | Resource::Init { name, .. }
+            | Resource::Segment { name, .. }
+            | Resource::Part { name, .. } => name,
+        }
+    }
+}
+
 /// What to answer.
 pub struct Reply {
     pub content_type: &'static str,

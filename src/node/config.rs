@@ -16,6 +16,9 @@ use serde::Deserialize;
 
 use crate::proto::QuicUrl;
 
+pub use super::access::ListenRule;
+pub use super::token::TokenKey;
+
 /// A configuration key that cannot be taken: which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -184,6 +187,16 @@ keys! {
     http_wait_secs: one Secs<0, 3600> = "30";
     /// Token publishers must present (origin). Without one, anyone may publish.
     publish_token: opt Secret = "";
+    /// A key signed tokens are checked with, KID=FILE (repeat: several at once let keys
+    /// rotate): an HMAC-SHA256 secret (at least 32 bytes) or an ECDSA P-256 public key (PEM,
+    /// ES256). With keys, publishers and child relays need a signed token. Re-read on SIGHUP.
+    token_key: list Vec<TokenKey> = "";
+    /// Who may listen, PREFIX=public or PREFIX=token (repeat; the longest matching prefix
+    /// decides, / is every stream) [default: every stream public]. Re-read on SIGHUP.
+    listen_policy: list Vec<ListenRule> = "";
+    /// File holding the relay token (role relay) this relay presents to its parents; read
+    /// at each connection to a parent, so a new one is taken without a restart.
+    relay_token: opt PathBuf = "";
     /// Target segment duration in milliseconds (origin).
     segment_ms: one Millis<20, 10_000> = "1000";
     /// Delivery interval in ms (origin): listeners are sent new frames at most this often, in
@@ -301,7 +314,7 @@ impl NodeConfig {
                 "a relay needs at least one --upstream quic://HOST:PORT",
             ));
         }
-        if self.admin.is_some() && self.admin == self.http {
+        if self.admin.is_some_and(|a| a.port() != 0) && self.admin == self.http {
             return Err(invalid(
                 "admin",
                 "the admin port must not be the public HTTP address (metrics are not for everyone)",
@@ -322,6 +335,15 @@ impl NodeConfig {
         if relay && self.publish_token.is_some() {
             return Err(invalid("publish-token", "a relay takes no publishers"));
         }
+        if !relay && self.relay_token.is_some() {
+            return Err(invalid(
+                "relay-token",
+                "an origin has no parents to present it to",
+            ));
+        }
+        if let Some(f) = &self.relay_token {
+            read_relay_token(f)?;
+        }
         if relay && self.source_password.is_some() {
             return Err(invalid("source-password", "a relay takes no sources"));
         }
@@ -338,11 +360,31 @@ impl NodeConfig {
             }
         }
         match (&self.cert, &self.key) {
-            (Some(_), None) => Err(invalid("key", "--cert needs --key")),
-            (None, Some(_)) => Err(invalid("cert", "--key needs --cert")),
-            _ => Ok(()),
+            (Some(_), None) => return Err(invalid("key", "--cert needs --key")),
+            (None, Some(_)) => return Err(invalid("cert", "--key needs --cert")),
+            _ => {}
         }
+        // Key files are read, and the policy checked against them.
+        super::access::Access::from_config(self).map(|_| ())
     }
+}
+
+/// The relay token in `file`: its one line, bounded; refused naming `relay-token`.
+pub fn read_relay_token(file: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read(file)
+        .map_err(|e| invalid("relay-token", format!("{}: {e}", file.display())))?;
+    let t = String::from_utf8_lossy(&text).trim().to_string();
+    if t.is_empty() || t.len() > super::token::MAX_TOKEN || t.contains(char::is_whitespace) {
+        return Err(invalid(
+            "relay-token",
+            format!(
+                "{}: expected one token of at most {} bytes",
+                file.display(),
+                super::token::MAX_TOKEN
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 /// Whole seconds, within `LO..=HI`.

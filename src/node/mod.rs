@@ -16,6 +16,7 @@ use crate::error::{Error, Kind, Result};
 use crate::model::{Announced, Create, Cursor, Registry, StoreConfig, SubscriberGuard};
 use crate::proto::{ErrorCode, Role, Start};
 
+mod access;
 mod auth;
 pub mod config;
 mod fanout;
@@ -25,8 +26,10 @@ mod merge;
 mod parents;
 mod rendezvous;
 mod stats;
+mod token;
 mod upstream;
 
+pub use access::{Access, ListenRule, Need, Presented};
 pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use fanout::{fan_out, Delivery, Sink};
@@ -38,6 +41,7 @@ pub use parents::{
 pub use rendezvous::{hash_order, rendezvous};
 pub use stats::Stats;
 pub(crate) use stats::{dec, inc};
+pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey};
 
 use upstream::Upstream;
 
@@ -56,6 +60,8 @@ pub struct Node {
     refused: moka::sync::Cache<String, (ErrorCode, String)>,
     /// The node's own background work, stopped with it.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Who may publish, listen and relay (swapped whole on reload).
+    access: std::sync::RwLock<Arc<Access>>,
 }
 
 impl Drop for Node {
@@ -101,6 +107,7 @@ impl Node {
                 ))
             }
         };
+        let access = Access::from_config(&cfg).map_err(|e| Error::local(e.to_string()))?;
         let refused = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(cfg.refusal_memory_secs.get().max(Duration::from_millis(1)))
@@ -115,6 +122,7 @@ impl Node {
             waiting_by_addr: Default::default(),
             refused,
             tasks: Mutex::default(),
+            access: std::sync::RwLock::new(Arc::new(access)),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
@@ -129,6 +137,25 @@ impl Node {
 
     pub fn name(&self) -> &str {
         self.cfg.name()
+    }
+
+    /// Who may publish, listen and relay, now.
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes new access rules (a reload): connections already in keep theirs.
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+    }
+
+    /// Counts a refusal for a token (or its absence) and says why in the log.
+    pub fn refused_auth(&self, what: &str, why: &Refusal) {
+        inc(&self.stats.auth_refused_total);
+        tracing::warn!(side = "downstream", reason = %why, "refused {what}: {why}");
     }
 
     /// Whether new connections are being refused to protect the listeners already served.
@@ -206,6 +233,20 @@ impl Node {
     /// `max-waiting-per-conn` such subscriptions per connection and `max-waiting-per-addr`
     /// per listener address, and a name nobody announced waits `unannounced-wait-secs` at most.
     pub async fn subscribe(
+        self: &Arc<Self>,
+        path: &str,
+        start: Start,
+        wait: Duration,
+        peer: &Peer,
+    ) -> Result<Subscriber> {
+        let r = self.subscribe_once(path, start, wait, peer).await;
+        if matches!(&r, Err(e) if e.kind() == Kind::NotFound) {
+            inc(&self.stats.not_found_total);
+        }
+        r
+    }
+
+    async fn subscribe_once(
         self: &Arc<Self>,
         path: &str,
         start: Start,

@@ -22,7 +22,7 @@ use crate::admin::status;
 use crate::egress::{hls, http_ogg};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::icecast::{self, ChunkSource};
-use crate::node::{Node, Peer};
+use crate::node::{inc, Need, Node, Peer};
 use crate::proto::{self, Role};
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -324,16 +324,31 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> R
             status::streams_json(&node),
         ),
         (&Method::GET | &Method::HEAD, _) if hls.is_some() => match hls {
-            Some(Ok(r)) => serve_hls(&node, r, &peer).await,
+            Some(Ok(r)) => {
+                let token = listen_token(&req);
+                match may_listen(&node, r.name(), token.as_deref()) {
+                    Ok(protected) => {
+                        // A token given in the query goes on in every URI of a playlist
+                        // (a player asks for those without it otherwise).
+                        let query_token = token.filter(|_| from_query(&req));
+                        serve_hls(&node, r, &peer, protected, query_token.as_deref()).await
+                    }
+                    Err(resp) => *resp,
+                }
+            }
             Some(Err(e)) => text(StatusCode::BAD_REQUEST, e.to_string()),
             None => text(StatusCode::NOT_FOUND, "no such page"),
         },
         (&Method::GET | &Method::HEAD, p) if p.ends_with(".ogg") => {
             let name = &p[1..p.len() - 4];
+            let token = listen_token(&req);
             match proto::check_path(name) {
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("bad stream name: {e}")),
-                Ok(()) if req.method() == Method::HEAD => head_ogg(&node, name, &peer).await,
-                Ok(()) => listen_ogg(node.clone(), name.to_string(), &peer).await,
+                Ok(()) => match may_listen(&node, name, token.as_deref()) {
+                    Err(refused) => *refused,
+                    Ok(_) if req.method() == Method::HEAD => head_ogg(&node, name, &peer).await,
+                    Ok(_) => listen_ogg(node.clone(), name.to_string(), &peer).await,
+                },
             }
         }
         (&Method::PUT, p) => source(node.clone(), p[1..].to_string(), req).await,
@@ -349,6 +364,86 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> R
     };
     cors(&mut resp);
     resp
+}
+
+/// A listener's token: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
+fn listen_token(req: &Request<Incoming>) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string());
+    bearer.or_else(|| query_token(req.uri().query()))
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_string)
+}
+
+/// Whether the token came in the query (not a header).
+fn from_query(req: &Request<Incoming>) -> bool {
+    req.headers().get(header::AUTHORIZATION).is_none() && query_token(req.uri().query()).is_some()
+}
+
+/// Whether a listener with `token` may have stream `name`: `Ok(protected)` (whether the
+/// stream needs a token: its answers are then private to the holder), or the refusal to
+/// send (401 or 403, counted and logged).
+fn may_listen(
+    node: &Node,
+    name: &str,
+    token: Option<&str>,
+) -> std::result::Result<bool, Box<Response<Body>>> {
+    let access = node.access();
+    let presented = access.present(token.unwrap_or("").as_bytes());
+    match access.may_listen(&presented, name, false) {
+        Ok(()) => Ok(access.need(name) == Need::Token),
+        Err(why) => {
+            node.refused_auth(&format!("an HTTP listener of {name}"), &why);
+            let e = why.into_error();
+            let status = status_for(&e);
+            let mut r = text(status, e.reason());
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"quicast\""),
+                );
+            }
+            Err(Box::new(r))
+        }
+    }
+}
+
+/// Adds `?token=` (or `&token=`) to every URI of a playlist.
+fn playlist_with_token(body: &[u8], token: &str) -> Bytes {
+    let text = String::from_utf8_lossy(body);
+    let add = |uri: &str| {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        format!("{uri}{sep}token={token}")
+    };
+    let mut out = String::with_capacity(text.len() + 64 * token.len());
+    for line in text.lines() {
+        if line.is_empty() {
+        } else if !line.starts_with('#') {
+            out.push_str(&add(line));
+        } else if let Some(i) = line.find("URI=\"") {
+            let start = i + 5;
+            let end = line[start..].find('"').map_or(line.len(), |e| start + e);
+            out.push_str(&line[..start]);
+            out.push_str(&add(&line[start..end]));
+            out.push_str(&line[end..]);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Bytes::from(out)
 }
 
 fn ogg_headers(r: &mut Response<Body>) {
@@ -397,18 +492,37 @@ fn source_precheck(node: &Node, name: &str, auth: Option<&[u8]>) -> Result<()> {
             "a relay takes no sources; send to the origin",
         ));
     }
-    icecast::precheck(node, name, auth)
+    let r = icecast::precheck(node, name, auth);
+    if matches!(&r, Err(e) if e.kind() == Kind::Unauthorized) {
+        inc(&node.stats.auth_refused_total);
+    }
+    r
 }
 
 /// An HLS playlist, init segment, segment or part (see `egress::hls`).
-async fn serve_hls(node: &Arc<Node>, r: hls::Resource, peer: &Peer) -> Response<Body> {
+async fn serve_hls(
+    node: &Arc<Node>,
+    r: hls::Resource,
+    peer: &Peer,
+    protected: bool,
+    query_token: Option<&str>,
+) -> Response<Body> {
+    let playlist = matches!(r, hls::Resource::Playlist { .. });
     match hls::serve(node, r, peer).await {
         Ok(reply) => {
-            let mut resp = full(StatusCode::OK, reply.content_type, reply.body);
-            resp.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(reply.cache_control),
-            );
+            let body = match query_token {
+                Some(t) if playlist => playlist_with_token(&reply.body, t),
+                _ => reply.body,
+            };
+            let mut resp = full(StatusCode::OK, reply.content_type, body);
+            // A stream that needs a token is for its holder only: no shared cache keeps it.
+            let cache = if protected {
+                HeaderValue::from_str(&reply.cache_control.replace("public", "private"))
+                    .unwrap_or(HeaderValue::from_static("private, no-store"))
+            } else {
+                HeaderValue::from_static(reply.cache_control)
+            };
+            resp.headers_mut().insert(header::CACHE_CONTROL, cache);
             resp
         }
         Err(e) => {

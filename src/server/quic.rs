@@ -13,8 +13,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::egress::quic::serve_subscription;
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::serve_publish;
-use crate::node::config::Secret;
-use crate::node::{credential, dec, inc, secret_eq, Node, Peer};
+use crate::node::{credential, dec, inc, Node, Peer, Presented};
 use crate::proto::{self, ErrorCode, Message, Role};
 use crate::transport::{
     self, close, conn_error, write_message, ControlReader, ControlWriter, Identity,
@@ -51,8 +50,8 @@ impl QuicServer {
         let addr = endpoint.local_addr()?;
         let role = if node.is_relay() { "relay" } else { "origin" };
         info!(%addr, role, node = %node.name(), fingerprint = %identity.fingerprint, "listening (QUIC)");
-        if !node.is_relay() && node.cfg.publish_token.is_none() {
-            warn!("no publish token configured: any client can publish to this origin (set --publish-token)");
+        if !node.is_relay() && node.access().open_to_publishers() {
+            warn!("no token key nor publish token configured: any client can publish to this origin (set --token-key)");
         }
         let ep = endpoint.clone();
         let n = node.clone();
@@ -90,6 +89,17 @@ impl QuicServer {
             accept,
             going_away,
         })
+    }
+
+    /// Serves new connections with `identity` (a reload: connections already in keep the
+    /// certificate they were made with).
+    pub fn set_identity(&self, identity: &Identity) -> Result<()> {
+        self.endpoint
+            .set_server_config(Some(transport::server_config(
+                identity,
+                self.node.cfg.ack_delay_ms.get(),
+            )?));
+        Ok(())
     }
 
     /// The node drains: it takes no newcomers, and tells every peer to go (listeners and
@@ -154,20 +164,14 @@ async fn refuse(conn: &Connection, send: &mut SendStream, e: Error) {
     close(conn, code, &reason);
 }
 
-fn token_ok(expected: &Option<Secret>, got: &[u8]) -> bool {
-    match expected {
-        None => true,
-        Some(t) => secret_eq(t.expose().as_bytes(), got),
-    }
-}
-
-/// The hello: who the peer is, checked before anything else is taken from it.
+/// The hello: who the peer is and what token it holds, checked before anything else is
+/// taken from it.
 async fn hello(
     node: &Node,
     conn: &Connection,
     send: &mut SendStream,
     reader: &mut ControlReader,
-) -> Option<Role> {
+) -> Option<(Role, Presented)> {
     let hello = tokio::time::timeout(node.cfg.hello_timeout_ms.get(), reader.next()).await;
     let refusal = match hello {
         Ok(Ok(Some(Message::Hello {
@@ -188,15 +192,23 @@ async fn hello(
                     Kind::NotAllowed,
                     "a relay takes no publishers; publish to the origin",
                 )
-            } else if role == Role::Publisher && !token_ok(&node.cfg.publish_token, &token) {
-                let why = if token.is_empty() {
-                    "publish token required"
-                } else {
-                    "wrong publish token"
-                };
-                Error::new(Kind::Unauthorized, why)
             } else {
-                return Some(role);
+                let access = node.access();
+                let presented = access.present(&token);
+                let checked = match role {
+                    Role::Publisher => access.publisher(&presented),
+                    Role::Relay => access.relay(&presented),
+                    // A listener's token is checked against each path it asks for.
+                    Role::Listener => Ok(()),
+                };
+                match checked {
+                    Ok(()) => return Some((role, presented)),
+                    Err(why) => {
+                        // Counted here, said once by `refuse`.
+                        inc(&node.stats.auth_refused_total);
+                        why.into_error()
+                    }
+                }
             }
         }
         Ok(Ok(Some(other))) => {
@@ -226,7 +238,7 @@ async fn handle_connection(
         Err(_) => return close(&conn, ErrorCode::Timeout, "no control stream"),
     };
     let mut reader = ControlReader::new(recv);
-    let Some(role) = hello(&node, &conn, &mut send, &mut reader).await else {
+    let Some((role, presented)) = hello(&node, &conn, &mut send, &mut reader).await else {
         return;
     };
     debug!(?role, "hello");
@@ -238,9 +250,17 @@ async fn handle_connection(
         Role::Relay => conn.set_send_window(transport::RELAY_WINDOW),
         Role::Listener => {}
     }
-    // The credential a publisher proved (see `PublisherClaim`).
-    let credential = match (&node.cfg.publish_token, role) {
-        (Some(t), Role::Publisher) => Some(credential(t.expose().as_bytes())),
+    // The credential a publisher proved (see `PublisherClaim`): the shared token, or a
+    // signed token's path (whoever may publish there may take a lost publisher's place).
+    let credential = match (&presented, role) {
+        (Presented::Secret, Role::Publisher) => node
+            .cfg
+            .publish_token
+            .as_ref()
+            .map(|t| credential(t.expose().as_bytes())),
+        (Presented::Signed(Ok(c)), Role::Publisher) => {
+            Some(credential(format!("signed:{}", c.path).as_bytes()))
+        }
         _ => None,
     };
     let peer = Peer::new(role, conn.remote_address().ip());
@@ -296,6 +316,21 @@ async fn handle_connection(
                         .await;
                     continue;
                 }
+                if let Err(why) = node
+                    .access()
+                    .may_listen(&presented, &path, role == Role::Relay)
+                {
+                    node.refused_auth(&format!("a subscription to {path}"), &why);
+                    let e = why.into_error();
+                    let _ = ctl
+                        .send(Message::SubscribeError {
+                            id,
+                            code: e.code().as_u64(),
+                            reason: e.reason().to_string(),
+                        })
+                        .await;
+                    continue;
+                }
                 let span = info_span!("sub", id, %path, ?role);
                 let task = tokio::spawn(
                     serve_subscription(
@@ -327,6 +362,10 @@ async fn handle_connection(
                 }
                 if publishing.is_some() {
                     break Err(Error::protocol("one publish per connection"));
+                }
+                if let Err(why) = node.access().may_publish(&presented, &path) {
+                    inc(&node.stats.auth_refused_total);
+                    break Err(why.into_error());
                 }
                 let span = info_span!("publish", %path);
                 publishing = Some(tokio::spawn(

@@ -1,0 +1,452 @@
+//! Signed tokens (JWT): who may publish, listen or relay, on which stream paths, from when
+//! to when. A token names its key by key id (`kid`), so a node may hold several keys at once
+//! and keys rotate without a flag day: HMAC-SHA256 secrets shared with the service that mints
+//! tokens, or ECDSA P-256 public keys (ES256) whose private half never leaves the minter.
+//!
+//! Claims: `role` (`publish`, `listen`, `relay`), `path` (a stream path, a prefix ending in
+//! `/`, or `/` for every stream), `exp` and `nbf` (Unix seconds).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Kind};
+
+use super::config::{invalid, ConfigError};
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    Publish,
+    Listen,
+    Relay,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Grant::Publish => "publish",
+            Grant::Listen => "listen",
+            Grant::Relay => "relay",
+        })
+    }
+}
+
+impl FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Grant, String> {
+        match s {
+            "publish" => Ok(Grant::Publish),
+            "listen" => Ok(Grant::Listen),
+            "relay" => Ok(Grant::Relay),
+            _ => Err(format!("{s:?}: a role is publish, listen or relay")),
+        }
+    }
+}
+
+/// A token's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub role: Grant,
+    /// A stream path, a prefix ending in `/`, or `/` (every stream).
+    pub path: String,
+    /// Not valid from this Unix second on.
+    pub exp: u64,
+    /// Not valid before this Unix second.
+    #[serde(default)]
+    pub nbf: u64,
+}
+
+impl Claims {
+    /// Whether the token's path covers stream `path`.
+    pub fn covers(&self, path: &str) -> bool {
+        let allowed = self.path.strip_prefix('/').unwrap_or(&self.path);
+        let path = path.strip_prefix('/').unwrap_or(path);
+        allowed.is_empty()
+            || allowed == path
+            || (allowed.ends_with('/') && path.starts_with(allowed))
+    }
+}
+
+/// Why a token was not taken: said to the peer and the log, and counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("token required")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("unknown token key id {0:?}")]
+    UnknownKey(String),
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token for another role ({got}, not {want})")]
+    WrongRole { want: Grant, got: Grant },
+    #[error("token for another path ({allowed}, not {path})")]
+    WrongPath { allowed: String, path: String },
+    #[error("wrong publish token")]
+    WrongSecret,
+}
+
+impl Refusal {
+    /// 401 (`unauthorized`) when the holder could not be told apart from anyone; 403
+    /// (`not_allowed`) when it is known and may not do this.
+    pub fn into_error(self) -> Error {
+        let kind = match self {
+            Refusal::WrongRole { .. } | Refusal::WrongPath { .. } => Kind::NotAllowed,
+            _ => Kind::Unauthorized,
+        };
+        Error::new(kind, self.to_string())
+    }
+}
+
+/// Clock difference between the minter and a node that is forgiven, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// Longest key file read (a PEM key or an HMAC secret is far smaller).
+const MAX_KEY_FILE: u64 = 64 * 1024;
+/// Shortest HMAC secret taken (RFC 7518: at least the hash's size).
+pub const MIN_SECRET: usize = 32;
+/// Longest token a peer may present (QUIC hello's token field is at most 512 bytes too).
+pub const MAX_TOKEN: usize = 512;
+
+/// `token-key`: a key id and the file holding its key, `KID=FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKey {
+    pub kid: String,
+    pub file: PathBuf,
+}
+
+impl FromStr for TokenKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TokenKey, String> {
+        let (kid, file) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected KID=FILE"))?;
+        check_kid(kid)?;
+        if file.is_empty() {
+            return Err(format!("{s:?}: no file after the key id"));
+        }
+        Ok(TokenKey {
+            kid: kid.to_string(),
+            file: PathBuf::from(file),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A key id: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn check_kid(kid: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&kid.len())
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key id {kid:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// A key file's contents, bounded.
+fn read_key(file: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if meta.len() > MAX_KEY_FILE {
+        return Err(format!(
+            "{}: {} bytes is too large for a key",
+            file.display(),
+            meta.len()
+        ));
+    }
+    std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// An HMAC secret: the file's bytes without trailing whitespace (a newline an editor or
+/// `openssl rand -base64 48 > FILE` leaves).
+fn secret_of(bytes: &[u8], file: &Path) -> Result<Vec<u8>, String> {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let secret = &bytes[..end];
+    if secret.len() < MIN_SECRET {
+        return Err(format!(
+            "{}: an HMAC secret of {} bytes is too short (at least {MIN_SECRET}; e.g. `openssl rand -base64 48`)",
+            file.display(),
+            secret.len()
+        ));
+    }
+    Ok(secret.to_vec())
+}
+
+fn is_pem(bytes: &[u8], label: &str) -> bool {
+    String::from_utf8_lossy(bytes).contains(&format!("-----BEGIN {label}-----"))
+}
+
+/// The keys a node checks tokens with, by key id.
+#[derive(Default, Clone)]
+pub struct KeySet {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<_> = self.keys.keys().collect();
+        kids.sort();
+        write!(f, "KeySet{kids:?}")
+    }
+}
+
+impl KeySet {
+    /// Reads every key file: a PEM public key (`BEGIN PUBLIC KEY`, ECDSA P-256) is an ES256
+    /// key, anything else an HMAC secret. A file that cannot be used is refused, naming it.
+    pub fn load(specs: &[TokenKey]) -> Result<KeySet, ConfigError> {
+        let mut keys = HashMap::new();
+        for k in specs {
+            let bytes = read_key(&k.file).map_err(|e| invalid("token-key", e))?;
+            let key = if is_pem(&bytes, "PUBLIC KEY") {
+                let key = DecodingKey::from_ec_pem(&bytes).map_err(|e| {
+                    invalid(
+                        "token-key",
+                        format!("{}: not an ECDSA P-256 public key: {e}", k.file.display()),
+                    )
+                })?;
+                (Algorithm::ES256, key)
+            } else if is_pem(&bytes, "PRIVATE KEY") || is_pem(&bytes, "EC PRIVATE KEY") {
+                return Err(invalid(
+                    "token-key",
+                    format!(
+                        "{}: a private key; a node needs only the public key (`openssl pkey -pubout`), keep the private one where tokens are minted",
+                        k.file.display()
+                    ),
+                ));
+            } else {
+                let secret = secret_of(&bytes, &k.file).map_err(|e| invalid("token-key", e))?;
+                (Algorithm::HS256, DecodingKey::from_secret(&secret))
+            };
+            if keys.insert(k.kid.clone(), key).is_some() {
+                return Err(invalid(
+                    "token-key",
+                    format!("key id {:?} given twice", k.kid),
+                ));
+            }
+        }
+        Ok(KeySet { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The claims of `token` if one of the keys signed it and it is valid at `now` (Unix
+    /// seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
+        if token.is_empty() {
+            return Err(Refusal::Missing);
+        }
+        if token.len() > MAX_TOKEN {
+            return Err(Refusal::Malformed(format!(
+                "{} bytes, at most {MAX_TOKEN}",
+                token.len()
+            )));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let kid = header.kid.unwrap_or_default();
+        let (alg, key) = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| Refusal::UnknownKey(kid.clone()))?;
+        if header.alg != *alg {
+            return Err(Refusal::Malformed(format!(
+                "signed with {:?}, key {kid:?} is {alg:?}",
+                header.alg
+            )));
+        }
+        // Times are checked below, with their own words.
+        let mut v = Validation::new(*alg);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &v)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::BadSignature,
+                _ => Refusal::Malformed(e.to_string()),
+            })?
+            .claims;
+        check_times(&claims, now)?;
+        Ok(claims)
+    }
+}
+
+/// Whether `claims` are valid at `now`, give or take `LEEWAY_SECS`.
+pub fn check_times(claims: &Claims, now: u64) -> Result<(), Refusal> {
+    if now >= claims.exp.saturating_add(LEEWAY_SECS) {
+        return Err(Refusal::Expired);
+    }
+    if now.saturating_add(LEEWAY_SECS) < claims.nbf {
+        return Err(Refusal::NotYetValid);
+    }
+    Ok(())
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs `claims` with the key in `key_file` (a PEM ECDSA P-256 private key: ES256; anything
+/// else: an HMAC secret, HS256), naming it `kid`.
+pub fn mint(key_file: &Path, kid: &str, claims: &Claims) -> Result<String, String> {
+    check_kid(kid)?;
+    let bytes = read_key(key_file)?;
+    let (alg, key) = if is_pem(&bytes, "PRIVATE KEY") || is_pem(&bytes, "EC PRIVATE KEY") {
+        let key = EncodingKey::from_ec_pem(&bytes).map_err(|e| {
+            format!(
+                "{}: not an ECDSA P-256 private key (PKCS#8 PEM): {e}",
+                key_file.display()
+            )
+        })?;
+        (Algorithm::ES256, key)
+    } else if is_pem(&bytes, "PUBLIC KEY") {
+        return Err(format!(
+            "{}: a public key cannot sign; give the private key",
+            key_file.display()
+        ));
+    } else {
+        (
+            Algorithm::HS256,
+            EncodingKey::from_secret(&secret_of(&bytes, key_file)?),
+        )
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    let token = jsonwebtoken::encode(&header, claims, &key).map_err(|e| e.to_string())?;
+    if token.len() > MAX_TOKEN {
+        return Err(format!(
+            "the token is {} bytes, more than a peer may present ({MAX_TOKEN}): use a shorter path or key id",
+            token.len()
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: Grant, path: &str, exp: u64, nbf: u64) -> Claims {
+        Claims {
+            role,
+            path: path.into(),
+            exp,
+            nbf,
+        }
+    }
+
+    fn hmac_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        p
+    }
+
+    #[test]
+    fn paths_are_covered_exactly_by_prefix_or_whole() {
+        let c = |p: &str| claims(Grant::Listen, p, 0, 0);
+        assert!(c("/live/a").covers("live/a"));
+        assert!(c("live/a").covers("/live/a"));
+        assert!(!c("live/a").covers("live/ab"));
+        assert!(c("live/").covers("live/ab"));
+        assert!(!c("live/").covers("lived/ab"));
+        assert!(c("/").covers("anything/at/all"));
+    }
+
+    #[test]
+    fn hmac_and_es256_tokens_verify_and_each_refusal_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = hmac_file(dir.path(), "k1", &"a".repeat(40));
+        let other = hmac_file(dir.path(), "other", &"b".repeat(40));
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = dir.path().join("ec.pem");
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        let public = dir.path().join("ec.pub.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let keys = KeySet::load(&[
+            TokenKey::from_str(&format!("k1={}", k1.display())).unwrap(),
+            TokenKey::from_str(&format!("ec={}", public.display())).unwrap(),
+        ])
+        .unwrap();
+        let now = 1_000_000;
+        let good = claims(Grant::Listen, "live/", now + 60, 0);
+        let t = mint(&k1, "k1", &good).unwrap();
+        assert_eq!(keys.verify(&t, now), Ok(good.clone()));
+        let t = mint(&private, "ec", &good).unwrap();
+        assert_eq!(keys.verify(&t, now), Ok(good.clone()));
+
+        assert_eq!(keys.verify("", now), Err(Refusal::Missing));
+        assert!(matches!(
+            keys.verify("x.y.z", now),
+            Err(Refusal::Malformed(_))
+        ));
+        let t = mint(&k1, "k9", &good).unwrap();
+        assert_eq!(keys.verify(&t, now), Err(Refusal::UnknownKey("k9".into())));
+        let t = mint(&other, "k1", &good).unwrap();
+        assert_eq!(keys.verify(&t, now), Err(Refusal::BadSignature));
+        let t = mint(&k1, "k1", &claims(Grant::Listen, "/", now - 60, 0)).unwrap();
+        assert_eq!(keys.verify(&t, now), Err(Refusal::Expired));
+        let t = mint(&k1, "k1", &claims(Grant::Listen, "/", now + 600, now + 300)).unwrap();
+        assert_eq!(keys.verify(&t, now), Err(Refusal::NotYetValid));
+        // Within the leeway, both ways.
+        let t = mint(&k1, "k1", &claims(Grant::Listen, "/", now - 5, now + 5)).unwrap();
+        assert!(keys.verify(&t, now).is_ok());
+        // An HMAC token under the ES256 key's id: refused, not confused.
+        let t = mint(&k1, "ec", &good).unwrap();
+        assert!(matches!(keys.verify(&t, now), Err(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn unusable_key_files_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = hmac_file(dir.path(), "short", "tooshort");
+        let spec = |p: &Path| vec![TokenKey::from_str(&format!("k={}", p.display())).unwrap()];
+        let e = KeySet::load(&spec(&short)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("token-key:") && e.contains("too short"),
+            "{e}"
+        );
+        let e = KeySet::load(&spec(&dir.path().join("absent")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("token-key:"), "{e}");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = dir.path().join("ec.pem");
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        let e = KeySet::load(&spec(&private)).unwrap_err().to_string();
+        assert!(e.contains("private key"), "{e}");
+        assert!(TokenKey::from_str("no-file").is_err());
+        assert!(TokenKey::from_str("bad kid=/x").is_err());
+        assert!(mint(&short, "k", &claims(Grant::Listen, "/", 1, 0)).is_err());
+    }
+}

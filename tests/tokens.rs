@@ -1,0 +1,480 @@
+//! Signed tokens and reloads, as operators and their users meet them: separate processes,
+//! an origin whose `paid/` streams need a listen token, publishers and relays that need
+//! theirs; every kind of bad token over QUIC and over HTTP (Ogg and HLS); keys rotated and a
+//! certificate replaced with SIGHUP while listeners keep their audio.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::media::{make_opus, packet_crcs};
+use common::procs::*;
+use quicast::node::{mint, unix_now, Claims, Grant};
+
+/// HMAC key files in a temporary directory.
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A fresh HMAC secret file named `name`.
+    fn secret(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        let secret: String = (0..48)
+            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+            .collect();
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        p
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A token signed with `key` as `kid`, valid from `nbf` to `exp` seconds from now.
+fn token(key: &Path, kid: &str, role: Grant, path: &str, nbf: i64, exp: i64) -> String {
+    let now = unix_now() as i64;
+    mint(
+        key,
+        kid,
+        &Claims {
+            role,
+            path: path.into(),
+            exp: (now + exp) as u64,
+            nbf: (now + nbf) as u64,
+        },
+    )
+    .unwrap()
+}
+
+fn good(key: &Path, kid: &str, role: Grant, path: &str) -> String {
+    token(key, kid, role, path, 0, 600)
+}
+
+/// `quicast listen` of `url` with `token` for a few seconds: (exited well, packets heard,
+/// its log).
+fn quic_listen(c: &Certs, url: &str, token: &str, out: &Path, secs: u32) -> (bool, usize, String) {
+    let secs = secs.to_string();
+    let mut p = Proc::spawn(&[
+        "listen",
+        url,
+        "--token",
+        token,
+        "--fingerprint",
+        &c.fp,
+        "--output",
+        out.to_str().unwrap(),
+        "--duration",
+        &secs,
+    ]);
+    let ok = p.wait_exit().success();
+    while let Ok(l) = p.lines.try_recv() {
+        p.log.push(l);
+    }
+    let heard = if ok && out.exists() {
+        packet_crcs(out).len()
+    } else {
+        0
+    };
+    (ok, heard, p.log.join("\n"))
+}
+
+/// `curl` of `url` with extra `args`, for at most `secs`: (status, body).
+fn curl(url: &str, args: &[&str], secs: u32) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            &secs.to_string(),
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let body = out.stdout;
+    let cut = body.iter().rposition(|b| *b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[cut + 1..]).to_string();
+    (code, body[..cut].to_vec())
+}
+
+/// The origin: `paid/` needs a listen token, the rest is public; keys from `toml_keys`.
+fn origin_config(dir: &Path, keys: &[(&str, &Path)]) -> PathBuf {
+    let list: Vec<String> = keys
+        .iter()
+        .map(|(kid, f)| format!("\"{kid}={}\"", f.display()))
+        .collect();
+    let p = dir.join("origin.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "token-key = [{}]\nlisten-policy = [\"/=public\", \"paid/=token\"]\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The `quicast_refusals_total{reason="auth"}` an admin port says.
+fn auth_refusals(admin: &str) -> u64 {
+    let (code, body) = curl(&format!("http://{admin}/metrics"), &[], 5);
+    assert_eq!(code, "200");
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("quicast_refusals_total{reason=\"auth\"} "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn logged_addr(n: &mut Node, what: &str) -> String {
+    let l = n.p.wait_line(what);
+    l.split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_token_matrix_over_quic_and_http_and_a_key_rotation() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let keys = Keys::new();
+    let (k1, k2, stranger) = (keys.secret("k1"), keys.secret("k2"), keys.secret("x"));
+    let cfg = origin_config(work.path(), &[("k1", &k1)]);
+    let c = certs();
+    let mut o = origin_node(
+        &c,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = logged_addr(&mut o, "listening (admin)");
+    let http = o.http_addr();
+
+    // Publishers: none, another role, another path are refused; the right one publishes.
+    let publish = |tok: &str| {
+        Proc::spawn(&[
+            "publish",
+            &o.url("paid/show"),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--token",
+            tok,
+            "--fingerprint",
+            &c.fp,
+        ])
+    };
+    for (tok, why) in [
+        (String::new(), "token required"),
+        (good(&k1, "k1", Grant::Listen, "paid/"), "another role"),
+        (good(&k1, "k1", Grant::Publish, "free/"), "another path"),
+    ] {
+        let mut p = publish(&tok);
+        assert!(!p.wait_exit().success(), "a publisher with {why:?} got in");
+        while let Ok(l) = p.lines.try_recv() {
+            p.log.push(l);
+        }
+        assert!(
+            p.log.join("\n").contains(why),
+            "{why}: {}",
+            p.log.join("\n")
+        );
+    }
+    assert_eq!(auth_refusals(&admin), 3);
+    let mut publisher = publish(&good(&k1, "k1", Grant::Publish, "paid/"));
+    publisher.wait_line("publishing");
+
+    // Listeners of paid/show: each bad token refused with its reason, over QUIC and HTTP.
+    let ogg = format!("http://{http}/paid/show.ogg");
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("none", String::new(), "token required", "401"),
+        (
+            "expired",
+            token(&k1, "k1", Grant::Listen, "paid/", -7200, -3600),
+            "token expired",
+            "401",
+        ),
+        (
+            "not yet valid",
+            token(&k1, "k1", Grant::Listen, "paid/", 3600, 7200),
+            "not valid yet",
+            "401",
+        ),
+        (
+            "another path",
+            good(&k1, "k1", Grant::Listen, "free/"),
+            "another path",
+            "403",
+        ),
+        (
+            "another role",
+            good(&k1, "k1", Grant::Publish, "paid/"),
+            "another role",
+            "403",
+        ),
+        (
+            "unknown key id",
+            good(&k1, "k7", Grant::Listen, "paid/"),
+            "unknown token key id",
+            "401",
+        ),
+        (
+            "bad signature",
+            good(&stranger, "k1", Grant::Listen, "paid/"),
+            "bad token signature",
+            "401",
+        ),
+    ];
+    let mut refused = auth_refusals(&admin);
+    for (case, tok, why, status) in &cases {
+        let out = work.path().join("refused.opus");
+        let (ok, heard, log) = quic_listen(&c, &o.url("paid/show"), tok, &out, 5);
+        assert!(!ok && heard == 0, "QUIC, {case}: let in");
+        assert!(log.contains(why), "QUIC, {case}: {log}");
+        let url = format!("{ogg}?token={tok}");
+        let (code, body) = curl(&url, &[], 5);
+        assert_eq!(&code, status, "HTTP, {case}");
+        assert!(String::from_utf8_lossy(&body).contains(why), "HTTP, {case}");
+        let (code, _) = curl(&format!("http://{http}/paid/show.m3u8?token={tok}"), &[], 5);
+        assert_eq!(&code, status, "HLS, {case}");
+        refused += 3;
+        assert_eq!(
+            auth_refusals(&admin),
+            refused,
+            "{case}: every refusal counted"
+        );
+    }
+
+    // The good token: audio over QUIC, over HTTP (query and Bearer), and HLS whose playlist
+    // carries the token on to every part and segment.
+    let tok = good(&k1, "k1", Grant::Listen, "paid/");
+    let out = work.path().join("heard.opus");
+    let (ok, heard, log) = quic_listen(&c, &o.url("paid/show"), &tok, &out, 3);
+    assert!(ok && heard > 50, "QUIC, good token: {heard} packets; {log}");
+    let (code, body) = curl(&format!("{ogg}?token={tok}"), &[], 2);
+    assert_eq!(code, "200");
+    assert!(body.starts_with(b"OggS") && body.len() > 4000);
+    let bearer = format!("Authorization: Bearer {tok}");
+    let (code, body) = curl(&ogg, &["-H", &bearer], 2);
+    assert_eq!(code, "200");
+    assert!(body.starts_with(b"OggS"));
+    let (code, playlist) = curl(
+        &format!("http://{http}/paid/show.m3u8?token={tok}"),
+        &[],
+        10,
+    );
+    assert_eq!(code, "200");
+    let playlist = String::from_utf8(playlist).unwrap();
+    let uris: Vec<&str> = playlist
+        .lines()
+        .filter_map(|l| l.split("URI=\"").nth(1).and_then(|r| r.split('"').next()))
+        .chain(
+            playlist
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        )
+        .collect();
+    assert!(uris.len() > 2, "{playlist}");
+    for u in &uris {
+        assert!(u.ends_with(&format!("token={tok}")), "{u} lacks the token");
+    }
+    let init = uris.iter().find(|u| u.contains("init.mp4")).unwrap();
+    let (code, _) = curl(&format!("http://{http}/paid/{init}"), &[], 5);
+    assert_eq!(
+        code, "200",
+        "the init segment, with the token the playlist gave"
+    );
+    let init_bare = init.split('?').next().unwrap();
+    let (code, _) = curl(&format!("http://{http}/paid/{init_bare}"), &[], 5);
+    assert_eq!(code, "401", "the init segment without a token");
+    // A public stream needs none.
+    let (code, _) = curl(&format!("http://{http}/free/x.ogg"), &["-I"], 2);
+    assert_ne!(code, "401");
+
+    // Rotation: k2 in, k1 out, on SIGHUP. k2's tokens are taken, k1's are unknown; the
+    // publisher (in with a k1 token) keeps publishing.
+    origin_config(work.path(), &[("k2", &k2)]);
+    sighup(&o);
+    o.p.wait_line("reloaded on SIGHUP");
+    let tok2 = good(&k2, "k2", Grant::Listen, "paid/");
+    let (ok, heard, log) = quic_listen(&c, &o.url("paid/show"), &tok2, &out, 3);
+    assert!(
+        ok && heard > 50,
+        "after rotation, a k2 token: {heard}; {log}"
+    );
+    let (ok, _, log) = quic_listen(&c, &o.url("paid/show"), &tok, &out, 3);
+    assert!(
+        !ok && log.contains("unknown token key id") && log.contains("k1"),
+        "{log}"
+    );
+    assert!(
+        publisher.child.try_wait().unwrap().is_none(),
+        "the publisher was dropped"
+    );
+    // A broken key file on reload: refused, k2 still holds.
+    std::fs::write(keys.path("k2-broken"), "short\n").unwrap();
+    origin_config(work.path(), &[("k2", &keys.path("k2-broken"))]);
+    sighup(&o);
+    let l = o.p.wait_line("reload refused");
+    assert!(l.contains("token-key") && l.contains("too short"), "{l}");
+    let (code, _) = curl(&format!("{ogg}?token={tok2}"), &[], 1);
+    assert_eq!(code, "200", "the old keys stay after a refused reload");
+}
+
+fn sighup(n: &Node) {
+    let st = Command::new("kill")
+        .args(["-HUP", &n.p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_relay_presents_its_relay_token_and_one_without_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let keys = Keys::new();
+    let k1 = keys.secret("k1");
+    let cfg = origin_config(work.path(), &[("k1", &k1)]);
+    let c = certs();
+    let mut o = origin_node(
+        &c,
+        &["--config", cfg.to_str().unwrap(), "--admin", "127.0.0.1:0"],
+    );
+    let admin = logged_addr(&mut o, "listening (admin)");
+    let _p = {
+        let mut p = Proc::spawn(&[
+            "publish",
+            &o.url("paid/show"),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--token",
+            &good(&k1, "k1", Grant::Publish, "/"),
+            "--fingerprint",
+            &c.fp,
+        ]);
+        p.wait_line("publishing");
+        p
+    };
+    // With its token (the relay checks listeners with the same key).
+    let relay_tok = keys.path("relay.token");
+    std::fs::write(&relay_tok, good(&k1, "k1", Grant::Relay, "/")).unwrap();
+    let key_arg = format!("k1={}", k1.display());
+    let r = relay_node(
+        &c,
+        &[&o],
+        &[
+            "--relay-token",
+            relay_tok.to_str().unwrap(),
+            "--token-key",
+            &key_arg,
+            "--listen-policy",
+            "paid/=token",
+        ],
+    );
+    let out = work.path().join("heard.opus");
+    let tok = good(&k1, "k1", Grant::Listen, "paid/show");
+    let (ok, heard, log) = quic_listen(&c, &r.url("paid/show"), &tok, &out, 3);
+    assert!(
+        ok && heard > 50,
+        "through a relay with its token: {heard}; {log}"
+    );
+    let (ok, _, log) = quic_listen(&c, &r.url("paid/show"), "", &out, 3);
+    assert!(
+        !ok && log.contains("token required"),
+        "the relay checks its listeners: {log}"
+    );
+    assert_eq!(auth_refusals(&admin), 0);
+
+    // Without one: the origin refuses the relay (counted), whose listener hears nothing.
+    let mut bare = relay_node(&c, &[&o], &[]);
+    let (_, heard, _) = quic_listen(&c, &bare.url("paid/show"), "", &out, 3);
+    assert_eq!(heard, 0);
+    bare.p.wait_line("token required");
+    assert!(auth_refusals(&admin) >= 1);
+}
+
+#[test]
+fn sighup_with_a_new_certificate_serves_it_to_newcomers_and_keeps_old_listeners() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let src_crcs = packet_crcs(&src);
+    let old = certs();
+    let new = certs();
+    // The origin reads its certificate from files the operator replaces.
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let mut o = Node {
+        p: Proc::spawn(&[
+            "origin",
+            "--segment-ms",
+            "500",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]),
+        addr: String::new(),
+    };
+    o.addr = o.p.addr();
+    let _p = publish(&old, &[&o], "talk", &src);
+    // A listener from before the reload, for the whole test.
+    let before = work.path().join("before.opus");
+    let mut early = listen(&old, &[&o], "talk", &before, 8);
+    o.p.wait_line("egress::quic: subscribed");
+
+    std::fs::copy(&new.cert, &cert).unwrap();
+    std::fs::copy(&new.key, &key).unwrap();
+    sighup(&o);
+    let l = o.p.wait_line("reloaded on SIGHUP");
+    assert!(l.contains(&new.fp), "{l}");
+    let out = work.path().join("after.opus");
+    let (ok, heard, log) = quic_listen(&new, &o.url("talk"), "", &out, 2);
+    assert!(
+        ok && heard > 30,
+        "a newcomer trusting the new certificate: {log}"
+    );
+    let (ok, heard, _) = quic_listen(&old, &o.url("talk"), "", &out, 2);
+    assert!(
+        !ok && heard == 0,
+        "a newcomer pinning the old certificate got in"
+    );
+
+    // A broken certificate file: refused, the new one still served.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnonsense\n").unwrap();
+    sighup(&o);
+    let l = o.p.wait_line("reload refused");
+    assert!(l.contains("cert"), "{l}");
+    let (ok, heard, _) = quic_listen(&new, &o.url("talk"), "", &out, 2);
+    assert!(ok && heard > 30);
+
+    // The listener from before heard one unbroken run all along.
+    assert!(early.wait_exit().success());
+    assert_one_run(&before, &src_crcs, 250);
+}
