@@ -436,6 +436,15 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
             "admin",
             None,
         ),
+        ("token-key = [\"k1=/nonexistent/k1.key\"]\n", "token-key", None),
+        ("token-key = [\"bad kid=/x\"]\n", "token-key", None),
+        ("listen-policy = [\"/=token\"]\n", "listen-policy", None),
+        ("listen-policy = [\"/=maybe\"]\n", "listen-policy", None),
+        (
+            "upstream = [\"quic://127.0.0.1:1\"]\nca = \"/etc/hosts\"\nrelay-token = \"/nonexistent\"\n",
+            "relay-token",
+            None,
+        ),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, text).unwrap();
