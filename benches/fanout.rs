@@ -5,6 +5,8 @@
 //!   QUICAST_BENCH_N=1000,2000 QUICAST_BENCH_SECS=20 cargo bench --bench fanout
 //!   QUICAST_BENCH_DELIVER_MS=0 cargo bench --bench fanout     # the origin's --deliver-ms
 //!   QUICAST_BENCH_RELAY_BIN=/path/to/other/quicast cargo bench --bench fanout   # A/B a relay build
+//!   QUICAST_BENCH_ORIGIN_BIN=/path/to/other/quicast ...   # and the origin (its pacing)
+//!   QUICAST_BENCH_RELAY_ARGS="--max-deliver-ms 0" ...     # extra relay flags
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -20,16 +22,42 @@ use std::time::{Duration, Instant};
 
 use support::{addr, cert, publisher, source, spawn_bin, Killed, BIN};
 
-fn spawn(args: &[&str], pin: Option<&str>) -> Killed {
-    spawn_bin(BIN, args, pin, LOG)
-}
-
 const LOG: &str = "warn,quicast::server=info,quicast::node=info";
 
 /// The relay under test: this build's binary, or `QUICAST_BENCH_RELAY_BIN` (another build,
 /// for interleaved A/B runs in which everything else stays the same).
 fn relay_bin() -> String {
     std::env::var("QUICAST_BENCH_RELAY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+/// The origin: this build's, or `QUICAST_BENCH_ORIGIN_BIN` (the delivery interval is the
+/// origin's choice: an A/B of pacing swaps both).
+fn origin_bin() -> String {
+    std::env::var("QUICAST_BENCH_ORIGIN_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+/// The relay's address once it listens; then, while it runs, the largest delivery-interval
+/// floor it logged (its load watch stretching intervals), in ms.
+fn relay_addr_and_floor(k: &mut Killed) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let floor = std::sync::Arc::new(AtomicU64::new(0));
+    let err = k.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l.contains("listening (QUIC)") {
+            let f = floor.clone();
+            std::thread::spawn(move || {
+                for l in lines.map_while(|l| l.ok()) {
+                    if let Ok(v) = support::field(&l, "floor_ms=").parse::<u64>() {
+                        f.fetch_max(v, Ordering::Relaxed);
+                    }
+                }
+            });
+            return (support::field(&l, "addr="), floor);
+        }
+    }
+    panic!("relay exited before listening");
 }
 
 /// The pid of the quicast process (not of taskset, which execs it: same pid).
@@ -90,6 +118,8 @@ struct Row {
     datagrams: f64,
     rss_per_listener_kib: f64,
     rss_mib: f64,
+    /// The largest floor the relay put under delivery intervals (overload), ms.
+    floor_ms: u64,
     report: serde_json::Value,
 }
 
@@ -102,31 +132,29 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     if let Some(d) = &deliver {
         oargs.extend(["--deliver-ms", d.as_str()]);
     }
-    let mut origin = spawn(&oargs, Some("1"));
+    let mut origin = spawn_bin(&origin_bin(), &oargs, Some("1"), LOG);
     let oaddr = addr(&mut origin);
     let up = format!("quic://{oaddr}");
     let maxc = (n + 1000).to_string();
-    let mut relay = spawn_bin(
-        &relay_bin(),
-        &[
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-            "--fingerprint",
-            &fp,
-            "--cert",
-            c,
-            "--key",
-            k,
-            "--max-connections",
-            &maxc,
-        ],
-        Some("0"),
-        LOG,
-    );
-    let raddr = addr(&mut relay);
+    let extra = std::env::var("QUICAST_BENCH_RELAY_ARGS").unwrap_or_default();
+    let mut rargs = vec![
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+        "--fingerprint",
+        &fp,
+        "--cert",
+        c,
+        "--key",
+        k,
+        "--max-connections",
+        &maxc,
+    ];
+    rargs.extend(extra.split_whitespace());
+    let mut relay = spawn_bin(&relay_bin(), &rargs, Some("0"), LOG);
+    let (raddr, floor) = relay_addr_and_floor(&mut relay);
     let _publisher = publisher(&oaddr, "bench", &src, &fp, Some("1"));
     std::thread::sleep(Duration::from_secs(2));
     let rpid = pid(&relay);
@@ -199,6 +227,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         datagrams: u1.saturating_sub(u0) as f64 / (w1 - w0).as_secs_f64() / n as f64,
         rss_per_listener_kib: rss1.saturating_sub(rss0) as f64 / n as f64,
         rss_mib: rss1 as f64 / 1024.0,
+        floor_ms: floor.load(std::sync::atomic::Ordering::Relaxed),
         report,
     }
 }
@@ -286,18 +315,18 @@ fn main() {
         eprintln!("fanout: {n} listeners for {secs} s ...");
         let r = run_one(n, secs, &out);
         eprintln!(
-            "  cpu {:.1}%  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  {}",
-            r.cpu_pct, r.rss_per_listener_kib, r.datagrams, r.report
+            "  cpu {:.1}%  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  floor {} ms  {}",
+            r.cpu_pct, r.rss_per_listener_kib, r.datagrams, r.floor_ms, r.report
         );
         rows.push(r);
     }
     let mut md = String::from(
-        "| listeners | connected | failed | relay CPU (% of 1 core) | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| listeners | connected | failed | relay CPU (% of 1 core) | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms | interval floor reached |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let v = &r.report;
         md += &format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} | {} ms |\n",
             r.n,
             v["connected"],
             v["failed"],
@@ -309,7 +338,8 @@ fn main() {
             v["latency_ms"]["p99"],
             v["gaps"],
             v["skips"],
-            v["join_ms"]["p99"]
+            v["join_ms"]["p99"],
+            r.floor_ms
         );
     }
     println!("\n{md}");

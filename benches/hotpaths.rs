@@ -47,7 +47,11 @@ fn fan_out(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             let cfg = StoreConfig {
-                coalesce: Duration::ZERO,
+                pacing: quicast::model::Pacing::new(
+                    quicast::model::PaceMode::Fixed(Duration::ZERO),
+                    1452,
+                    vec![],
+                ),
                 ..StoreConfig::default()
             };
             let cache = SegmentCache::new(&cfg);

@@ -1,15 +1,21 @@
 //! The admin port, as an operator's tools use it: Prometheus scrapes `/metrics` (promtool
 //! parses it), load balancers probe `/healthz` and `/readyz`. Separate processes: an
-//! origin and a relay under it, each with `--admin`; a publisher and a listener.
+//! origin and a relay under it, each with `--admin`; a publisher and listeners.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::media::make_opus;
 use common::procs::*;
+use quicast::client::Client;
+use quicast::proto::{Message, QuicUrl, Role, Start, VERSION};
+use quicast::Trust;
 
 /// (status, body) of `GET http://ADDR/PATH`.
 fn get(addr: &str, path: &str) -> (String, String) {
@@ -29,14 +35,7 @@ fn get(addr: &str, path: &str) -> (String, String) {
 
 /// The admin address a node logged.
 fn admin_addr(n: &mut Node) -> String {
-    let l = n.p.wait_line("listening (admin)");
-    l.split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    n.logged_addr("admin")
 }
 
 /// Scrapes `/metrics`: checks it with promtool (and the OpenMetrics form) and returns each
@@ -77,6 +76,12 @@ fn scrape(admin: &str) -> BTreeMap<String, f64> {
     let open = String::from_utf8_lossy(&open.stdout);
     assert!(open.trim_end().ends_with("# EOF"));
     assert!(open.contains("# TYPE quicast_joins counter"));
+    assert!(open.contains("# TYPE quicast_join_seconds histogram"));
+    series(&body)
+}
+
+/// Each series of a Prometheus text exposition, with its value.
+fn series(body: &str) -> BTreeMap<String, f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| {
@@ -84,6 +89,107 @@ fn scrape(admin: &str) -> BTreeMap<String, f64> {
             (series.to_string(), v.parse().unwrap())
         })
         .collect()
+}
+
+/// Scrapes `admin` (without promtool) until `ok` holds of what it says, for at most a
+/// minute; returns that scrape.
+fn scrape_until(
+    admin: &str,
+    what: &str,
+    ok: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = get(admin, "/metrics");
+        assert_eq!(code, "200");
+        let m = series(&body);
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {what}; last scrape: {m:#?}"
+        );
+        // The next poll.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A series' value, 0 if it is not there (yet).
+fn at(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+/// `quicast_listeners` of `stream` served as `egress`.
+fn listeners(m: &BTreeMap<String, f64>, stream: &str, egress: &str) -> f64 {
+    at(
+        m,
+        &format!("quicast_listeners{{stream=\"{stream}\",egress=\"{egress}\"}}"),
+    )
+}
+
+/// A QUIC listener that subscribes and then never reads its segment streams: the node may
+/// open as many as it grants (16, one per segment), then its writes to it block, and each
+/// time it falls `max-lag-segments` behind the fan-out moves it forward (a skip). QUIC
+/// itself keeps the connection up (the listener's stack still acknowledges).
+struct Stalled {
+    client: Client,
+    _conn: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+    rt: tokio::runtime::Runtime,
+}
+
+impl Stalled {
+    fn subscribe(c: &Certs, node: &Node, stream: &str) -> Stalled {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = QuicUrl::parse(&node.url(stream)).unwrap();
+        let addr: SocketAddr = node.addr.parse().unwrap();
+        let trust = Trust::pinned(&[c.fp.parse().unwrap()]);
+        let (client, conn, control) = rt.block_on(async {
+            let client = Client::for_target(&addr, &trust).unwrap();
+            let conn = client.connect_raw(&url).await.unwrap();
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            let hello = Message::Hello {
+                version: VERSION,
+                role: Role::Listener,
+                token: Bytes::new(),
+            };
+            let subscribe = Message::Subscribe {
+                id: 1,
+                path: stream.to_string(),
+                start: Start::Live,
+            };
+            for m in [hello, subscribe] {
+                send.write_all(&m.to_bytes()).await.unwrap();
+            }
+            (client, conn, (send, recv))
+        });
+        Stalled {
+            client,
+            _conn: conn,
+            _control: control,
+            rt,
+        }
+    }
+
+    /// Closes the connection politely: the node lets the listener go at once.
+    fn close(self) {
+        self.rt.block_on(self.client.close());
+    }
+}
+
+/// A 48-byte HMAC secret in `dir`, for `--token-key`.
+fn secret(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("k1");
+    let s: String = (0..48)
+        .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+        .collect();
+    std::fs::write(&p, format!("{s}\n")).unwrap();
+    p
 }
 
 #[test]
@@ -103,7 +209,7 @@ fn metrics_and_health_tell_an_operator_what_a_node_does() {
     // The relay: one stream, one listener, from the origin; its parent is up.
     let m = scrape(&r_admin);
     assert_eq!(m["quicast_streams"], 1.0);
-    assert_eq!(m["quicast_listeners{stream=\"talk\"}"], 1.0);
+    assert_eq!(m["quicast_listeners{stream=\"talk\",egress=\"quic\"}"], 1.0);
     let from = format!(
         "quicast_stream_parent{{stream=\"talk\",parent=\"{}\",rank=\"0\"}}",
         o.addr
@@ -121,7 +227,11 @@ fn metrics_and_health_tell_an_operator_what_a_node_does() {
     // The origin: one publisher, the relay its one subscriber however many listen below.
     let m = scrape(&o_admin);
     assert_eq!(m["quicast_publishers"], 1.0);
-    assert_eq!(m["quicast_listeners{stream=\"talk\"}"], 1.0);
+    assert_eq!(
+        m["quicast_listeners{stream=\"talk\",egress=\"relay\"}"],
+        1.0
+    );
+    assert_eq!(m["quicast_listeners{stream=\"talk\",egress=\"quic\"}"], 0.0);
     assert!(!m.keys().any(|k| k.starts_with("quicast_parents")));
     for a in [&o_admin, &r_admin] {
         assert_eq!(get(a, "/healthz"), ("200".into(), "ok".into()));
@@ -141,6 +251,111 @@ fn metrics_and_health_tell_an_operator_what_a_node_does() {
     );
     assert_eq!(scrape(&r_admin)["quicast_parent_failovers_total"], 1.0);
     assert_eq!(get(&r_admin, "/healthz").0, "200");
+}
+
+/// The known scenario, in numbers: an origin and a relay; a publisher; on the relay two QUIC
+/// listeners, one HTTP Ogg listener, one listener that stops reading (moved forward: skips)
+/// and one HTTP request refused for want of a token. Each node's metrics say exactly that,
+/// and promtool passes them.
+#[test]
+fn the_metrics_of_a_known_scenario_are_exact() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let key = format!("k1={}", secret(work.path()).display());
+    let c = certs();
+    let mut o = origin_node(&c, &["--admin", "127.0.0.1:0"]);
+    let o_admin = admin_addr(&mut o);
+    // The relay checks `paid/` listeners' tokens (its parent, without keys, does not ask
+    // it for a relay token).
+    let mut r = relay_node(
+        &c,
+        &[&o],
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--token-key",
+            &key,
+            "--listen-policy",
+            "paid/=token",
+        ],
+    );
+    let r_admin = admin_addr(&mut r);
+    let r_http = r.logged_addr("HTTP");
+    let _pub = publish(&c, &[&o], "talk", &src);
+    // First the listener that will stall: its 16 segment streams take 8 s to use up.
+    let stalled = Stalled::subscribe(&c, &r, "talk");
+    let (a, b) = (work.path().join("a.opus"), work.path().join("b.opus"));
+    let _quic = [
+        listen(&c, &[&r], "talk", &a, 300),
+        listen(&c, &[&r], "talk", &b, 300),
+    ];
+    let _ogg = Killed(
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "300"])
+            .arg(format!("http://{r_http}/talk.ogg"))
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(get(&r_http, "/paid/show.ogg").0, "401");
+
+    // Everyone is in and heard audio, and the stalled listener has been moved forward.
+    let m = scrape_until(&r_admin, "four joined, one skipped", |m| {
+        listeners(m, "talk", "quic") == 3.0
+            && listeners(m, "talk", "http_ogg") == 1.0
+            && at(m, "quicast_join_seconds_count") == 4.0
+            && at(m, "quicast_skips_total") >= 1.0
+    });
+    assert_eq!(m["quicast_joins_total"], 4.0, "{m:#?}");
+    // It leaves; the others stay.
+    stalled.close();
+    scrape_until(&r_admin, "the stalled listener gone", |m| {
+        listeners(m, "talk", "quic") == 2.0
+    });
+
+    let m = scrape(&r_admin);
+    assert_eq!(m["quicast_streams"], 1.0);
+    assert_eq!(listeners(&m, "talk", "quic"), 2.0);
+    assert_eq!(listeners(&m, "talk", "http_ogg"), 1.0);
+    assert_eq!(listeners(&m, "talk", "relay"), 0.0);
+    assert_eq!(listeners(&m, "talk", "hls"), 0.0);
+    assert_eq!(m["quicast_subscriptions"], 3.0);
+    assert_eq!(m["quicast_refusals_total{reason=\"auth\"}"], 1.0);
+    assert_eq!(m["quicast_refusals_total{reason=\"not_found\"}"], 0.0);
+    assert!(m["quicast_skips_total"] >= 1.0);
+    // Every join timed, once: two QUIC listeners, the stalled one, the HTTP one.
+    assert_eq!(m["quicast_joins_total"], 4.0);
+    assert_eq!(m["quicast_join_seconds_count"], 4.0);
+    assert_eq!(m["quicast_join_seconds_bucket{le=\"+Inf\"}"], 4.0);
+    assert!(m["quicast_join_seconds_sum"] < 4.0 * 30.0, "{m:#?}");
+    // Audio from the parent: one latency sample per segment, at loopback's age.
+    let samples = m["quicast_publisher_latency_seconds_count"];
+    assert!(samples >= 1.0, "{m:#?}");
+    assert!(
+        m["quicast_publisher_latency_seconds_sum"] / samples < 2.0,
+        "{m:#?}"
+    );
+    assert!(m["quicast_frames_received_total"] >= samples);
+    assert!(m["quicast_bytes_received_total"] > m["quicast_frames_received_total"]);
+    assert!(m["quicast_frames_sent_total"] > 0.0, "{m:#?}");
+    assert!(m["quicast_bytes_sent_total"] > m["quicast_frames_sent_total"]);
+    assert!(m["quicast_cached_segments"] >= 1.0);
+    assert!(m["quicast_cached_bytes"] > 0.0);
+
+    // The origin: the relay its one subscriber, timed from its subscribe; no stamps older
+    // than its own.
+    let m = scrape(&o_admin);
+    assert_eq!(listeners(&m, "talk", "relay"), 1.0);
+    assert_eq!(listeners(&m, "talk", "quic"), 0.0);
+    assert_eq!(listeners(&m, "talk", "http_ogg"), 0.0);
+    assert_eq!(m["quicast_joins_total"], 1.0);
+    assert_eq!(m["quicast_join_seconds_count"], 1.0);
+    assert_eq!(m["quicast_publisher_latency_seconds_count"], 0.0);
+    assert_eq!(m["quicast_refusals_total{reason=\"auth\"}"], 0.0);
+    assert!(m["quicast_frames_received_total"] > 0.0);
+    assert!(m["quicast_bytes_received_total"] > m["quicast_frames_received_total"]);
+    assert!(m["quicast_frames_sent_total"] > 0.0, "{m:#?}");
 }
 
 #[test]

@@ -153,6 +153,8 @@ impl Drop for Net {
 struct Ns {
     name: String,
     host_if: String,
+    /// Its veth's end inside the namespace.
+    peer_if: String,
     host: String,
     addr: String,
 }
@@ -194,6 +196,7 @@ impl Net {
             all.push(Ns {
                 name,
                 host_if,
+                peer_if,
                 host,
                 addr,
             });
@@ -368,4 +371,74 @@ fn a_minute_on_impaired_healthy_links_fails_over_nothing() {
             );
         }
     }
+}
+
+/// The `connection ended` line of a listener's connection, as the origin logged it.
+fn listener_ended(n: &mut Node) -> String {
+    loop {
+        let l = n.p.wait_line("connection ended");
+        if l.contains("role=Listener") {
+            return l;
+        }
+    }
+}
+
+#[test]
+fn packets_grow_to_1452_where_the_path_carries_them_and_fall_back_without_a_gap() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let src_crcs = packet_crcs(&src);
+    let c = certs();
+    let (_net, ns) = Net::new(3, &["origin"]);
+    let mut origin = node_in(&ns[0], &c, &["origin", "--segment-ms", "500"]);
+    let _pub = publish(&c, &[&origin], "talk", &src);
+
+    // A path that carries 1500-byte packets: one probe, and the connection's packets may be
+    // 1452 bytes.
+    let out = work.path().join("first.opus");
+    let mut l = listen(&c, &[&origin], "talk", &out, 3);
+    assert!(l.wait_exit().success());
+    let ended = listener_ended(&mut origin);
+    assert!(
+        ended.contains("mtu=1452") && ended.contains("mtu_probes=1"),
+        "{ended}"
+    );
+
+    // Mid-stream the path shrinks to 1280 bytes (both ends of the link): large packets
+    // vanish (the origin's kernel refuses them, as a router would drop them). quinn's
+    // black-hole detection wants four separate loss bursts, so before it falls back the
+    // listener's silence timeout (1.5 s) moves it: to a new connection, which starts at
+    // 1200 bytes and whose one probe fails, resuming where it was. No frame is lost.
+    let out = work.path().join("second.opus");
+    let mut l = listen(&c, &[&origin], "talk", &out, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Two seconds of audio in: the probe has been answered long since.
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) < 16_000 {
+        assert!(std::time::Instant::now() < deadline, "no audio");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ip(&["link", "set", "dev", &ns[0].host_if, "mtu", "1280"]);
+    ip(&[
+        "-n",
+        &ns[0].name,
+        "link",
+        "set",
+        "dev",
+        &ns[0].peer_if,
+        "mtu",
+        "1280",
+    ]);
+    assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
+    assert_one_run(&out, &src_crcs, 8 * 50);
+    // Its connections: the one that had 1452, then the last at 1200.
+    let mut ended = listener_ended(&mut origin);
+    assert!(ended.contains("mtu=1452"), "{ended}");
+    loop {
+        ended = listener_ended(&mut origin);
+        if ended.contains("mtu=1200") {
+            break;
+        }
+    }
+    // It tried (a probe and its retries), and stayed at the size that gets through.
+    assert!(!ended.contains("mtu_probes=0"), "{ended}");
 }

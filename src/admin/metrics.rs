@@ -12,8 +12,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::model::Egress;
 use crate::node::Node;
 
 /// Reads the node at each scrape.
@@ -38,6 +40,11 @@ fn seconds(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fm
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// A histogram in seconds (`name` without the unit).
+fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &Histogram) -> std::fmt::Result {
+    h.encode(e.encode_descriptor(name, help, Some(&Unit::Seconds), h.metric_type())?)
 }
 
 impl Collector for NodeCollector {
@@ -129,6 +136,57 @@ impl Collector for NodeCollector {
                 ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
             }
         }
+        for (name, help, v) in [
+            (
+                "quicast_frames_received",
+                "Audio frames taken in, from publishers and sources or from parents.",
+                &s.frames_received_total,
+            ),
+            (
+                "quicast_bytes_received",
+                "Audio payload bytes taken in, from publishers and sources or from parents.",
+                &s.bytes_received_total,
+            ),
+            (
+                "quicast_frames_sent",
+                "Audio frames written to subscribers (added once per segment each).",
+                &s.frames_sent_total,
+            ),
+            (
+                "quicast_bytes_sent",
+                "Bytes of audio written to subscribers as sent: frame records, Ogg pages, fMP4.",
+                &s.bytes_sent_total,
+            ),
+        ] {
+            counter(&mut e, name, help, get(v))?;
+        }
+        let (segments, bytes) = n.registry.cache.usage();
+        gauge(
+            &mut e,
+            "quicast_cached_segments",
+            "Segments held in the cache now, all streams together.",
+            segments,
+        )?;
+        gauge(
+            &mut e,
+            "quicast_cached_bytes",
+            "Bytes the cache holds now, as counted against cache-mib.",
+            bytes,
+        )?;
+        histogram(
+            &mut e,
+            "quicast_publisher_latency",
+            "Age of audio on arrival from a parent, since the origin received it (one sample \
+             per segment; none on an origin, whose stamp is its arrival).",
+            &s.timings.publisher_latency,
+        )?;
+        histogram(
+            &mut e,
+            "quicast_join",
+            "From a connection's start (or an HTTP request's arrival) to the first audio \
+             written to a subscription.",
+            &s.timings.join,
+        )?;
         if let Some((up, all)) = n.parents_up() {
             gauge(
                 &mut e,
@@ -158,10 +216,19 @@ impl Collector for NodeCollector {
         )?;
         {
             let g = ConstGauge::new(0i64);
-            let mut fam = e.encode_descriptor("quicast_listeners", "Subscribers of a stream now (QUIC and HTTP listeners, child relays, HLS requests being served).", None, g.metric_type())?;
+            let mut fam = e.encode_descriptor(
+                "quicast_listeners",
+                "Subscribers of a stream now, by egress: quic (QUIC listeners), relay (child \
+                 relays), http_ogg (HTTP Ogg listeners), hls (HLS requests being served).",
+                None,
+                g.metric_type(),
+            )?;
             for (slot, _) in &live {
-                ConstGauge::new(slot.subscribers() as i64)
-                    .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
+                for egress in Egress::ALL {
+                    let labels = [("stream", slot.path.as_str()), ("egress", egress.label())];
+                    ConstGauge::new(slot.subscribers_by(egress) as i64)
+                        .encode(fam.encode_family(&labels)?)?;
+                }
             }
         }
         {
@@ -177,6 +244,25 @@ impl Collector for NodeCollector {
                     .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
             }
         }
+        {
+            let g = ConstGauge::new(0f64);
+            let mut fam = e.encode_descriptor(
+                "quicast_stream_delivery_interval",
+                "How often a stream's subscribers are sent new frames now (its own interval, or the node's floor under load; 0: every frame at once).",
+                Some(&Unit::Seconds),
+                g.metric_type(),
+            )?;
+            for (slot, b) in &live {
+                ConstGauge::new(b.interval().as_secs_f64())
+                    .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
+            }
+        }
+        seconds(
+            &mut e,
+            "quicast_delivery_interval_floor",
+            "The floor the node put under every delivery interval because of CPU load (0: none).",
+            n.interval_floor().as_secs_f64(),
+        )?;
         if n.is_relay() {
             let g = ConstGauge::new(0i64);
             let mut fam = e.encode_descriptor(

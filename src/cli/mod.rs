@@ -1,5 +1,6 @@
-//! The binary's own commands beyond the node and its clients: the demo tree, and the load
-//! generator the benchmarks drive.
+//! The binary's own commands beyond the node and its clients: the demo tree, the load
+//! generator the benchmarks drive, and the node's operations (config checks, tokens, reload).
 
 pub mod demo;
 pub mod loadgen;
+pub mod ops;

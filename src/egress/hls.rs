@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::error::{Error, Kind, Result};
 use crate::media::{fragment, init_segment, OpusHead, OPUS_RATE};
-use crate::model::{Batch, Broadcast, Segment, WireFrame};
+use crate::model::{Batch, Broadcast, Egress, Segment, WireFrame};
 use crate::node::{Node, Peer};
 use crate::proto::{self, Start};
 
@@ -203,6 +203,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
     let (b, _sub) = match ended {
         Some(b) => (b, None),
         None => {
+            let peer = &peer.served_as(Egress::Hls);
             let sub = node.subscribe(name, Start::Live, wait, peer).await?;
             (sub.cursor.broadcast().clone(), Some(sub))
         }
@@ -257,7 +258,8 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
                 .filter(|s| s.is_sealed() || b.span().ended)
                 .ok_or_else(|| not_held(seq))?;
             let frames = frames_of(&seg);
-            Ok(media_reply(fragment_of(seq, 0, &frames)))
+            let body = fragment_of(seq, 0, &frames);
+            Ok(media_reply(node, frames.len(), body))
         }
         Resource::Part {
             instance,
@@ -285,12 +287,15 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
             if from == to {
                 return Err(not_held(seq));
             }
-            Ok(media_reply(fragment_of(seq, part + 1, &frames[from..to])))
+            let body = fragment_of(seq, part + 1, &frames[from..to]);
+            Ok(media_reply(node, to - from, body))
         }
     }
 }
 
-fn media_reply(body: Bytes) -> Reply {
+/// A segment or part of `frames` frames: counted as sent.
+fn media_reply(node: &Node, frames: usize, body: Bytes) -> Reply {
+    node.stats.sent(frames as u64, body.len() as u64);
     Reply {
         content_type: "audio/mp4",
         cache_control: IMMUTABLE,

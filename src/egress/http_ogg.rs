@@ -11,8 +11,8 @@ use tracing::{info, info_span, Instrument};
 
 use crate::error::{Error, Result};
 use crate::media::OggOpusWriter;
-use crate::model::{Batch, Form};
-use crate::node::{fan_out, Delivery, Node, Peer, Sink};
+use crate::model::{Batch, Egress, Form};
+use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
 use crate::proto::Start;
 
 /// Ogg page chunks queued for one HTTP listener; a listener whose socket is full fills this,
@@ -20,16 +20,18 @@ use crate::proto::Start;
 const LISTENER_QUEUE: usize = 8;
 
 /// An HTTP listener: Ogg pages into a bounded queue that the response body drains.
-struct HttpSink {
+struct HttpSink<'a> {
     tx: mpsc::Sender<Bytes>,
     ogg: OggOpusWriter,
     /// Totals, said when the listener ends.
     frames: u64,
     bytes: u64,
     skips: u64,
+    /// The node's totals, added to once per segment.
+    tally: Tally<'a>,
 }
 
-impl Sink for HttpSink {
+impl Sink for HttpSink<'_> {
     /// The audio is re-packaged as Ogg pages: each frame's payload and duration.
     const FORM: Form = Form::Frames;
 
@@ -44,22 +46,27 @@ impl Sink for HttpSink {
         let pages = self
             .ogg
             .packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));
-        self.frames += frames.len() as u64;
-        self.bytes += pages.len() as u64;
+        let (n, len) = (frames.len() as u64, pages.len() as u64);
+        self.frames += n;
+        self.bytes += len;
         if !pages.is_empty() {
             self.tx
                 .send(pages)
                 .await
                 .map_err(|_| Error::closed("the HTTP listener left"))?;
+            self.tally.wrote(n, len);
         }
         Ok(Delivery::Done)
     }
 
-    fn sealed(&mut self, _seq: u64) {}
+    fn sealed(&mut self, _seq: u64) {
+        self.tally.flush();
+    }
 
     /// The Ogg stream simply continues from the newer segment: granule positions count what
     /// this listener heard, so players see a short jump in the audio, never a broken file.
     fn skip(&mut self) {
+        self.tally.flush();
         self.skips += 1;
     }
 }
@@ -72,6 +79,7 @@ pub(crate) async fn listen(
     name: String,
     peer: &Peer,
 ) -> Result<mpsc::Receiver<Bytes>> {
+    let peer = &peer.served_as(Egress::HttpOgg);
     let span = info_span!("sub", path = %name, role = "http");
     let mut sub = node
         .subscribe(&name, Start::Live, node.cfg.http_wait_secs.get(), peer)
@@ -96,6 +104,7 @@ pub(crate) async fn listen(
                 frames: 0,
                 bytes: 0,
                 skips: 0,
+                tally: Tally::new(&node.stats, sub.joining),
             };
             let why = match fan_out(&node, &mut sub.cursor, &mut sink).await {
                 Ok(_) => {
@@ -128,6 +137,7 @@ pub(crate) async fn is_live(node: &Arc<Node>, name: &str, peer: &Peer) -> bool {
         Some(_) => true,
         None if node.is_relay() => {
             let wait = node.cfg.http_wait_secs.get().min(Duration::from_secs(5));
+            let peer = &peer.served_as(Egress::HttpOgg);
             node.subscribe(name, Start::Live, wait, peer).await.is_ok()
         }
         None => false,

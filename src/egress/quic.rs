@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::error::Result;
 use crate::model::{Batch, Form};
-use crate::node::{fan_out, Delivery, Node, Peer, Sink};
+use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
 use crate::proto::{ErrorCode, Message, SegmentHeader, Start};
 use crate::transport::{conn_error, varint, ControlWriter};
 
@@ -51,6 +51,7 @@ pub(crate) async fn serve_subscription(
         header: None,
         ended: None,
         chunks: Vec::new(),
+        tally: Tally::new(&node.stats, sub.joining),
     };
     match fan_out(&node, &mut sub.cursor, &mut sink).await {
         Ok(last) => {
@@ -79,6 +80,7 @@ struct QuicSink<'a> {
     /// frames instead of in a packet of its own. Dropping the sink sends it too.
     ended: Option<SendStream>,
     chunks: Vec<Bytes>,
+    tally: Tally<'a>,
 }
 
 impl QuicSink<'_> {
@@ -127,8 +129,12 @@ impl Sink for QuicSink<'_> {
         self.chunks.clear();
         self.chunks.extend(self.header.take());
         self.chunks.extend_from_slice(wire);
+        let bytes = self.chunks.iter().map(|c| c.len() as u64).sum();
         match s.write_all_chunks(&mut self.chunks).await {
-            Ok(()) => Ok(Delivery::Done),
+            Ok(()) => {
+                self.tally.wrote(records(wire), bytes);
+                Ok(Delivery::Done)
+            }
             Err(quinn::WriteError::Stopped(_)) => {
                 self.out = None;
                 Ok(Delivery::Stopped)
@@ -138,6 +144,7 @@ impl Sink for QuicSink<'_> {
     }
 
     fn sealed(&mut self, _seq: u64) {
+        self.tally.flush();
         if let Some(mut s) = self.out.take() {
             // A segment without frames still shows the subscriber its header. A fresh
             // stream has credit for a few bytes; if not, the segment is reset instead.
@@ -158,10 +165,55 @@ impl Sink for QuicSink<'_> {
     }
 
     fn skip(&mut self) {
+        self.tally.flush();
         self.finish_ended();
         self.header = None;
         if let Some(mut s) = self.out.take() {
             let _ = s.reset(varint(ErrorCode::Skipped));
         }
+    }
+}
+
+/// How many frame records runs of them hold (`len, pts, duration, wall_us, payload`): a few
+/// varints read per frame, no copy.
+fn records(runs: &[Bytes]) -> u64 {
+    use crate::proto::varint::try_get;
+    let mut n = 0;
+    for run in runs {
+        let mut rest: &[u8] = run;
+        while let Some(len) = try_get(&mut rest) {
+            let fields = (0..3).all(|_| try_get(&mut rest).is_some());
+            match usize::try_from(len).ok().and_then(|l| rest.get(l..)) {
+                Some(after) if fields => rest = after,
+                _ => break,
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Frame;
+
+    #[test]
+    fn records_in_runs_are_counted() {
+        let f = |n: u64, size: usize| Frame {
+            pts: n * 960,
+            duration: 960,
+            wall_us: 1_700_000_000_000_000 + n,
+            payload: Bytes::from(vec![7u8; size]),
+        };
+        let mut run = BytesMut::new();
+        for n in 0..3 {
+            f(n, 100 + n as usize * 200).encode(&mut run);
+        }
+        let one = f(3, 0).to_bytes();
+        assert_eq!(records(&[run.freeze(), one.clone()]), 4);
+        assert_eq!(records(&[]), 0);
+        // A cut record is not counted.
+        assert_eq!(records(&[one.slice(..2)]), 0);
     }
 }

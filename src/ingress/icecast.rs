@@ -180,6 +180,8 @@ pub(crate) async fn ingest(
                 deadline = tokio::time::Instant::now() + silence;
             }
             if let Some(p) = publishing.as_mut() {
+                let bytes = frames.iter().map(|f| f.payload.len() as u64).sum();
+                node.stats.received(frames.len() as u64, bytes);
                 p.push(frames)?;
             }
         }

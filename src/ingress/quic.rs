@@ -56,7 +56,11 @@ pub(crate) async fn serve_publish(
                 .await
                 .map_err(|_| Error::timeout("publisher sent no audio"))?;
             match read {
-                SegmentRead::Frames => publishing.push(frames.drain(..).map(|f| f.frame))?,
+                SegmentRead::Frames => {
+                    let bytes = frames.iter().map(|f| f.frame.payload.len() as u64).sum();
+                    node.stats.received(frames.len() as u64, bytes);
+                    publishing.push(frames.drain(..).map(|f| f.frame))?
+                }
                 SegmentRead::Finished => return Ok(()),
                 SegmentRead::Reset(code) => {
                     return Err(Error::remote(code, "the publisher reset its frame stream"))

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{Cursor, Segment, SegmentCache, StoreConfig, WireFrame};
+use super::{Cursor, Pacing, Segment, SegmentCache, StoreConfig, WireFrame};
 use crate::error::{Error, Result};
 use crate::proto::ErrorCode;
 use crate::proto::{Codec, Start};
@@ -42,11 +42,17 @@ pub struct Broadcast {
     pub(super) window: u64,
     pub(super) max_lag: u64,
     me: std::sync::Weak<Broadcast>,
-    coalesce: Duration,
+    /// How often subscribers are woken (see `pacing`), and this stream's own interval before
+    /// the node's floor, in µs (recomputed at each segment from the stream's rate).
+    pacing: Pacing,
+    base_us: AtomicU64,
     last_wake: Mutex<Option<tokio::time::Instant>>,
     wake_pending: AtomicBool,
-    /// Payload bytes and samples appended, for the bitrate.
+    /// Payload bytes, wire bytes (frames as sent), frames and samples appended, for the
+    /// rates.
     payload_bytes: AtomicU64,
+    wire_bytes: AtomicU64,
+    frames: AtomicU64,
     samples: AtomicU64,
     /// End (pts + duration) of the last frame appended, plus one; 0 before any.
     end_pts: AtomicU64,
@@ -71,7 +77,8 @@ impl Broadcast {
         static LOCAL: AtomicU64 = AtomicU64::new(1);
         Arc::new_cyclic(|me| Broadcast {
             me: me.clone(),
-            coalesce: cfg.coalesce,
+            base_us: AtomicU64::new(cfg.pacing.base(path, 0, Duration::ZERO).as_micros() as u64),
+            pacing: cfg.pacing.clone(),
             last_wake: Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             path: path.to_string(),
@@ -85,6 +92,8 @@ impl Broadcast {
             window: cfg.window.max(1),
             max_lag: cfg.max_lag.max(1),
             payload_bytes: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             end_pts: AtomicU64::new(0),
         })
@@ -151,6 +160,7 @@ impl Broadcast {
             }
         }
         self.cache.cache.insert((self.local, seq), seg.clone());
+        self.repace();
         // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and
         // an extra packet to every subscriber).
         self.flush();
@@ -167,15 +177,16 @@ impl Broadcast {
     /// Wakes subscribers for frames appended quietly: at once, or, with a coalescing interval,
     /// at most once per interval (a wake-up due later is scheduled, never lost).
     pub fn flush(&self) {
-        if self.coalesce.is_zero() {
+        let interval = self.interval();
+        if interval.is_zero() {
             return self.notify();
         }
         let now = tokio::time::Instant::now();
         let mut last = self.last_wake.lock().unwrap_or_else(|e| e.into_inner());
         match *last {
-            Some(l) if now < l + self.coalesce => {
+            Some(l) if now < l + interval => {
                 if !self.wake_pending.swap(true, Ordering::AcqRel) {
-                    let (due, me) = (l + self.coalesce, self.me.clone());
+                    let (due, me) = (l + interval, self.me.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep_until(due).await;
                         if let Some(b) = me.upgrade() {
@@ -198,9 +209,12 @@ impl Broadcast {
     /// Appends a frame without waking anyone: call `flush` after a batch.
     pub fn append_quiet(&self, seg: &Segment, f: WireFrame) -> Result<()> {
         let (payload, duration, pts) = (f.frame.payload.len(), f.frame.duration, f.frame.pts);
+        let wire = f.record.len();
         seg.append(f)?;
         self.payload_bytes
             .fetch_add(payload as u64, Ordering::Relaxed);
+        self.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
         self.samples.fetch_add(duration as u64, Ordering::Relaxed);
         let end = pts.saturating_add(duration as u64);
         self.end_pts
@@ -245,6 +259,46 @@ impl Broadcast {
             return 0;
         }
         self.payload_bytes.load(Ordering::Relaxed) * 8 * self.codec.sample_rate as u64 / samples
+    }
+
+    /// The delivery interval now: the stream's own, with the node's floor under it.
+    pub fn interval(&self) -> Duration {
+        self.pacing
+            .interval(Duration::from_micros(self.base_us.load(Ordering::Relaxed)))
+    }
+
+    /// The pacing settings (their floor is the node's).
+    #[cfg(test)]
+    pub(crate) fn pacing_for_tests(&self) -> &Pacing {
+        &self.pacing
+    }
+
+    /// The stream's own interval, before the node's floor.
+    pub fn base_interval(&self) -> Duration {
+        Duration::from_micros(self.base_us.load(Ordering::Relaxed))
+    }
+
+    /// Chooses the stream's own interval again from its rates so far (at each segment).
+    fn repace(&self) {
+        let (samples, frames) = (
+            self.samples.load(Ordering::Relaxed),
+            self.frames.load(Ordering::Relaxed),
+        );
+        let rate = self.codec.sample_rate.max(1) as u64;
+        let (wire_rate, frame) = match (samples, frames) {
+            (0, _) | (_, 0) => (0, Duration::ZERO),
+            _ => (
+                self.wire_bytes.load(Ordering::Relaxed) * rate / samples,
+                Duration::from_micros(samples * 1_000_000 / rate / frames),
+            ),
+        };
+        let base = self.pacing.base(&self.path, wire_rate, frame);
+        let old = self
+            .base_us
+            .swap(base.as_micros() as u64, Ordering::Relaxed);
+        if old != base.as_micros() as u64 && frames > 0 {
+            tracing::debug!(path = %self.path, interval_ms = base.as_millis() as u64, "delivery interval");
+        }
     }
 
     /// Where the last frame appended ends (pts + duration), if any was.

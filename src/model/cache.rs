@@ -28,4 +28,11 @@ impl SegmentCache {
         self.cache.run_pending_tasks();
         self.cache.weighted_size()
     }
+
+    /// Segments held now, and their bytes as the bound counts them (records, plus 256 per
+    /// segment).
+    pub fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
 }

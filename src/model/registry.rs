@@ -2,7 +2,7 @@
 //! who publishes and subscribes to each.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,12 +46,42 @@ pub struct PublisherClaim {
     pub took_over: bool,
 }
 
+/// How a subscriber is served, for the counts by kind (`Slot::subscribers_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// A QUIC listener.
+    Quic,
+    /// A child relay (over QUIC).
+    Relay,
+    /// An HTTP progressive Ogg listener.
+    HttpOgg,
+    /// An HLS request, while it is served.
+    Hls,
+}
+
+impl Egress {
+    pub const ALL: [Egress; 4] = [Egress::Quic, Egress::Relay, Egress::HttpOgg, Egress::Hls];
+
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Egress::Quic => "quic",
+            Egress::Relay => "relay",
+            Egress::HttpOgg => "http_ogg",
+            Egress::Hls => "hls",
+        }
+    }
+}
+
 /// A stream name on a node: what is behind it (nothing yet, for a waiting room), and who is
 /// using it.
 pub struct Slot {
     pub path: String,
     state: watch::Sender<SlotState>,
     subscribers: watch::Sender<usize>,
+    /// Subscribers now by how they are served (`Egress` order); those that said
+    /// (`SubscriberGuard::count_as`).
+    by_egress: [AtomicUsize; 4],
     publisher: Mutex<Option<PublisherHold>>,
     /// Subscriptions this node has served for this stream, ever (child relays included).
     pub subscriptions_total: AtomicU64,
@@ -148,6 +178,11 @@ impl Slot {
         *self.subscribers.borrow()
     }
 
+    /// Subscribers now served as `e`.
+    pub fn subscribers_by(&self, e: Egress) -> usize {
+        self.by_egress[e as usize].load(Ordering::Relaxed)
+    }
+
     /// Says where a relay takes the stream from now.
     pub fn set_parents(&self, parents: Vec<String>) {
         *self.parents.lock().unwrap_or_else(|e| e.into_inner()) = parents;
@@ -227,10 +262,24 @@ impl Slot {
 pub struct SubscriberGuard {
     pub slot: Arc<Slot>,
     changes: watch::Sender<u64>,
+    egress: Option<Egress>,
+}
+
+impl SubscriberGuard {
+    /// Counts this subscriber among those served as `e` (for as long as it is held).
+    pub fn count_as(&mut self, e: Egress) {
+        if let Some(old) = self.egress.replace(e) {
+            self.slot.by_egress[old as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.slot.by_egress[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
+        if let Some(e) = self.egress {
+            self.slot.by_egress[e as usize].fetch_sub(1, Ordering::Relaxed);
+        }
         self.slot
             .subscribers
             .send_modify(|n| *n = n.saturating_sub(1));
@@ -350,6 +399,7 @@ impl Registry {
             path: path.to_string(),
             state: watch::Sender::new(SlotState::Waiting),
             subscribers: watch::Sender::new(0),
+            by_egress: Default::default(),
             publisher: Mutex::new(None),
             subscriptions_total: AtomicU64::new(0),
             created: Instant::now(),
@@ -415,6 +465,7 @@ impl Registry {
             SubscriberGuard {
                 slot,
                 changes: self.changes.clone(),
+                egress: None,
             },
             created,
         ))

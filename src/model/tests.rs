@@ -15,7 +15,7 @@ fn cfg(window: u64, max_lag: u64) -> StoreConfig {
         max_lag,
         max_streams: 100,
         max_waiting: 100,
-        coalesce: Duration::ZERO,
+        pacing: Pacing::new(PaceMode::Fixed(Duration::ZERO), 1452, vec![]),
     }
 }
 
@@ -231,7 +231,7 @@ fn cache_is_bounded_by_bytes() {
         max_lag: 3,
         max_streams: 100,
         max_waiting: 100,
-        coalesce: Duration::ZERO,
+        pacing: Pacing::new(PaceMode::Fixed(Duration::ZERO), 1452, vec![]),
     };
     let cache = SegmentCache::new(&c);
     let b = Broadcast::new(
@@ -378,7 +378,7 @@ fn waiting_rooms_are_bounded_apart_from_live_streams() {
 /// A broadcast that wakes its subscribers at most once per 100 ms.
 fn coalescing() -> Arc<Broadcast> {
     let c = StoreConfig {
-        coalesce: Duration::from_millis(100),
+        pacing: Pacing::new(PaceMode::Fixed(Duration::from_millis(100)), 1452, vec![]),
         ..cfg(8, 3)
     };
     let cache = SegmentCache::new(&c);
@@ -569,4 +569,79 @@ fn a_subscriber_joining_inside_a_run_gets_the_rest_frame_by_frame() {
     };
     assert_eq!(on_wire.len(), 3, "inside a run: one record each");
     assert_eq!(joined(&on_wire), records(&store_side));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_floor_raised_and_lowered_under_load_stretches_wake_ups_and_loses_no_frame() {
+    let b = coalescing();
+    let ms = Duration::from_millis;
+    let s0 = b.begin(0).unwrap();
+    b.append(&s0, frame(0)).unwrap();
+    let mut cur = b.cursor(Start::Live);
+    assert_eq!(drain(&mut cur), ["B0", "F0"]);
+    let t0 = tokio::time::Instant::now();
+    // The subscriber: when it was woken, and the frames it got, in order.
+    let reader = tokio::spawn(async move {
+        let mut wakes: Vec<(Duration, Vec<u64>)> = Vec::new();
+        loop {
+            let step = cur.next().await;
+            let at = tokio::time::Instant::now() - t0;
+            match step {
+                // One wake-up may hand over the end of a segment and the start of the
+                // next: one entry.
+                Step::Frames(Batch::Frames(f)) => match wakes.last_mut() {
+                    Some(w) if w.0 == at => w.1.extend(f.iter().map(|x| x.frame.wall_us)),
+                    _ => wakes.push((at, f.iter().map(|x| x.frame.wall_us).collect())),
+                },
+                Step::Begin(_) | Step::Sealed(_) => {}
+                Step::Finished => return wakes,
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    // The publisher: a frame every 20 ms for 6 s, a segment a second; the load watch puts a
+    // 300 ms floor under the interval from 2 s to 4 s.
+    let mut seg = s0;
+    for n in 1..=300u64 {
+        tokio::time::sleep(ms(20)).await;
+        if n % 50 == 0 {
+            b.seal(&seg);
+            seg = b.begin(n / 50).unwrap();
+        }
+        b.append(&seg, frame(n)).unwrap();
+        if n == 100 {
+            b.pacing_for_tests().set_floor(ms(300));
+        }
+        if n == 200 {
+            b.pacing_for_tests().set_floor(Duration::ZERO);
+        }
+    }
+    tokio::time::sleep(ms(500)).await;
+    b.seal(&seg);
+    b.finish();
+    let wakes = reader.await.unwrap();
+    let got: Vec<u64> = wakes.iter().flat_map(|w| w.1.clone()).collect();
+    assert_eq!(got, (1..=300).collect::<Vec<_>>(), "every frame, in order");
+    let gaps = |from: u64, to: u64| -> Vec<u64> {
+        wakes
+            .windows(2)
+            .filter(|w| w[0].0 >= ms(from) && w[1].0 <= ms(to))
+            .map(|w| (w[1].0 - w[0].0).as_millis() as u64)
+            .collect()
+    };
+    assert!(
+        gaps(0, 2000).iter().all(|g| *g == 100),
+        "{:?}",
+        gaps(0, 2000)
+    );
+    let stretched = gaps(2400, 4000);
+    assert!(
+        !stretched.is_empty() && stretched.iter().all(|g| *g == 300),
+        "{stretched:?}"
+    );
+    assert!(
+        gaps(4400, 6000).iter().all(|g| *g == 100),
+        "{:?}",
+        gaps(4400, 6000)
+    );
 }

@@ -165,7 +165,7 @@ impl Access {
         }
         match p {
             Presented::Secret => Ok(()),
-            Presented::None => Err(Refusal::Missing),
+            Presented::None => Err(Refusal::Missing(Grant::Publish)),
             Presented::Signed(r) => role(r, Grant::Publish).map(|_| ()),
         }
     }
@@ -177,7 +177,7 @@ impl Access {
         }
         match p {
             Presented::Secret => Ok(()),
-            Presented::None => Err(Refusal::Missing),
+            Presented::None => Err(Refusal::Missing(Grant::Publish)),
             Presented::Signed(r) => covered(role(r, Grant::Publish)?, path),
         }
     }
@@ -190,7 +190,7 @@ impl Access {
         }
         match p {
             Presented::Signed(r) => role(r, Grant::Relay).map(|_| ()),
-            _ => Err(Refusal::Missing),
+            _ => Err(Refusal::Missing(Grant::Relay)),
         }
     }
 
@@ -200,7 +200,7 @@ impl Access {
         if as_relay && !self.keys.is_empty() {
             return match p {
                 Presented::Signed(r) => covered(role(r, Grant::Relay)?, path),
-                _ => Err(Refusal::Missing),
+                _ => Err(Refusal::Missing(Grant::Relay)),
             };
         }
         if self.need(path) == Need::Public {
@@ -208,7 +208,7 @@ impl Access {
         }
         match p {
             Presented::Signed(r) => covered(role(r, Grant::Listen)?, path),
-            _ => Err(Refusal::Missing),
+            _ => Err(Refusal::Missing(Grant::Listen)),
         }
     }
 

@@ -199,10 +199,25 @@ keys! {
     relay_token: opt PathBuf = "";
     /// Target segment duration in milliseconds (origin).
     segment_ms: one Millis<20, 10_000> = "1000";
-    /// Delivery interval in ms (origin): listeners are sent new frames at most this often, in
-    /// one write, instead of at every frame; fewer packets and wake-ups for up to this much
-    /// more latency. 0 sends every frame at once.
-    deliver_ms: one Millis<0, 100> = "100";
+    /// Delivery interval in ms (origin), fixed for every stream: listeners are sent new
+    /// frames at most this often, in one write [default: per stream, the longest interval
+    /// whose frames fill one packet, within latency-budget-ms]. 0 sends every frame at once.
+    deliver_ms: opt Millis<0, 1000> = "";
+    /// Most latency the automatic delivery interval may add, in ms (origin): a stream whose
+    /// packet would take longer to fill (a low bitrate) is sent this often.
+    latency_budget_ms: one Millis<20, 1000> = "200";
+    /// Largest UDP payload sent to a peer once its path has carried one (probed once per
+    /// connection; back to 1200 if large packets are lost). 1200 turns probing off.
+    max_packet_bytes: one Count<1200, 1452> = "1452";
+    /// Under CPU load, the delivery interval grows step by step up to this many ms (every
+    /// listener keeps its audio, with more latency) before newcomers are refused; it shrinks
+    /// again when load falls. 0: it never grows.
+    max_deliver_ms: one Millis<0, 5000> = "500";
+    /// While the node's tasks run this many ms late, the delivery interval grows a step.
+    stretch_lag_ms: one Millis<1, 60_000> = "50";
+    /// Stream names (or prefixes ending in /) sent every frame at once, at more cost per
+    /// listener, while the node has headroom (repeat).
+    low_latency: list Vec<Announce> = "";
     /// Segment cache size in MiB, all streams together.
     cache_mib: one Mib<1, 1_048_576> = "256";
     /// Seconds a cached segment is kept.

@@ -21,6 +21,102 @@ pub fn next_overload(overloaded: bool, lag: Duration, limit: Duration) -> bool {
     }
 }
 
+/// How much a stretch step adds to the delivery interval.
+const STEP: Duration = Duration::from_millis(50);
+/// Late samples in a row (of `LOAD_PROBE` each) before the interval grows.
+const HOT_SAMPLES: u32 = 3;
+/// The least time between two growths (the last one's effect shows first).
+const HOLD: Duration = Duration::from_secs(1);
+/// How long the node must be calm (lag under half the threshold) before each shrink.
+const CALM: Duration = Duration::from_secs(5);
+
+/// The floor under every delivery interval, as load comes and goes: free of I/O (a lag and
+/// the time in, the new floor out), so its rules are tested with made-up clocks.
+///
+/// While tasks run `at` late (sustained), the floor grows a step a second, from just above
+/// the longest interval the node's streams have (`hint`) up to `max`: every write then
+/// carries more frames and the node sends fewer packets, so every listener keeps its audio
+/// with more latency. After `CALM` of calm it shrinks a step, and again, until it is gone.
+#[derive(Debug)]
+pub struct Stretch {
+    max: Duration,
+    at: Duration,
+    floor: Duration,
+    hot: u32,
+    changed: Option<tokio::time::Instant>,
+    calm_since: Option<tokio::time::Instant>,
+}
+
+impl Stretch {
+    pub fn new(max: Duration, at: Duration) -> Stretch {
+        Stretch {
+            max,
+            at,
+            floor: Duration::ZERO,
+            hot: 0,
+            changed: None,
+            calm_since: None,
+        }
+    }
+
+    /// Whether the interval can grow no more (then, and only then, newcomers are refused).
+    pub fn exhausted(&self) -> bool {
+        self.floor >= self.max
+    }
+
+    /// One measurement: `lag` at `now`, `hint` the longest interval of the node's streams.
+    /// Returns the new floor when it changes.
+    pub fn observe(
+        &mut self,
+        lag: Duration,
+        now: tokio::time::Instant,
+        hint: Duration,
+    ) -> Option<Duration> {
+        let held = |since: Option<tokio::time::Instant>, d: Duration| {
+            since.is_none_or(|t| now.saturating_duration_since(t) >= d)
+        };
+        if lag >= self.at {
+            self.hot += 1;
+            self.calm_since = None;
+        } else {
+            self.hot = 0;
+            if lag < self.at / 2 {
+                self.calm_since.get_or_insert(now);
+            } else {
+                self.calm_since = None;
+            }
+        }
+        let next = if self.hot >= HOT_SAMPLES && self.floor < self.max && held(self.changed, HOLD) {
+            let from = if self.floor.is_zero() {
+                hint
+            } else {
+                self.floor
+            };
+            (from + STEP).min(self.max)
+        } else if !self.floor.is_zero()
+            && self
+                .calm_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= CALM)
+            && held(self.changed, CALM)
+        {
+            let lower = self.floor.saturating_sub(STEP);
+            if lower <= hint {
+                Duration::ZERO
+            } else {
+                lower
+            }
+        } else {
+            return None;
+        };
+        if next == self.floor {
+            return None;
+        }
+        self.floor = next;
+        self.changed = Some(now);
+        Some(next)
+    }
+}
+
 /// Load shedding. A node past its CPU serves every listener late, and each handshake it
 /// takes on makes that worse (the 10,000-listener benchmark on one core: 973 hello timeouts
 /// and gaps for listeners already in). So a task measures how late it wakes from a short
@@ -28,19 +124,45 @@ pub fn next_overload(overloaded: bool, lag: Duration, limit: Duration) -> bool {
 /// new connections are refused at once (QUIC CONNECTION_REFUSED, HTTP 503), cheaply, so
 /// clients can go to another relay, and the listeners already here keep their audio.
 pub(crate) async fn watch(node: std::sync::Weak<Node>) {
-    let Some(limit) = node.upgrade().map(|n| n.cfg.overload_lag_ms.get()) else {
+    let Some((limit, mut stretch)) = node.upgrade().map(|n| {
+        (
+            n.cfg.overload_lag_ms.get(),
+            Stretch::new(n.cfg.max_deliver_ms.get(), n.cfg.stretch_lag_ms.get()),
+        )
+    }) else {
         return;
     };
     loop {
         let t0 = tokio::time::Instant::now();
         tokio::time::sleep(LOAD_PROBE).await;
         let Some(node) = node.upgrade() else { return };
-        let lag = t0.elapsed().saturating_sub(LOAD_PROBE);
+        let now_t = tokio::time::Instant::now();
+        let lag = now_t
+            .saturating_duration_since(t0)
+            .saturating_sub(LOAD_PROBE);
         node.stats
             .lag_ms
             .store(lag.as_millis() as u64, Ordering::Relaxed);
+        let hint = node.longest_interval();
+        if let Some(floor) = stretch.observe(lag, now_t, hint) {
+            node.registry.cfg.pacing.set_floor(floor);
+            if floor.is_zero() {
+                info!(
+                    lag_ms = lag.as_millis() as u64,
+                    "load fell: delivery intervals back to their own"
+                );
+            } else {
+                warn!(
+                    lag_ms = lag.as_millis() as u64,
+                    floor_ms = floor.as_millis() as u64,
+                    max_ms = stretch.max.as_millis() as u64,
+                    "CPU load: delivery interval stretched (more latency, same audio)"
+                );
+            }
+        }
         let was = node.overloaded();
-        let now = next_overload(was, lag, limit);
+        // Newcomers are refused only once the interval can grow no more.
+        let now = next_overload(was, lag, limit) && (was || stretch.exhausted());
         if now != was {
             node.set_overloaded(now);
             if now {
@@ -77,8 +199,48 @@ pub(crate) async fn sweep(node: std::sync::Weak<Node>) {
 
 #[cfg(test)]
 mod tests {
-    use super::next_overload;
+    use super::{next_overload, Stretch, CALM};
     use std::time::Duration;
+
+    #[test]
+    fn the_interval_grows_under_sustained_lag_up_to_its_max_and_shrinks_when_calm() {
+        let ms = Duration::from_millis;
+        let t0 = tokio::time::Instant::now();
+        let at = |k: u64| t0 + ms(100 * k);
+        let mut s = Stretch::new(ms(500), ms(50));
+        let hint = ms(140);
+        // A lone late sample is no load.
+        assert_eq!(s.observe(ms(80), at(1), hint), None);
+        assert_eq!(s.observe(ms(0), at(2), hint), None);
+        // Sustained: from just above the streams' own interval, a step a second.
+        let mut k = 3;
+        let mut floors = Vec::new();
+        while k < 200 {
+            if let Some(f) = s.observe(ms(120), at(k), hint) {
+                floors.push(f.as_millis() as u64);
+            }
+            k += 1;
+        }
+        assert_eq!(floors, [190, 240, 290, 340, 390, 440, 490, 500]);
+        assert!(s.exhausted());
+        // Calm: nothing for CALM, then a step down each CALM, until it is gone.
+        let mut down = Vec::new();
+        let calm_from = k;
+        while k < calm_from + 10 * (CALM.as_millis() as u64 / 100) {
+            if let Some(f) = s.observe(ms(5), at(k), hint) {
+                down.push(((k - calm_from) / 10, f.as_millis() as u64));
+            }
+            k += 1;
+        }
+        assert_eq!(down.first(), Some(&(5, 450)));
+        assert_eq!(down.last().map(|d| d.1), Some(0));
+        assert!(!s.exhausted());
+        // Half-way lag neither grows nor shrinks it.
+        let mut s = Stretch::new(ms(500), ms(50));
+        for k in 0..100 {
+            assert_eq!(s.observe(ms(30), at(k), hint), None);
+        }
+    }
 
     #[test]
     fn overload_turns_on_at_the_limit_and_off_below_half_of_it() {

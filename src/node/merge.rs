@@ -3,7 +3,6 @@
 //! frame index; what one leg delivers first, the others skip.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::warn;
@@ -11,7 +10,7 @@ use tracing::warn;
 use super::parents::{SegmentRead, SegmentReader};
 use super::Node;
 use crate::error::Error;
-use crate::model::{Broadcast, Segment, Slot, StoreConfig};
+use crate::model::{Broadcast, PaceMode, Segment, Slot, StoreConfig};
 use crate::proto::{Codec, ErrorCode, Start};
 
 /// A leg's failure to merge a segment.
@@ -102,9 +101,15 @@ impl Merge {
             instance,
             codec,
             &self.node.registry.cache,
-            // Batches from the parent are already coalesced: pass them on as they come.
+            // Batches from the parent are already paced: pass them on as they come (only
+            // the node's floor, under load, holds them together).
             &StoreConfig {
-                coalesce: Duration::ZERO,
+                pacing: self
+                    .node
+                    .registry
+                    .cfg
+                    .pacing
+                    .with_mode(PaceMode::PassThrough),
                 ..self.node.registry.cfg.clone()
             },
         );
@@ -169,6 +174,7 @@ impl Merge {
                         frames.stop(ErrorCode::Cancelled);
                         return Ok(());
                     }
+                    let (mut taken, mut bytes) = (0u64, 0u64);
                     for f in batch.drain(..) {
                         let have = seg.len();
                         if i < have {
@@ -186,10 +192,17 @@ impl Merge {
                                 }
                             }
                         } else if i == have {
+                            if i == 0 {
+                                // One sample per segment: its first frame's age.
+                                self.node.stats.arrived(f.frame.wall_us);
+                            }
+                            taken += 1;
+                            bytes += f.frame.payload.len() as u64;
                             b.append_quiet(&seg, f)?;
                         }
                         i += 1;
                     }
+                    self.node.stats.received(taken, bytes);
                     // One wake-up per batch: what the parent sent together goes on together.
                     b.flush();
                     if i >= seg.len() && !*caught.borrow() {

@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
 
 use crate::error::{Error, Kind, Result};
-use crate::model::{Announced, Create, Cursor, Registry, StoreConfig, SubscriberGuard};
+use crate::model::{
+    Announced, Create, Cursor, Egress, PaceMode, Pacing, Registry, StoreConfig, SubscriberGuard,
+};
 use crate::proto::{ErrorCode, Role, Start};
 
 mod access;
@@ -39,8 +41,8 @@ pub use parents::{
     ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
 pub use rendezvous::{hash_order, rendezvous};
-pub use stats::Stats;
-pub(crate) use stats::{dec, inc};
+pub(crate) use stats::{dec, inc, Tally};
+pub use stats::{Stats, Timings};
 pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey};
 
 use upstream::Upstream;
@@ -86,7 +88,16 @@ pub fn store_config(cfg: &NodeConfig) -> StoreConfig {
         max_lag: cfg.max_lag_segments.value(),
         max_streams: cfg.max_streams.get(),
         max_waiting: cfg.max_waiting.get(),
-        coalesce: cfg.deliver_ms.get(),
+        pacing: Pacing::new(
+            match cfg.deliver_ms {
+                Some(d) => PaceMode::Fixed(d.get()),
+                None => PaceMode::Auto {
+                    budget: cfg.latency_budget_ms.get(),
+                },
+            },
+            cfg.max_packet_bytes.value() as u32,
+            cfg.low_latency.iter().map(|a| a.0.clone()).collect(),
+        ),
     }
 }
 
@@ -210,6 +221,22 @@ impl Node {
         ok
     }
 
+    /// The longest delivery interval a live stream here has of its own (before the floor).
+    pub fn longest_interval(&self) -> Duration {
+        self.registry
+            .list()
+            .iter()
+            .filter_map(|s| s.broadcast())
+            .map(|b| b.base_interval())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The floor the load watch put under every delivery interval (zero: none).
+    pub fn interval_floor(&self) -> Duration {
+        self.registry.cfg.pacing.floor()
+    }
+
     /// A relay's parents that are up (not known down, not draining), of how many; `None`
     /// on an origin.
     pub fn parents_up(&self) -> Option<(usize, usize)> {
@@ -273,7 +300,16 @@ impl Node {
         } else {
             Create::Waiting
         };
-        let (guard, created) = self.registry.subscribe(path, how)?;
+        let (mut guard, created) = self.registry.subscribe(path, how)?;
+        guard.count_as(peer.egress);
+        // A listener's first subscription joins from its connection's start (or request's
+        // arrival); a later one, or a child relay's (its connection serves many), from now.
+        let first = !peer.subscribed.swap(true, Ordering::AcqRel);
+        let joining = if first && peer.role != Role::Relay {
+            peer.since
+        } else {
+            Instant::now()
+        };
         inc(&self.stats.subscriptions);
         inc(&self.stats.subscriptions_total);
         let counted = Counted(self.clone());
@@ -330,6 +366,7 @@ impl Node {
         };
         Ok(Subscriber {
             cursor,
+            joining,
             _guard: guard,
             _counted: counted,
         })
@@ -403,11 +440,19 @@ impl Node {
 
 /// Who subscribes, for the bounds on subscriptions to streams that are not live: per
 /// connection, and per address for listeners (a child relay carries its own listeners'
-/// waiting rooms, bounded by its own node).
+/// waiting rooms, bounded by its own node). Made when a connection has said hello, or an
+/// HTTP request arrived.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub role: Role,
     pub addr: IpAddr,
+    /// How its subscriptions are served (counted by kind): a QUIC listener or child relay
+    /// by its role; the HTTP shells say theirs (`Peer::served_as`).
+    pub egress: Egress,
+    /// When it came: its subscriptions' joins are timed from here (the first one's).
+    pub since: Instant,
+    /// Whether it has subscribed yet.
+    subscribed: Arc<AtomicBool>,
     /// Waiting subscriptions this connection holds now.
     pub waiting: Arc<AtomicUsize>,
 }
@@ -417,7 +462,22 @@ impl Peer {
         Peer {
             role,
             addr,
+            egress: if role == Role::Relay {
+                Egress::Relay
+            } else {
+                Egress::Quic
+            },
+            since: Instant::now(),
+            subscribed: Arc::default(),
             waiting: Arc::default(),
+        }
+    }
+
+    /// The same peer, its subscriptions served as `egress`.
+    pub fn served_as(&self, egress: Egress) -> Peer {
+        Peer {
+            egress,
+            ..self.clone()
         }
     }
 }
@@ -450,6 +510,8 @@ impl Drop for WaitPermit {
 /// A subscription on this node: where it is in the broadcast, and its place in the counts.
 pub struct Subscriber {
     pub cursor: Cursor,
+    /// When it began to join (see `Peer::since`): its first audio ends the join.
+    pub joining: Instant,
     _guard: SubscriberGuard,
     _counted: Counted,
 }

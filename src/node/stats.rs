@@ -1,6 +1,9 @@
 //! Counters an operator (and a test) can read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -21,6 +24,124 @@ pub struct Stats {
     pub not_found_total: AtomicU64,
     /// How late the node's tasks last ran, in ms (see `load::watch`).
     pub lag_ms: AtomicU64,
+    /// Frames taken in (from publishers and sources, or from parents) and their payload
+    /// bytes: added once per batch received.
+    pub frames_received_total: AtomicU64,
+    pub bytes_received_total: AtomicU64,
+    /// Frames written to subscribers and the bytes written for them (wire records, Ogg
+    /// pages, fMP4 fragments): each subscriber adds its own once per segment (`Tally`).
+    pub frames_sent_total: AtomicU64,
+    pub bytes_sent_total: AtomicU64,
+    pub timings: Timings,
+}
+
+/// Distributions, in seconds.
+#[derive(Debug)]
+pub struct Timings {
+    /// Age of audio on arrival here, from the origin's receive stamp (`Frame::wall_us`): on a
+    /// relay, one sample per segment taken from a parent. An origin observes none (its
+    /// stamp is its own arrival time).
+    pub publisher_latency: Histogram,
+    /// A subscriber's join, to the first audio written to it: from its connection's start
+    /// (QUIC: its hello) or its HTTP request's arrival, for a listener's first subscription;
+    /// a later one, or a child relay's, from its subscribe. HLS requests are not timed.
+    pub join: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            publisher_latency: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            join: Histogram::new([
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        }
+    }
+}
+
+impl Stats {
+    /// Audio taken in: `frames` frames of `bytes` payload bytes (one batch).
+    pub(crate) fn received(&self, frames: u64, bytes: u64) {
+        if frames > 0 {
+            self.frames_received_total
+                .fetch_add(frames, Ordering::Relaxed);
+            self.bytes_received_total
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Audio written to a subscriber outside a fan-out (an HLS segment or part): `frames`
+    /// frames in `bytes` bytes.
+    pub(crate) fn sent(&self, frames: u64, bytes: u64) {
+        self.frames_sent_total.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_sent_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A frame stamped by the origin at `wall_us` (µs since the Unix epoch) arrived now.
+    pub(crate) fn arrived(&self, wall_us: u64) {
+        if wall_us == 0 {
+            return;
+        }
+        let age = super::now_us().saturating_sub(wall_us);
+        self.timings
+            .publisher_latency
+            .observe(Duration::from_micros(age).as_secs_f64());
+    }
+
+    /// A subscriber that began to join at `since` was written its first audio.
+    pub(crate) fn joined(&self, since: Instant) {
+        self.timings.join.observe(since.elapsed().as_secs_f64());
+    }
+}
+
+/// What one subscriber was sent, added to the node's totals once per segment rather than at
+/// every write (and what is left when it goes). Also observes its join at its first audio.
+pub(crate) struct Tally<'a> {
+    stats: &'a Stats,
+    frames: u64,
+    bytes: u64,
+    /// When the subscriber began to join, until its first audio.
+    joining: Option<Instant>,
+}
+
+impl<'a> Tally<'a> {
+    pub(crate) fn new(stats: &'a Stats, joining: Instant) -> Tally<'a> {
+        Tally {
+            stats,
+            frames: 0,
+            bytes: 0,
+            joining: Some(joining),
+        }
+    }
+
+    /// A write of `frames` frames in `bytes` bytes went to the subscriber.
+    pub(crate) fn wrote(&mut self, frames: u64, bytes: u64) {
+        if let Some(since) = self.joining.take() {
+            self.stats.joined(since);
+        }
+        self.frames += frames;
+        self.bytes += bytes;
+    }
+
+    /// Adds what was counted to the node's totals.
+    pub(crate) fn flush(&mut self) {
+        if self.frames > 0 || self.bytes > 0 {
+            self.stats
+                .frames_sent_total
+                .fetch_add(std::mem::take(&mut self.frames), Ordering::Relaxed);
+            self.stats
+                .bytes_sent_total
+                .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -29,4 +150,31 @@ pub(crate) fn inc(c: &AtomicU64) {
 
 pub(crate) fn dec(c: &AtomicU64) {
     c.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_adds_once_per_flush_and_times_the_join_once() {
+        let s = Stats::default();
+        {
+            let mut t = Tally::new(&s, Instant::now());
+            t.wrote(5, 500);
+            t.wrote(5, 400);
+            assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 0);
+            t.flush();
+            assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 10);
+            assert_eq!(s.bytes_sent_total.load(Ordering::Relaxed), 900);
+            t.wrote(1, 10);
+        }
+        assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 11);
+        assert_eq!(s.bytes_sent_total.load(Ordering::Relaxed), 910);
+        let mut text = String::new();
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("j", "j", s.timings.join.clone());
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(text.contains("j_count 1"), "{text}");
+    }
 }

@@ -76,8 +76,8 @@ impl Claims {
 /// Why a token was not taken: said to the peer and the log, and counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("token required")]
-    Missing,
+    #[error("{0} token required")]
+    Missing(Grant),
     #[error("malformed token: {0}")]
     Malformed(String),
     #[error("unknown token key id {0:?}")]
@@ -262,7 +262,7 @@ impl KeySet {
     /// seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
         if token.is_empty() {
-            return Err(Refusal::Missing);
+            return Err(Refusal::Missing(Grant::Listen));
         }
         if token.len() > MAX_TOKEN {
             return Err(Refusal::Malformed(format!(
@@ -405,7 +405,7 @@ mod tests {
         let t = mint(&private, "ec", &good).unwrap();
         assert_eq!(keys.verify(&t, now), Ok(good.clone()));
 
-        assert_eq!(keys.verify("", now), Err(Refusal::Missing));
+        assert_eq!(keys.verify("", now), Err(Refusal::Missing(Grant::Listen)));
         assert!(matches!(
             keys.verify("x.y.z", now),
             Err(Refusal::Malformed(_))

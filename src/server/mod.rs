@@ -4,6 +4,7 @@
 
 mod admin;
 mod http;
+mod http_auth;
 mod quic;
 
 use std::sync::Arc;

@@ -43,7 +43,11 @@ impl QuicServer {
         identity: &Identity,
     ) -> Result<QuicServer> {
         let endpoint = transport::server_endpoint(
-            transport::server_config(identity, node.cfg.ack_delay_ms.get())?,
+            transport::server_config(
+                identity,
+                node.cfg.ack_delay_ms.get(),
+                node.cfg.max_packet_bytes.value() as u16,
+            )?,
             listen,
         )
         .map_err(|e| Error::local(format!("cannot serve QUIC on {listen}: {e}")))?;
@@ -98,6 +102,7 @@ impl QuicServer {
             .set_server_config(Some(transport::server_config(
                 identity,
                 self.node.cfg.ack_delay_ms.get(),
+                self.node.cfg.max_packet_bytes.value() as u16,
             )?));
         Ok(())
     }
@@ -400,6 +405,9 @@ async fn handle_connection(
         bytes_sent = stats.udp_tx.bytes,
         bytes_received = stats.udp_rx.bytes,
         packets_sent = stats.udp_tx.datagrams,
+        mtu = stats.path.current_mtu,
+        mtu_probes = stats.path.sent_plpmtud_probes,
+        black_holes = stats.path.black_holes_detected,
         subscriptions = subscribed,
         why,
         "connection ended"

@@ -166,17 +166,40 @@ pub fn transport(uni_streams: u32, stream_window: u32, conn_window: u32) -> quin
             .try_into()
             .expect("20 s is a valid idle timeout"),
     ));
-    // Audio packets are far below QUIC's 1200-byte minimum MTU: probing for a larger one only
-    // costs packets (most at join, when they are dearest).
+    // A client sends little but ACKs and control: no probing (see `probe_once`, servers).
     t.mtu_discovery_config(None);
     t
 }
 
-/// A server's QUIC config. `ack_delay` non-zero: peers are asked (ACK-frequency extension)
+/// Path-MTU discovery that costs one probe per connection: packets start at QUIC's safe
+/// 1200 bytes; once the handshake is done, one probe of `max` bytes (retried up to three
+/// times) tells whether the path carries it, and from then on packets may be that large.
+/// If large packets are lost later (a path that changed, a black hole), quinn's black-hole
+/// detection drops back to 1200 and probes again after a minute: never silence. The
+/// binary search stops at once because the smallest step it takes is the whole range.
+pub fn probe_once(t: &mut quinn::TransportConfig, max: u16) {
+    const SAFE: u16 = 1200;
+    if max <= SAFE {
+        t.mtu_discovery_config(None);
+        return;
+    }
+    let mut m = quinn::MtuDiscoveryConfig::default();
+    m.upper_bound(max)
+        .minimum_change(max - SAFE)
+        .interval(Duration::from_secs(600));
+    t.mtu_discovery_config(Some(m));
+}
+
+/// A server's QUIC config: packets up to `max_packet` bytes where the path carries them
+/// (`probe_once`). `ack_delay` non-zero: peers are asked (ACK-frequency extension)
 /// to ACK every 10th ack-eliciting packet, or after `ack_delay`, and at once on any gap.
 /// Listeners get a packet per delivery interval and send only ACKs, so this halves the
 /// datagrams a node handles (needs the patch in vendor/README.md to ask for more than 25 ms).
-pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::ServerConfig> {
+pub fn server_config(
+    id: &Identity,
+    ack_delay: Duration,
+    max_packet: u16,
+) -> Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::local(format!("TLS: {e}")))?
@@ -191,6 +214,7 @@ pub fn server_config(id: &Identity, ack_delay: Duration) -> Result<quinn::Server
     // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
     // is a second of the richest Opus stream: what a peer can make the node hold is small.
     let mut t = transport(0, 64 * 1024, 128 * 1024);
+    probe_once(&mut t, max_packet);
     if !ack_delay.is_zero() {
         let mut af = quinn::AckFrequencyConfig::default();
         af.ack_eliciting_threshold(9u32.into())

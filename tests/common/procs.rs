@@ -268,6 +268,21 @@ impl Node {
         Node { p, addr }
     }
 
+    /// The address in the node's `listening (WHAT)` line, which may be in its log already
+    /// (`what`: `admin`, `HTTP`).
+    pub fn logged_addr(&mut self, what: &str) -> String {
+        let needle = format!("listening ({what})");
+        self.p.wait_lines(&[&needle]);
+        let l = self.p.log.iter().find(|l| l.contains(&needle)).unwrap();
+        l.split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     /// The HTTP address of a node started with `--http 127.0.0.1:0`.
     pub fn http_addr(&mut self) -> String {
         self.p.wait_lines(&["listening (HTTP)"]);

@@ -1,0 +1,115 @@
+//! The node's operations beyond running: its identity from the config, `check-config`,
+//! `token`, and the SIGHUP reload.
+
+use anyhow::{bail, Context};
+use quicast::node::config::{invalid, ConfigError};
+use quicast::node::{mint, Access, Claims, Grant};
+use quicast::{Identity, NodeArgs, NodeConfig, QuicServer};
+
+/// The server's identity: from `cert` and `key`, or generated.
+pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
+    match (&cfg.cert, &cfg.key) {
+        (Some(c), Some(k)) => {
+            Identity::from_pem_files(c, k).map_err(|e| invalid(e.key, e.to_string()))
+        }
+        _ => Identity::self_signed(&[]).map_err(|e| invalid("cert", e.to_string())),
+    }
+}
+
+/// `quicast check-config FILE`: what `origin`/`relay --config FILE` would refuse at start.
+pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let cfg = NodeArgs::from_toml(&text, file)?.resolve();
+    let relay = match role {
+        None => cfg.is_relay(),
+        Some("origin") => false,
+        Some("relay") => true,
+        Some(other) => bail!("--role is origin or relay, not {other:?}"),
+    };
+    cfg.check(relay)?;
+    println!(
+        "{}: ok ({})",
+        file.display(),
+        if relay { "relay" } else { "origin" }
+    );
+    Ok(())
+}
+
+/// `quicast token`: one signed token on stdout.
+pub fn mint_token(
+    key: &std::path::Path,
+    kid: &str,
+    role: Grant,
+    path: String,
+    ttl: u64,
+) -> anyhow::Result<()> {
+    const MAX_TTL: u64 = 10 * 366 * 86_400;
+    if ttl == 0 || ttl > MAX_TTL {
+        bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
+    }
+    let name = path.trim_start_matches('/');
+    let name = name.strip_suffix('/').unwrap_or(name);
+    if !name.is_empty() {
+        quicast::proto::check_path(name).map_err(|e| anyhow::anyhow!("--path {path:?}: {e}"))?;
+    }
+    let now = quicast::node::unix_now();
+    let claims = Claims {
+        role,
+        path,
+        exp: now + ttl,
+        nbf: now,
+    };
+    let token = mint(key, kid, &claims).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// SIGHUPs, from the moment this is called (a SIGHUP no longer stops the process).
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// Resolves at the next SIGHUP (never without the signal).
+pub async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// SIGHUP: the config (file and flags) read again; its certificate, token keys and listen
+/// policy taken for what comes next. All or nothing: a file that does not pass the start-up
+/// checks is refused, naming the key, and nothing changes. Other keys take effect at restart.
+pub fn reload(
+    args: &NodeArgs,
+    relay: bool,
+    node: &quicast::Node,
+    server: &QuicServer,
+) -> Result<String, ConfigError> {
+    let cfg = args.clone().load()?.resolve();
+    cfg.check(relay)?;
+    let access = Access::from_config(&cfg)?;
+    // A generated certificate is kept: a new one would break every fingerprint pin.
+    let identity = match cfg.cert {
+        Some(_) => Some(identity(&cfg)?),
+        None => None,
+    };
+    if let Some(id) = &identity {
+        server
+            .set_identity(id)
+            .map_err(|e| invalid("cert", e.to_string()))?;
+    }
+    let what = format!(
+        "certificate {}, {} token key(s), listen policy",
+        identity
+            .as_ref()
+            .map_or("unchanged (generated)".to_string(), |i| i
+                .fingerprint
+                .clone()),
+        access.keys(),
+    );
+    node.set_access(access);
+    Ok(what)
+}
