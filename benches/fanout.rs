@@ -7,6 +7,9 @@
 //!   QUICAST_BENCH_RELAY_BIN=/path/to/other/quicast cargo bench --bench fanout   # A/B a relay build
 //!   QUICAST_BENCH_ORIGIN_BIN=/path/to/other/quicast ...   # and the origin (its pacing)
 //!   QUICAST_BENCH_RELAY_ARGS="--max-deliver-ms 0" ...     # extra relay flags
+//!   QUICAST_BENCH_RAMP=10 ...  # seconds over which listeners join [default: N / 2500]
+//!   QUICAST_BENCH_HOG=-5 ...   # a busy loop on the relay's core at this nice: a slower core,
+//!                              # to overload the relay with listeners the load generator can drive
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -155,11 +158,33 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     rargs.extend(extra.split_whitespace());
     let mut relay = spawn_bin(&relay_bin(), &rargs, Some("0"), LOG);
     let (raddr, floor) = relay_addr_and_floor(&mut relay);
+    // A busy loop sharing the relay's core, at a higher priority: the relay gets a fraction
+    // of it (the overload run).
+    let _hog = std::env::var("QUICAST_BENCH_HOG").ok().map(|nice| {
+        Killed(
+            Command::new("taskset")
+                .args([
+                    "-c",
+                    "0",
+                    "nice",
+                    "-n",
+                    &nice,
+                    "sh",
+                    "-c",
+                    "while :; do :; done",
+                ])
+                .spawn()
+                .unwrap(),
+        )
+    });
     let _publisher = publisher(&oaddr, "bench", &src, &fp, Some("1"));
     std::thread::sleep(Duration::from_secs(2));
     let rpid = pid(&relay);
     let rss0 = rss_kib(rpid);
-    let ramp = (n as f64 / 2500.0).max(1.0);
+    let ramp = std::env::var("QUICAST_BENCH_RAMP")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or((n as f64 / 2500.0).max(1.0));
     let t0 = Instant::now();
     let mut loadgen = Command::new("taskset")
         .args([

@@ -12,6 +12,13 @@ use crate::error::{Error, Result};
 use crate::proto::ErrorCode;
 use crate::proto::{Codec, Start};
 
+/// µs from the process's first use of this clock to `t` (Tokio's clock: paused in tests).
+pub fn since_epoch(t: tokio::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    t.saturating_duration_since(epoch).as_micros() as u64
+}
+
 #[derive(Default)]
 struct BState {
     open: Option<Arc<Segment>>,
@@ -46,6 +53,10 @@ pub struct Broadcast {
     /// the node's floor, in µs (recomputed at each segment from the stream's rate).
     pacing: Pacing,
     base_us: AtomicU64,
+    /// How long the stream takes to fill a packet, in µs (0: not known yet).
+    fill_us: AtomicU64,
+    /// When subscribers were last woken (µs of `since_epoch`).
+    woke_at_us: AtomicU64,
     last_wake: Mutex<Option<tokio::time::Instant>>,
     wake_pending: AtomicBool,
     /// Payload bytes, wire bytes (frames as sent), frames and samples appended, for the
@@ -79,6 +90,8 @@ impl Broadcast {
             me: me.clone(),
             base_us: AtomicU64::new(cfg.pacing.base(path, 0, Duration::ZERO).as_micros() as u64),
             pacing: cfg.pacing.clone(),
+            fill_us: AtomicU64::new(0),
+            woke_at_us: AtomicU64::new(0),
             last_wake: Mutex::new(None),
             wake_pending: AtomicBool::new(false),
             path: path.to_string(),
@@ -104,7 +117,19 @@ impl Broadcast {
     }
 
     fn notify(&self) {
+        self.woke_at_us
+            .store(since_epoch(tokio::time::Instant::now()), Ordering::Relaxed);
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The last wake-up: its number (each one's is one more) and when it was, in µs of
+    /// `since_epoch`. A subscriber that took exactly the next one learns how late the node
+    /// serves it (see `node::fan_out`).
+    pub fn last_wake(&self) -> (u64, u64) {
+        (
+            *self.changed.borrow(),
+            self.woke_at_us.load(Ordering::Relaxed),
+        )
     }
 
     /// This node's own number for the broadcast (unique here, never reused).
@@ -273,6 +298,12 @@ impl Broadcast {
         &self.pacing
     }
 
+    /// How long the stream takes to fill a packet (zero until its rate is known): where a
+    /// stretched interval starts, on an origin and on a relay alike.
+    pub fn fill_interval(&self) -> Duration {
+        Duration::from_micros(self.fill_us.load(Ordering::Relaxed))
+    }
+
     /// The stream's own interval, before the node's floor.
     pub fn base_interval(&self) -> Duration {
         Duration::from_micros(self.base_us.load(Ordering::Relaxed))
@@ -293,6 +324,12 @@ impl Broadcast {
             ),
         };
         let base = self.pacing.base(&self.path, wire_rate, frame);
+        if wire_rate > 0 {
+            self.fill_us.store(
+                self.pacing.fill(wire_rate, frame).as_micros() as u64,
+                Ordering::Relaxed,
+            );
+        }
         let old = self
             .base_us
             .swap(base.as_micros() as u64, Ordering::Relaxed);

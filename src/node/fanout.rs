@@ -3,12 +3,13 @@
 //! says how a segment, its frames and a skip look on its transport.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use tracing::{debug, info};
 
 use super::{inc, Node};
 use crate::error::Result;
-use crate::model::{Batch, Cursor, Form, Step};
+use crate::model::{since_epoch, Batch, Cursor, Form, Step};
 
 /// What became of a write.
 pub enum Delivery {
@@ -52,8 +53,24 @@ pub async fn fan_out<S: Sink>(
 ) -> Result<Option<u64>> {
     let mut last = None;
     cursor.set_form(S::FORM);
+    // The wake-up this subscriber last took: when it takes the very next one, how long
+    // after it this task ran is how late the node serves its listeners (its load watch
+    // stretches intervals on it).
+    let mut seen: Option<u64> = None;
     loop {
         let mut step = cursor.next().await;
+        if matches!(step, Step::Frames(_)) {
+            let b = cursor.broadcast();
+            let (wake, at) = b.last_wake();
+            if let Some(missed) = seen.map(|s| wake.wrapping_sub(s)).filter(|m| *m >= 1) {
+                // Since the last wake-up; and a whole interval more for each one before it
+                // that this subscriber never took on its own.
+                let late = since_epoch(tokio::time::Instant::now()).saturating_sub(at)
+                    + (missed - 1).min(100) * b.interval().as_micros() as u64;
+                node.stats.fanout_late_us.fetch_max(late, Ordering::Relaxed);
+            }
+            seen = Some(wake);
+        }
         match &step {
             Step::Begin(seq) => {
                 if unless_lagging(cursor, sink.begin(*seq))

@@ -137,9 +137,15 @@ pub(crate) async fn watch(node: std::sync::Weak<Node>) {
         tokio::time::sleep(LOAD_PROBE).await;
         let Some(node) = node.upgrade() else { return };
         let now_t = tokio::time::Instant::now();
-        let lag = now_t
+        // How late a task woke from a timer, or (the later) how late a subscriber took its
+        // wake-up: the second sees a backlog of fan-out work even while another worker
+        // thread is free to run this one.
+        let timer_lag = now_t
             .saturating_duration_since(t0)
             .saturating_sub(LOAD_PROBE);
+        let served_late =
+            Duration::from_micros(node.stats.fanout_late_us.swap(0, Ordering::Relaxed));
+        let lag = timer_lag.max(served_late);
         node.stats
             .lag_ms
             .store(lag.as_millis() as u64, Ordering::Relaxed);

@@ -221,13 +221,14 @@ impl Node {
         ok
     }
 
-    /// The longest delivery interval a live stream here has of its own (before the floor).
+    /// The longest delivery interval a live stream here has of its own, or takes to fill a
+    /// packet (a relay passes its parent's batches on as they come: about that often).
     pub fn longest_interval(&self) -> Duration {
         self.registry
             .list()
             .iter()
             .filter_map(|s| s.broadcast())
-            .map(|b| b.base_interval())
+            .map(|b| b.base_interval().max(b.fill_interval()))
             .max()
             .unwrap_or_default()
     }

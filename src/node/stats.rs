@@ -22,6 +22,8 @@ pub struct Stats {
     pub auth_refused_total: AtomicU64,
     /// Subscriptions refused because the stream is not there (nor did it start in time).
     pub not_found_total: AtomicU64,
+    /// The latest a subscriber took its wake-up since the load watch last looked, in µs.
+    pub fanout_late_us: AtomicU64,
     /// How late the node's tasks last ran, in ms (see `load::watch`).
     pub lag_ms: AtomicU64,
     /// Frames taken in (from publishers and sources, or from parents) and their payload
