@@ -112,6 +112,10 @@ enum Cmd {
         /// A listen token, for streams whose node asks for one.
         #[arg(long, env = "QUICAST_TOKEN", default_value = "")]
         token: String,
+        /// Ask for every frame at once, not once per delivery interval (less latency, more
+        /// cost to the node, which honours it while it has headroom).
+        #[arg(long)]
+        low_latency: bool,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -303,6 +307,7 @@ async fn run_listen(
     output: String,
     duration: Option<f64>,
     token: String,
+    low_latency: bool,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
     let urls = urls
@@ -343,6 +348,7 @@ async fn run_listen(
         deadline,
         silence: Duration::from_millis(silence_ms),
         token,
+        low_latency,
     };
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
@@ -594,8 +600,20 @@ async fn main() -> std::process::ExitCode {
             output,
             duration,
             token,
+            low_latency,
             trust,
-        } => run_listen(urls, silence_ms, output, duration, token, trust).await,
+        } => {
+            run_listen(
+                urls,
+                silence_ms,
+                output,
+                duration,
+                token,
+                low_latency,
+                trust,
+            )
+            .await
+        }
         Cmd::Demo { base_port } => run_demo(base_port).await,
         Cmd::Token {
             key,

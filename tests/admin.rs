@@ -162,6 +162,7 @@ impl Stalled {
                 id: 1,
                 path: stream.to_string(),
                 start: Start::Live,
+                flags: 0,
             };
             for m in [hello, subscribe] {
                 send.write_all(&m.to_bytes()).await.unwrap();

@@ -165,6 +165,7 @@ async fn a_listener_that_never_reads_delays_nobody_and_is_skipped_not_buffered()
         id: 1,
         path: "slow".into(),
         start: Start::Live,
+        flags: 0,
     }
     .encode(&mut b);
     send.write_all(&b).await.unwrap();

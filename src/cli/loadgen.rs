@@ -238,6 +238,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                         deadline: Some(end),
                         silence,
                         token: String::new(),
+                        low_latency: false,
                     };
                     listen_any(&nodes, &lo, on).await?;
                 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{Client, Event, Session};
 use crate::error::{Error, Result};
 use crate::node::SegmentRead;
-use crate::proto::{Codec, ErrorCode, Frame, QuicUrl, Role, Start};
+use crate::proto::{Codec, ErrorCode, Frame, QuicUrl, Role, Start, SUBSCRIBE_LOW_LATENCY};
 
 pub enum ListenEvent<'a> {
     /// The codec, before any audio (once per subscription: again after a move).
@@ -103,6 +103,8 @@ pub struct ListenOptions {
     pub silence: Duration,
     /// The token presented to each node (empty: none).
     pub token: String,
+    /// Ask for every frame at once (the shortest delivery interval, at more cost).
+    pub low_latency: bool,
 }
 
 /// Listens on `path` until the broadcast ends or `deadline` passes.
@@ -117,7 +119,17 @@ pub async fn listen(
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let timer = tokio::time::sleep_until(deadline.unwrap_or(far));
     tokio::pin!(timer);
-    match run(session, path, start, None, &mut pos, &mut timer, &mut on).await? {
+    match run(
+        session,
+        (path, 0),
+        start,
+        None,
+        &mut pos,
+        &mut timer,
+        &mut on,
+    )
+    .await?
+    {
         Outcome::Ended => pos.report.ended = true,
         Outcome::Deadline | Outcome::GoingAway(_) | Outcome::Silent => {}
         Outcome::Lost(e) => return Err(e),
@@ -169,9 +181,14 @@ pub async fn listen_any(
                     })?;
                 }
                 let start = pos.seq.map_or(Start::Live, Start::Seq);
+                let flags = if opts.low_latency {
+                    SUBSCRIBE_LOW_LATENCY
+                } else {
+                    0
+                };
                 let o = run(
                     &session,
-                    &opts.path,
+                    (&opts.path, flags),
                     start,
                     Some(opts.silence),
                     &mut pos,
@@ -249,14 +266,14 @@ fn stands(e: &Error) -> bool {
 /// One subscription on one node, from `start`, handing the caller what it has not had yet.
 async fn run(
     session: &Arc<Session>,
-    path: &str,
+    (path, flags): (&str, u64),
     start: Start,
     silence: Option<Duration>,
     pos: &mut Position,
     timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     on: &mut impl FnMut(ListenEvent<'_>) -> Result<()>,
 ) -> Result<Outcome> {
-    let mut sub = match session.subscribe(path, start).await {
+    let mut sub = match session.subscribe_with(path, start, flags).await {
         Ok(s) => s,
         Err(e) => return Ok(Outcome::Lost(e)),
     };

@@ -253,6 +253,16 @@ impl Session {
     }
 
     pub async fn subscribe(self: &Arc<Self>, path: &str, start: Start) -> Result<Subscription> {
+        self.subscribe_with(path, start, 0).await
+    }
+
+    /// Subscribes with `flags` (`proto::SUBSCRIBE_LOW_LATENCY`).
+    pub async fn subscribe_with(
+        self: &Arc<Self>,
+        path: &str,
+        start: Start,
+        flags: u64,
+    ) -> Result<Subscription> {
         check_path(path)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(64);
@@ -264,6 +274,7 @@ impl Session {
                 id,
                 path: path.to_string(),
                 start,
+                flags,
             })
             .await?;
         Ok(sub)

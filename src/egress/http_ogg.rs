@@ -73,11 +73,12 @@ impl Sink for HttpSink<'_> {
 
 /// Subscribes an HTTP listener to `name` (waiting up to `http-wait-secs` for it to start) and
 /// returns the Ogg bytes it is to be sent: headers, a burst, then the live edge. The stream
-/// ends with the broadcast.
+/// ends with the broadcast. `low_latency`: every frame at once, while the node has headroom.
 pub(crate) async fn listen(
     node: Arc<Node>,
     name: String,
     peer: &Peer,
+    low_latency: bool,
 ) -> Result<mpsc::Receiver<Bytes>> {
     let peer = &peer.served_as(Egress::HttpOgg);
     let span = info_span!("sub", path = %name, role = "http");
@@ -88,6 +89,9 @@ pub(crate) async fn listen(
     // Players buffer before they start (Chromium probes a few seconds of Ogg): begin one
     // whole segment further back than the live edge, so they start at once.
     sub.cursor.back(1);
+    if low_latency {
+        sub.cursor.eager();
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(LISTENER_QUEUE);
     let mut ogg = OggOpusWriter::new(rand::random());
     let headers = ogg.headers(&sub.cursor.broadcast().codec.header);

@@ -11,7 +11,7 @@ use tracing::info;
 use crate::error::Result;
 use crate::model::{Batch, Form};
 use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
-use crate::proto::{ErrorCode, Message, SegmentHeader, Start};
+use crate::proto::{ErrorCode, Message, SegmentHeader, Start, SUBSCRIBE_LOW_LATENCY};
 use crate::transport::{conn_error, varint, ControlWriter};
 
 /// Serves one subscription of a QUIC connection until the broadcast ends or the peer goes.
@@ -20,7 +20,7 @@ pub(crate) async fn serve_subscription(
     conn: Connection,
     ctl: ControlWriter,
     peer: Peer,
-    (id, path, start): (u64, String, Start),
+    (id, path, start, flags): (u64, String, Start, u64),
 ) {
     let mut sub = match node
         .subscribe(&path, start, node.cfg.waiting_room_secs.get(), &peer)
@@ -34,8 +34,15 @@ pub(crate) async fn serve_subscription(
             return;
         }
     };
+    if flags & SUBSCRIBE_LOW_LATENCY != 0 {
+        sub.cursor.eager();
+    }
     let b = sub.cursor.broadcast().clone();
-    debug!(instance = b.instance, "subscribed");
+    debug!(
+        instance = b.instance,
+        low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0,
+        "subscribed"
+    );
     let subscribed = Message::Subscribed {
         id,
         instance: b.instance,

@@ -45,6 +45,9 @@ pub struct Broadcast {
     state: Mutex<BState>,
     /// Bumped whenever subscribers have something new to take.
     changed: watch::Sender<u64>,
+    /// Bumped at every frame while the node has headroom (and with `changed`): what
+    /// low-latency subscribers wait on.
+    eager: watch::Sender<u64>,
     cache: SegmentCache,
     pub(super) window: u64,
     pub(super) max_lag: u64,
@@ -101,6 +104,7 @@ impl Broadcast {
             started: SystemTime::now(),
             state: Mutex::new(BState::default()),
             changed: watch::Sender::new(0),
+            eager: watch::Sender::new(0),
             cache: cache.clone(),
             window: cfg.window.max(1),
             max_lag: cfg.max_lag.max(1),
@@ -120,6 +124,12 @@ impl Broadcast {
         self.woke_at_us
             .store(since_epoch(tokio::time::Instant::now()), Ordering::Relaxed);
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        self.eager.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// What a low-latency subscriber waits on (see `Cursor::eager`).
+    pub(super) fn eager_watch(&self) -> watch::Receiver<u64> {
+        self.eager.subscribe()
     }
 
     /// The last wake-up: its number (each one's is one more) and when it was, in µs of
@@ -205,6 +215,11 @@ impl Broadcast {
         let interval = self.interval();
         if interval.is_zero() {
             return self.notify();
+        }
+        // Low-latency subscribers get every frame while the node has headroom (no floor);
+        // under load they wait for the paced wake-ups like everyone.
+        if self.pacing.floor().is_zero() && self.eager.receiver_count() > 0 {
+            self.eager.send_modify(|v| *v = v.wrapping_add(1));
         }
         let now = tokio::time::Instant::now();
         let mut last = self.last_wake.lock().unwrap_or_else(|e| e.into_inner());

@@ -120,6 +120,14 @@ impl Cursor {
         }
     }
 
+    /// Makes this a low-latency subscriber: woken at every frame while the node has
+    /// headroom, instead of once per delivery interval (more packets: its own choice).
+    pub fn eager(&mut self) {
+        let mut rx = self.b.eager_watch();
+        rx.mark_changed();
+        self.rx = rx;
+    }
+
     /// Resolves once this subscriber is more than `max_lag` segments behind. Used while a
     /// write to the subscriber is blocked, so a stuck peer is noticed without its help.
     pub async fn lagging(&self) {

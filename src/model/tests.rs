@@ -645,3 +645,67 @@ async fn a_floor_raised_and_lowered_under_load_stretches_wake_ups_and_loses_no_f
         gaps(4400, 6000)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_low_latency_subscriber_gets_every_frame_while_there_is_headroom() {
+    let b = coalescing();
+    let ms = Duration::from_millis;
+    let s = b.begin(0).unwrap();
+    b.append(&s, frame(0)).unwrap();
+    let mut eager = b.cursor(Start::Live);
+    eager.eager();
+    let mut paced = b.cursor(Start::Live);
+    assert_eq!(drain(&mut eager), ["B0", "F0"]);
+    assert_eq!(drain(&mut paced), ["B0", "F0"]);
+    let t0 = tokio::time::Instant::now();
+    // Each waits for its next step, as a subscriber's task does: when is it woken?
+    let wait = |mut c: Cursor| {
+        tokio::spawn(async move {
+            let step = c.next().await;
+            (tokio::time::Instant::now() - t0, step, c)
+        })
+    };
+    let (e, p) = (wait(eager), wait(paced));
+    tokio::task::yield_now().await;
+    tokio::time::advance(ms(20)).await;
+    b.append(&s, frame(1)).unwrap();
+    // The low-latency subscriber has the frame at once; the other waits for the interval.
+    let (at, step, eager) = e.await.unwrap();
+    assert_eq!(at, ms(20));
+    assert!(
+        matches!(step, Step::Frames(Batch::Frames(ref f)) if f.len() == 1),
+        "{step:?}"
+    );
+    tokio::time::advance(ms(20)).await;
+    b.append(&s, frame(2)).unwrap();
+    let (at, step, _) = p.await.unwrap();
+    assert_eq!(at, ms(100));
+    assert!(
+        matches!(step, Step::Frames(Batch::Frames(ref f)) if f.len() == 2),
+        "{step:?}"
+    );
+    // Under load (a floor) it is paced like everyone, and loses nothing.
+    b.pacing_for_tests().set_floor(ms(300));
+    let mut eager = eager;
+    assert_eq!(drain(&mut eager), ["F2"]);
+    let t1 = tokio::time::Instant::now();
+    let e = tokio::spawn(async move {
+        let step = eager.next().await;
+        (tokio::time::Instant::now() - t1, step)
+    });
+    tokio::task::yield_now().await;
+    for n in 3..=5u64 {
+        tokio::time::advance(ms(20)).await;
+        b.append(&s, frame(n)).unwrap();
+        tokio::task::yield_now().await;
+    }
+    let (at, step) = e.await.unwrap();
+    assert!(at >= ms(60), "woken at a frame under load, after {at:?}");
+    match step {
+        Step::Frames(Batch::Frames(f)) => assert_eq!(
+            f.iter().map(|x| x.frame.wall_us).collect::<Vec<_>>(),
+            [3, 4, 5]
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -51,6 +51,10 @@ pub struct Codec {
 
 pub const CODEC_OPUS: u64 = 1;
 
+/// `SUBSCRIBE` flag: send this subscriber every frame at once (the shortest delivery
+/// interval), while the node has headroom.
+pub const SUBSCRIBE_LOW_LATENCY: u64 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Client → server, first message on the control stream.
@@ -68,6 +72,8 @@ pub enum Message {
         id: u64,
         path: String,
         start: Start,
+        /// `SUBSCRIBE_LOW_LATENCY` and future bits; optional, trailing (0 is not written).
+        flags: u64,
     },
     /// The stream exists (sent when it starts, for a subscription in the waiting room).
     Subscribed {
@@ -239,7 +245,12 @@ impl Message {
                 put_bytes(&mut p, node.as_bytes());
                 ty::HELLO_OK
             }
-            Message::Subscribe { id, path, start } => {
+            Message::Subscribe {
+                id,
+                path,
+                start,
+                flags,
+            } => {
                 put_varint(&mut p, *id);
                 put_bytes(&mut p, path.as_bytes());
                 match start {
@@ -248,6 +259,9 @@ impl Message {
                         put_varint(&mut p, 1);
                         put_varint(&mut p, *s);
                     }
+                }
+                if *flags != 0 {
+                    put_varint(&mut p, *flags);
                 }
                 ty::SUBSCRIBE
             }
@@ -369,7 +383,17 @@ impl Message {
                         })
                     }
                 };
-                Message::Subscribe { id, path, start }
+                let flags = if p.has_remaining() {
+                    get_varint(&mut p)?
+                } else {
+                    0
+                };
+                Message::Subscribe {
+                    id,
+                    path,
+                    start,
+                    flags,
+                }
             }
             ty::SUBSCRIBED => Message::Subscribed {
                 id: get_varint(&mut p)?,

@@ -47,6 +47,16 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
                 id: 1,
                 path: "spaces/town-hall".into(),
                 start: Start::Live,
+                flags: 0,
+            },
+        ),
+        (
+            "subscribe_low_latency",
+            Message::Subscribe {
+                id: 2,
+                path: "a".into(),
+                start: Start::Live,
+                flags: crate::proto::SUBSCRIBE_LOW_LATENCY,
             },
         ),
         (
@@ -55,6 +65,7 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
                 id: 7,
                 path: "a".into(),
                 start: Start::Seq(300),
+                flags: 0,
             },
         ),
         (
@@ -190,6 +201,7 @@ fn hello_vector_is_as_the_spec_explains() {
         id: 7,
         path: "a".into(),
         start: Start::Seq(300),
+        flags: 0,
     }
     .to_bytes();
     assert_eq!(
@@ -328,10 +340,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 token: Bytes::from(t),
             }
         }),
-        (v.clone(), arb_path(), arb_start()).prop_map(|(id, path, start)| Message::Subscribe {
-            id,
-            path,
-            start
+        (v.clone(), arb_path(), arb_start(), 0u64..4).prop_map(|(id, path, start, flags)| {
+            Message::Subscribe {
+                id,
+                path,
+                start,
+                flags,
+            }
         }),
         (v.clone(), v.clone(), "[ -~]{0,40}")
             .prop_map(|(id, code, reason)| Message::SubscribeError { id, code, reason }),

@@ -349,7 +349,13 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> R
                 Ok(()) => match may_listen(&node, name, token.as_deref()) {
                     Err(refused) => *refused,
                     Ok(_) if req.method() == Method::HEAD => head_ogg(&node, name, &peer).await,
-                    Ok(_) => listen_ogg(node.clone(), name.to_string(), &peer).await,
+                    Ok(_) => {
+                        let low = req
+                            .uri()
+                            .query()
+                            .is_some_and(|q| q.split('&').any(|kv| kv == "latency=low"));
+                        listen_ogg(node.clone(), name.to_string(), &peer, low).await
+                    }
                 },
             }
         }
@@ -393,8 +399,14 @@ async fn head_ogg(node: &Arc<Node>, name: &str, peer: &Peer) -> Response<Body> {
 }
 
 /// `GET /STREAM.ogg`: a progressive Ogg Opus stream, for as long as the broadcast lasts.
-async fn listen_ogg(node: Arc<Node>, name: String, peer: &Peer) -> Response<Body> {
-    let mut rx = match http_ogg::listen(node, name, peer).await {
+/// `?latency=low` asks for every frame at once (see `Cursor::eager`).
+async fn listen_ogg(
+    node: Arc<Node>,
+    name: String,
+    peer: &Peer,
+    low_latency: bool,
+) -> Response<Body> {
+    let mut rx = match http_ogg::listen(node, name, peer, low_latency).await {
         Ok(rx) => rx,
         Err(e) => return text(status_for(&e), e.reason()),
     };

@@ -303,7 +303,12 @@ async fn handle_connection(
             Err(e) => break Err(e),
         };
         match msg {
-            Message::Subscribe { id, path, start } => {
+            Message::Subscribe {
+                id,
+                path,
+                start,
+                flags,
+            } => {
                 subscribed += 1;
                 subs.retain(|_, h| !h.is_finished());
                 if subs.contains_key(&id) {
@@ -343,7 +348,7 @@ async fn handle_connection(
                         conn.clone(),
                         ctl.clone(),
                         peer.clone(),
-                        (id, path, start),
+                        (id, path, start, flags),
                     )
                     .instrument(span),
                 );
