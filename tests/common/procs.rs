@@ -135,10 +135,27 @@ pub fn assert_contiguous_run(
         "only {} packets received, expected at least {min}",
         got.len()
     );
-    let start = (0..src.len())
-        .find(|&i| src[i..].starts_with(got))
-        .unwrap_or_else(|| panic!("received packets are not a contiguous run of the source's"));
-    start
+    let start = (0..src.len()).find(|&i| src[i..].starts_with(got));
+    start.unwrap_or_else(|| {
+        // Where does the longest run that matches break, and how?
+        let (at, len) = (0..src.len())
+            .map(|i| {
+                let n = got.iter().zip(&src[i..]).take_while(|(a, b)| a == b).count();
+                (i, n)
+            })
+            .max_by_key(|&(_, n)| n)
+            .unwrap_or((0, 0));
+        let next = got.get(len).cloned();
+        let found_later = next
+            .as_ref()
+            .and_then(|p| src[at + len..].iter().position(|q| q == p));
+        panic!(
+            "received packets are not a contiguous run of the source's: {} packets, the first {len} \
+             match the source from packet {at}; packet {len} is {next:?}, which the source has \
+             {found_later:?} packets further on (Some(k): k packets missing; None: a packet from elsewhere)",
+            got.len()
+        )
+    })
 }
 
 pub struct Certs {
