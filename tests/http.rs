@@ -206,6 +206,12 @@ async fn page_streams_json_head_and_cors() {
     assert!(v[0]["started_at"].as_u64().unwrap() > 1_600_000_000);
     assert!(v[0]["bitrate"].as_u64().unwrap() > 0);
     assert_eq!(v[0]["listeners"], 0);
+    // The automatic interval: whole 20 ms frames, within the 200 ms budget.
+    let interval = v[0]["delivery_interval_ms"].as_u64().unwrap();
+    assert!(
+        (20..=200).contains(&interval) && interval % 20 == 0,
+        "{interval}"
+    );
 
     let (code, head) = curl(&[
         "-I",

@@ -18,6 +18,8 @@ struct StreamInfo {
     bitrate: u64,
     /// The broadcast's instance (the same on every node).
     instance: u64,
+    /// How often its listeners are sent new frames now, in ms (see `model::pacing`).
+    delivery_interval_ms: u64,
     /// Where a relay takes the stream from now (`HOST:PORT` of its parents); empty on an origin.
     parents: Vec<String>,
 }
@@ -41,6 +43,7 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                 channels: b.codec.channels,
                 bitrate: b.bitrate(),
                 instance: b.instance,
+                delivery_interval_ms: b.interval().as_millis() as u64,
                 parents: slot.parents(),
             })
         })
