@@ -400,3 +400,32 @@ async fn a_source_that_trickles_bytes_but_no_audio_is_dropped() {
         .get("drip")
         .is_none_or(|s| !s.has_publisher()));
 }
+
+/// Under a handshake flood (here: any rate, `retry-above-per-sec 0`) every newcomer proves
+/// its address with a QUIC Retry before the node spends a handshake on it; real clients do
+/// so on their own and hear every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_handshake_flood_newcomers_prove_their_address_and_still_get_in() {
+    let o = origin_with(NodeConfig {
+        retry_above_per_sec: Count::new(0),
+        ..test_config()
+    })
+    .await;
+    let publisher = publish(&o, "flood", 100, Duration::from_millis(10), 50);
+    wait_live(&o, "flood").await;
+    let listener = session(&o, Role::Listener, "").await.unwrap();
+    let heard = hear(listener, "flood", None).await.unwrap();
+    publisher.await.unwrap().unwrap();
+    assert!(!heard.frames.is_empty());
+    let first = common::frame_number(&heard.frames[0]);
+    assert_frames(&heard.frames, first, 100, 50);
+    let retries = o
+        .node
+        .stats
+        .retries_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        retries, 2,
+        "the publisher and the listener each proved their address"
+    );
+}

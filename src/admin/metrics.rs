@@ -100,6 +100,12 @@ impl Collector for NodeCollector {
             "Parents lost or drained, each moving its streams to others.",
             n.parent_failovers(),
         )?;
+        counter(
+            &mut e,
+            "quicast_retries",
+            "New QUIC connections asked to prove their address first (Retry), under a handshake flood.",
+            get(&s.retries_total),
+        )?;
         gauge(
             &mut e,
             "quicast_publishers",

@@ -264,6 +264,10 @@ keys! {
     /// Refuse new connections while the node's tasks run this many ms late (CPU overload),
     /// to keep serving the listeners it has. 0 never refuses.
     overload_lag_ms: one Millis<0, 60_000> = "1000";
+    /// Above this many new QUIC connections a second, a client must prove its address (a
+    /// QUIC Retry: one more round trip) before the node spends a handshake on it, so spoofed
+    /// floods cost it one small packet each. 0: always.
+    retry_above_per_sec: one Count<0, 10_000_000> = "2000";
     /// How long a relay waits for a parent's handshake before trying the next, in ms.
     connect_timeout_ms: one Millis<100, 60_000> = "3000";
     /// How long a client may take to open its control stream and say hello, in ms.

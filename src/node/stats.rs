@@ -18,6 +18,8 @@ pub struct Stats {
     pub http_connections: AtomicU64,
     /// Connections refused because the node was overloaded (also in `refused_total`).
     pub shed_total: AtomicU64,
+    /// New connections asked to prove their address first (QUIC Retry).
+    pub retries_total: AtomicU64,
     /// Peers refused for their token (or its absence): publishers, listeners, relays.
     pub auth_refused_total: AtomicU64,
     /// Subscriptions refused because the stream is not there (nor did it start in time).

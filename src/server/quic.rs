@@ -61,10 +61,24 @@ impl QuicServer {
         let n = node.clone();
         let (going_away, away) = watch::channel(None);
         let accept = tokio::spawn(async move {
+            let mut rate = HandshakeRate::default();
+            let retry_above = n.cfg.retry_above_per_sec.value();
             while let Some(incoming) = ep.accept().await {
                 // Refusing costs one small packet and no cryptography.
                 if !n.admit() {
                     incoming.refuse();
+                    continue;
+                }
+                // A flood of handshakes: each client proves its address first (a spoofed
+                // source never sees the Retry), costing a real one a round trip.
+                if rate.tick(std::time::Instant::now()) > retry_above
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    inc(&n.stats.retries_total);
+                    if incoming.retry().is_err() {
+                        debug!("could not send a Retry");
+                    }
                     continue;
                 }
                 let remote = incoming.remote_address();
@@ -151,6 +165,35 @@ impl QuicServer {
     /// Waits for connections to be closed cleanly (after `close`).
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// New connections a second: those counted in the current second, or in the last whole one
+/// if that was more (a burst is seen at once, and for a second after).
+#[derive(Default)]
+struct HandshakeRate {
+    second: Option<std::time::Instant>,
+    now: u64,
+    last: u64,
+}
+
+impl HandshakeRate {
+    fn tick(&mut self, at: std::time::Instant) -> u64 {
+        match self.second {
+            Some(s) if at.duration_since(s) < std::time::Duration::from_secs(1) => {}
+            Some(s) if at.duration_since(s) < std::time::Duration::from_secs(2) => {
+                self.last = self.now;
+                self.now = 0;
+                self.second = Some(s + std::time::Duration::from_secs(1));
+            }
+            _ => {
+                self.last = 0;
+                self.now = 0;
+                self.second = Some(at);
+            }
+        }
+        self.now += 1;
+        self.now.max(self.last)
     }
 }
 
@@ -435,4 +478,28 @@ async fn handle_connection(
     // A publish task is never aborted: it ends with its stream and must run its cleanup
     // (end the broadcast, or keep it for the publisher's return).
     drop(publishing);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HandshakeRate;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_handshake_rate_is_this_second_or_the_last_whichever_is_more() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = HandshakeRate::default();
+        for k in 0..100u64 {
+            assert_eq!(r.tick(t0 + ms(k)), k + 1);
+        }
+        // The next second: the burst is still seen, until this one passes it.
+        assert_eq!(r.tick(t0 + ms(1_100)), 100);
+        for _ in 0..150 {
+            r.tick(t0 + ms(1_200));
+        }
+        assert_eq!(r.tick(t0 + ms(1_300)), 152);
+        // After a quiet second and more: from nothing.
+        assert_eq!(r.tick(t0 + ms(5_000)), 1);
+    }
 }
