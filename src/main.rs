@@ -272,9 +272,12 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
         Some(addr) => Some(HttpServer::start(node.clone(), addr).await?),
         None => None,
     };
+    // One stop signal for the whole loop: a SIGTERM during a reload is not lost.
+    let stopping = stop_signal();
+    tokio::pin!(stopping);
     let stop = loop {
         tokio::select! {
-            stop = stop_signal() => break stop,
+            stop = &mut stopping => break stop,
             () = hangup(&mut hups) => match reload(&args, relay, &node, &server) {
                 Ok(what) => info!("reloaded on SIGHUP: {what}"),
                 Err(e) => warn!("reload refused, the running settings stay: {e}"),

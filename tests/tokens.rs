@@ -50,6 +50,7 @@ fn token(key: &Path, kid: &str, role: Grant, path: &str, nbf: i64, exp: i64) -> 
             path: path.into(),
             exp: (now + exp) as u64,
             nbf: (now + nbf) as u64,
+            kid: kid.to_string(),
         },
     )
     .unwrap()

@@ -47,10 +47,13 @@ pub fn mint_token(
     if ttl == 0 || ttl > MAX_TTL {
         bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
     }
-    let name = path.trim_start_matches('/');
-    let name = name.strip_suffix('/').unwrap_or(name);
-    if !name.is_empty() {
-        quicast::proto::check_path(name).map_err(|e| anyhow::anyhow!("--path {path:?}: {e}"))?;
+    // A stream, a prefix ending in /, or / alone for every stream.
+    if path != "/" {
+        let name = path.strip_prefix('/').unwrap_or(&path);
+        let name = name.strip_suffix('/').unwrap_or(name);
+        quicast::proto::check_path(name).map_err(|e| {
+            anyhow::anyhow!("--path {path:?}: {e} (a stream, a prefix ending in /, or /)")
+        })?;
     }
     let now = quicast::node::unix_now();
     let claims = Claims {
@@ -58,6 +61,7 @@ pub fn mint_token(
         path,
         exp: now + ttl,
         nbf: now,
+        kid: kid.to_string(),
     };
     let token = mint(key, kid, &claims).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{token}");

@@ -166,7 +166,7 @@ impl Access {
         match p {
             Presented::Secret => Ok(()),
             Presented::None => Err(Refusal::Missing(Grant::Publish)),
-            Presented::Signed(r) => role(r, Grant::Publish).map(|_| ()),
+            Presented::Signed(r) => self.role(r, Grant::Publish).map(|_| ()),
         }
     }
 
@@ -178,7 +178,7 @@ impl Access {
         match p {
             Presented::Secret => Ok(()),
             Presented::None => Err(Refusal::Missing(Grant::Publish)),
-            Presented::Signed(r) => covered(role(r, Grant::Publish)?, path),
+            Presented::Signed(r) => covered(self.role(r, Grant::Publish)?, path),
         }
     }
 
@@ -189,7 +189,7 @@ impl Access {
             return Ok(());
         }
         match p {
-            Presented::Signed(r) => role(r, Grant::Relay).map(|_| ()),
+            Presented::Signed(r) => self.role(r, Grant::Relay).map(|_| ()),
             _ => Err(Refusal::Missing(Grant::Relay)),
         }
     }
@@ -199,7 +199,7 @@ impl Access {
     pub fn may_listen(&self, p: &Presented, path: &str, as_relay: bool) -> Result<(), Refusal> {
         if as_relay && !self.keys.is_empty() {
             return match p {
-                Presented::Signed(r) => covered(role(r, Grant::Relay)?, path),
+                Presented::Signed(r) => covered(self.role(r, Grant::Relay)?, path),
                 _ => Err(Refusal::Missing(Grant::Relay)),
             };
         }
@@ -207,9 +207,29 @@ impl Access {
             return Ok(());
         }
         match p {
-            Presented::Signed(r) => covered(role(r, Grant::Listen)?, path),
+            Presented::Signed(r) => covered(self.role(r, Grant::Listen)?, path),
             _ => Err(Refusal::Missing(Grant::Listen)),
         }
+    }
+
+    /// The claims, if they are for `want`, still valid now, and signed with a key still
+    /// held (a connection's token is checked at each subscription: one let in before its
+    /// token expired, or before a reload dropped its key, takes no new streams after).
+    fn role<'a>(&self, r: &'a Result<Claims, Refusal>, want: Grant) -> Result<&'a Claims, Refusal> {
+        let c = r.as_ref().map_err(Clone::clone)?;
+        if c.role != want {
+            return Err(Refusal::WrongRole { want, got: c.role });
+        }
+        if !self.keys.has(&c.kid) {
+            return Err(Refusal::UnknownKey(c.kid.clone()));
+        }
+        check_times(c, unix_now())?;
+        Ok(c)
+    }
+
+    /// The shared publish token, if one is configured.
+    pub fn publish_secret(&self) -> Option<&Secret> {
+        self.publish_token.as_ref()
     }
 
     /// What listening to `path` needs.
@@ -220,17 +240,6 @@ impl Access {
             .find(|r| r.matches(path))
             .map_or(Need::Public, |r| r.need)
     }
-}
-
-/// The claims, if they are for `want` and still valid now (a connection's token is checked
-/// at each subscription, so one let in before its token expired takes no new streams after).
-fn role(r: &Result<Claims, Refusal>, want: Grant) -> Result<&Claims, Refusal> {
-    let c = r.as_ref().map_err(Clone::clone)?;
-    if c.role != want {
-        return Err(Refusal::WrongRole { want, got: c.role });
-    }
-    check_times(c, unix_now())?;
-    Ok(c)
 }
 
 fn covered(c: &Claims, path: &str) -> Result<(), Refusal> {

@@ -57,16 +57,20 @@ pub async fn fan_out<S: Sink>(
     // after it this task ran is how late the node serves its listeners (its load watch
     // stretches intervals on it).
     let mut seen: Option<u64> = None;
+    // When this subscriber's last step was done (µs of `since_epoch`): time it spent in its
+    // own writes (a slow peer) is not the node's lateness.
+    let mut done_at = 0u64;
     loop {
         let mut step = cursor.next().await;
         if matches!(step, Step::Frames(_)) {
             let b = cursor.broadcast();
             let (wake, at) = b.last_wake();
             if let Some(missed) = seen.map(|s| wake.wrapping_sub(s)).filter(|m| *m >= 1) {
-                // Since the last wake-up; and a whole interval more for each one before it
-                // that this subscriber never took on its own.
-                let late = since_epoch(tokio::time::Instant::now()).saturating_sub(at)
-                    + (missed - 1).min(100) * b.interval().as_micros() as u64;
+                // From the first wake-up it did not take (the last one, less an interval
+                // for each before it), or from when it was last free, whichever is later.
+                let back = (missed - 1).min(100) * b.interval().as_micros() as u64;
+                let from = at.saturating_sub(back).max(done_at);
+                let late = since_epoch(tokio::time::Instant::now()).saturating_sub(from);
                 node.stats.fanout_late_us.fetch_max(late, Ordering::Relaxed);
             }
             seen = Some(wake);
@@ -115,5 +119,6 @@ pub async fn fan_out<S: Sink>(
             Step::Frames(batch) => cursor.recycle(batch),
             _ => {}
         }
+        done_at = since_epoch(tokio::time::Instant::now());
     }
 }

@@ -43,7 +43,7 @@ pub use parents::{
 pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc, Tally};
 pub use stats::{Stats, Timings};
-pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey};
+pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_TOKEN};
 
 use upstream::Upstream;
 
@@ -228,7 +228,10 @@ impl Node {
             .list()
             .iter()
             .filter_map(|s| s.broadcast())
-            .map(|b| b.base_interval().max(b.fill_interval()))
+            .map(|b| {
+                b.base_interval()
+                    .max(b.fill_interval().min(self.cfg.latency_budget_ms.get()))
+            })
             .max()
             .unwrap_or_default()
     }

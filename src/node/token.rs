@@ -60,6 +60,10 @@ pub struct Claims {
     /// Not valid before this Unix second.
     #[serde(default)]
     pub nbf: u64,
+    /// The key it was signed with (from its header; a reload that drops the key ends what
+    /// it lets in next).
+    #[serde(skip)]
+    pub kid: String,
 }
 
 impl Claims {
@@ -258,6 +262,11 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Whether a key named `kid` is held.
+    pub fn has(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
     /// The claims of `token` if one of the keys signed it and it is valid at `now` (Unix
     /// seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, Refusal> {
@@ -288,12 +297,16 @@ impl KeySet {
         v.validate_exp = false;
         v.validate_nbf = false;
         v.required_spec_claims.clear();
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &v)
+        let mut claims = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::BadSignature,
                 _ => Refusal::Malformed(e.to_string()),
             })?
             .claims;
+        if claims.path.is_empty() {
+            return Err(Refusal::Malformed("empty path (/ is every stream)".into()));
+        }
+        claims.kid = kid;
         check_times(&claims, now)?;
         Ok(claims)
     }
@@ -363,6 +376,7 @@ mod tests {
             path: path.into(),
             exp,
             nbf,
+            kid: String::new(),
         }
     }
 
@@ -401,9 +415,20 @@ mod tests {
         let now = 1_000_000;
         let good = claims(Grant::Listen, "live/", now + 60, 0);
         let t = mint(&k1, "k1", &good).unwrap();
-        assert_eq!(keys.verify(&t, now), Ok(good.clone()));
+        assert_eq!(
+            keys.verify(&t, now).map(|c| (c.path, c.kid)),
+            Ok(("live/".into(), "k1".into()))
+        );
         let t = mint(&private, "ec", &good).unwrap();
-        assert_eq!(keys.verify(&t, now), Ok(good.clone()));
+        assert_eq!(
+            keys.verify(&t, now).map(|c| (c.path, c.kid)),
+            Ok(("live/".into(), "ec".into()))
+        );
+        let t = mint(&k1, "k1", &claims(Grant::Listen, "", now + 60, 0)).unwrap();
+        assert!(
+            matches!(keys.verify(&t, now), Err(Refusal::Malformed(_))),
+            "an empty path"
+        );
 
         assert_eq!(keys.verify("", now), Err(Refusal::Missing(Grant::Listen)));
         assert!(matches!(

@@ -159,6 +159,13 @@ impl Upstream {
 
     /// The connection to parent `i`: the one it has, or a new one. A parent that cannot be
     /// reached is marked down, and a task tries it again until it comes back.
+    /// Drops the connection to parent `i` (its next use connects again).
+    async fn forget_link(&self, i: usize) {
+        if let Some(e) = self.each.get(i) {
+            *e.link.lock().await = None;
+        }
+    }
+
     async fn link(self: &Arc<Self>, i: usize) -> Result<Arc<dyn ParentLink>> {
         let mut g = self.each[i].link.lock().await;
         if let Some(l) = g.as_ref() {
@@ -368,6 +375,12 @@ impl Upstream {
                     let Ok((p, end)) = done else { continue };
                     let Some(leg) = legs.remove(&p) else { continue };
                     let was_caught = *leg.caught.borrow();
+                    // The parent no longer takes this connection's relay token (it expired, or
+                    // the parent's keys changed): connect again, presenting the token file's
+                    // current one; the subscription is tried again as after a loss.
+                    if matches!(&end, LegEnd::Refused(e) if e.kind() == Kind::Unauthorized) {
+                        self.forget_link(p).await;
+                    }
                     match end {
                         LegEnd::Refused(e) if merge.is_waiting() && refusal_is_final(e.kind()) => {
                             // The parent says no to the name itself: everyone waiting here
@@ -535,10 +548,10 @@ enum LegEnd {
 
 /// Whether a parent's refusal of a stream it is asked for stands (not worth asking another).
 fn refusal_is_final(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::NotFound | Kind::Overloaded | Kind::NotAllowed | Kind::Unauthorized
-    )
+    // Unauthorized is not: a relay token that expired on a live connection is renewed by
+    // connecting again (`forget_link`); a token the parent refuses at once fails the
+    // connection, which is retried like a lost parent.
+    matches!(kind, Kind::NotFound | Kind::Overloaded | Kind::NotAllowed)
 }
 
 /// Resolves once the slot has had no subscriber for `linger`.

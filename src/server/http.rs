@@ -332,7 +332,8 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> R
                     Ok(protected) => {
                         // A token given in the query goes on in every URI of a playlist
                         // (a player asks for those without it otherwise).
-                        let query_token = token.filter(|_| from_query(&req));
+                        // (Only a checked one: a stream that needs a token.)
+                        let query_token = token.filter(|_| protected && from_query(&req));
                         serve_hls(&node, r, &peer, protected, query_token.as_deref()).await
                     }
                     Err(resp) => *resp,

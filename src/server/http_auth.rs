@@ -7,34 +7,39 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::node::{Need, Node};
+use crate::node::{Need, Node, MAX_TOKEN};
 
 use super::http::{status_for, text, Body};
 
 /// A listener's token: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
 pub(super) fn listen_token(req: &Request<Incoming>) -> Option<String> {
-    let bearer = req
-        .headers()
+    bearer(req).or_else(|| query_token(req.uri().query()))
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(|t| t.trim().to_string());
-    bearer.or_else(|| query_token(req.uri().query()))
+        .map(|t| t.trim().to_string())
 }
 
+/// `?token=`, if it looks like a token (base64url segments, at most `MAX_TOKEN` bytes): it
+/// may be copied into playlists, so nothing else is taken from a query.
 fn query_token(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(str::to_string)
+    let t = query?.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let ok = (1..=MAX_TOKEN).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    ok.then(|| t.to_string())
 }
 
-/// Whether the token came in the query (not a header).
+/// Whether the token came in the query (there is no Bearer token).
 pub(super) fn from_query(req: &Request<Incoming>) -> bool {
-    req.headers().get(header::AUTHORIZATION).is_none() && query_token(req.uri().query()).is_some()
+    bearer(req).is_none() && query_token(req.uri().query()).is_some()
 }
 
 /// Whether a listener with `token` may have stream `name`: `Ok(protected)` (whether the

@@ -302,9 +302,8 @@ async fn handle_connection(
     // signed token's path (whoever may publish there may take a lost publisher's place).
     let credential = match (&presented, role) {
         (Presented::Secret, Role::Publisher) => node
-            .cfg
-            .publish_token
-            .as_ref()
+            .access()
+            .publish_secret()
             .map(|t| credential(t.expose().as_bytes())),
         (Presented::Signed(Ok(c)), Role::Publisher) => {
             Some(credential(format!("signed:{}", c.path).as_bytes()))
