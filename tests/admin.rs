@@ -325,6 +325,8 @@ fn the_metrics_of_a_known_scenario_are_exact() {
     assert_eq!(m["quicast_refusals_total{reason=\"auth\"}"], 1.0);
     assert_eq!(m["quicast_refusals_total{reason=\"not_found\"}"], 0.0);
     assert!(m["quicast_skips_total"] >= 1.0);
+    // A peer stuck in its own writes is not the node's load: no interval was stretched.
+    assert_eq!(m["quicast_delivery_interval_floor_seconds"], 0.0, "{m:#?}");
     // Every join timed, once: two QUIC listeners, the stalled one, the HTTP one.
     assert_eq!(m["quicast_joins_total"], 4.0);
     assert_eq!(m["quicast_join_seconds_count"], 4.0);

@@ -238,6 +238,9 @@ impl Broadcast {
                     });
                 }
             }
+            // A wake-up already due (its timer has not run yet) carries these frames too:
+            // two at once would cost every subscriber a wake-up for nothing.
+            _ if self.wake_pending.load(Ordering::Acquire) => {}
             _ => {
                 *last = Some(now);
                 drop(last);
