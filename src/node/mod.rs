@@ -64,6 +64,34 @@ pub struct Node {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Who may publish, listen and relay (swapped whole on reload).
     access: std::sync::RwLock<Arc<Access>>,
+    /// Bounds the refusal lines in the log.
+    auth_log: LogLimit,
+}
+
+/// Refusal lines logged a second, at most (the rest are counted, and said in the next).
+const AUTH_LOGS_PER_SEC: u64 = 10;
+
+/// At most `AUTH_LOGS_PER_SEC` log lines a second; how many were held back since the last.
+#[derive(Default)]
+struct LogLimit(Mutex<(Option<tokio::time::Instant>, u64, u64)>);
+
+impl LogLimit {
+    /// `Some(held back since the last line)` if a line may be logged now.
+    fn admit(&self, now: tokio::time::Instant) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (second, logged, held) = &mut *g;
+        if second.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
+            *second = Some(now);
+            *logged = 0;
+        }
+        if *logged < AUTH_LOGS_PER_SEC {
+            *logged += 1;
+            Some(std::mem::take(held))
+        } else {
+            *held += 1;
+            None
+        }
+    }
 }
 
 impl Drop for Node {
@@ -134,6 +162,7 @@ impl Node {
             refused,
             tasks: Mutex::default(),
             access: std::sync::RwLock::new(Arc::new(access)),
+            auth_log: LogLimit::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
@@ -164,9 +193,19 @@ impl Node {
     }
 
     /// Counts a refusal for a token (or its absence) and says why in the log.
+    /// At most `AUTH_LOGS_PER_SEC` lines a second: a crowd of requests without a token
+    /// costs the log one line a refusal only while it is small (every one is counted).
     pub fn refused_auth(&self, what: &str, why: &Refusal) {
         inc(&self.stats.auth_refused_total);
-        tracing::warn!(side = "downstream", reason = %why, "refused {what}: {why}");
+        match self.auth_log.admit(tokio::time::Instant::now()) {
+            Some(suppressed) => tracing::warn!(
+                side = "downstream",
+                reason = %why,
+                suppressed,
+                "refused {what}: {why}"
+            ),
+            None => tracing::debug!(side = "downstream", reason = %why, "refused {what}: {why}"),
+        }
     }
 
     /// Whether new connections are being refused to protect the listeners already served.
@@ -534,4 +573,24 @@ pub fn now_us() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogLimit, AUTH_LOGS_PER_SEC};
+    use std::time::Duration;
+
+    #[test]
+    fn refusal_lines_are_bounded_a_second_and_say_how_many_were_held_back() {
+        let l = LogLimit::default();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..AUTH_LOGS_PER_SEC {
+            assert_eq!(l.admit(t0), Some(0));
+        }
+        for k in 1..=5 {
+            assert_eq!(l.admit(t0 + Duration::from_millis(100 * k)), None);
+        }
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(5));
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(0));
+    }
 }
