@@ -140,17 +140,6 @@ fn auth_refusals(admin: &str) -> u64 {
         .unwrap()
 }
 
-fn logged_addr(n: &mut Node, what: &str) -> String {
-    let l = n.p.wait_line(what);
-    l.split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn the_token_matrix_over_quic_and_http_and_a_key_rotation() {
     let work = tempfile::tempdir().unwrap();
@@ -170,7 +159,7 @@ fn the_token_matrix_over_quic_and_http_and_a_key_rotation() {
             "127.0.0.1:0",
         ],
     );
-    let admin = logged_addr(&mut o, "listening (admin)");
+    let admin = o.logged_addr("admin");
     let http = o.http_addr();
 
     // Publishers: none, another role, another path are refused; the right one publishes.
@@ -364,7 +353,7 @@ fn a_relay_presents_its_relay_token_and_one_without_is_refused() {
         &c,
         &["--config", cfg.to_str().unwrap(), "--admin", "127.0.0.1:0"],
     );
-    let admin = logged_addr(&mut o, "listening (admin)");
+    let admin = o.logged_addr("admin");
     let _p = {
         let mut p = Proc::spawn(&[
             "publish",

@@ -91,9 +91,9 @@ impl Pacing {
 
     /// Whether `path` asked for the shortest interval.
     pub fn is_low_latency(&self, path: &str) -> bool {
-        self.low_latency.iter().any(|p| {
-            path == p || (p.ends_with('/') && path.starts_with(p.as_str())) || p.is_empty()
-        })
+        self.low_latency
+            .iter()
+            .any(|p| crate::proto::path_covers(p, path))
     }
 
     /// The interval of a stream whose frames take `wire_rate` bytes a second on the wire and

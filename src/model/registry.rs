@@ -297,12 +297,7 @@ impl Announced {
     }
 
     pub fn contains(&self, path: &str) -> bool {
-        self.0.iter().any(|a| match a.strip_suffix('/') {
-            Some(prefix) => path
-                .strip_prefix(prefix)
-                .is_some_and(|r| r.starts_with('/')),
-            None => a == path,
-        })
+        self.0.iter().any(|a| crate::proto::path_covers(a, path))
     }
 }
 

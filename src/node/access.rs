@@ -58,10 +58,9 @@ impl<'de> Deserialize<'de> for ListenRule {
 }
 
 impl ListenRule {
+    /// A policy prefix also covers the names under it when written without its `/`.
     fn matches(&self, path: &str) -> bool {
-        self.prefix.is_empty()
-            || path == self.prefix
-            || (self.prefix.ends_with('/') && path.starts_with(&self.prefix))
+        crate::proto::path_covers(&self.prefix, path)
             || path
                 .strip_prefix(&self.prefix)
                 .is_some_and(|rest| rest.starts_with('/'))

@@ -69,11 +69,7 @@ pub struct Claims {
 impl Claims {
     /// Whether the token's path covers stream `path`.
     pub fn covers(&self, path: &str) -> bool {
-        let allowed = self.path.strip_prefix('/').unwrap_or(&self.path);
-        let path = path.strip_prefix('/').unwrap_or(path);
-        allowed.is_empty()
-            || allowed == path
-            || (allowed.ends_with('/') && path.starts_with(allowed))
+        crate::proto::path_covers(&self.path, path)
     }
 }
 

@@ -159,6 +159,16 @@ fn get_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
     Ok(buf.get_u8())
 }
 
+/// Whether `rule` names stream `path`: the same name, or a prefix of it ending in `/` (`/`
+/// or nothing: every stream). A leading `/` on either is not part of the name. One rule for
+/// every list of names an operator or a token gives (announced names, token paths, listen
+/// policy, low-latency streams).
+pub fn path_covers(rule: &str, path: &str) -> bool {
+    let rule = rule.strip_prefix('/').unwrap_or(rule);
+    let path = path.strip_prefix('/').unwrap_or(path);
+    rule.is_empty() || rule == path || (rule.ends_with('/') && path.starts_with(rule))
+}
+
 /// A stream path: 1..=255 bytes of `[A-Za-z0-9._~-]` in `/`-separated non-empty parts, none `.` or `..`.
 pub fn check_path(p: &str) -> Result<(), DecodeError> {
     if p.is_empty() {

@@ -14,7 +14,9 @@ pub mod varint;
 pub use code::ErrorCode;
 pub use error::DecodeError;
 pub use frame::{Frame, MAX_FRAME_DURATION};
-pub use message::{check_path, Codec, Message, Role, Start, CODEC_OPUS, SUBSCRIBE_LOW_LATENCY};
+pub use message::{
+    check_path, path_covers, Codec, Message, Role, Start, CODEC_OPUS, SUBSCRIBE_LOW_LATENCY,
+};
 pub use stream::{SegmentHeader, UniHeader, UNI_PUBLISH, UNI_SEGMENT};
 pub use url::{QuicUrl, UrlError};
 pub use varint::{get_varint, put_varint, varint_len};

@@ -302,20 +302,7 @@ impl Node {
 
     /// The HTTP address of a node started with `--http 127.0.0.1:0`.
     pub fn http_addr(&mut self) -> String {
-        self.p.wait_lines(&["listening (HTTP)"]);
-        let l = self
-            .p
-            .log
-            .iter()
-            .find(|l| l.contains("listening (HTTP)"))
-            .unwrap();
-        l.split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
+        self.logged_addr("HTTP")
     }
 
     pub fn url(&self, stream: &str) -> String {
