@@ -501,3 +501,63 @@ async fn an_overloaded_node_refuses_newcomers_and_keeps_its_listeners() {
     o.node.set_overloaded(false);
     session(&o, Role::Listener, "").await.unwrap();
 }
+
+/// A reload that drops a key ends what its tokens let in next: a listener connected with a
+/// token of the dropped key keeps what it has, and is refused its next stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_key_a_reload_dropped_opens_no_new_stream() {
+    use quicast::client::Event;
+    use quicast::node::{mint, unix_now, Access, Claims, Grant, TokenKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, name.repeat(20)).unwrap();
+        p
+    };
+    let (k1, k2) = (key("k1"), key("k2"));
+    let keys = |kid: &str, f: &std::path::Path| -> Vec<TokenKey> {
+        vec![format!("{kid}={}", f.display()).parse().unwrap()]
+    };
+    let cfg = quicast::NodeConfig {
+        token_key: keys("k1", &k1),
+        listen_policy: vec!["/=token".parse().unwrap()],
+        ..test_config()
+    };
+    let o = origin_with(cfg.clone()).await;
+    let token = |role| {
+        let claims = Claims {
+            role,
+            path: "/".into(),
+            exp: unix_now() + 600,
+            nbf: 0,
+            kid: String::new(),
+        };
+        mint(&k1, "k1", &claims).unwrap()
+    };
+    let p = session(&o, Role::Publisher, &token(Grant::Publish))
+        .await
+        .unwrap();
+    let mut publishing = p.publish("a", codec(), None).await.unwrap();
+    publishing.send(&[test_frame(0, 10)]).await.unwrap();
+    wait_live(&o, "a").await;
+    let l = session(&o, Role::Listener, &token(Grant::Listen))
+        .await
+        .unwrap();
+    let mut first = l.subscribe("a", Start::Live).await.unwrap();
+    assert!(matches!(first.next().await, Some(Event::Subscribed { .. })));
+    // The reload: k2 in, k1 out.
+    let reloaded = quicast::NodeConfig {
+        token_key: keys("k2", &k2),
+        ..cfg
+    };
+    o.node.set_access(Access::from_config(&reloaded).unwrap());
+    let mut second = l.subscribe("a", Start::Live).await.unwrap();
+    match second.next().await {
+        Some(Event::Error { code, reason }) => {
+            assert_eq!(code, ErrorCode::Unauthorized.as_u64());
+            assert!(reason.contains("unknown token key id"), "{reason}");
+        }
+        Some(_) => panic!("a second stream with a dropped key's token was served"),
+        None => panic!("the subscription ended without a word"),
+    }
+}
