@@ -68,6 +68,16 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
     }
 
+    /// Moves this client to a fresh local socket, as a network change or a NAT rebinding
+    /// would: its connections carry on from the new address (QUIC migration).
+    pub fn rebind(&self) -> Result<()> {
+        let bind = self.endpoint.local_addr()?;
+        let fresh = std::net::SocketAddr::new(bind.ip(), 0);
+        self.endpoint
+            .rebind(std::net::UdpSocket::bind(fresh)?)
+            .map_err(|e| crate::error::Error::local(format!("cannot rebind: {e}")))
+    }
+
     /// Connects to the node at `url` and says hello as `role`.
     pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
         Session::start(self.connect_raw(url).await?, role, token).await

@@ -268,6 +268,10 @@ keys! {
     /// QUIC Retry: one more round trip) before the node spends a handshake on it, so spoofed
     /// floods cost it one small packet each. 0: always.
     retry_above_per_sec: one Count<0, 10_000_000> = "2000";
+    /// QUIC server threads, each with its own socket on the port (SO_REUSEPORT) and the
+    /// connections that live on it; the kernel steers each packet to its connection's
+    /// thread by connection ID [default: one per core the process may run on].
+    quic_threads: opt Count<1, 255> = "";
     /// How long a relay waits for a parent's handshake before trying the next, in ms.
     connect_timeout_ms: one Millis<100, 60_000> = "3000";
     /// How long a client may take to open its control stream and say hello, in ms.

@@ -130,9 +130,9 @@ impl Publishing {
             return;
         }
         let grace = self.node.cfg.publisher_grace_secs.get();
-        let (slot, b) = (self.slot.clone(), self.broadcast.clone());
+        let (slot, b, node) = (self.slot.clone(), self.broadcast.clone(), self.node.clone());
         drop(self);
-        tokio::spawn(async move {
+        node.spawn(async move {
             tokio::time::sleep(grace).await;
             if !slot.has_publisher() && slot.broadcast().is_some_and(|cur| Arc::ptr_eq(&cur, &b)) {
                 info!(path = %slot.path, "publisher did not come back: broadcast ended");

@@ -62,6 +62,10 @@ pub struct Node {
     refused: moka::sync::Cache<String, (ErrorCode, String)>,
     /// The node's own background work, stopped with it.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The runtime the node was made in: its own work (fetches from parents, a lost
+    /// publisher's grace) runs there, not on the QUIC shard thread whose connection
+    /// happened to start it.
+    rt: tokio::runtime::Handle,
     /// Who may publish, listen and relay (swapped whole on reload).
     access: std::sync::RwLock<Arc<Access>>,
     /// Bounds the refusal lines in the log.
@@ -151,7 +155,10 @@ impl Node {
             .max_capacity(100_000)
             .time_to_live(cfg.refusal_memory_secs.get().max(Duration::from_millis(1)))
             .build();
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::local("a node runs inside a Tokio runtime"))?;
         let node = Arc::new(Node {
+            rt,
             cfg,
             registry,
             stats: Stats::default(),
@@ -177,6 +184,15 @@ impl Node {
 
     pub fn name(&self) -> &str {
         self.cfg.name()
+    }
+
+    /// Runs the node's own background work on the node's runtime.
+    pub(crate) fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.spawn(fut)
     }
 
     /// Who may publish, listen and relay, now.

@@ -268,7 +268,8 @@ impl Upstream {
     pub(super) fn lead(self: &Arc<Self>, node: Arc<Node>, slot: Arc<Slot>, start: Start) {
         // Its own root span: the fetch outlives the subscriber that happened to start it.
         let span = info_span!(parent: None, "fetch", node = %node.name(), path = %slot.path);
-        tokio::spawn(self.clone().fetch(node, slot, start).instrument(span));
+        node.clone()
+            .spawn(self.clone().fetch(node, slot, start).instrument(span));
     }
 
     /// The stream's fetch: keeps a leg on each parent it wants, merges them, and ends when

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::{Connection, SendStream};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::egress::quic::serve_subscription;
@@ -15,17 +16,18 @@ use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::serve_publish;
 use crate::node::{credential, dec, inc, Node, Peer, Presented};
 use crate::proto::{self, ErrorCode, Message, Role};
+use crate::transport::shards::{self, ShardCids};
 use crate::transport::{
     self, close, conn_error, write_message, ControlReader, ControlWriter, Identity,
 };
 
-/// A node's QUIC front door: the endpoint, and its accept loop.
+/// A node's QUIC front door: its shards (threads, each with an endpoint on its own socket of
+/// the port, and the connections that live on it; see `transport::shards`).
 pub struct QuicServer {
     pub node: Arc<Node>,
     pub addr: SocketAddr,
     pub fingerprint: String,
-    endpoint: quinn::Endpoint,
-    accept: tokio::task::JoinHandle<()>,
+    shards: Vec<Shard>,
     /// Set when the node drains: every connection tells its peer to go (and where).
     going_away: watch::Sender<Option<Vec<String>>>,
 }
@@ -36,75 +38,164 @@ impl Drop for QuicServer {
     }
 }
 
+/// One QUIC server thread: a current-thread runtime driving its endpoint, its accept loop,
+/// and every task of its connections (so a connection's work never crosses threads).
+struct Shard {
+    endpoint: quinn::Endpoint,
+    /// Sent (or dropped) to end the thread: it lets its connections' closes go out, then
+    /// stops.
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// Longest a stopping shard waits for its connections' closes to be sent.
+const SHARD_CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+impl Shard {
+    async fn start(
+        node: Arc<Node>,
+        cfg: quinn::ServerConfig,
+        socket: std::net::UdpSocket,
+        cids: ShardCids,
+        away: watch::Receiver<Option<Vec<String>>>,
+    ) -> Result<Shard> {
+        let (ready_tx, ready) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let retry_above = node
+            .cfg
+            .retry_above_per_sec
+            .value()
+            .div_ceil(cids.shards as u64);
+        let thread = move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return drop(ready_tx.send(Err(e))),
+            };
+            rt.block_on(async move {
+                let ep = match transport::server_endpoint(cfg, socket, cids) {
+                    Ok(ep) => ep,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                let _ = ready_tx.send(Ok(ep.clone()));
+                let accept = tokio::spawn(accept(node, ep.clone(), away, retry_above));
+                let _ = stopped.await;
+                accept.abort();
+                ep.close(
+                    transport::varint(ErrorCode::GoingAway),
+                    b"node shutting down",
+                );
+                let _ = tokio::time::timeout(SHARD_CLOSE_WAIT, ep.wait_idle()).await;
+            });
+        };
+        std::thread::Builder::new()
+            .name(format!("quic-{}", cids.shard))
+            .spawn(thread)
+            .map_err(|e| Error::local(format!("cannot start a QUIC thread: {e}")))?;
+        let endpoint = ready
+            .await
+            .map_err(|_| Error::local("a QUIC thread ended at its start"))?
+            .map_err(|e| Error::local(format!("cannot start a QUIC endpoint: {e}")))?;
+        Ok(Shard {
+            endpoint,
+            stop: std::sync::Mutex::new(Some(stop)),
+        })
+    }
+}
+
+/// A shard's accept loop: admission before any cryptography, then a task per connection.
+async fn accept(
+    n: Arc<Node>,
+    ep: quinn::Endpoint,
+    away: watch::Receiver<Option<Vec<String>>>,
+    retry_above: u64,
+) {
+    let mut rate = HandshakeRate::default();
+    while let Some(incoming) = ep.accept().await {
+        // Refusing costs one small packet and no cryptography.
+        if !n.admit() {
+            incoming.refuse();
+            continue;
+        }
+        // A flood of handshakes: each client proves its address first (a spoofed
+        // source never sees the Retry), costing a real one a round trip.
+        if rate.tick(std::time::Instant::now()) > retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            inc(&n.stats.retries_total);
+            if incoming.retry().is_err() {
+                debug!("could not send a Retry");
+            }
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let span = info_span!("conn", node = %n.name(), %remote);
+        let n = n.clone();
+        let away = away.clone();
+        tokio::spawn(
+            async move {
+                inc(&n.stats.connections);
+                inc(&n.stats.connections_total);
+                match incoming.await {
+                    Ok(conn) => handle_connection(n.clone(), conn, away).await,
+                    Err(e) => debug!("handshake failed: {e}"),
+                }
+                dec(&n.stats.connections);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// QUIC threads by default: one per core this process may run on.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl QuicServer {
     pub async fn start(
         node: Arc<Node>,
         listen: SocketAddr,
         identity: &Identity,
     ) -> Result<QuicServer> {
-        let endpoint = transport::server_endpoint(
-            transport::server_config(
-                identity,
-                node.cfg.ack_delay_ms.get(),
-                node.cfg.max_packet_bytes.value() as u16,
-            )?,
-            listen,
-        )
-        .map_err(|e| Error::local(format!("cannot serve QUIC on {listen}: {e}")))?;
-        let addr = endpoint.local_addr()?;
+        let cfg = transport::server_config(
+            identity,
+            node.cfg.ack_delay_ms.get(),
+            node.cfg.max_packet_bytes.value() as u16,
+        )?;
+        let threads = node
+            .cfg
+            .quic_threads
+            .map_or_else(default_threads, |t| t.value() as usize)
+            .clamp(1, MAX_THREADS) as u8;
+        let sockets = shards::bind(listen, threads)
+            .map_err(|e| Error::local(format!("cannot serve QUIC on {listen}: {e}")))?;
+        let addr = sockets
+            .first()
+            .ok_or_else(|| Error::local("no QUIC socket"))?
+            .local_addr()?;
+        let count = sockets.len() as u8;
+        let (going_away, away) = watch::channel(None);
+        let mut shards = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let cids = ShardCids {
+                shard: i as u8,
+                shards: count,
+            };
+            shards.push(Shard::start(node.clone(), cfg.clone(), socket, cids, away.clone()).await?);
+        }
         let role = if node.is_relay() { "relay" } else { "origin" };
-        info!(%addr, role, node = %node.name(), fingerprint = %identity.fingerprint, "listening (QUIC)");
+        info!(%addr, role, node = %node.name(), threads = count, fingerprint = %identity.fingerprint, "listening (QUIC)");
         if !node.is_relay() && node.access().open_to_publishers() {
             warn!("no token key nor publish token configured: any client can publish to this origin (set --token-key)");
         }
-        let ep = endpoint.clone();
-        let n = node.clone();
-        let (going_away, away) = watch::channel(None);
-        let accept = tokio::spawn(async move {
-            let mut rate = HandshakeRate::default();
-            let retry_above = n.cfg.retry_above_per_sec.value();
-            while let Some(incoming) = ep.accept().await {
-                // Refusing costs one small packet and no cryptography.
-                if !n.admit() {
-                    incoming.refuse();
-                    continue;
-                }
-                // A flood of handshakes: each client proves its address first (a spoofed
-                // source never sees the Retry), costing a real one a round trip.
-                if rate.tick(std::time::Instant::now()) > retry_above
-                    && !incoming.remote_address_validated()
-                    && incoming.may_retry()
-                {
-                    inc(&n.stats.retries_total);
-                    if incoming.retry().is_err() {
-                        debug!("could not send a Retry");
-                    }
-                    continue;
-                }
-                let remote = incoming.remote_address();
-                let span = info_span!("conn", node = %n.name(), %remote);
-                let n = n.clone();
-                let away = away.clone();
-                tokio::spawn(
-                    async move {
-                        inc(&n.stats.connections);
-                        inc(&n.stats.connections_total);
-                        match incoming.await {
-                            Ok(conn) => handle_connection(n.clone(), conn, away).await,
-                            Err(e) => debug!("handshake failed: {e}"),
-                        }
-                        dec(&n.stats.connections);
-                    }
-                    .instrument(span),
-                );
-            }
-        });
         Ok(QuicServer {
             node,
             addr,
             fingerprint: identity.fingerprint.clone(),
-            endpoint,
-            accept,
+            shards,
             going_away,
         })
     }
@@ -112,12 +203,14 @@ impl QuicServer {
     /// Serves new connections with `identity` (a reload: connections already in keep the
     /// certificate they were made with).
     pub fn set_identity(&self, identity: &Identity) -> Result<()> {
-        self.endpoint
-            .set_server_config(Some(transport::server_config(
-                identity,
-                self.node.cfg.ack_delay_ms.get(),
-                self.node.cfg.max_packet_bytes.value() as u16,
-            )?));
+        let cfg = transport::server_config(
+            identity,
+            self.node.cfg.ack_delay_ms.get(),
+            self.node.cfg.max_packet_bytes.value() as u16,
+        )?;
+        for s in &self.shards {
+            s.endpoint.set_server_config(Some(cfg.clone()));
+        }
         Ok(())
     }
 
@@ -153,20 +246,30 @@ impl QuicServer {
         .is_ok()
     }
 
-    /// Closes every connection (peers are told `going_away`) and stops accepting.
+    /// Closes every connection (peers are told `going_away`) and stops accepting; each
+    /// thread ends once its closes are out.
     pub fn close(&self) {
-        self.endpoint.close(
-            transport::varint(ErrorCode::GoingAway),
-            b"node shutting down",
-        );
-        self.accept.abort();
+        for s in &self.shards {
+            s.endpoint.close(
+                transport::varint(ErrorCode::GoingAway),
+                b"node shutting down",
+            );
+            if let Some(stop) = s.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = stop.send(());
+            }
+        }
     }
 
     /// Waits for connections to be closed cleanly (after `close`).
     pub async fn wait_idle(&self) {
-        self.endpoint.wait_idle().await;
+        for s in &self.shards {
+            s.endpoint.wait_idle().await;
+        }
     }
 }
+
+/// Most QUIC threads (connection IDs name their thread in one byte).
+const MAX_THREADS: usize = 255;
 
 /// New connections a second: those counted in the current second, or in the last whole one
 /// if that was more (a burst is seen at once, and for a second after).

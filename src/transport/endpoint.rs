@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
+use super::shards::ShardCids;
 use super::tls::{provider, Identity, PinnedVerifier, Trust};
 use crate::error::{Error, Result};
 use crate::proto::ALPN;
@@ -16,8 +17,12 @@ pub const UDP_BUFFER: usize = 8 << 20;
 
 /// A UDP socket for a QUIC endpoint, with large kernel buffers: a crowd of handshakes arriving
 /// at once otherwise overflows the default (~208 KiB) and the lost packets wait out QUIC's
-/// retransmission timer (a second, for a handshake).
-pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// retransmission timer (a second, for a handshake). `reuse_port`: one of a server's shard
+/// sockets (see `shards`).
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -48,6 +53,10 @@ pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSo
         }
     }
     s.set_nonblocking(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
@@ -95,15 +104,20 @@ impl quinn::AsyncUdpSocket for FewSegments {
     }
 }
 
+/// A server endpoint on one of its shard sockets (from `shards::bind`), issuing connection
+/// IDs that name its shard. Call inside the runtime that is to drive it.
 pub fn server_endpoint(
     cfg: quinn::ServerConfig,
-    addr: std::net::SocketAddr,
+    socket: std::net::UdpSocket,
+    cids: ShardCids,
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    let inner = runtime.wrap_udp_socket(udp_socket(addr)?)?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let mut ecfg = quinn::EndpointConfig::default();
+    ecfg.cid_generator(move || Box::new(cids));
     quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        ecfg,
         Some(cfg),
         Arc::new(FewSegments {
             inner,
@@ -135,7 +149,7 @@ pub fn client_endpoint(addr: std::net::SocketAddr) -> std::io::Result<quinn::End
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
-        udp_socket(addr)?,
+        udp_socket(addr, false)?,
         runtime,
     )
 }

@@ -4,6 +4,7 @@
 mod endpoint;
 mod errors;
 mod io;
+pub mod shards;
 mod tls;
 
 use std::net::SocketAddr;
