@@ -10,6 +10,7 @@
 //!   QUICAST_BENCH_RAMP=10 ...  # seconds over which listeners join [default: N / 2500]
 //!   QUICAST_BENCH_HOG=-5 ...   # a busy loop on the relay's core at this nice: a slower core,
 //!                              # to overload the relay with listeners the load generator can drive
+//!   QUICAST_BENCH_LOADGEN_BIN=/path/to/other/quicast ...  # A/B the load generator
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -52,6 +53,10 @@ fn relay_addr_and_floor(k: &mut Killed) -> (String, std::sync::Arc<std::sync::at
             let f = floor.clone();
             std::thread::spawn(move || {
                 for l in lines.map_while(|l| l.ok()) {
+                    // The relay's load decisions, as they happen.
+                    if l.contains("WARN") && (l.contains("CPU load") || l.contains("overloaded")) {
+                        eprintln!("  relay: {}", l.trim());
+                    }
                     if let Ok(v) = support::field(&l, "floor_ms=").parse::<u64>() {
                         f.fetch_max(v, Ordering::Relaxed);
                     }
@@ -116,6 +121,10 @@ fn ticks_per_sec() -> f64 {
 struct Row {
     n: usize,
     cpu_pct: f64,
+    /// The load generator's CPU in the same window (% of its one core).
+    loadgen_pct: f64,
+    /// Relay CPU per join, µs: its CPU while listeners joined, less serving meanwhile.
+    join_cpu_us: f64,
     /// UDP datagrams on the host per listener per second (all of them are the relay's,
     /// near enough: its listeners' packets and their ACKs).
     datagrams: f64,
@@ -186,11 +195,13 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         .and_then(|r| r.parse().ok())
         .unwrap_or((n as f64 / 2500.0).max(1.0));
     let t0 = Instant::now();
+    let cj0 = cpu_ticks(rpid);
+    let lg_bin = std::env::var("QUICAST_BENCH_LOADGEN_BIN").unwrap_or_else(|_| BIN.to_string());
     let mut loadgen = Command::new("taskset")
         .args([
             "-c",
             "1",
-            BIN,
+            &lg_bin,
             "loadgen",
             &format!("quic://{raddr}/bench"),
             "--listeners",
@@ -211,6 +222,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     // Steady window: from 2 s after every listener joined (the load generator logs it) to 1 s
     // before the listeners leave. Joins are the dearest work (a TLS handshake each), so a
     // window that overlapped them would not measure serving.
+    let lpid = loadgen.id();
     let (joined_tx, joined) = std::sync::mpsc::channel();
     let lg_err = BufReader::new(loadgen.stderr.take().unwrap());
     std::thread::spawn(move || {
@@ -232,23 +244,42 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
     {
         eprintln!("  (not every listener joined in time: the window may include joins)");
     }
+    let (cj1, joins_took) = (cpu_ticks(rpid), t0.elapsed());
     std::thread::sleep(Duration::from_secs(2));
     let steady_len = leave
         .saturating_sub(Duration::from_secs(1))
         .saturating_sub(t0.elapsed())
         .max(Duration::from_secs(2));
-    let (c0, u0, w0) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());
+    let (c0, u0, w0, l0) = (
+        cpu_ticks(rpid),
+        udp_datagrams(),
+        Instant::now(),
+        cpu_ticks(lpid),
+    );
     std::thread::sleep(steady_len);
-    let (c1, u1, w1) = (cpu_ticks(rpid), udp_datagrams(), Instant::now());
+    let (c1, u1, w1, l1) = (
+        cpu_ticks(rpid),
+        udp_datagrams(),
+        Instant::now(),
+        cpu_ticks(lpid),
+    );
     let rss1 = rss_kib(rpid);
     let out = loadgen.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value =
         serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
     let cpu_pct = (c1 - c0) as f64 / ticks_per_sec() / (w1 - w0).as_secs_f64() * 100.0;
+    let loadgen_pct = (l1 - l0) as f64 / ticks_per_sec() / (w1 - w0).as_secs_f64() * 100.0;
+    // The joins' CPU: the relay's while they came, less what serving took meanwhile (the
+    // audience grew from none to all: half the steady rate on average).
+    let ramp_cpu = (cj1 - cj0) as f64 / ticks_per_sec();
+    let serving = cpu_pct / 100.0 * joins_took.as_secs_f64() / 2.0;
+    let join_cpu_us = (ramp_cpu - serving).max(0.0) / n as f64 * 1e6;
     Row {
         n,
         cpu_pct,
+        loadgen_pct,
+        join_cpu_us,
         datagrams: u1.saturating_sub(u0) as f64 / (w1 - w0).as_secs_f64() / n as f64,
         rss_per_listener_kib: rss1.saturating_sub(rss0) as f64 / n as f64,
         rss_mib: rss1 as f64 / 1024.0,
@@ -340,27 +371,31 @@ fn main() {
         eprintln!("fanout: {n} listeners for {secs} s ...");
         let r = run_one(n, secs, &out);
         eprintln!(
-            "  cpu {:.1}%  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  floor {} ms  {}",
-            r.cpu_pct, r.rss_per_listener_kib, r.datagrams, r.floor_ms, r.report
+            "  cpu {:.1}%  loadgen {:.1}%  join ≈{:.0} µs  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  floor {} ms  {}",
+            r.cpu_pct, r.loadgen_pct, r.join_cpu_us, r.rss_per_listener_kib, r.datagrams, r.floor_ms, r.report
         );
         rows.push(r);
     }
     let mut md = String::from(
-        "| listeners | connected | failed | relay CPU (% of 1 core) | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | gaps | skips | join p99 ms | interval floor reached |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| listeners | connected | failed | relay CPU (% of 1 core) | loadgen CPU | relay CPU per join | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | steady p50 / p99 ms | gaps | skips | join p99 ms | interval floor reached |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let v = &r.report;
         md += &format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} | {} | {} | {} ms |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | ≈{:.0} µs | {:.1} | {:.0} MiB | {:.1} KiB | {} / {} | {} / {} | {} | {} | {} | {} ms |\n",
             r.n,
             v["connected"],
             v["failed"],
             r.cpu_pct,
+            r.loadgen_pct,
+            r.join_cpu_us,
             r.datagrams,
             r.rss_mib,
             r.rss_per_listener_kib,
             v["latency_ms"]["p50"],
             v["latency_ms"]["p99"],
+            v["steady_latency_ms"]["p50"],
+            v["steady_latency_ms"]["p99"],
             v["gaps"],
             v["skips"],
             v["join_ms"]["p99"],

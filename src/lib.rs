@@ -22,6 +22,7 @@
 mod admin;
 pub mod client;
 mod egress;
+pub mod engine;
 mod error;
 mod ingress;
 pub mod media;

@@ -133,7 +133,9 @@ enum Cmd {
         /// Seconds over which to spread the connection starts [default: as fast as possible].
         #[arg(long, default_value_t = 0.0)]
         ramp: f64,
-        /// Client UDP sockets to spread the connections over [default: one per 2,000, at most 8].
+        /// Client UDP sockets to spread the connections over. With one node each is driven
+        /// by a thread of its own [default: one per core this process may run on]; with
+        /// several, by the client library [default: one per 2,000 listeners].
         #[arg(long)]
         endpoints: Option<usize>,
         /// Print one JSON object as the last line of stdout.
@@ -543,13 +545,19 @@ async fn run_loadgen(
         u.stream()?;
     }
     let opts = loadgen::LoadOptions {
-        urls,
+        urls: urls.clone(),
         silence: Duration::from_millis(1500),
         trust: client_trust(trust.ca.as_deref(), &trust.fingerprint)?,
         listeners,
         duration: secs("duration", duration)?,
         ramp: secs("ramp", ramp)?,
-        endpoints: endpoints.unwrap_or(listeners / 2000 + 1).clamp(1, 64),
+        endpoints: endpoints
+            .unwrap_or(if urls.len() == 1 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                listeners / 2000 + 1
+            })
+            .clamp(1, 64),
     };
     let r = loadgen::run(opts).await?;
     println!(

@@ -360,6 +360,9 @@ fn loadgen_reports_what_its_listeners_heard_as_one_json_line() {
             "2",
             "--ramp",
             "0.5",
+            // Two engine threads, four listeners each.
+            "--endpoints",
+            "2",
             "--fingerprint",
             &t.c.fp,
             "--json",
@@ -375,6 +378,7 @@ fn loadgen_reports_what_its_listeners_heard_as_one_json_line() {
     assert_eq!(v["connected"], 8);
     assert_eq!(v["failed"], 0);
     assert_eq!(v["gaps"], 0);
+    assert_eq!(v["skips"], 0);
     // 8 listeners for 2 s of 20 ms frames, plus the join burst: well over 8 x 50 frames.
     assert!(v["frames"].as_u64().unwrap() >= 8 * 50, "{last}");
     for k in ["p50", "p99", "max"] {

@@ -37,7 +37,12 @@ async fn a_listener_that_moves_keeps_its_connection_and_every_frame() {
     stop_tx.send_replace(true);
     let sent = publisher.await.unwrap().unwrap();
     let h = listener.await.unwrap().unwrap();
-    assert_frames(&h.frames, h.frames.first().map_or(0, frame_number), sent, 40);
+    assert_frames(
+        &h.frames,
+        h.frames.first().map_or(0, frame_number),
+        sent,
+        40,
+    );
     assert!(h.frames.len() >= 9 * 40);
     // One connection for the listener, one for the publisher: none was made again.
     assert_eq!(o.node.stats.connections_total.load(Ordering::Relaxed), 2);

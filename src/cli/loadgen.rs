@@ -1,8 +1,10 @@
 //! `quicast loadgen`: many real listeners (each its own QUIC connection and TLS handshake)
 //! against one node, and what they heard: frames, gaps, latency, join time.
 //!
-//! Cheap by construction: connections share a few client endpoints, each listener is one
-//! task plus its session's three, and per-frame work is a histogram increment.
+//! Cheap by construction: against one node, listeners run on the engine (see
+//! `loadgen_engine`: a thread per client socket drives thousands of connections, no task
+//! per listener); against several (failover), on the client library. Per-frame work is a
+//! histogram increment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,9 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
-use quicast::client::{listen, listen_any, Client, ListenEvent, ListenOptions};
+use quicast::client::{listen_any, Client, ListenEvent, ListenOptions};
 use quicast::node::now_us;
-use quicast::proto::{QuicUrl, Role, Start};
+use quicast::proto::QuicUrl;
 use quicast::{Result, Trust};
 
 #[derive(Debug, Clone)]
@@ -72,20 +74,27 @@ impl Histogram {
         60_000.0
     }
 
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     fn max_ms(&self) -> f64 {
         self.max.load(Ordering::Relaxed) as f64 / 1000.0
     }
 }
 
 #[derive(Default)]
-struct Totals {
-    connected: AtomicU64,
+pub(crate) struct Totals {
+    pub(crate) connected: AtomicU64,
     /// Listeners whose join is settled: audio heard, or failed before any.
     settled: AtomicU64,
     frames: AtomicU64,
     gaps: AtomicU64,
     skips: AtomicU64,
     moves: AtomicU64,
+    /// Origin wall clock (µs) from which the join storm is over: every listener settled,
+    /// one second ago (0: not yet).
+    steady_from_us: AtomicU64,
 }
 
 impl Totals {
@@ -93,6 +102,8 @@ impl Totals {
     /// benchmark starts its steady window from that line).
     fn settle(&self, listeners: usize) {
         if self.settled.fetch_add(1, Ordering::Relaxed) + 1 == listeners as u64 {
+            self.steady_from_us
+                .store(now_us() + STEADY_AFTER_US, Ordering::Relaxed);
             info!(
                 connected = self.connected.load(Ordering::Relaxed),
                 "every listener has joined or failed"
@@ -100,6 +111,10 @@ impl Totals {
         }
     }
 }
+
+/// The steady state starts this long (µs) after the last listener settled: frames sent
+/// before then may have queued behind the joins.
+const STEADY_AFTER_US: u64 = 1_000_000;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Quantiles {
@@ -124,6 +139,10 @@ pub struct LoadReport {
     pub skips: u64,
     /// Origin wall clock to listener, for frames the origin received after the listener joined.
     pub latency_ms: Quantiles,
+    /// The same for frames the origin received a second or more after every listener
+    /// settled: the steady state, without the join storm (none: the run ended first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_latency_ms: Option<Quantiles>,
     /// Connect start to first audio byte.
     pub join_ms: Quantiles,
     /// Each listener's longest wait between two frames (a failover shows here).
@@ -131,6 +150,152 @@ pub struct LoadReport {
     /// Moves of listeners to another node.
     pub moves: u64,
     pub duration_s: f64,
+}
+
+/// What every listener of a run adds to: histograms and totals.
+pub(crate) struct Stats {
+    latency: Histogram,
+    steady: Histogram,
+    join: Histogram,
+    stall: Histogram,
+    pub(crate) totals: Totals,
+    failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    listeners: usize,
+}
+
+impl Stats {
+    fn new(listeners: usize) -> Stats {
+        Stats {
+            latency: Histogram::new(),
+            steady: Histogram::new(),
+            join: Histogram::new(),
+            stall: Histogram::new(),
+            totals: Totals::default(),
+            failures: Mutex::default(),
+            listeners,
+        }
+    }
+
+    fn report(&self, duration: Duration) -> LoadReport {
+        let failures: Vec<(String, u64)> = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .into_iter()
+            .collect();
+        let failed = failures.iter().map(|(_, n)| n).sum();
+        let q = |h: &Histogram, max: bool| Quantiles {
+            p50: h.quantile_ms(0.5),
+            p99: h.quantile_ms(0.99),
+            max: max.then(|| h.max_ms()),
+        };
+        let t = &self.totals;
+        LoadReport {
+            listeners: self.listeners,
+            connected: t.connected.load(Ordering::Relaxed),
+            failed,
+            failures,
+            frames: t.frames.load(Ordering::Relaxed),
+            gaps: t.gaps.load(Ordering::Relaxed),
+            skips: t.skips.load(Ordering::Relaxed),
+            latency_ms: q(&self.latency, true),
+            steady_latency_ms: (self.steady.count() > 0).then(|| q(&self.steady, true)),
+            join_ms: q(&self.join, false),
+            stall_ms: q(&self.stall, true),
+            moves: t.moves.load(Ordering::Relaxed),
+            duration_s: duration.as_secs_f64(),
+        }
+    }
+}
+
+/// One listener's account of what it heard.
+pub(crate) struct Ear<'a> {
+    stats: &'a Stats,
+    t0: std::time::Instant,
+    joined_us: u64,
+    first: bool,
+    last_at: Option<std::time::Instant>,
+    longest: Duration,
+    next_pts: Option<u64>,
+}
+
+impl<'a> Ear<'a> {
+    /// A listener starting now.
+    pub(crate) fn new(stats: &'a Stats) -> Ear<'a> {
+        Ear {
+            stats,
+            t0: std::time::Instant::now(),
+            joined_us: now_us(),
+            first: true,
+            last_at: None,
+            longest: Duration::ZERO,
+            next_pts: None,
+        }
+    }
+
+    pub(crate) fn frames(&mut self, frames: &[quicast::proto::Frame]) {
+        let (stats, totals) = (self.stats, &self.stats.totals);
+        let at = std::time::Instant::now();
+        if let Some(l) = self.last_at {
+            self.longest = self.longest.max(at - l);
+        }
+        self.last_at = Some(at);
+        if self.first {
+            self.first = false;
+            stats.join.record_us(self.t0.elapsed().as_micros() as u64);
+            totals.settle(stats.listeners);
+        }
+        let now = now_us();
+        let steady_from = totals.steady_from_us.load(Ordering::Relaxed);
+        for f in frames {
+            if let Some(expect) = self.next_pts {
+                if f.pts > expect && f.duration > 0 {
+                    totals
+                        .gaps
+                        .fetch_add((f.pts - expect) / f.duration as u64, Ordering::Relaxed);
+                }
+            }
+            self.next_pts = Some(f.pts + f.duration as u64);
+            if f.wall_us >= self.joined_us {
+                stats.latency.record_us(now.saturating_sub(f.wall_us));
+            }
+            if steady_from != 0 && f.wall_us >= steady_from {
+                stats.steady.record_us(now.saturating_sub(f.wall_us));
+            }
+        }
+        totals
+            .frames
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Segments the node skipped this listener past.
+    pub(crate) fn skipped(&mut self, segments: u64) {
+        self.stats
+            .totals
+            .skips
+            .fetch_add(segments, Ordering::Relaxed);
+    }
+
+    /// The listener is done: `failed` says why, if it failed.
+    pub(crate) fn end(self, failed: Option<String>) {
+        if self.last_at.is_some() {
+            self.stats.stall.record_us(self.longest.as_micros() as u64);
+        }
+        if let Some(mut reason) = failed {
+            if self.first {
+                self.stats.totals.settle(self.stats.listeners);
+            }
+            reason.truncate(120);
+            *self
+                .stats
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(reason)
+                .or_default() += 1;
+        }
+    }
 }
 
 pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
@@ -144,6 +309,38 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
         .next()
         .ok_or_else(|| quicast::Error::local(format!("{} did not resolve", url.host)))?;
     let path = url.stream()?.to_string();
+    let stats = Arc::new(Stats::new(opts.listeners));
+    let start = Instant::now();
+    // One node: listeners on the engine (a loop per endpoint, no task per listener), so
+    // one core of load drives far more of them. Several (failover): the client library.
+    if opts.urls.len() == 1 {
+        let cfg = quicast::client::fresh_listener_config(&opts.trust)?;
+        let threads = opts.endpoints.max(1).min(opts.listeners.max(1));
+        let mut runs = Vec::new();
+        for t in 0..threads {
+            let plan = super::loadgen_engine::Plan {
+                remote: addr,
+                server_name: url.host.clone(),
+                path: path.clone(),
+                cfg: cfg.clone(),
+                // Listener i of all goes to thread i % threads, at its place in the ramp.
+                starts: (t..opts.listeners)
+                    .step_by(threads)
+                    .map(|i| opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64))
+                    .collect(),
+                duration: opts.ramp + opts.duration,
+            };
+            let stats = stats.clone();
+            runs.push(tokio::task::spawn_blocking(move || {
+                super::loadgen_engine::run(plan, &stats)
+            }));
+        }
+        for r in runs {
+            r.await
+                .map_err(|e| quicast::Error::local(format!("a load thread failed: {e}")))??;
+        }
+        return Ok(stats.report(start.elapsed()));
+    }
     let endpoints: Vec<Client> = (0..opts.endpoints.max(1))
         .map(|_| {
             // Every simulated listener is a first-time visitor: a full handshake, as the
@@ -152,167 +349,46 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
             Client::for_target(&addr, &opts.trust).and_then(|c| c.without_resumption(&opts.trust))
         })
         .collect::<Result<_>>()?;
-    let latency = Arc::new(Histogram::new());
-    let join = Arc::new(Histogram::new());
-    let stall = Arc::new(Histogram::new());
-    let totals = Arc::new(Totals::default());
-    let failures: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
-    let start = Instant::now();
     let end = start + opts.ramp + opts.duration;
     let mut tasks = Vec::with_capacity(opts.listeners);
-    let listeners = opts.listeners;
     for i in 0..opts.listeners {
         let at = start + opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64);
         let client = endpoints[i % endpoints.len()].clone();
         let (urls, path, silence) = (opts.urls.clone(), path.clone(), opts.silence);
-        let (latency, join, stall, totals, failures) = (
-            latency.clone(),
-            join.clone(),
-            stall.clone(),
-            totals.clone(),
-            failures.clone(),
-        );
+        let stats = stats.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let t0 = Instant::now();
-            let joined_us = now_us();
-            let mut first = true;
-            let mut last_at: Option<Instant> = None;
-            let mut longest = Duration::ZERO;
+            let mut ear = Ear::new(&stats);
             let r = async {
-                let mut next_pts: Option<u64> = None;
                 let on = |ev: ListenEvent<'_>| {
                     match ev {
-                        ListenEvent::Frames(frames) => {
-                            let at = Instant::now();
-                            if let Some(l) = last_at {
-                                longest = longest.max(at - l);
-                            }
-                            last_at = Some(at);
-                            if first {
-                                first = false;
-                                join.record_us(t0.elapsed().as_micros() as u64);
-                                totals.settle(listeners);
-                            }
-                            let now = now_us();
-                            for f in frames {
-                                if let Some(expect) = next_pts {
-                                    if f.pts > expect && f.duration > 0 {
-                                        totals.gaps.fetch_add(
-                                            (f.pts - expect) / f.duration as u64,
-                                            Ordering::Relaxed,
-                                        );
-                                    }
-                                }
-                                next_pts = Some(f.pts + f.duration as u64);
-                                if f.wall_us >= joined_us {
-                                    latency.record_us(now.saturating_sub(f.wall_us));
-                                }
-                            }
-                            totals
-                                .frames
-                                .fetch_add(frames.len() as u64, Ordering::Relaxed);
-                        }
-                        ListenEvent::Skipped(_) => {
-                            totals.skips.fetch_add(1, Ordering::Relaxed);
-                        }
-                        ListenEvent::Missed { count, .. } => {
-                            totals.skips.fetch_add(count, Ordering::Relaxed);
-                        }
+                        ListenEvent::Frames(frames) => ear.frames(frames),
+                        ListenEvent::Skipped(_) => ear.skipped(1),
+                        ListenEvent::Missed { count, .. } => ear.skipped(count),
                         ListenEvent::Moved { .. } => {
-                            totals.moves.fetch_add(1, Ordering::Relaxed);
+                            stats.totals.moves.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {}
                     }
                     Ok(())
                 };
-                if urls.len() == 1 {
-                    let session = client.connect(&urls[0], Role::Listener, "").await?;
-                    totals.connected.fetch_add(1, Ordering::Relaxed);
-                    listen(&session, &path, Start::Live, Some(end), on).await?;
-                } else {
-                    let nodes: Vec<_> = urls.iter().map(|u| (client.clone(), u.clone())).collect();
-                    totals.connected.fetch_add(1, Ordering::Relaxed);
-                    let lo = ListenOptions {
-                        path: path.clone(),
-                        deadline: Some(end),
-                        silence,
-                        token: String::new(),
-                        low_latency: false,
-                    };
-                    listen_any(&nodes, &lo, on).await?;
-                }
-                Ok::<_, quicast::Error>(())
+                let nodes: Vec<_> = urls.iter().map(|u| (client.clone(), u.clone())).collect();
+                stats.totals.connected.fetch_add(1, Ordering::Relaxed);
+                let lo = ListenOptions {
+                    path: path.clone(),
+                    deadline: Some(end),
+                    silence,
+                    token: String::new(),
+                    low_latency: false,
+                };
+                listen_any(&nodes, &lo, on).await
             }
             .await;
-            if last_at.is_some() {
-                stall.record_us(longest.as_micros() as u64);
-            }
-            if r.is_err() && first {
-                totals.settle(listeners);
-            }
-            if let Err(e) = r {
-                let mut reason = e.to_string();
-                reason.truncate(120);
-                *failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(reason)
-                    .or_default() += 1;
-            }
+            ear.end(r.err().map(|e| e.to_string()));
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
-    let failures: Vec<(String, u64)> = failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .into_iter()
-        .collect();
-    let failed = failures.iter().map(|(_, n)| n).sum();
-    Ok(LoadReport {
-        listeners: opts.listeners,
-        connected: totals.connected.load(Ordering::Relaxed),
-        failed,
-        failures,
-        frames: totals.frames.load(Ordering::Relaxed),
-        gaps: totals.gaps.load(Ordering::Relaxed),
-        skips: totals.skips.load(Ordering::Relaxed),
-        latency_ms: Quantiles {
-            p50: latency.quantile_ms(0.5),
-            p99: latency.quantile_ms(0.99),
-            max: Some(latency.max_ms()),
-        },
-        join_ms: Quantiles {
-            p50: join.quantile_ms(0.5),
-            p99: join.quantile_ms(0.99),
-            max: None,
-        },
-        stall_ms: Quantiles {
-            p50: stall.quantile_ms(0.5),
-            p99: stall.quantile_ms(0.99),
-            max: Some(stall.max_ms()),
-        },
-        moves: totals.moves.load(Ordering::Relaxed),
-        duration_s: start.elapsed().as_secs_f64(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles() {
-        let h = Histogram::new();
-        assert_eq!(h.quantile_ms(0.5), 0.0);
-        for ms in 1..=100u64 {
-            h.record_us(ms * 1000 - 500);
-        }
-        assert_eq!(h.quantile_ms(0.5), 50.0);
-        assert_eq!(h.quantile_ms(0.99), 99.0);
-        assert_eq!(h.max_ms(), 99.5);
-    }
+    Ok(stats.report(start.elapsed()))
 }

@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod loadgen;
+mod loadgen_engine;
 pub mod ops;

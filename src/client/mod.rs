@@ -29,6 +29,20 @@ pub struct Client {
     config: quinn::ClientConfig,
 }
 
+/// A listener's QUIC client settings with no session resumption: every connection makes a
+/// full TLS handshake, as a crowd of first-time visitors would (the load generator's).
+pub fn fresh_listener_config(trust: &Trust) -> Result<quinn::ClientConfig> {
+    transport::client_config_with(trust, false, transport::listener_transport())
+}
+
+/// A UDP socket for connections to `target`: its address family, any port, large buffers.
+pub fn udp_socket_for(target: &SocketAddr) -> Result<std::net::UdpSocket> {
+    Ok(transport::udp_socket(
+        transport::unspecified_for(target),
+        false,
+    )?)
+}
+
 impl Client {
     pub fn new(bind: SocketAddr, trust: &Trust) -> Result<Client> {
         Client::with_config(bind, transport::client_config(trust)?)

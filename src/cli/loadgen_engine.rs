@@ -1,0 +1,301 @@
+//! The load generator's listeners on the engine: one thread drives thousands of QUIC
+//! connections, each saying hello, subscribing to the live edge and reading its segments,
+//! with no task, waker or lock per listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn_proto::{Connection, Dir, Event, ReadError, StreamEvent, StreamId};
+
+use quicast::engine::{App, Engine};
+use quicast::proto::{Frame, Message, Role, Start, UniHeader, MAX_FRAME_RECORD, MAX_MESSAGE};
+use quicast::Result;
+
+use super::loadgen::{Ear, Stats};
+
+/// One thread's share of a run.
+pub(crate) struct Plan {
+    pub remote: SocketAddr,
+    pub server_name: String,
+    pub path: String,
+    pub cfg: quinn::ClientConfig,
+    /// When each of its listeners joins, from the run's start (in order).
+    pub starts: Vec<Duration>,
+    /// How long the run lasts, from its start.
+    pub duration: Duration,
+}
+
+/// A listener: its account, its control stream, its segments in flight.
+struct Listener<'a> {
+    ear: Option<Ear<'a>>,
+    ctl: Option<StreamId>,
+    ctl_buf: BytesMut,
+    /// Segment streams being read: what has come of each, and whether its header has.
+    segs: BTreeMap<u64, Seg>,
+    last_seq: Option<u64>,
+    frames: Vec<Frame>,
+    failed: Option<String>,
+    /// The node ended the broadcast, or we closed at the end of the run.
+    done: bool,
+}
+
+struct Listeners<'a> {
+    stats: &'a Stats,
+    path: String,
+}
+
+impl<'a> App for Listeners<'a> {
+    type Conn = Listener<'a>;
+
+    fn event(&mut self, conn: &mut Connection, l: &mut Listener<'a>, ev: Event, _now: Instant) {
+        match ev {
+            Event::Connected => {
+                self.stats.totals.connected.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = conn.streams().open(Dir::Bi) else {
+                    return fail(conn, l, "no control stream credit".into());
+                };
+                l.ctl = Some(id);
+                let mut hello = Message::Hello {
+                    version: quicast::proto::VERSION,
+                    role: Role::Listener,
+                    token: Default::default(),
+                }
+                .to_bytes()
+                .to_vec();
+                hello.extend_from_slice(
+                    &Message::Subscribe {
+                        id: 0,
+                        path: self.path.clone(),
+                        start: Start::Live,
+                        flags: 0,
+                    }
+                    .to_bytes(),
+                );
+                // A fresh stream takes a few dozen bytes: written whole, or the node is odd.
+                if conn.send_stream(id).write(&hello).ok() != Some(hello.len()) {
+                    fail(conn, l, "could not write hello".into());
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                while let Some(id) = conn.streams().accept(Dir::Uni) {
+                    l.segs.insert(id.index(), Seg::default());
+                    read_segment(conn, l, id);
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if Some(id) == l.ctl {
+                    read_control(conn, l);
+                } else if l.segs.contains_key(&id.index()) {
+                    read_segment(conn, l, id);
+                }
+            }
+            Event::ConnectionLost { reason } if !l.done && l.failed.is_none() => {
+                l.failed = Some(reason.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn gone(&mut self, l: Listener<'a>) {
+        if let Some(ear) = l.ear {
+            ear.end(if l.done { None } else { l.failed });
+        }
+    }
+}
+
+fn fail(conn: &mut Connection, l: &mut Listener<'_>, why: String) {
+    if l.failed.is_none() {
+        l.failed = Some(why);
+    }
+    conn.close(
+        Instant::now(),
+        0u32.into(),
+        bytes::Bytes::from_static(b"load generator gave up"),
+    );
+}
+
+/// Reads what stream `id` has; `Err` if it was reset (the node skipped us past it), `Ok(true)`
+/// once it is finished.
+fn read_into(
+    conn: &mut Connection,
+    id: StreamId,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::result::Result<bool, ()> {
+    let mut rs = conn.recv_stream(id);
+    let Ok(mut chunks) = rs.read(true) else {
+        return Ok(true);
+    };
+    let mut end = Ok(false);
+    loop {
+        if buf.len() > max {
+            break;
+        }
+        match chunks.next(max) {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) => {
+                end = Ok(true);
+                break;
+            }
+            Err(ReadError::Blocked) => break,
+            Err(ReadError::Reset(_)) => {
+                end = Err(());
+                break;
+            }
+        }
+    }
+    let _ = chunks.finalize();
+    end
+}
+
+fn read_control(conn: &mut Connection, l: &mut Listener<'_>) {
+    let Some(id) = l.ctl else { return };
+    let fin = read_into(conn, id, &mut l.ctl_buf, MAX_MESSAGE + 16);
+    loop {
+        match Message::decode(&mut l.ctl_buf) {
+            Ok(Some(Message::StreamEnd { .. })) => {
+                l.done = true;
+                conn.close(
+                    Instant::now(),
+                    0u32.into(),
+                    bytes::Bytes::from_static(b"bye"),
+                );
+            }
+            Ok(Some(Message::SubscribeError { reason, .. }))
+            | Ok(Some(Message::Error { reason, .. })) => {
+                return fail(conn, l, reason);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return fail(conn, l, e.to_string()),
+        }
+    }
+    if fin != Ok(false) && !l.done {
+        fail(conn, l, "the node ended the control stream".into());
+    }
+}
+
+/// A segment stream being read.
+#[derive(Default)]
+struct Seg {
+    buf: BytesMut,
+    headed: bool,
+    /// Finished (`Ok`) or reset (`Err`: the node skipped us past the rest).
+    end: Option<std::result::Result<(), ()>>,
+}
+
+/// Takes what stream `id` has, then hears segments in order: the oldest open one's frames,
+/// and the next one's only once it is over (a packet may carry a segment's last frames and
+/// the next one's first, their streams' events in either order).
+fn read_segment(conn: &mut Connection, l: &mut Listener<'_>, id: StreamId) {
+    let Some(seg) = l.segs.get_mut(&id.index()) else {
+        return;
+    };
+    match read_into(conn, id, &mut seg.buf, MAX_FRAME_RECORD + 64) {
+        Ok(false) => {}
+        Ok(true) => seg.end = Some(Ok(())),
+        Err(()) => seg.end = Some(Err(())),
+    }
+    while let Some(mut first) = l.segs.first_entry() {
+        let seg = first.get_mut();
+        if !seg.headed {
+            match UniHeader::decode(&mut seg.buf) {
+                Ok(Some(UniHeader::Segment(h))) => {
+                    seg.headed = true;
+                    if let (Some(last), Some(ear)) = (l.last_seq, l.ear.as_mut()) {
+                        // Whole segments never begun: the node skipped us past them.
+                        if h.seq > last + 1 {
+                            ear.skipped(h.seq - last - 1);
+                        }
+                    }
+                    l.last_seq = Some(l.last_seq.map_or(h.seq, |s| s.max(h.seq)));
+                }
+                Ok(Some(other)) => {
+                    return fail(conn, l, format!("{other:?} where a segment was due"))
+                }
+                Ok(None) if seg.end.is_none() => return,
+                Ok(None) => {
+                    first.remove();
+                    continue;
+                }
+                Err(e) => return fail(conn, l, e.to_string()),
+            }
+        }
+        l.frames.clear();
+        loop {
+            match Frame::decode(&mut seg.buf) {
+                Ok(Some((f, _))) => l.frames.push(f),
+                Ok(None) => break,
+                Err(e) => return fail(conn, l, e.to_string()),
+            }
+        }
+        if let Some(ear) = l.ear.as_mut() {
+            if !l.frames.is_empty() {
+                ear.frames(&l.frames);
+            }
+            if seg.end == Some(Err(())) {
+                ear.skipped(1);
+            }
+        }
+        if seg.end.is_none() {
+            return;
+        }
+        first.remove();
+    }
+}
+
+/// Runs one thread's listeners until the run's end, then closes them.
+pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
+    let socket = quicast::client::udp_socket_for(&plan.remote)?;
+    let mut engine = Engine::client(
+        socket,
+        Listeners {
+            stats,
+            path: plan.path.clone(),
+        },
+    )?;
+    let start = Instant::now();
+    let end = start + plan.duration;
+    let mut next = 0;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        while next < plan.starts.len() && start + plan.starts[next] <= now {
+            let l = Listener {
+                ear: Some(Ear::new(stats)),
+                ctl: None,
+                ctl_buf: BytesMut::new(),
+                segs: BTreeMap::new(),
+                last_seq: None,
+                frames: Vec::new(),
+                failed: None,
+                done: false,
+            };
+            if let Err(e) = engine.connect(now, plan.cfg.clone(), plan.remote, &plan.server_name, l)
+            {
+                Ear::new(stats).end(Some(format!("cannot connect: {e}")));
+            }
+            next += 1;
+        }
+        let until = plan.starts.get(next).map_or(end, |s| start + *s).min(end);
+        engine.turn(
+            until
+                .saturating_duration_since(now)
+                .max(Duration::from_micros(100)),
+        )?;
+    }
+    // The run is over: everyone leaves (not a failure), and the closes go out.
+    engine.for_each(|_, l| l.done = true);
+    engine.close_all(Instant::now(), 0, b"bye");
+    let drain = Instant::now() + Duration::from_secs(2);
+    while engine.connections() > 0 && Instant::now() < drain {
+        engine.turn(Duration::from_millis(10))?;
+    }
+    engine.abandon();
+    Ok(())
+}

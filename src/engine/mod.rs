@@ -1,0 +1,299 @@
+//! The engine: many QUIC connections driven from one thread's loop, straight on quinn's
+//! protocol core (`quinn-proto`, free of I/O: datagrams and the time in, datagrams and
+//! deadlines out). No task, waker or lock per connection: one socket read by the batch, one
+//! timer heap, and every connection's packets sent together (`sendmmsg`).
+//!
+//! What a connection means is the application's (`App`): it sees each connection's events
+//! and acts on the connection directly. The load generator is its first user (thousands of
+//! listeners from one core); the node's server side is meant to follow.
+
+mod udp;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn_proto::{
+    ClientConfig, ConnectError, Connection, ConnectionHandle, DatagramEvent, Endpoint,
+    EndpointConfig, Event, VarInt,
+};
+
+pub use udp::Outbox;
+use udp::Socket;
+
+/// What the engine's connections mean: told of each connection's events, acting on the
+/// connection as it likes (open streams, read, write, close). Called from the engine's
+/// thread only.
+pub trait App {
+    /// Each connection's own state.
+    type Conn;
+    /// An event of a connection (`Connected`, a stream's, `ConnectionLost`).
+    fn event(&mut self, conn: &mut Connection, state: &mut Self::Conn, ev: Event, now: Instant);
+    /// A connection is over (drained): its state is handed back.
+    fn gone(&mut self, state: Self::Conn);
+}
+
+struct Slot<C> {
+    conn: Connection,
+    state: C,
+    /// The deadline the timer heap holds for it (entries not matching are stale).
+    deadline: Option<Instant>,
+    dirty: bool,
+}
+
+pub struct Engine<A: App> {
+    endpoint: Endpoint,
+    socket: Socket,
+    slots: Vec<Option<Slot<A::Conn>>>,
+    live: usize,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    dirty: Vec<usize>,
+    out: Outbox,
+    buf: Vec<u8>,
+    app: A,
+}
+
+impl<A: App> Engine<A> {
+    /// A client engine on `socket`.
+    pub fn client(socket: UdpSocket, app: A) -> io::Result<Engine<A>> {
+        Ok(Engine {
+            endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
+            socket: Socket::new(socket)?,
+            slots: Vec::new(),
+            live: 0,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            out: Outbox::default(),
+            buf: Vec::with_capacity(2048),
+            app,
+        })
+    }
+
+    pub fn app(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Connections not yet drained.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// Starts a connection to `remote`, its state `state`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        cfg: ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+        state: A::Conn,
+    ) -> Result<(), ConnectError> {
+        let (h, conn) = self.endpoint.connect(now, cfg, remote, server_name)?;
+        self.insert(h, conn, state);
+        Ok(())
+    }
+
+    fn insert(&mut self, h: ConnectionHandle, conn: Connection, state: A::Conn) {
+        if self.slots.len() <= h.0 {
+            self.slots.resize_with(h.0 + 1, || None);
+        }
+        self.slots[h.0] = Some(Slot {
+            conn,
+            state,
+            deadline: None,
+            dirty: false,
+        });
+        self.live += 1;
+        self.mark(h.0);
+    }
+
+    fn mark(&mut self, i: usize) {
+        if let Some(Some(s)) = self.slots.get_mut(i) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(i);
+            }
+        }
+    }
+
+    /// Closes every connection (`code`, `reason`); they drain over the next turns.
+    pub fn close_all(&mut self, now: Instant, code: u32, reason: &'static [u8]) {
+        for i in 0..self.slots.len() {
+            if let Some(s) = self.slots[i].as_mut() {
+                s.conn
+                    .close(now, VarInt::from_u32(code), Bytes::from_static(reason));
+                self.mark(i);
+            }
+        }
+    }
+
+    /// Drops every connection still here (without a word to its peer), handing the app
+    /// their states.
+    pub fn abandon(&mut self) {
+        for slot in self.slots.iter_mut() {
+            if let Some(s) = slot.take() {
+                self.live -= 1;
+                self.app.gone(s.state);
+            }
+        }
+    }
+
+    /// Lets `f` act on every live connection (then drives them).
+    pub fn for_each(&mut self, mut f: impl FnMut(&mut Connection, &mut A::Conn)) {
+        for i in 0..self.slots.len() {
+            if let Some(s) = self.slots[i].as_mut() {
+                f(&mut s.conn, &mut s.state);
+                self.mark(i);
+            }
+        }
+    }
+
+    /// One turn of the loop: waits up to `wait` for datagrams or the next timer, takes
+    /// every datagram that arrived, fires due timers, drives every connection that has
+    /// something to do, and sends what they produced.
+    pub fn turn(&mut self, wait: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        let until_timer = self
+            .timers
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(now));
+        let wait = until_timer.map_or(wait, |t| t.min(wait));
+        if self.dirty.is_empty() {
+            self.wait(wait)?;
+        }
+        let now = Instant::now();
+        // Datagrams in: a few batches, then serve the rest next turn (timers keep time).
+        for _ in 0..16 {
+            let (endpoint, slots, dirty, out, buf) = (
+                &mut self.endpoint,
+                &mut self.slots,
+                &mut self.dirty,
+                &mut self.out,
+                &mut self.buf,
+            );
+            let n = self.socket.recv(|from, local_ip, ecn, data| {
+                buf.clear();
+                let ecn = ecn.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                match endpoint.handle(now, from, local_ip, ecn, data, buf) {
+                    Some(DatagramEvent::ConnectionEvent(h, ev)) => {
+                        if let Some(Some(s)) = slots.get_mut(h.0) {
+                            s.conn.handle_event(ev);
+                            if !s.dirty {
+                                s.dirty = true;
+                                dirty.push(h.0);
+                            }
+                        }
+                    }
+                    Some(DatagramEvent::Response(t)) => out.push(t.destination, &buf[..t.size]),
+                    // A client takes no connections.
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        let t = endpoint.refuse(incoming, buf);
+                        out.push(t.destination, &buf[..t.size]);
+                    }
+                    None => {}
+                }
+            })?;
+            if n == 0 {
+                break;
+            }
+        }
+        // Timers due.
+        while let Some(Reverse((at, i))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(Some(s)) = self.slots.get_mut(i) {
+                if s.deadline == Some(at) {
+                    s.deadline = None;
+                    s.conn.handle_timeout(now);
+                    self.mark(i);
+                }
+            }
+        }
+        self.drive(now);
+        self.socket.send(&mut self.out)?;
+        Ok(())
+    }
+
+    /// Drives every connection marked: its events to the endpoint and the app, its packets
+    /// to the outbox, its next deadline to the heap.
+    fn drive(&mut self, now: Instant) {
+        while let Some(i) = self.dirty.pop() {
+            let Some(Some(s)) = self.slots.get_mut(i) else {
+                continue;
+            };
+            s.dirty = false;
+            let h = ConnectionHandle(i);
+            loop {
+                let mut more = false;
+                while let Some(ev) = s.conn.poll_endpoint_events() {
+                    if let Some(cev) = self.endpoint.handle_event(h, ev) {
+                        s.conn.handle_event(cev);
+                    }
+                    more = true;
+                }
+                while let Some(ev) = s.conn.poll() {
+                    self.app.event(&mut s.conn, &mut s.state, ev, now);
+                    more = true;
+                }
+                while let Some(t) = {
+                    self.buf.clear();
+                    s.conn.poll_transmit(now, 1, &mut self.buf)
+                } {
+                    self.out.push(t.destination, &self.buf[..t.size]);
+                    more = true;
+                }
+                if !more {
+                    break;
+                }
+            }
+            if s.conn.is_drained() {
+                if let Some(s) = self.slots[i].take() {
+                    self.live -= 1;
+                    self.app.gone(s.state);
+                }
+                continue;
+            }
+            let next = s.conn.poll_timeout();
+            if next != s.deadline {
+                s.deadline = next;
+                if let Some(at) = next {
+                    self.timers.push(Reverse((at, i)));
+                }
+            }
+        }
+    }
+
+    /// Waits until the socket is readable (or writable, with datagrams waiting), at most
+    /// `wait`.
+    fn wait(&self, wait: Duration) -> io::Result<()> {
+        let mut events = libc::POLLIN;
+        if !self.out.is_empty() {
+            events |= libc::POLLOUT;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.socket.raw_fd(),
+            events,
+            revents: 0,
+        };
+        // Round up: a timer due in 0.3 ms must not spin on zero-millisecond waits.
+        let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

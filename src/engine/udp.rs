@@ -1,0 +1,166 @@
+//! The engine's UDP socket: datagrams in by the batch (`recvmmsg`, GRO, through quinn-udp),
+//! and out by the batch across connections (`sendmmsg`: one system call for up to
+//! `SEND_BATCH` datagrams to as many peers).
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use bytes::BytesMut;
+use quinn::udp::{EcnCodepoint, RecvMeta, UdpSocketState, BATCH_SIZE};
+
+/// Datagrams handed to the kernel in one `sendmmsg`.
+pub const SEND_BATCH: usize = 64;
+/// Room per receive buffer: a GRO batch of full-size datagrams.
+const RECV_BUF: usize = 64 * 1024;
+
+/// Datagrams waiting to be sent: their bytes back to back, and where each goes.
+#[derive(Default)]
+pub struct Outbox {
+    bytes: Vec<u8>,
+    /// (destination, start, end) in `bytes`.
+    queue: Vec<(SocketAddr, usize, usize)>,
+    /// How many of `queue` were sent already (the rest wait for room in the socket).
+    sent: usize,
+}
+
+impl Outbox {
+    pub fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(datagram);
+        self.queue.push((to, start, self.bytes.len()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent == self.queue.len()
+    }
+
+    fn clear_if_done(&mut self) {
+        if self.is_empty() {
+            self.bytes.clear();
+            self.queue.clear();
+            self.sent = 0;
+        }
+    }
+}
+
+pub struct Socket {
+    io: UdpSocket,
+    state: UdpSocketState,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Socket {
+    pub fn new(io: UdpSocket) -> io::Result<Socket> {
+        io.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&io).into())?;
+        let n = BATCH_SIZE.max(1);
+        Ok(Socket {
+            bufs: (0..n).map(|_| vec![0u8; RECV_BUF]).collect(),
+            meta: vec![RecvMeta::default(); n],
+            io,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.io.as_raw_fd()
+    }
+
+    /// Receives what has arrived (one batch), handing each datagram to `each`. Returns
+    /// how many datagrams; 0 when nothing waits.
+    pub fn recv(
+        &mut self,
+        mut each: impl FnMut(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>, BytesMut),
+    ) -> io::Result<usize> {
+        let mut slices: Vec<IoSliceMut<'_>> =
+            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let got = match self
+            .state
+            .recv((&self.io).into(), &mut slices, &mut self.meta)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut count = 0;
+        for (m, buf) in self.meta.iter().zip(self.bufs.iter()).take(got) {
+            let stride = m.stride.max(1);
+            let data = &buf[..m.len.min(buf.len())];
+            for d in data.chunks(stride) {
+                each(m.addr, m.dst_ip, m.ecn, BytesMut::from(d));
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends what `out` holds, in batches, until it is empty or the socket is full (the
+    /// rest waits: call again when it is writable). Returns whether everything went.
+    pub fn send(&self, out: &mut Outbox) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        while !out.is_empty() {
+            let batch = &out.queue[out.sent..(out.sent + SEND_BATCH).min(out.queue.len())];
+            let addrs: Vec<socket2::SockAddr> =
+                batch.iter().map(|(to, _, _)| (*to).into()).collect();
+            let mut iovs: Vec<libc::iovec> = batch
+                .iter()
+                .map(|(_, s, e)| libc::iovec {
+                    iov_base: out.bytes[*s..].as_ptr() as *mut libc::c_void,
+                    iov_len: e - s,
+                })
+                .collect();
+            // SAFETY: zeroed mmsghdr is a valid empty header; every pointer set below points
+            // into `addrs` or `iovs`, both alive across the call and not moved.
+            let mut hdrs: Vec<libc::mmsghdr> = (0..batch.len())
+                .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
+                .collect();
+            for (i, h) in hdrs.iter_mut().enumerate() {
+                h.msg_hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = addrs[i].len();
+                h.msg_hdr.msg_iov = &mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: `hdrs` holds `hdrs.len()` initialised headers (see above).
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.io.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    hdrs.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return Ok(false),
+                    io::ErrorKind::Interrupted => continue,
+                    // A datagram the path refused (too large, a peer gone): skip it, as
+                    // the loss QUIC recovers from.
+                    _ if matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::EMSGSIZE
+                                | libc::ECONNREFUSED
+                                | libc::EHOSTUNREACH
+                                | libc::ENETUNREACH
+                        )
+                    ) =>
+                    {
+                        out.sent += 1;
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            out.sent += n as usize;
+        }
+        out.clear_if_done();
+        Ok(true)
+    }
+}
