@@ -11,6 +11,7 @@
 //!   QUICAST_BENCH_HOG=-5 ...   # a busy loop on the relay's core at this nice: a slower core,
 //!                              # to overload the relay with listeners the load generator can drive
 //!   QUICAST_BENCH_LOADGEN_BIN=/path/to/other/quicast ...  # A/B the load generator
+//!   QUICAST_BENCH_RELAY_CPUS=0,1 QUICAST_BENCH_RELAY_ARGS="--quic-threads 2" ...  # the relay on two cores
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -74,6 +75,28 @@ fn pid(k: &Killed) -> u32 {
 }
 
 /// utime + stime in clock ticks.
+/// CPU ticks of each of a process's threads, by thread name (threads of one name summed).
+fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(s) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let name = s[open + 1..close].to_string();
+        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+        let ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        *by.entry(name).or_insert(0) += ticks;
+    }
+    by
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &s[s.rfind(')').unwrap() + 2..];
@@ -165,7 +188,8 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         &maxc,
     ];
     rargs.extend(extra.split_whitespace());
-    let mut relay = spawn_bin(&relay_bin(), &rargs, Some("0"), LOG);
+    let cpus = std::env::var("QUICAST_BENCH_RELAY_CPUS").unwrap_or_else(|_| "0".into());
+    let mut relay = spawn_bin(&relay_bin(), &rargs, Some(&cpus), LOG);
     let (raddr, floor) = relay_addr_and_floor(&mut relay);
     // A busy loop sharing the relay's core, at a higher priority: the relay gets a fraction
     // of it (the overload run).
@@ -256,6 +280,7 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         Instant::now(),
         cpu_ticks(lpid),
     );
+    let th0 = thread_ticks(rpid);
     std::thread::sleep(steady_len);
     let (c1, u1, w1, l1) = (
         cpu_ticks(rpid),
@@ -263,6 +288,21 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         Instant::now(),
         cpu_ticks(lpid),
     );
+    let th1 = thread_ticks(rpid);
+    // Where the relay's CPU went, by thread (its QUIC threads are quic-0, quic-1, ...).
+    let threads: Vec<String> = th1
+        .iter()
+        .map(|(name, t)| {
+            let d = t.saturating_sub(*th0.get(name).unwrap_or(&0));
+            (
+                name,
+                d as f64 / ticks_per_sec() / (w1 - w0).as_secs_f64() * 100.0,
+            )
+        })
+        .filter(|(_, pct)| *pct >= 0.5)
+        .map(|(name, pct)| format!("{name} {pct:.1}%"))
+        .collect();
+    eprintln!("  relay threads: {}", threads.join(", "));
     let rss1 = rss_kib(rpid);
     let out = loadgen.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

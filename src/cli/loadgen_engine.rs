@@ -101,7 +101,11 @@ impl<'a> App for Listeners<'a> {
 
     fn gone(&mut self, l: Listener<'a>) {
         if let Some(ear) = l.ear {
-            ear.end(if l.done { None } else { l.failed });
+            ear.end(match (l.done, l.failed) {
+                (true, _) => None,
+                (false, Some(why)) => Some(why),
+                (false, None) => Some("the connection ended".into()),
+            });
         }
     }
 }
@@ -290,7 +294,14 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
         )?;
     }
     // The run is over: everyone leaves (not a failure), and the closes go out.
-    engine.for_each(|_, l| l.done = true);
+    // A listener still without its connection at the end failed to join.
+    engine.for_each(|_, l| {
+        if l.ctl.is_some() {
+            l.done = true;
+        } else if l.failed.is_none() {
+            l.failed = Some("did not connect before the run ended".into());
+        }
+    });
     engine.close_all(Instant::now(), 0, b"bye");
     let drain = Instant::now() + Duration::from_secs(2);
     while engine.connections() > 0 && Instant::now() < drain {

@@ -164,3 +164,56 @@ impl Socket {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many datagrams to several peers, queued then sent in batches: each peer gets its own,
+    /// whole and in order.
+    #[test]
+    fn an_outbox_reaches_every_peer_whole_and_in_order() {
+        let me = Socket::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let peers: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut out = Outbox::default();
+        for n in 0..(SEND_BATCH * 2 + 5) {
+            let p = &peers[n % peers.len()];
+            let d = vec![n as u8; 100 + n];
+            out.push(p.local_addr().unwrap(), &d);
+        }
+        assert!(me.send(&mut out).unwrap());
+        assert!(out.is_empty());
+        for (k, p) in peers.iter().enumerate() {
+            p.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            for n in (k..SEND_BATCH * 2 + 5).step_by(peers.len()) {
+                let mut buf = [0u8; 2048];
+                let (len, from) = p.recv_from(&mut buf).unwrap();
+                assert_eq!(from, me.local_addr().unwrap());
+                assert_eq!(&buf[..len], &vec![n as u8; 100 + n][..], "datagram {n}");
+            }
+        }
+    }
+
+    /// What arrives is handed over datagram by datagram, with its sender.
+    #[test]
+    fn received_datagrams_come_with_their_sender() {
+        let mut me = Socket::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for n in 0..10u8 {
+            peer.send_to(&[n; 50], me.local_addr().unwrap()).unwrap();
+        }
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 10 && std::time::Instant::now() < deadline {
+            me.recv(|from, _, _, d| got.push((from, d))).unwrap();
+        }
+        assert_eq!(got.len(), 10);
+        for (n, (from, d)) in got.iter().enumerate() {
+            assert_eq!(*from, peer.local_addr().unwrap());
+            assert_eq!(&d[..], &[n as u8; 50][..]);
+        }
+    }
+}
