@@ -214,7 +214,8 @@ keys! {
     /// again when load falls. 0: it never grows.
     max_deliver_ms: one Millis<0, 5000> = "500";
     /// While the node serves its subscribers this many ms after their wake-up (its fan-out
-    /// falls behind), or its tasks run this late, the delivery interval grows a step.
+    /// falls behind), or its tasks run this late, or a thread serving connections is
+    /// saturated, the delivery interval grows a step.
     stretch_lag_ms: one Millis<1, 60_000> = "150";
     /// Stream names (or prefixes ending in /) sent every frame at once, at more cost per
     /// listener, while the node has headroom (repeat).

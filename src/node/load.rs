@@ -7,6 +7,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Node;
+use crate::model::since_epoch;
 
 /// How often `watch` measures.
 const LOAD_PROBE: Duration = Duration::from_millis(100);
@@ -145,7 +146,18 @@ pub(crate) async fn watch(node: std::sync::Weak<Node>) {
             .saturating_sub(LOAD_PROBE);
         let served_late =
             Duration::from_micros(node.stats.fanout_late_us.swap(0, Ordering::Relaxed));
-        let lag = timer_lag.max(served_late);
+        let thread_late =
+            Duration::from_micros(node.stats.thread_late_us.swap(0, Ordering::Relaxed));
+        let mut lag = timer_lag.max(served_late).max(thread_late);
+        // A saturated thread is at least as late as stretching is for; and once stretching
+        // can do no more, as late as refusing newcomers is for.
+        let saturated = saturated(&node);
+        if saturated {
+            lag = lag.max(stretch.at);
+            if stretch.exhausted() {
+                lag = lag.max(limit);
+            }
+        }
         node.stats
             .lag_ms
             .store(lag.as_millis() as u64, Ordering::Relaxed);
@@ -184,6 +196,86 @@ pub(crate) async fn watch(node: std::sync::Weak<Node>) {
                     "load back to normal: taking new connections"
                 );
             }
+        }
+    }
+}
+
+/// A thread counts as saturated when it was busy (not waiting for work) this much of a
+/// second: its work arrives faster than it gets through it, whether it lacks CPU because of
+/// its own load or because the machine gives it little (another process hogging the core).
+/// Its backlog may then sit in its sockets rather than in its task queue, where timers
+/// would not see it.
+const SATURATED: f64 = 0.95;
+/// How long a saturated thread counts as such after it was last seen so.
+const SATURATION_HOLD: Duration = Duration::from_millis(1500);
+
+/// The busy fraction of the current runtime's busiest worker between two samples.
+struct Busy {
+    last: Vec<Duration>,
+    at: tokio::time::Instant,
+}
+
+impl Busy {
+    fn new() -> Busy {
+        Busy {
+            last: Busy::now(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now() -> Vec<Duration> {
+        let m = tokio::runtime::Handle::current().metrics();
+        (0..m.num_workers())
+            .map(|w| m.worker_total_busy_duration(w))
+            .collect()
+    }
+
+    /// The busiest worker's busy fraction since the last sample.
+    fn sample(&mut self) -> f64 {
+        let (now, at) = (Busy::now(), tokio::time::Instant::now());
+        let wall = at.saturating_duration_since(self.at).as_secs_f64();
+        let busiest = now
+            .iter()
+            .zip(&self.last)
+            .map(|(n, l)| n.saturating_sub(*l).as_secs_f64())
+            .fold(0.0, f64::max);
+        (self.last, self.at) = (now, at);
+        if wall > 0.0 {
+            busiest / wall
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Whether a thread that serves connections was saturated lately (see `SATURATED`).
+fn saturated(node: &Node) -> bool {
+    let at = node.stats.saturated_at_us.load(Ordering::Relaxed);
+    at != 0
+        && since_epoch(tokio::time::Instant::now()).saturating_sub(at)
+            < SATURATION_HOLD.as_micros() as u64
+}
+
+/// Measures, on the thread it runs on (each QUIC thread runs one), how late its timers
+/// fire and how busy it is: the node's own tasks run elsewhere, and a thread swamped by
+/// connections would otherwise go unseen by `watch`.
+pub(crate) async fn probe(node: std::sync::Weak<Node>) {
+    let mut busy = Busy::new();
+    let mut n = 0u32;
+    loop {
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(LOAD_PROBE).await;
+        let late = t0.elapsed().saturating_sub(LOAD_PROBE);
+        let Some(node) = node.upgrade() else { return };
+        node.stats
+            .thread_late_us
+            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+        n += 1;
+        if n.is_multiple_of(10) && busy.sample() >= SATURATED {
+            node.stats.saturated_at_us.store(
+                since_epoch(tokio::time::Instant::now()).max(1),
+                Ordering::Relaxed,
+            );
         }
     }
 }

@@ -26,6 +26,12 @@ pub struct Stats {
     pub not_found_total: AtomicU64,
     /// The latest a subscriber took its wake-up since the load watch last looked, in µs.
     pub fanout_late_us: AtomicU64,
+    /// The latest a QUIC thread's timer fired since the load watch last looked, in µs: how
+    /// long that thread's work waits for the CPU (see `load::probe`).
+    pub thread_late_us: AtomicU64,
+    /// When a thread that serves connections was last seen saturated (busy nearly all of
+    /// the last second), in µs of `since_epoch`; 0: never.
+    pub saturated_at_us: AtomicU64,
     /// How late the node's tasks last ran, in ms (see `load::watch`).
     pub lag_ms: AtomicU64,
     /// Frames taken in (from publishers and sources, or from parents) and their payload

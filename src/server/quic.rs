@@ -79,9 +79,13 @@ impl Shard {
                     Err(e) => return drop(ready_tx.send(Err(e))),
                 };
                 let _ = ready_tx.send(Ok(ep.clone()));
+                let probe = (!node.cfg.overload_lag_ms.get().is_zero()).then(|| node.probe_load());
                 let accept = tokio::spawn(accept(node, ep.clone(), away, retry_above));
                 let _ = stopped.await;
                 accept.abort();
+                if let Some(p) = probe {
+                    p.abort();
+                }
                 ep.close(
                     transport::varint(ErrorCode::GoingAway),
                     b"node shutting down",
