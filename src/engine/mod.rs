@@ -18,12 +18,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::{
-    ClientConfig, ConnectError, Connection, ConnectionHandle, DatagramEvent, Endpoint,
-    EndpointConfig, Event, VarInt,
+    ClientConfig, ConnectError, Connection, ConnectionHandle, ConnectionIdGenerator, DatagramEvent,
+    Endpoint, EndpointConfig, Event, Incoming, ServerConfig, VarInt,
 };
 
 pub use udp::Outbox;
 use udp::Socket;
+
+/// What becomes of a client's first packet (a server engine's application decides, before
+/// any cryptography is spent on it).
+pub enum Admit<C> {
+    /// Take the handshake on, with this state for the connection.
+    Accept(C),
+    /// Tell the client no (CONNECTION_REFUSED): one small packet.
+    Refuse,
+    /// Make the client prove its address first (a QUIC Retry; its next try comes validated).
+    Retry,
+}
 
 /// What the engine's connections mean: told of each connection's events, acting on the
 /// connection as it likes (open streams, read, write, close). Called from the engine's
@@ -31,6 +42,11 @@ use udp::Socket;
 pub trait App {
     /// Each connection's own state.
     type Conn;
+    /// A client's first packet (server engines): take it on, refuse it, or ask for a Retry.
+    /// A client engine refuses everything.
+    fn incoming(&mut self, _incoming: &Incoming) -> Admit<Self::Conn> {
+        Admit::Refuse
+    }
     /// An event of a connection (`Connected`, a stream's, `ConnectionLost`).
     fn event(&mut self, conn: &mut Connection, state: &mut Self::Conn, ev: Event, now: Instant);
     /// A connection is over (drained): its state is handed back.
@@ -71,6 +87,24 @@ impl<A: App> Engine<A> {
             buf: Vec::with_capacity(2048),
             app,
         })
+    }
+
+    /// A server engine on `socket`, its connection IDs from `cids` (see
+    /// `transport::shards`: they name the thread whose socket steers them here).
+    pub fn server<G>(
+        socket: UdpSocket,
+        config: Arc<ServerConfig>,
+        cids: G,
+        app: A,
+    ) -> io::Result<Engine<A>>
+    where
+        G: ConnectionIdGenerator + Clone + 'static,
+    {
+        let mut ecfg = EndpointConfig::default();
+        ecfg.cid_generator(move || Box::new(cids.clone()));
+        let mut e = Engine::client(socket, app)?;
+        e.endpoint = Endpoint::new(Arc::new(ecfg), Some(config), true, None);
+        Ok(e)
     }
 
     pub fn app(&mut self) -> &mut A {
@@ -171,12 +205,14 @@ impl<A: App> Engine<A> {
         let now = Instant::now();
         // Datagrams in: a few batches, then serve the rest next turn (timers keep time).
         for _ in 0..16 {
-            let (endpoint, slots, dirty, out, buf) = (
+            let (endpoint, slots, dirty, out, buf, app, live) = (
                 &mut self.endpoint,
                 &mut self.slots,
                 &mut self.dirty,
                 &mut self.out,
                 &mut self.buf,
+                &mut self.app,
+                &mut self.live,
             );
             let n = self.socket.recv(|from, local_ip, ecn, data| {
                 buf.clear();
@@ -192,11 +228,36 @@ impl<A: App> Engine<A> {
                         }
                     }
                     Some(DatagramEvent::Response(t)) => out.push(t.destination, &buf[..t.size]),
-                    // A client takes no connections.
-                    Some(DatagramEvent::NewConnection(incoming)) => {
-                        let t = endpoint.refuse(incoming, buf);
-                        out.push(t.destination, &buf[..t.size]);
-                    }
+                    Some(DatagramEvent::NewConnection(incoming)) => match app.incoming(&incoming) {
+                        Admit::Accept(state) => match endpoint.accept(incoming, now, buf, None) {
+                            Ok((h, conn)) => {
+                                if slots.len() <= h.0 {
+                                    slots.resize_with(h.0 + 1, || None);
+                                }
+                                slots[h.0] = Some(Slot {
+                                    conn,
+                                    state,
+                                    deadline: None,
+                                    dirty: true,
+                                });
+                                *live += 1;
+                                dirty.push(h.0);
+                            }
+                            Err(e) => {
+                                if let Some(t) = e.response {
+                                    out.push(t.destination, &buf[..t.size]);
+                                }
+                            }
+                        },
+                        Admit::Refuse => {
+                            let t = endpoint.refuse(incoming, buf);
+                            out.push(t.destination, &buf[..t.size]);
+                        }
+                        Admit::Retry => match endpoint.retry(incoming, buf) {
+                            Ok(t) => out.push(t.destination, &buf[..t.size]),
+                            Err(e) => endpoint.ignore(e.into_incoming()),
+                        },
+                    },
                     None => {}
                 }
             })?;
@@ -295,5 +356,132 @@ impl<A: App> Engine<A> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use quinn_proto::{Dir, StreamEvent};
+
+    use super::*;
+    use crate::transport::shards::ShardCids;
+    use crate::transport::{client_config, client_endpoint, server_config, Identity, Trust};
+
+    /// A server app: each connection's one stream is answered with what came, in capitals.
+    /// A client is asked to prove its address first (Retry), then taken on.
+    struct Upper {
+        incomings: Arc<AtomicUsize>,
+    }
+
+    #[derive(Default)]
+    struct Req {
+        got: Vec<u8>,
+    }
+
+    impl App for Upper {
+        type Conn = Req;
+
+        fn incoming(&mut self, incoming: &Incoming) -> Admit<Req> {
+            self.incomings.fetch_add(1, Ordering::Relaxed);
+            if incoming.remote_address_validated() {
+                Admit::Accept(Req::default())
+            } else {
+                Admit::Retry
+            }
+        }
+
+        fn event(&mut self, conn: &mut Connection, req: &mut Req, ev: Event, _now: Instant) {
+            let id = match ev {
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    match conn.streams().accept(Dir::Bi) {
+                        Some(id) => id,
+                        None => return,
+                    }
+                }
+                Event::Stream(StreamEvent::Readable { id }) => id,
+                _ => return,
+            };
+            let mut rs = conn.recv_stream(id);
+            let Ok(mut chunks) = rs.read(true) else {
+                return;
+            };
+            let mut fin = false;
+            loop {
+                match chunks.next(usize::MAX) {
+                    Ok(Some(c)) => req.got.extend_from_slice(&c.bytes),
+                    Ok(None) => {
+                        fin = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = chunks.finalize();
+            if fin {
+                let answer = req.got.to_ascii_uppercase();
+                let mut s = conn.send_stream(id);
+                assert_eq!(s.write(&answer).unwrap(), answer.len());
+                s.finish().unwrap();
+            }
+        }
+
+        fn gone(&mut self, _: Req) {}
+    }
+
+    /// quinn's clients against a server engine: every one is made to prove its address, then
+    /// gets its answer; the engine's loop carries handshakes, streams and timers for all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_get_through_a_retry_and_their_answers_from_a_server_engine() {
+        let id = Identity::self_signed(&[]).unwrap();
+        let cfg = Arc::new(server_config(&id, Duration::from_millis(1000), 1200).unwrap());
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let incomings = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (i2, s2) = (incomings.clone(), stop.clone());
+        let server = std::thread::spawn(move || {
+            let cids = ShardCids {
+                shard: 0,
+                shards: 1,
+            };
+            let mut e = Engine::server(socket, cfg, cids, Upper { incomings: i2 }).unwrap();
+            while !s2.load(Ordering::Relaxed) {
+                e.turn(Duration::from_millis(10)).unwrap();
+            }
+            e.connections()
+        });
+        let trust = Trust::pinned(&[id.fingerprint.parse().unwrap()]);
+        let client = client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let cc = client_config(&trust).unwrap();
+        let mut asks = Vec::new();
+        for i in 0..20 {
+            let (client, cc) = (client.clone(), cc.clone());
+            asks.push(tokio::spawn(async move {
+                let conn = client
+                    .connect_with(cc, addr, "localhost")
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(format!("hello {i}").as_bytes())
+                    .await
+                    .unwrap();
+                send.finish().unwrap();
+                let answer = recv.read_to_end(1000).await.unwrap();
+                conn.close(0u32.into(), b"");
+                (i, answer)
+            }));
+        }
+        for a in asks {
+            let (i, answer) = a.await.unwrap();
+            assert_eq!(answer, format!("HELLO {i}").into_bytes());
+        }
+        // Each client came twice: once to be told to retry, once validated.
+        assert_eq!(incomings.load(Ordering::Relaxed), 40);
+        client.wait_idle().await;
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
     }
 }
