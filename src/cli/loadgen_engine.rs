@@ -50,7 +50,14 @@ struct Listeners<'a> {
 impl<'a> App for Listeners<'a> {
     type Conn = Listener<'a>;
 
-    fn event(&mut self, conn: &mut Connection, l: &mut Listener<'a>, ev: Event, _now: Instant) {
+    fn event(
+        &mut self,
+        _: usize,
+        conn: &mut Connection,
+        l: &mut Listener<'a>,
+        ev: Event,
+        _now: Instant,
+    ) {
         match ev {
             Event::Connected => {
                 self.stats.totals.connected.fetch_add(1, Ordering::Relaxed);
@@ -134,10 +141,9 @@ fn read_into(
         return Ok(true);
     };
     let mut end = Ok(false);
+    // Everything there is (flow control bounds it): quinn-proto says `Readable` again
+    // only when more arrives, so what is left now might never be read.
     loop {
-        if buf.len() > max {
-            break;
-        }
         match chunks.next(max) {
             Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
             Ok(None) => {
@@ -296,9 +302,11 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
     // The run is over: everyone leaves (not a failure), and the closes go out.
     // A listener still without its connection at the end failed to join.
     engine.for_each(|_, l| {
-        if l.ctl.is_some() {
+        if l.failed.is_some() {
+            // Failed already, and still closing: it stays failed.
+        } else if l.ctl.is_some() {
             l.done = true;
-        } else if l.failed.is_none() {
+        } else {
             l.failed = Some("did not connect before the run ended".into());
         }
     });

@@ -183,7 +183,7 @@ impl Sink for QuicSink<'_> {
 
 /// How many frame records runs of them hold (`len, pts, duration, wall_us, payload`): a few
 /// varints read per frame, no copy.
-fn records(runs: &[Bytes]) -> u64 {
+pub(crate) fn records(runs: &[Bytes]) -> u64 {
     use crate::proto::varint::try_get;
     let mut n = 0;
     for run in runs {

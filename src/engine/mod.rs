@@ -47,8 +47,15 @@ pub trait App {
     fn incoming(&mut self, _incoming: &Incoming) -> Admit<Self::Conn> {
         Admit::Refuse
     }
-    /// An event of a connection (`Connected`, a stream's, `ConnectionLost`).
-    fn event(&mut self, conn: &mut Connection, state: &mut Self::Conn, ev: Event, now: Instant);
+    /// An event of connection `handle` (`Connected`, a stream's, `ConnectionLost`).
+    fn event(
+        &mut self,
+        handle: usize,
+        conn: &mut Connection,
+        state: &mut Self::Conn,
+        ev: Event,
+        now: Instant,
+    );
     /// A connection is over (drained): its state is handed back.
     fn gone(&mut self, state: Self::Conn);
 }
@@ -189,9 +196,34 @@ impl<A: App> Engine<A> {
         }
     }
 
-    /// One turn of the loop: waits up to `wait` for datagrams or the next timer, takes
-    /// every datagram that arrived, fires due timers, drives every connection that has
-    /// something to do, and sends what they produced.
+    /// Lets `f` act on connection `h` (if it is still there), then drives it on the next
+    /// `work`. Returns whether it was there.
+    pub fn with(&mut self, h: usize, f: impl FnOnce(&mut Connection, &mut A::Conn)) -> bool {
+        let Some(Some(s)) = self.slots.get_mut(h) else {
+            return false;
+        };
+        f(&mut s.conn, &mut s.state);
+        self.mark(h);
+        true
+    }
+
+    /// When the next timer is due, if any.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The socket's descriptor (to wait on it from an async loop).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.raw_fd()
+    }
+
+    /// Whether datagrams wait to go out (the socket was full).
+    pub fn sending(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// One turn of the loop: waits up to `wait` for datagrams or the next timer, then
+    /// `work`.
     pub fn turn(&mut self, wait: Duration) -> io::Result<()> {
         let now = Instant::now();
         let until_timer = self
@@ -202,8 +234,15 @@ impl<A: App> Engine<A> {
         if self.dirty.is_empty() {
             self.wait(wait)?;
         }
+        self.work().map(|_| ())
+    }
+
+    /// Takes the datagrams that arrived, fires due timers, drives every connection that
+    /// has something to do, and sends what they produced. Returns whether datagrams may be
+    /// left to read (it takes a bounded number per call, so timers keep time).
+    pub fn work(&mut self) -> io::Result<bool> {
         let now = Instant::now();
-        // Datagrams in: a few batches, then serve the rest next turn (timers keep time).
+        let mut more = true;
         for _ in 0..16 {
             let (endpoint, slots, dirty, out, buf, app, live) = (
                 &mut self.endpoint,
@@ -262,6 +301,7 @@ impl<A: App> Engine<A> {
                 }
             })?;
             if n == 0 {
+                more = false;
                 break;
             }
         }
@@ -281,7 +321,7 @@ impl<A: App> Engine<A> {
         }
         self.drive(now);
         self.socket.send(&mut self.out)?;
-        Ok(())
+        Ok(more)
     }
 
     /// Drives every connection marked: its events to the endpoint and the app, its packets
@@ -302,7 +342,7 @@ impl<A: App> Engine<A> {
                     more = true;
                 }
                 while let Some(ev) = s.conn.poll() {
-                    self.app.event(&mut s.conn, &mut s.state, ev, now);
+                    self.app.event(i, &mut s.conn, &mut s.state, ev, now);
                     more = true;
                 }
                 while let Some(t) = {
@@ -314,6 +354,14 @@ impl<A: App> Engine<A> {
                 }
                 if !more {
                     break;
+                }
+            }
+            // Out as they are made, a batch at a time: a wake-up of thousands of
+            // connections leaves as a stream of batches, not one burst that overflows the
+            // buffers on the way (a host's, a switch's, a receiver's).
+            if self.out.unsent() >= udp::SEND_BATCH {
+                if let Err(e) = self.socket.send(&mut self.out) {
+                    tracing::debug!("engine send: {e}");
                 }
             }
             if s.conn.is_drained() {
@@ -392,7 +440,7 @@ mod tests {
             }
         }
 
-        fn event(&mut self, conn: &mut Connection, req: &mut Req, ev: Event, _now: Instant) {
+        fn event(&mut self, _: usize, conn: &mut Connection, req: &mut Req, ev: Event, _: Instant) {
             let id = match ev {
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                     match conn.streams().accept(Dir::Bi) {

@@ -10,6 +10,8 @@ use quinn::udp::{EcnCodepoint, RecvMeta, UdpSocketState, BATCH_SIZE};
 
 /// Datagrams handed to the kernel in one `sendmmsg`.
 pub const SEND_BATCH: usize = 64;
+/// Datagrams an outbox holds unsent at most.
+const MAX_QUEUED: usize = 16_384;
 /// Room per receive buffer: a GRO batch of full-size datagrams.
 const RECV_BUF: usize = 64 * 1024;
 
@@ -24,7 +26,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Queues a datagram; beyond `MAX_QUEUED` waiting (the socket full for long), it is
+    /// dropped instead: a loss QUIC recovers from, not memory without bound.
     pub fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+        if self.queue.len() - self.sent >= MAX_QUEUED {
+            return;
+        }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(datagram);
         self.queue.push((to, start, self.bytes.len()));
@@ -32,6 +39,11 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.sent == self.queue.len()
+    }
+
+    /// Datagrams waiting.
+    pub fn unsent(&self) -> usize {
+        self.queue.len() - self.sent
     }
 
     fn clear_if_done(&mut self) {
@@ -140,22 +152,14 @@ impl Socket {
                 match e.kind() {
                     io::ErrorKind::WouldBlock => return Ok(false),
                     io::ErrorKind::Interrupted => continue,
-                    // A datagram the path refused (too large, a peer gone): skip it, as
-                    // the loss QUIC recovers from.
-                    _ if matches!(
-                        e.raw_os_error(),
-                        Some(
-                            libc::EMSGSIZE
-                                | libc::ECONNREFUSED
-                                | libc::EHOSTUNREACH
-                                | libc::ENETUNREACH
-                        )
-                    ) =>
-                    {
+                    // Any other refusal is the first datagram's (too large, an address the
+                    // kernel will not send to, such as a peer claiming port 0, a firewall):
+                    // it is skipped, a loss QUIC recovers from, and the rest go on.
+                    _ => {
+                        tracing::debug!(to = %batch[0].0, "datagram not sent: {e}");
                         out.sent += 1;
                         continue;
                     }
-                    _ => return Err(e),
                 }
             }
             out.sent += n as usize;

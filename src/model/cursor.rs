@@ -128,6 +128,11 @@ impl Cursor {
         self.rx = rx;
     }
 
+    /// Whether this subscriber is more than `max_lag` segments behind (see `lagging`).
+    pub fn is_lagging(&self) -> bool {
+        self.lag() > self.b.max_lag
+    }
+
     /// Resolves once this subscriber is more than `max_lag` segments behind. Used while a
     /// write to the subscriber is blocked, so a stuck peer is noticed without its help.
     pub async fn lagging(&self) {
@@ -199,62 +204,87 @@ impl Cursor {
         (lo..=latest).find_map(|q| self.b.segment(q).map(|seg| (q, seg)))
     }
 
+    /// The next step, waiting for the broadcast to change when there is none.
     pub async fn next(&mut self) -> Step {
         loop {
             self.rx.borrow_and_update();
-            let edge = self.b.span();
-            match &self.seg {
-                None => {
-                    let target = self.next.or(if self.from_first {
-                        edge.first
-                    } else {
-                        edge.latest
-                    });
-                    match (target, edge.latest) {
-                        (Some(s), Some(latest)) if s <= latest => {
-                            if let Some(seg) = self.b.segment(s) {
-                                self.seg = Some(seg);
-                                self.next = Some(s);
-                                self.idx = 0;
-                                return Step::Begin(s);
-                            }
-                            // Gone from the store: move to the oldest segment still held.
-                            match self.first_held(s + 1, latest) {
-                                Some((q, _)) => {
-                                    self.next = Some(q);
-                                    self.skipped += 1;
-                                    return Step::Skip { from: s, to: q };
-                                }
-                                None if edge.ended => return Step::Finished,
-                                None => {}
-                            }
-                        }
-                        _ if edge.ended => return Step::Finished,
-                        _ => {}
-                    }
-                }
-                Some(seg) => {
-                    // No lag check here: a subscriber that keeps taking steps is keeping up,
-                    // even if the edge ran ahead (a relay catching up after failover). Lag
-                    // only counts while a write to the subscriber is blocked: see `lagging`.
-                    let seq = seg.seq;
-                    self.scratch.clear();
-                    let (n, sealed) = seg.read_from(self.idx, &mut self.scratch);
-                    if n > 0 {
-                        self.idx += n;
-                        let out = std::mem::replace(&mut self.scratch, Batch::empty(self.form));
-                        return Step::Frames(out);
-                    }
-                    if sealed {
-                        self.seg = None;
-                        self.next = Some(seq + 1);
-                        return Step::Sealed(seq);
-                    }
-                }
+            if let Some(step) = self.step() {
+                return step;
             }
             if self.rx.changed().await.is_err() {
                 return Step::Finished;
             }
         }
+    }
+
+    /// The next step if there is one now, without waiting (for callers that are told of
+    /// the broadcast's wake-ups another way, such as the engine).
+    pub fn try_next(&mut self) -> Option<Step> {
+        loop {
+            self.rx.borrow_and_update();
+            if let Some(step) = self.step() {
+                return Some(step);
+            }
+            match self.rx.has_changed() {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(_) => return Some(Step::Finished),
+            }
+        }
+    }
+
+    /// One step from where the cursor is, if the store has one for it.
+    fn step(&mut self) -> Option<Step> {
+        let edge = self.b.span();
+        match &self.seg {
+            None => {
+                let target = self.next.or(if self.from_first {
+                    edge.first
+                } else {
+                    edge.latest
+                });
+                match (target, edge.latest) {
+                    (Some(s), Some(latest)) if s <= latest => {
+                        if let Some(seg) = self.b.segment(s) {
+                            self.seg = Some(seg);
+                            self.next = Some(s);
+                            self.idx = 0;
+                            return Some(Step::Begin(s));
+                        }
+                        // Gone from the store: move to the oldest segment still held.
+                        match self.first_held(s + 1, latest) {
+                            Some((q, _)) => {
+                                self.next = Some(q);
+                                self.skipped += 1;
+                                return Some(Step::Skip { from: s, to: q });
+                            }
+                            None if edge.ended => return Some(Step::Finished),
+                            None => {}
+                        }
+                    }
+                    _ if edge.ended => return Some(Step::Finished),
+                    _ => {}
+                }
+            }
+            Some(seg) => {
+                // No lag check here: a subscriber that keeps taking steps is keeping up,
+                // even if the edge ran ahead (a relay catching up after failover). Lag
+                // only counts while a write to the subscriber is blocked: see `lagging`.
+                let seq = seg.seq;
+                self.scratch.clear();
+                let (n, sealed) = seg.read_from(self.idx, &mut self.scratch);
+                if n > 0 {
+                    self.idx += n;
+                    let out = std::mem::replace(&mut self.scratch, Batch::empty(self.form));
+                    return Some(Step::Frames(out));
+                }
+                if sealed {
+                    self.seg = None;
+                    self.next = Some(seq + 1);
+                    return Some(Step::Sealed(seq));
+                }
+            }
+        }
+        None
     }
 }

@@ -200,51 +200,39 @@ pub(crate) async fn watch(node: std::sync::Weak<Node>) {
     }
 }
 
-/// A thread counts as saturated when it was busy (not waiting for work) this much of a
+/// A thread counts as saturated when it ran or waited to run (never idle) this much of a
 /// second: its work arrives faster than it gets through it, whether it lacks CPU because of
 /// its own load or because the machine gives it little (another process hogging the core).
 /// Its backlog may then sit in its sockets rather than in its task queue, where timers
 /// would not see it.
 const SATURATED: f64 = 0.95;
+/// Seconds in a row a thread must be saturated to count as such.
+const SATURATED_SECS: u32 = 3;
 /// How long a saturated thread counts as such after it was last seen so.
 const SATURATION_HOLD: Duration = Duration::from_millis(1500);
 
-/// The busy fraction of the current runtime's busiest worker between two samples.
-struct Busy {
-    last: Vec<Duration>,
-    at: tokio::time::Instant,
+/// How much of the wall time since the last sample this thread ran or waited to run (from
+/// the kernel's scheduler statistics, /proc/thread-self/schedstat: CPU time, then time
+/// spent runnable on a run queue). Near 1: the thread never ran out of work, whether it
+/// had the CPU or waited for it.
+struct Demand {
+    last: Option<(u64, std::time::Instant)>,
 }
 
-impl Busy {
-    fn new() -> Busy {
-        Busy {
-            last: Busy::now(),
-            at: tokio::time::Instant::now(),
-        }
+impl Demand {
+    fn read() -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+        Some(f.next()?? + f.next()??)
     }
 
-    fn now() -> Vec<Duration> {
-        let m = tokio::runtime::Handle::current().metrics();
-        (0..m.num_workers())
-            .map(|w| m.worker_total_busy_duration(w))
-            .collect()
-    }
-
-    /// The busiest worker's busy fraction since the last sample.
-    fn sample(&mut self) -> f64 {
-        let (now, at) = (Busy::now(), tokio::time::Instant::now());
-        let wall = at.saturating_duration_since(self.at).as_secs_f64();
-        let busiest = now
-            .iter()
-            .zip(&self.last)
-            .map(|(n, l)| n.saturating_sub(*l).as_secs_f64())
-            .fold(0.0, f64::max);
-        (self.last, self.at) = (now, at);
-        if wall > 0.0 {
-            busiest / wall
-        } else {
-            0.0
-        }
+    /// The fraction since the last sample (None on the first, or without the statistics).
+    fn sample(&mut self) -> Option<f64> {
+        let (now_ns, at) = (Demand::read()?, std::time::Instant::now());
+        let prev = self.last.replace((now_ns, at));
+        let (ns, then) = prev?;
+        let wall = at.saturating_duration_since(then).as_nanos() as f64;
+        (wall > 0.0).then(|| now_ns.saturating_sub(ns) as f64 / wall)
     }
 }
 
@@ -256,12 +244,14 @@ fn saturated(node: &Node) -> bool {
             < SATURATION_HOLD.as_micros() as u64
 }
 
-/// Measures, on the thread it runs on (each QUIC thread runs one), how late its timers
-/// fire and how busy it is: the node's own tasks run elsewhere, and a thread swamped by
-/// connections would otherwise go unseen by `watch`.
-pub(crate) async fn probe(node: std::sync::Weak<Node>) {
-    let mut busy = Busy::new();
+/// Measures how late the timers fire on the runtime it runs on, and (`one_thread`: a
+/// current-thread runtime, such as each QUIC thread's) whether its thread is saturated: the
+/// node's own tasks run elsewhere, and a thread swamped by connections would otherwise go
+/// unseen by `watch`.
+pub(crate) async fn probe(node: std::sync::Weak<Node>, one_thread: bool) {
+    let mut demand = Demand { last: None };
     let mut n = 0u32;
+    let mut hot = 0u32;
     loop {
         let t0 = tokio::time::Instant::now();
         tokio::time::sleep(LOAD_PROBE).await;
@@ -271,7 +261,14 @@ pub(crate) async fn probe(node: std::sync::Weak<Node>) {
             .thread_late_us
             .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
         n += 1;
-        if n.is_multiple_of(10) && busy.sample() >= SATURATED {
+        if one_thread && n.is_multiple_of(10) {
+            // Saturated for a few seconds running: a join storm's burst is not overload.
+            hot = match demand.sample() {
+                Some(d) if d >= SATURATED => hot + 1,
+                _ => 0,
+            };
+        }
+        if hot >= SATURATED_SECS {
             node.stats.saturated_at_us.store(
                 since_epoch(tokio::time::Instant::now()).max(1),
                 Ordering::Relaxed,

@@ -175,7 +175,7 @@ impl Node {
         if !node.cfg.overload_lag_ms.get().is_zero() {
             tasks.push(tokio::spawn(load::watch(Arc::downgrade(&node))).abort_handle());
             // The node's own runtime (its fetches from parents) is watched too.
-            tasks.push(tokio::spawn(load::probe(Arc::downgrade(&node))).abort_handle());
+            tasks.push(tokio::spawn(load::probe(Arc::downgrade(&node), false)).abort_handle());
         }
         if !node.is_relay() {
             tasks.push(tokio::spawn(load::sweep(Arc::downgrade(&node))).abort_handle());
@@ -188,10 +188,11 @@ impl Node {
         self.cfg.name()
     }
 
-    /// Measures how late the current thread's timers fire, for the load watch (a QUIC
-    /// thread calls this at its start); ends with the node.
+    /// Measures how late the current thread's timers fire and whether it is saturated, for
+    /// the load watch (a QUIC thread, a current-thread runtime, calls this at its start);
+    /// ends with the node.
     pub fn probe_load(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(load::probe(Arc::downgrade(self)))
+        tokio::spawn(load::probe(Arc::downgrade(self), true))
     }
 
     /// Runs the node's own background work on the node's runtime.

@@ -264,10 +264,11 @@ impl QuicServer {
         }
     }
 
-    /// Waits for connections to be closed cleanly (after `close`).
+    /// Waits for connections to be closed cleanly (after `close`), as long as the threads
+    /// wait for them (a thread that gave up never says its endpoint is idle).
     pub async fn wait_idle(&self) {
         for s in &self.shards {
-            s.endpoint.wait_idle().await;
+            let _ = tokio::time::timeout(SHARD_CLOSE_WAIT, s.endpoint.wait_idle()).await;
         }
     }
 }

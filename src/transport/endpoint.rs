@@ -113,7 +113,26 @@ pub fn server_endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    #[cfg(target_os = "linux")]
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     let inner = runtime.wrap_udp_socket(socket)?;
+    // Several threads on the port: no receive offload. GRO merges datagrams of one flow
+    // before the steering program runs, so a client's datagrams for connections on
+    // different threads could all reach the first one's.
+    #[cfg(target_os = "linux")]
+    if cids.shards > 1 {
+        let off: libc::c_int = 0;
+        // SAFETY: `fd` is the socket `inner` owns, open; the option is an int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                &off as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
     let mut ecfg = quinn::EndpointConfig::default();
     ecfg.cid_generator(move || Box::new(cids));
     quinn::Endpoint::new_with_abstract_socket(

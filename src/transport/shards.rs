@@ -110,6 +110,14 @@ pub fn bind(addr: SocketAddr, shards: u8) -> std::io::Result<Vec<UdpSocket>> {
         let mut last = None;
         // Port 0: the kernel may hand out a port that another group shares (it counts
         // shared ports as free); such a pick is seen below and tried again.
+        // A port given: whoever holds it with SO_REUSEPORT is found before we join their
+        // group (joining, even for a moment, would take a share of their packets).
+        if !picked && sharers(addr)? > 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another program's sockets share {addr} (SO_REUSEPORT)"),
+            ));
+        }
         for _ in 0..if picked { 20 } else { 1 } {
             let first = super::endpoint::udp_socket(addr, true)?;
             let port = first.local_addr()?;
@@ -117,9 +125,13 @@ pub fn bind(addr: SocketAddr, shards: u8) -> std::io::Result<Vec<UdpSocket>> {
             for _ in 1..shards {
                 socks.push(super::endpoint::udp_socket(port, true)?);
             }
-            attach_steering(&socks[0], shards)?;
+            // The program goes on only once the group is known to be ours alone: on a
+            // stranger's group it would replace their steering.
             match strangers(&socks, port) {
-                Ok(0) => return Ok(socks),
+                Ok(0) => {
+                    attach_steering(&socks[0], shards)?;
+                    return Ok(socks);
+                }
                 Ok(n) => {
                     last = Some(std::io::Error::new(
                         std::io::ErrorKind::AddrInUse,
@@ -131,6 +143,38 @@ pub fn bind(addr: SocketAddr, shards: u8) -> std::io::Result<Vec<UdpSocket>> {
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
     }
+}
+
+/// `addr`'s IP as /proc/net/udp{,6} writes it (each 32-bit word in host order, in hex).
+#[cfg(target_os = "linux")]
+fn proc_hex(addr: &SocketAddr) -> String {
+    let octets: Vec<u8> = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect()
+}
+
+/// Sockets bound to exactly `addr` now (before we bind it).
+#[cfg(target_os = "linux")]
+fn sharers(addr: SocketAddr) -> std::io::Result<usize> {
+    let table = if addr.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return Ok(0);
+    };
+    let want = format!("{}:{:04X}", proc_hex(&addr), addr.port());
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+        .count())
 }
 
 /// How many sockets not in `ours` are bound to exactly `addr` (from /proc/net/udp{,6} of this
@@ -253,15 +297,44 @@ mod tests {
         }
     }
 
+    /// Another program's group on the port: refused, before joining it, and their
+    /// steering is left as it was (ours, with a different count, would break theirs).
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_port_another_group_shares_is_refused() {
-        let socks = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-        let at = socks[0].local_addr().unwrap();
-        // Someone else's reuse-port socket on the same address joins the group...
-        let _intruder = crate::transport::endpoint::udp_socket(at, true).unwrap();
-        // ...and a node asked for that port sees it.
-        let e = bind(at, 2).unwrap_err();
+    fn a_port_another_group_holds_is_refused_and_left_alone() {
+        let theirs = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let at = theirs[0].local_addr().unwrap();
+        assert_eq!(sharers(at).unwrap(), 2);
+        let e = bind(at, 3).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        // Their datagrams still reach their sockets by their own program (modulo 2).
+        for s in &theirs {
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for want in [0u8, 1, 0, 1, 1, 0] {
+            let cid = ShardCids {
+                shard: want,
+                shards: 2,
+            }
+            .generate_cid();
+            let mut d = vec![0x40];
+            d.extend_from_slice(&cid);
+            client.send_to(&d, at).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, _) = theirs[want as usize].recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &d[..]);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_addresses_are_written_as_the_kernel_does() {
+        assert_eq!(proc_hex(&"127.0.0.1:1".parse().unwrap()), "0100007F");
+        assert_eq!(
+            proc_hex(&"[::1]:1".parse().unwrap()),
+            "00000000000000000000000001000000"
+        );
     }
 }

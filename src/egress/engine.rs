@@ -1,0 +1,244 @@
+//! QUIC listeners on the engine: each subscription's segments, each on its own
+//! unidirectional stream, written straight into quinn-proto's streams from the shared
+//! store (the records as they are), the same wire as `egress::quic`.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{Connection, Dir, StreamId};
+use tracing::debug;
+
+use crate::egress::quic::records;
+use crate::model::{Batch, Step};
+use crate::node::{inc, Node, Subscriber};
+use crate::proto::{ErrorCode, SegmentHeader};
+use crate::transport::varint;
+
+/// One subscription: its cursor, and where its segment stands on the wire.
+pub(crate) struct Sub {
+    pub(crate) s: Subscriber,
+    pub(crate) out: Option<StreamId>,
+    pub(crate) header: Option<Bytes>,
+    /// The segment that ended, its FIN not yet sent (it goes with the next one's frames).
+    ended: Option<StreamId>,
+    /// What the stream has not taken yet (flow control): the subscriber waits.
+    pub(crate) backlog: Vec<Bytes>,
+    /// The last segment it was sent whole.
+    last: Option<u64>,
+    /// A segment waiting for stream credit to begin.
+    pub(crate) waiting: Option<u64>,
+    joining: Option<Instant>,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Sub {
+    pub(crate) fn new(s: Subscriber) -> Sub {
+        Sub {
+            joining: Some(s.joining),
+            s,
+            out: None,
+            header: None,
+            ended: None,
+            backlog: Vec::new(),
+            last: None,
+            waiting: None,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn flush(&mut self, node: &Node) {
+        node.stats
+            .frames_sent_total
+            .fetch_add(std::mem::take(&mut self.frames), Ordering::Relaxed);
+        node.stats
+            .bytes_sent_total
+            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+    }
+}
+
+/// Delivers what subscription `id` has due: steps its cursor while it can take more, and
+/// writes each step into its segment's stream. A subscriber whose stream is full (flow
+/// control) waits, and is moved to the newest segment once it falls too far behind.
+/// Returns the last segment sent whole once the broadcast is over (the subscription is
+/// then done: its stream finished, its counts added).
+pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -> Option<u64> {
+    // First what the stream did not take last time.
+    if !sub.backlog.is_empty() {
+        match sub.out.map(|out| write_all(conn, out, &mut sub.backlog)) {
+            Some(Wrote::All) | Some(Wrote::Blocked) => {}
+            Some(Wrote::Stopped) => {
+                sub.out = None;
+                sub.s.cursor.abandon_segment();
+            }
+            Some(Wrote::Gone) | None => {
+                sub.backlog.clear();
+                sub.out = None;
+            }
+        }
+        if !sub.backlog.is_empty() {
+            if !sub.s.cursor.is_lagging() {
+                return None;
+            }
+            skip(conn, sub);
+            inc(&node.stats.skips_total);
+            let to = sub.s.cursor.skip_to_live();
+            debug!(
+                ?to,
+                "engine listener fell behind: moved to the newest segment"
+            );
+        }
+    }
+    if let Some(seq) = sub.waiting {
+        if begin(conn, sub, id, seq) {
+            sub.waiting = None;
+        } else if sub.s.cursor.is_lagging() {
+            // Still no stream credit, and too far behind: on to the newest segment.
+            skip(conn, sub);
+            inc(&node.stats.skips_total);
+            sub.s.cursor.skip_to_live();
+        } else {
+            return None;
+        }
+    }
+    while let Some(step) = sub.s.cursor.try_next() {
+        match step {
+            Step::Begin(seq) => {
+                if !begin(conn, sub, id, seq) {
+                    // No stream credit: it comes back with `Available`.
+                    sub.waiting = Some(seq);
+                    return None;
+                }
+            }
+            Step::Frames(batch) => {
+                if let Batch::Wire(wire) = &batch {
+                    finish_ended(conn, sub);
+                    if let Some(out) = sub.out {
+                        sub.backlog.extend(sub.header.take());
+                        sub.backlog.extend_from_slice(wire);
+                        let bytes: u64 = sub.backlog.iter().map(|b| b.len() as u64).sum();
+                        match write_all(conn, out, &mut sub.backlog) {
+                            Wrote::All | Wrote::Blocked => {}
+                            Wrote::Stopped => {
+                                sub.out = None;
+                                sub.s.cursor.abandon_segment();
+                            }
+                            Wrote::Gone => sub.out = None,
+                        }
+                        if let Some(since) = sub.joining.take() {
+                            node.stats.joined(since);
+                        }
+                        sub.frames += records(wire);
+                        sub.bytes += bytes;
+                    }
+                }
+                sub.s.cursor.recycle(batch);
+                if !sub.backlog.is_empty() {
+                    return None;
+                }
+            }
+            Step::Sealed(seq) => {
+                sub.flush(node);
+                sub.last = Some(seq);
+                if let Some(out) = sub.out.take() {
+                    if let Some(h) = sub.header.take() {
+                        // A segment without frames still shows its header.
+                        let _ = conn.send_stream(out).write(&h);
+                    }
+                    finish_ended(conn, sub);
+                    sub.ended = Some(out);
+                }
+            }
+            Step::Skip { .. } => {
+                skip(conn, sub);
+                inc(&node.stats.skips_total);
+            }
+            Step::Finished => {
+                finish_ended(conn, sub);
+                if let Some(out) = sub.out.take() {
+                    let _ = conn.send_stream(out).finish();
+                }
+                sub.flush(node);
+                return Some(sub.last.unwrap_or(0));
+            }
+        }
+    }
+    None
+}
+
+/// The current segment is abandoned (the subscriber moves on): its stream is reset.
+fn skip(conn: &mut Connection, sub: &mut Sub) {
+    finish_ended(conn, sub);
+    sub.waiting = None;
+    sub.header = None;
+    sub.backlog.clear();
+    if let Some(out) = sub.out.take() {
+        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+    }
+}
+
+/// What a write of a backlog came to.
+pub(crate) enum Wrote {
+    /// All of it.
+    All,
+    /// Part or none: the stream is full (flow control), and says `Writable` when it is not.
+    Blocked,
+    /// The peer stopped the stream (it gave the segment up).
+    Stopped,
+    /// The stream is gone.
+    Gone,
+}
+
+/// Writes `backlog` into stream `out` until it is all written or the stream is full. A
+/// write that takes part of it is tried again: only a write refused as `Blocked` makes
+/// quinn-proto say `Writable` later.
+pub(crate) fn write_all(conn: &mut Connection, out: StreamId, backlog: &mut Vec<Bytes>) -> Wrote {
+    loop {
+        backlog.retain(|b| !b.is_empty());
+        if backlog.is_empty() {
+            return Wrote::All;
+        }
+        match conn.send_stream(out).write_chunks(backlog) {
+            Ok(w) => {
+                backlog.drain(..w.chunks);
+            }
+            Err(quinn_proto::WriteError::Blocked) => return Wrote::Blocked,
+            Err(quinn_proto::WriteError::Stopped(_)) => {
+                backlog.clear();
+                return Wrote::Stopped;
+            }
+            Err(quinn_proto::WriteError::ClosedStream) => {
+                backlog.clear();
+                return Wrote::Gone;
+            }
+        }
+    }
+}
+
+/// Opens segment `seq`'s stream; false without stream credit (the held FIN is sent first:
+/// the peer may be waiting for it to give credit back).
+fn begin(conn: &mut Connection, sub: &mut Sub, id: u64, seq: u64) -> bool {
+    let s = match conn.streams().open(Dir::Uni) {
+        Some(s) => s,
+        None => {
+            finish_ended(conn, sub);
+            match conn.streams().open(Dir::Uni) {
+                Some(s) => s,
+                None => return false,
+            }
+        }
+    };
+    let mut hdr = BytesMut::new();
+    SegmentHeader { sub_id: id, seq }.encode(&mut hdr);
+    sub.header = Some(hdr.freeze());
+    sub.out = Some(s);
+    true
+}
+
+fn finish_ended(conn: &mut Connection, sub: &mut Sub) {
+    if let Some(s) = sub.ended.take() {
+        let _ = conn.send_stream(s).finish();
+    }
+}
