@@ -207,6 +207,11 @@ impl<A: App> Engine<A> {
         true
     }
 
+    /// Connection `h`'s state, if it is still there.
+    pub fn get(&self, h: usize) -> Option<&A::Conn> {
+        self.slots.get(h)?.as_ref().map(|s| &s.state)
+    }
+
     /// When the next timer is due, if any.
     pub fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)

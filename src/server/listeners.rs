@@ -104,6 +104,7 @@ async fn run(
         tx,
         uids: 0,
         by_broadcast: HashMap::new(),
+        due: Default::default(),
         watched: Default::default(),
         new_ticks: Vec::new(),
     };
@@ -132,8 +133,9 @@ async fn run(
         while let Ok(cmd) = rx.try_recv() {
             apply(&mut engine, cmd);
         }
+        let serving = serve_slice(&mut engine);
         match engine.work() {
-            Ok(m) => more = m,
+            Ok(m) => more = m || serving,
             Err(e) => warn!("engine socket: {e}"),
         }
         // Broadcasts whose first subscriber here just came: watch their wake-ups.
@@ -248,28 +250,41 @@ fn apply(engine: &mut Engine<Listeners>, cmd: Cmd) {
             engine.app().watched.remove(&local);
         }
         Cmd::Tick { local } => {
-            let Some(list) = engine.app().by_broadcast.remove(&local) else {
+            // Queued, not served at once: the loop serves them a slice at a time between
+            // rounds of I/O. Subscriptions that ended leave the broadcast's list here.
+            let Some(mut list) = engine.app().by_broadcast.remove(&local) else {
                 return;
             };
-            let node = engine.app().node.clone();
-            let mut keep = Vec::with_capacity(list.len());
-            for (conn, uid, id) in list {
-                let mut alive = false;
-                engine.with(conn, |c, l| {
-                    if l.uid == uid && l.subs.contains_key(&id) {
-                        step(&node, c, l, id);
-                        alive = l.subs.contains_key(&id);
-                    }
-                });
-                if alive {
-                    keep.push((conn, uid, id));
-                }
-            }
-            if !keep.is_empty() {
-                engine.app().by_broadcast.insert(local, keep);
+            list.retain(|&(conn, uid, id)| {
+                engine
+                    .get(conn)
+                    .is_some_and(|l| l.uid == uid && l.subs.contains_key(&id))
+            });
+            engine.app().due.extend(list.iter().copied());
+            if !list.is_empty() {
+                engine.app().by_broadcast.insert(local, list);
             }
         }
     }
+}
+
+/// Subscribers served per slice of a wake-up, between rounds of I/O.
+const SLICE: usize = 256;
+
+/// Serves up to `SLICE` due subscribers. Returns whether more are due.
+fn serve_slice(engine: &mut Engine<Listeners>) -> bool {
+    let node = engine.app().node.clone();
+    for _ in 0..SLICE {
+        let Some((conn, uid, id)) = engine.app().due.pop_front() else {
+            return false;
+        };
+        engine.with(conn, |c, l| {
+            if l.uid == uid {
+                step(&node, c, l, id);
+            }
+        });
+    }
+    !engine.app().due.is_empty()
 }
 
 struct Listeners {
@@ -278,6 +293,9 @@ struct Listeners {
     uids: u64,
     /// Each broadcast's subscribers here: (connection, its uid, subscription id).
     by_broadcast: HashMap<u64, Vec<(usize, u64, u64)>>,
+    /// Subscribers woken and not served yet (a wake-up is served a slice at a time, so
+    /// handshakes and ACKs never wait behind all of it).
+    due: std::collections::VecDeque<(usize, u64, u64)>,
     /// Broadcasts whose wake-ups a task watches.
     watched: std::collections::HashSet<u64>,
     /// Broadcasts that got their first subscriber here (their wake-ups to be watched).
