@@ -77,8 +77,15 @@ pub struct Engine<A: App> {
     dirty: Vec<usize>,
     out: Outbox,
     buf: Vec<u8>,
+    /// Clients' first packets not taken up yet.
+    pending: std::collections::VecDeque<Incoming>,
     app: A,
 }
+
+/// New clients taken up per turn (each a TLS handshake's cryptography).
+const ACCEPT_SLICE: usize = 32;
+/// New clients waiting at most; more are refused at once (one small packet each).
+const MAX_PENDING: usize = 4096;
 
 impl<A: App> Engine<A> {
     /// A client engine on `socket`.
@@ -92,6 +99,7 @@ impl<A: App> Engine<A> {
             dirty: Vec::new(),
             out: Outbox::default(),
             buf: Vec::with_capacity(2048),
+            pending: Default::default(),
             app,
         })
     }
@@ -178,6 +186,9 @@ impl<A: App> Engine<A> {
     /// Drops every connection still here (without a word to its peer), handing the app
     /// their states.
     pub fn abandon(&mut self) {
+        for incoming in std::mem::take(&mut self.pending) {
+            self.endpoint.ignore(incoming);
+        }
         for slot in self.slots.iter_mut() {
             if let Some(s) = slot.take() {
                 self.live -= 1;
@@ -249,14 +260,13 @@ impl<A: App> Engine<A> {
         let now = Instant::now();
         let mut more = true;
         for _ in 0..16 {
-            let (endpoint, slots, dirty, out, buf, app, live) = (
+            let (endpoint, slots, dirty, out, buf, pending) = (
                 &mut self.endpoint,
                 &mut self.slots,
                 &mut self.dirty,
                 &mut self.out,
                 &mut self.buf,
-                &mut self.app,
-                &mut self.live,
+                &mut self.pending,
             );
             let n = self.socket.recv(|from, local_ip, ecn, data| {
                 buf.clear();
@@ -272,36 +282,17 @@ impl<A: App> Engine<A> {
                         }
                     }
                     Some(DatagramEvent::Response(t)) => out.push(t.destination, &buf[..t.size]),
-                    Some(DatagramEvent::NewConnection(incoming)) => match app.incoming(&incoming) {
-                        Admit::Accept(state) => match endpoint.accept(incoming, now, buf, None) {
-                            Ok((h, conn)) => {
-                                if slots.len() <= h.0 {
-                                    slots.resize_with(h.0 + 1, || None);
-                                }
-                                slots[h.0] = Some(Slot {
-                                    conn,
-                                    state,
-                                    deadline: None,
-                                    dirty: true,
-                                });
-                                *live += 1;
-                                dirty.push(h.0);
-                            }
-                            Err(e) => {
-                                if let Some(t) = e.response {
-                                    out.push(t.destination, &buf[..t.size]);
-                                }
-                            }
-                        },
-                        Admit::Refuse => {
+                    // Taken up a slice at a time below: a crowd's handshakes must not
+                    // keep the socket unread (its buffer would overflow, and the lost
+                    // packets wait out QUIC's retransmission timer).
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        if pending.len() < MAX_PENDING {
+                            pending.push_back(incoming);
+                        } else {
                             let t = endpoint.refuse(incoming, buf);
                             out.push(t.destination, &buf[..t.size]);
                         }
-                        Admit::Retry => match endpoint.retry(incoming, buf) {
-                            Ok(t) => out.push(t.destination, &buf[..t.size]),
-                            Err(e) => endpoint.ignore(e.into_incoming()),
-                        },
-                    },
+                    }
                     None => {}
                 }
             })?;
@@ -310,6 +301,14 @@ impl<A: App> Engine<A> {
                 break;
             }
         }
+        // New clients, a slice at a time.
+        for _ in 0..ACCEPT_SLICE {
+            let Some(incoming) = self.pending.pop_front() else {
+                break;
+            };
+            self.admit(incoming, now);
+        }
+        more |= !self.pending.is_empty();
         // Timers due.
         while let Some(Reverse((at, i))) = self.timers.peek().copied() {
             if at > now {
@@ -327,6 +326,32 @@ impl<A: App> Engine<A> {
         self.drive(now);
         self.socket.send(&mut self.out)?;
         Ok(more)
+    }
+
+    /// A client's first packet: the app admits it (the handshake starts), refuses or
+    /// retries it.
+    fn admit(&mut self, incoming: Incoming, now: Instant) {
+        self.buf.clear();
+        match self.app.incoming(&incoming) {
+            Admit::Accept(state) => {
+                match self.endpoint.accept(incoming, now, &mut self.buf, None) {
+                    Ok((h, conn)) => self.insert(h, conn, state),
+                    Err(e) => {
+                        if let Some(t) = e.response {
+                            self.out.push(t.destination, &self.buf[..t.size]);
+                        }
+                    }
+                }
+            }
+            Admit::Refuse => {
+                let t = self.endpoint.refuse(incoming, &mut self.buf);
+                self.out.push(t.destination, &self.buf[..t.size]);
+            }
+            Admit::Retry => match self.endpoint.retry(incoming, &mut self.buf) {
+                Ok(t) => self.out.push(t.destination, &self.buf[..t.size]),
+                Err(e) => self.endpoint.ignore(e.into_incoming()),
+            },
+        }
     }
 
     /// Drives every connection marked: its events to the endpoint and the app, its packets
