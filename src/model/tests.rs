@@ -709,3 +709,57 @@ async fn a_low_latency_subscriber_gets_every_frame_while_there_is_headroom() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `try_next` (the engine's way to walk the store: it steps its subscribers at wake-ups)
+/// gives every step the store has for the cursor, in order, the same as `next`, nothing
+/// when there is nothing new (however often it is asked), and says when the broadcast is
+/// over.
+#[tokio::test(start_paused = true)]
+async fn try_next_gives_every_step_there_is_and_nothing_more() {
+    let b = coalescing();
+    let s0 = b.begin(0).unwrap();
+    b.append(&s0, frame(0)).unwrap();
+    let mut cur = b.cursor(Start::Live);
+    let mut seen = Vec::new();
+    let take = |cur: &mut Cursor, seen: &mut Vec<String>| {
+        while let Some(step) = cur.try_next() {
+            match step {
+                Step::Begin(q) => seen.push(format!("B{q}")),
+                Step::Frames(Batch::Frames(f)) => {
+                    seen.extend(f.iter().map(|x| format!("F{}", x.frame.wall_us)))
+                }
+                Step::Sealed(q) => seen.push(format!("E{q}")),
+                Step::Finished => {
+                    seen.push("done".into());
+                    return;
+                }
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+    };
+    take(&mut cur, &mut seen);
+    assert_eq!(seen, ["B0", "F0"]);
+    assert!(cur.try_next().is_none(), "nothing new, nothing given");
+    tokio::time::advance(Duration::from_millis(20)).await;
+    b.append(&s0, frame(1)).unwrap();
+    tokio::time::advance(Duration::from_millis(20)).await;
+    b.seal(&s0);
+    let s1 = b.begin(1).unwrap();
+    b.append(&s1, frame(2)).unwrap();
+    // The wake-up (at the interval) is the engine's cue; the cursor has it all, in order.
+    tokio::time::advance(Duration::from_millis(70)).await;
+    tokio::task::yield_now().await;
+    take(&mut cur, &mut seen);
+    assert_eq!(seen, ["B0", "F0", "F1", "E0", "B1", "F2"]);
+    assert!(cur.try_next().is_none());
+    for n in 3..6 {
+        b.append(&s1, frame(n)).unwrap();
+    }
+    b.seal(&s1);
+    b.finish();
+    take(&mut cur, &mut seen);
+    assert_eq!(
+        seen,
+        ["B0", "F0", "F1", "E0", "B1", "F2", "F3", "F4", "F5", "E1", "done"]
+    );
+}
