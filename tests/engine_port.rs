@@ -73,30 +73,13 @@ async fn the_engine_port_takes_listeners_only() {
 /// every frame, the stuck one is moved forward, and the node holds only its window for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_never_reads_delays_nobody_on_the_engine() {
-    use bytes::BytesMut;
     use quicast::node::config::Count;
-    use quicast::proto::{Message, Start, VERSION};
     let mut cfg = test_config();
     cfg.max_lag_segments = Count::new(2);
     let o = origin_with(cfg).await;
     let (_e, c, u, _) = engine_port(&o).await;
     let conn = c.connect_raw(&u).await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let mut b = BytesMut::new();
-    Message::Hello {
-        version: VERSION,
-        role: Role::Listener,
-        token: Default::default(),
-    }
-    .encode(&mut b);
-    Message::Subscribe {
-        id: 1,
-        path: "s".into(),
-        start: Start::Live,
-        flags: 0,
-    }
-    .encode(&mut b);
-    send.write_all(&b).await.unwrap();
+    let _streams = subscribe_and_never_read(&conn, "s").await;
     let good = tokio::spawn(hear(
         c.connect(&u, Role::Listener, "").await.unwrap(),
         "s",

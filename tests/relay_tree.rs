@@ -5,11 +5,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::*;
 use quicast::node::config::{Count, Millis};
 use quicast::proto::ErrorCode;
-use quicast::proto::{Message, Role, Start, VERSION};
+use quicast::proto::{Role, Start};
 
 const MS5: Duration = Duration::from_millis(5);
 
@@ -153,22 +152,7 @@ async fn a_listener_that_never_reads_delays_nobody_and_is_skipped_not_buffered()
     let r = relay_with(&[&o], cfg()).await;
     // A raw client that subscribes and then never reads a byte of audio.
     let conn = client(&r).connect_raw(&url(&r, "slow")).await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let mut b = BytesMut::new();
-    Message::Hello {
-        version: VERSION,
-        role: Role::Listener,
-        token: Default::default(),
-    }
-    .encode(&mut b);
-    Message::Subscribe {
-        id: 1,
-        path: "slow".into(),
-        start: Start::Live,
-        flags: 0,
-    }
-    .encode(&mut b);
-    send.write_all(&b).await.unwrap();
+    let _streams = subscribe_and_never_read(&conn, "slow").await;
     let good = tokio::spawn(hear(
         session(&r, Role::Listener, "").await.unwrap(),
         "slow",

@@ -2,7 +2,6 @@
 //! unidirectional stream, written straight into quinn-proto's streams from the shared
 //! store (the records as they are), the same wire as `egress::quic`.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -50,12 +49,10 @@ impl Sub {
     }
 
     pub(crate) fn flush(&mut self, node: &Node) {
-        node.stats
-            .frames_sent_total
-            .fetch_add(std::mem::take(&mut self.frames), Ordering::Relaxed);
-        node.stats
-            .bytes_sent_total
-            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+        node.stats.sent(
+            std::mem::take(&mut self.frames),
+            std::mem::take(&mut self.bytes),
+        );
     }
 }
 

@@ -244,11 +244,10 @@ fn saturated(node: &Node) -> bool {
             < SATURATION_HOLD.as_micros() as u64
 }
 
-/// Measures how late the timers fire on the runtime it runs on, and (`one_thread`: a
-/// current-thread runtime, such as each QUIC thread's) whether its thread is saturated: the
-/// node's own tasks run elsewhere, and a thread swamped by connections would otherwise go
-/// unseen by `watch`.
-pub(crate) async fn probe(node: std::sync::Weak<Node>, one_thread: bool) {
+/// Measures, on a current-thread runtime (each QUIC thread's), how late its timers fire and
+/// whether its thread is saturated: the node's own tasks (and `watch`, which times their
+/// runtime) run elsewhere, and a thread swamped by connections would otherwise go unseen.
+pub(crate) async fn probe(node: std::sync::Weak<Node>) {
     let mut demand = Demand { last: None };
     let mut n = 0u32;
     let mut hot = 0u32;
@@ -261,7 +260,7 @@ pub(crate) async fn probe(node: std::sync::Weak<Node>, one_thread: bool) {
             .thread_late_us
             .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
         n += 1;
-        if one_thread && n.is_multiple_of(10) {
+        if n.is_multiple_of(10) {
             // Saturated for a few seconds running: a join storm's burst is not overload.
             hot = match demand.sample() {
                 Some(d) if d >= SATURATED => hot + 1,

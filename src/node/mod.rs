@@ -174,8 +174,6 @@ impl Node {
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
             tasks.push(tokio::spawn(load::watch(Arc::downgrade(&node))).abort_handle());
-            // The node's own runtime (its fetches from parents) is watched too.
-            tasks.push(tokio::spawn(load::probe(Arc::downgrade(&node), false)).abort_handle());
         }
         if !node.is_relay() {
             tasks.push(tokio::spawn(load::sweep(Arc::downgrade(&node))).abort_handle());
@@ -192,7 +190,7 @@ impl Node {
     /// the load watch (a QUIC thread, a current-thread runtime, calls this at its start);
     /// ends with the node.
     pub fn probe_load(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(load::probe(Arc::downgrade(self), true))
+        tokio::spawn(load::probe(Arc::downgrade(self)))
     }
 
     /// Runs the node's own background work on the node's runtime.

@@ -82,8 +82,8 @@ impl Stats {
         }
     }
 
-    /// Audio written to a subscriber outside a fan-out (an HLS segment or part): `frames`
-    /// frames in `bytes` bytes.
+    /// Audio written to subscribers: `frames` frames in `bytes` bytes (every egress counts
+    /// here: a fan-out's tally once per segment, the engine's the same, HLS per response).
     pub(crate) fn sent(&self, frames: u64, bytes: u64) {
         self.frames_sent_total.fetch_add(frames, Ordering::Relaxed);
         self.bytes_sent_total.fetch_add(bytes, Ordering::Relaxed);
@@ -137,14 +137,10 @@ impl<'a> Tally<'a> {
 
     /// Adds what was counted to the node's totals.
     pub(crate) fn flush(&mut self) {
-        if self.frames > 0 || self.bytes > 0 {
-            self.stats
-                .frames_sent_total
-                .fetch_add(std::mem::take(&mut self.frames), Ordering::Relaxed);
-            self.stats
-                .bytes_sent_total
-                .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
-        }
+        self.stats.sent(
+            std::mem::take(&mut self.frames),
+            std::mem::take(&mut self.bytes),
+        );
     }
 }
 

@@ -125,6 +125,32 @@ pub async fn session(s: &Server, role: Role, token: &str) -> quicast::Result<Arc
     client(s).connect(&url(s, "x"), role, token).await
 }
 
+/// A raw listener on `conn`: says hello, subscribes to `path` (id 1), and then never reads
+/// a byte of audio (hold on to the streams returned to keep it so).
+pub async fn subscribe_and_never_read(
+    conn: &quinn::Connection,
+    path: &str,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    use quicast::proto::{Message, VERSION};
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut b = bytes::BytesMut::new();
+    Message::Hello {
+        version: VERSION,
+        role: Role::Listener,
+        token: Default::default(),
+    }
+    .encode(&mut b);
+    Message::Subscribe {
+        id: 1,
+        path: path.into(),
+        start: Start::Live,
+        flags: 0,
+    }
+    .encode(&mut b);
+    send.write_all(&b).await.unwrap();
+    (send, recv)
+}
+
 pub fn codec() -> Codec {
     quicast::media::OpusHead::synthetic(2).codec()
 }
