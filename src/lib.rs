@@ -34,5 +34,5 @@ mod transport;
 
 pub use error::{Error, Kind as ErrorKind, Result, Side};
 pub use node::{Node, NodeArgs, NodeConfig, Peer};
-pub use server::{new_node, AdminServer, HttpServer, ListenerEngine, QuicServer};
+pub use server::{new_node, AdminServer, HttpServer, QuicServer};
 pub use transport::{sha256_hex, FileError, Identity, Trust};

@@ -263,16 +263,11 @@ async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
         info!(fingerprint = %identity.fingerprint, "no --cert/--key: generated a self-signed certificate; clients pin it with --fingerprint");
     }
     let (listen, http, admin, drain) = (cfg.listen, cfg.http, cfg.admin, cfg.drain_secs.get());
-    let engine_listen = cfg.engine_listen;
     let alternates: Vec<String> = cfg.alternates.iter().map(|u| u.to_string()).collect();
     let node = new_node(cfg)?;
     let server = QuicServer::start(node.clone(), listen, &identity).await?;
     let _admin = match admin {
         Some(addr) => Some(AdminServer::start(node.clone(), addr).await?),
-        None => None,
-    };
-    let _engine = match engine_listen {
-        Some(addr) => Some(quicast::ListenerEngine::start(node.clone(), addr, &identity).await?),
         None => None,
     };
     let _http = match http {

@@ -414,9 +414,10 @@ fn packets_grow_to_1452_where_the_path_carries_them_and_fall_back_without_a_gap(
 
     // Mid-stream the path shrinks to 1280 bytes (both ends of the link): large packets
     // vanish (the origin's kernel refuses them, as a router would drop them). quinn's
-    // black-hole detection wants four separate loss bursts, so before it falls back the
-    // listener's silence timeout (1.5 s) moves it: to a new connection, which starts at
-    // 1200 bytes and whose one probe fails, resuming where it was. No frame is lost.
+    // black-hole detection falls back to 1200 bytes on the same connection (or, if it is
+    // slower than the listener's silence timeout of 1.5 s, the listener moves to a new
+    // connection, which starts at 1200 bytes and whose one probe fails, resuming where it
+    // was). No frame is lost.
     let out = work.path().join("second.opus");
     let mut l = listen(&c, &[&origin], "talk", &out, 10);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -438,9 +439,8 @@ fn packets_grow_to_1452_where_the_path_carries_them_and_fall_back_without_a_gap(
     ]);
     assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
     assert_one_run(&out, &src_crcs, 8 * 50);
-    // Its connections: the one that had 1452, then the last at 1200.
-    let mut ended = listener_ended(&mut origin);
-    assert!(ended.contains("mtu=1452"), "{ended}");
+    // Its last connection ended at 1200 bytes: fallen back, or begun there.
+    let mut ended;
     loop {
         ended = listener_ended(&mut origin);
         if ended.contains("mtu=1200") {

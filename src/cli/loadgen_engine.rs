@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use quinn_proto::{Connection, Dir, Event, ReadError, StreamEvent, StreamId};
+use quinn_proto::{Connection, Dir, Event, StreamEvent, StreamId};
 
-use quicast::engine::{App, Engine};
-use quicast::proto::{Frame, Message, Role, Start, UniHeader, MAX_FRAME_RECORD, MAX_MESSAGE};
+use quicast::engine::{read_stream, App, Engine, Read};
+use quicast::proto::{Frame, Message, Role, Start, UniHeader};
 use quicast::Result;
 
 use super::loadgen::{Ear, Stats};
@@ -106,7 +106,7 @@ impl<'a> App for Listeners<'a> {
         }
     }
 
-    fn gone(&mut self, l: Listener<'a>) {
+    fn gone(&mut self, _: &Connection, l: Listener<'a>) {
         if let Some(ear) = l.ear {
             ear.end(match (l.done, l.failed) {
                 (true, _) => None,
@@ -128,42 +128,9 @@ fn fail(conn: &mut Connection, l: &mut Listener<'_>, why: String) {
     );
 }
 
-/// Reads what stream `id` has; `Err` if it was reset (the node skipped us past it), `Ok(true)`
-/// once it is finished.
-fn read_into(
-    conn: &mut Connection,
-    id: StreamId,
-    buf: &mut BytesMut,
-    max: usize,
-) -> std::result::Result<bool, ()> {
-    let mut rs = conn.recv_stream(id);
-    let Ok(mut chunks) = rs.read(true) else {
-        return Ok(true);
-    };
-    let mut end = Ok(false);
-    // Everything there is (flow control bounds it): quinn-proto says `Readable` again
-    // only when more arrives, so what is left now might never be read.
-    loop {
-        match chunks.next(max) {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-            Ok(None) => {
-                end = Ok(true);
-                break;
-            }
-            Err(ReadError::Blocked) => break,
-            Err(ReadError::Reset(_)) => {
-                end = Err(());
-                break;
-            }
-        }
-    }
-    let _ = chunks.finalize();
-    end
-}
-
 fn read_control(conn: &mut Connection, l: &mut Listener<'_>) {
     let Some(id) = l.ctl else { return };
-    let fin = read_into(conn, id, &mut l.ctl_buf, MAX_MESSAGE + 16);
+    let fin = read_stream(conn, id, &mut l.ctl_buf);
     loop {
         match Message::decode(&mut l.ctl_buf) {
             Ok(Some(Message::StreamEnd { .. })) => {
@@ -183,7 +150,7 @@ fn read_control(conn: &mut Connection, l: &mut Listener<'_>) {
             Err(e) => return fail(conn, l, e.to_string()),
         }
     }
-    if fin != Ok(false) && !l.done {
+    if fin != Read::More && !l.done {
         fail(conn, l, "the node ended the control stream".into());
     }
 }
@@ -204,10 +171,10 @@ fn read_segment(conn: &mut Connection, l: &mut Listener<'_>, id: StreamId) {
     let Some(seg) = l.segs.get_mut(&id.index()) else {
         return;
     };
-    match read_into(conn, id, &mut seg.buf, MAX_FRAME_RECORD + 64) {
-        Ok(false) => {}
-        Ok(true) => seg.end = Some(Ok(())),
-        Err(()) => seg.end = Some(Err(())),
+    match read_stream(conn, id, &mut seg.buf) {
+        Read::More => {}
+        Read::Finished => seg.end = Some(Ok(())),
+        Read::Reset(_) => seg.end = Some(Err(())),
     }
     while let Some(mut first) = l.segs.first_entry() {
         let seg = first.get_mut();

@@ -2,7 +2,6 @@
 //! QUIC listeners and child relays get the wire records as they are; HTTP listeners get
 //! progressive Ogg Opus.
 
-pub(crate) mod engine;
 pub(crate) mod hls;
 pub(crate) mod http_ogg;
 pub(crate) mod quic;

@@ -1,183 +1,250 @@
 //! QUIC listeners and child relays: each subscription's segments, each on its own
-//! unidirectional stream, written from the shared fan-out (the records as they are).
+//! unidirectional stream, written straight into quinn-proto's streams (on the engine's
+//! thread, see `server::quic`) from the shared store: the records as they are, the same
+//! `Bytes` for every subscriber.
 
-use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, SendStream};
+use quinn_proto::{Connection, Dir, StreamId};
 use tracing::debug;
-use tracing::info;
 
-use crate::error::Result;
-use crate::model::{Batch, Form};
-use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
-use crate::proto::{ErrorCode, Message, SegmentHeader, Start, SUBSCRIBE_LOW_LATENCY};
-use crate::transport::{conn_error, varint, ControlWriter};
+use crate::model::{Batch, Form, Step};
+use crate::node::{inc, Node, Subscriber};
+use crate::proto::{ErrorCode, SegmentHeader};
+use crate::transport::varint;
 
-/// Serves one subscription of a QUIC connection until the broadcast ends or the peer goes.
-pub(crate) async fn serve_subscription(
-    node: Arc<Node>,
-    conn: Connection,
-    ctl: ControlWriter,
-    peer: Peer,
-    (id, path, start, flags): (u64, String, Start, u64),
-) {
-    let mut sub = match node
-        .subscribe(&path, start, node.cfg.waiting_room_secs.get(), &peer)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            info!("{e}");
-            let (code, reason) = (e.code().as_u64(), e.reason().to_string());
-            let _ = ctl.send(Message::SubscribeError { id, code, reason }).await;
-            return;
+/// One subscription: its cursor, and where its segment stands on the wire.
+pub(crate) struct Sub {
+    pub(crate) s: Subscriber,
+    pub(crate) out: Option<StreamId>,
+    pub(crate) header: Option<Bytes>,
+    /// The segment that ended, its FIN not yet sent (it goes with the next one's frames).
+    ended: Option<StreamId>,
+    /// What the stream has not taken yet (flow control): the subscriber waits.
+    pub(crate) backlog: Vec<Bytes>,
+    /// The last segment it was sent whole.
+    last: Option<u64>,
+    /// A segment waiting for stream credit to begin.
+    pub(crate) waiting: Option<u64>,
+    joining: Option<Instant>,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Sub {
+    /// Starts delivering subscription `id` (`low_latency`: each frame as it comes, rather
+    /// than a delivery interval's at a time).
+    pub(crate) fn start(mut s: Subscriber, id: u64, low_latency: bool) -> Sub {
+        if low_latency {
+            s.cursor.eager();
         }
-    };
-    if flags & SUBSCRIBE_LOW_LATENCY != 0 {
-        sub.cursor.eager();
-    }
-    let b = sub.cursor.broadcast().clone();
-    debug!(
-        instance = b.instance,
-        low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0,
-        "subscribed"
-    );
-    let subscribed = Message::Subscribed {
-        id,
-        instance: b.instance,
-        codec: b.codec.clone(),
-    };
-    if ctl.send(subscribed).await.is_err() {
-        return;
-    }
-    let mut sink = QuicSink {
-        conn: &conn,
-        id,
-        out: None,
-        header: None,
-        ended: None,
-        chunks: Vec::new(),
-        tally: Tally::new(&node.stats, sub.joining),
-    };
-    match fan_out(&node, &mut sub.cursor, &mut sink).await {
-        Ok(last) => {
-            debug!(?last, "broadcast ended");
-            sink.finish_ended();
-            let _ = ctl
-                .send(Message::StreamEnd {
-                    id,
-                    last_seq: last.unwrap_or(0),
-                })
-                .await;
+        s.cursor.set_form(Form::Wire);
+        let instance = s.cursor.broadcast().instance;
+        debug!(id, instance, low_latency, "subscribed");
+        Sub {
+            joining: Some(s.joining),
+            s,
+            out: None,
+            header: None,
+            ended: None,
+            backlog: Vec::new(),
+            last: None,
+            waiting: None,
+            frames: 0,
+            bytes: 0,
         }
-        Err(e) => debug!("subscription ended: {e}"),
+    }
+
+    pub(crate) fn flush(&mut self, node: &Node) {
+        node.stats.sent(
+            std::mem::take(&mut self.frames),
+            std::mem::take(&mut self.bytes),
+        );
     }
 }
 
-/// A QUIC subscriber: each segment on its own uni stream; a skip resets it.
-struct QuicSink<'a> {
-    conn: &'a Connection,
-    id: u64,
-    out: Option<SendStream>,
-    /// The segment header, sent with the segment's first frames rather than in a packet of
-    /// its own (a segment begins before its first batch of frames is due).
-    header: Option<Bytes>,
-    /// The segment that ended, its FIN not yet sent: it goes with the next segment's first
-    /// frames instead of in a packet of its own. Dropping the sink sends it too.
-    ended: Option<SendStream>,
-    chunks: Vec<Bytes>,
-    tally: Tally<'a>,
+/// Delivers what subscription `id` has due: steps its cursor while it can take more, and
+/// writes each step into its segment's stream. A subscriber whose stream is full (flow
+/// control) waits, and is moved to the newest segment once it falls too far behind.
+/// Returns the last segment sent whole once the broadcast is over (the subscription is
+/// then done: its stream finished, its counts added).
+pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -> Option<u64> {
+    // First what the stream did not take last time.
+    if !sub.backlog.is_empty() {
+        match sub.out.map(|out| write_all(conn, out, &mut sub.backlog)) {
+            Some(Wrote::All) | Some(Wrote::Blocked) => {}
+            Some(Wrote::Stopped) => {
+                sub.out = None;
+                sub.s.cursor.abandon_segment();
+            }
+            Some(Wrote::Gone) | None => {
+                sub.backlog.clear();
+                sub.out = None;
+            }
+        }
+        if !sub.backlog.is_empty() {
+            if !sub.s.cursor.is_lagging() {
+                return None;
+            }
+            skip(conn, sub);
+            inc(&node.stats.skips_total);
+            let to = sub.s.cursor.skip_to_live();
+            debug!(
+                ?to,
+                "engine listener fell behind: moved to the newest segment"
+            );
+        }
+    }
+    if let Some(seq) = sub.waiting {
+        if begin(conn, sub, id, seq) {
+            sub.waiting = None;
+        } else if sub.s.cursor.is_lagging() {
+            // Still no stream credit, and too far behind: on to the newest segment.
+            skip(conn, sub);
+            inc(&node.stats.skips_total);
+            sub.s.cursor.skip_to_live();
+        } else {
+            return None;
+        }
+    }
+    while let Some(step) = sub.s.cursor.try_next() {
+        match step {
+            Step::Begin(seq) => {
+                if !begin(conn, sub, id, seq) {
+                    // No stream credit: it comes back with `Available`.
+                    sub.waiting = Some(seq);
+                    return None;
+                }
+            }
+            Step::Frames(batch) => {
+                if let Batch::Wire(wire) = &batch {
+                    finish_ended(conn, sub);
+                    if let Some(out) = sub.out {
+                        sub.backlog.extend(sub.header.take());
+                        sub.backlog.extend_from_slice(wire);
+                        let bytes: u64 = sub.backlog.iter().map(|b| b.len() as u64).sum();
+                        match write_all(conn, out, &mut sub.backlog) {
+                            Wrote::All | Wrote::Blocked => {}
+                            Wrote::Stopped => {
+                                sub.out = None;
+                                sub.s.cursor.abandon_segment();
+                            }
+                            Wrote::Gone => sub.out = None,
+                        }
+                        if let Some(since) = sub.joining.take() {
+                            node.stats.joined(since);
+                        }
+                        sub.frames += records(wire);
+                        sub.bytes += bytes;
+                    }
+                }
+                sub.s.cursor.recycle(batch);
+                if !sub.backlog.is_empty() {
+                    return None;
+                }
+            }
+            Step::Sealed(seq) => {
+                sub.flush(node);
+                sub.last = Some(seq);
+                if let Some(out) = sub.out.take() {
+                    if let Some(h) = sub.header.take() {
+                        // A segment without frames still shows its header.
+                        let _ = conn.send_stream(out).write(&h);
+                    }
+                    finish_ended(conn, sub);
+                    sub.ended = Some(out);
+                }
+            }
+            Step::Skip { .. } => {
+                skip(conn, sub);
+                inc(&node.stats.skips_total);
+            }
+            Step::Finished => {
+                finish_ended(conn, sub);
+                if let Some(out) = sub.out.take() {
+                    let _ = conn.send_stream(out).finish();
+                }
+                sub.flush(node);
+                return Some(sub.last.unwrap_or(0));
+            }
+        }
+    }
+    None
 }
 
-impl QuicSink<'_> {
-    fn finish_ended(&mut self) {
-        if let Some(mut s) = self.ended.take() {
-            let _ = s.finish();
+/// The current segment is abandoned (the subscriber moves on): its stream is reset.
+fn skip(conn: &mut Connection, sub: &mut Sub) {
+    finish_ended(conn, sub);
+    sub.waiting = None;
+    sub.header = None;
+    sub.backlog.clear();
+    if let Some(out) = sub.out.take() {
+        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+    }
+}
+
+/// What a write of a backlog came to.
+pub(crate) enum Wrote {
+    /// All of it.
+    All,
+    /// Part or none: the stream is full (flow control), and says `Writable` when it is not.
+    Blocked,
+    /// The peer stopped the stream (it gave the segment up).
+    Stopped,
+    /// The stream is gone.
+    Gone,
+}
+
+/// Writes `backlog` into stream `out` until it is all written or the stream is full. A
+/// write that takes part of it is tried again: only a write refused as `Blocked` makes
+/// quinn-proto say `Writable` later.
+pub(crate) fn write_all(conn: &mut Connection, out: StreamId, backlog: &mut Vec<Bytes>) -> Wrote {
+    loop {
+        backlog.retain(|b| !b.is_empty());
+        if backlog.is_empty() {
+            return Wrote::All;
+        }
+        match conn.send_stream(out).write_chunks(backlog) {
+            Ok(w) => {
+                backlog.drain(..w.chunks);
+            }
+            Err(quinn_proto::WriteError::Blocked) => return Wrote::Blocked,
+            Err(quinn_proto::WriteError::Stopped(_)) => {
+                backlog.clear();
+                return Wrote::Stopped;
+            }
+            Err(quinn_proto::WriteError::ClosedStream) => {
+                backlog.clear();
+                return Wrote::Gone;
+            }
         }
     }
 }
 
-impl Sink for QuicSink<'_> {
-    /// Records are forwarded as they are: one shared run per delivery interval.
-    const FORM: Form = Form::Wire;
-
-    async fn begin(&mut self, seq: u64) -> Result<()> {
-        let s = match futures_util::FutureExt::now_or_never(self.conn.open_uni()) {
-            Some(s) => s,
-            None => {
-                // No stream credit now: the held-back FIN must not wait for it (the peer
-                // may be waiting for that FIN to give credit back).
-                self.finish_ended();
-                self.conn.open_uni().await
+/// Opens segment `seq`'s stream; false without stream credit (the held FIN is sent first:
+/// the peer may be waiting for it to give credit back).
+fn begin(conn: &mut Connection, sub: &mut Sub, id: u64, seq: u64) -> bool {
+    let s = match conn.streams().open(Dir::Uni) {
+        Some(s) => s,
+        None => {
+            finish_ended(conn, sub);
+            match conn.streams().open(Dir::Uni) {
+                Some(s) => s,
+                None => return false,
             }
         }
-        .map_err(conn_error)?;
-        let mut hdr = BytesMut::new();
-        SegmentHeader {
-            sub_id: self.id,
-            seq,
-        }
-        .encode(&mut hdr);
-        self.header = Some(hdr.freeze());
-        self.out = Some(s);
-        Ok(())
-    }
+    };
+    let mut hdr = BytesMut::new();
+    SegmentHeader { sub_id: id, seq }.encode(&mut hdr);
+    sub.header = Some(hdr.freeze());
+    sub.out = Some(s);
+    true
+}
 
-    async fn frames(&mut self, batch: &Batch) -> Result<Delivery> {
-        let Batch::Wire(wire) = batch else {
-            return Ok(Delivery::Done);
-        };
-        self.finish_ended();
-        let Some(s) = self.out.as_mut() else {
-            return Ok(Delivery::Done);
-        };
-        // The same Bytes every subscriber gets (a run of frames, usually one): no copy.
-        self.chunks.clear();
-        self.chunks.extend(self.header.take());
-        self.chunks.extend_from_slice(wire);
-        let bytes = self.chunks.iter().map(|c| c.len() as u64).sum();
-        match s.write_all_chunks(&mut self.chunks).await {
-            Ok(()) => {
-                self.tally.wrote(records(wire), bytes);
-                Ok(Delivery::Done)
-            }
-            Err(quinn::WriteError::Stopped(_)) => {
-                self.out = None;
-                Ok(Delivery::Stopped)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn sealed(&mut self, _seq: u64) {
-        self.tally.flush();
-        if let Some(mut s) = self.out.take() {
-            // A segment without frames still shows the subscriber its header. A fresh
-            // stream has credit for a few bytes; if not, the segment is reset instead.
-            let unsent = self.header.take();
-            let sent = unsent.is_none_or(|h| {
-                matches!(
-                    futures_util::FutureExt::now_or_never(s.write_all(&h)),
-                    Some(Ok(()))
-                )
-            });
-            if sent {
-                self.finish_ended();
-                self.ended = Some(s);
-            } else {
-                let _ = s.reset(varint(ErrorCode::Skipped));
-            }
-        }
-    }
-
-    fn skip(&mut self) {
-        self.tally.flush();
-        self.finish_ended();
-        self.header = None;
-        if let Some(mut s) = self.out.take() {
-            let _ = s.reset(varint(ErrorCode::Skipped));
-        }
+fn finish_ended(conn: &mut Connection, sub: &mut Sub) {
+    if let Some(s) = sub.ended.take() {
+        let _ = conn.send_stream(s).finish();
     }
 }
 

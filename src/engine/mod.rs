@@ -56,8 +56,47 @@ pub trait App {
         ev: Event,
         now: Instant,
     );
-    /// A connection is over (drained): its state is handed back.
-    fn gone(&mut self, state: Self::Conn);
+    /// A connection is over (drained, or never made: its handshake could not start): its
+    /// state is handed back, with the connection as it ended (its statistics).
+    fn gone(&mut self, conn: &Connection, state: Self::Conn);
+    /// A client admitted whose handshake could not start (its first packet was bad): its
+    /// state is handed back.
+    fn refused(&mut self, _state: Self::Conn) {}
+}
+
+/// What reading a stream came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// All that has arrived was taken; more may come (`Readable` says when).
+    More,
+    /// The peer finished the stream, and all of it was taken.
+    Finished,
+    /// The peer reset the stream (its code), or the stream is gone.
+    Reset(u64),
+}
+
+/// Appends everything stream `id` has received so far to `buf` (the stream's receive
+/// window bounds how much that is): quinn-proto says `Readable` again only when more
+/// arrives, so whatever is left unread now might never be read.
+pub fn read_stream(
+    conn: &mut Connection,
+    id: quinn_proto::StreamId,
+    buf: &mut bytes::BytesMut,
+) -> Read {
+    let mut rs = conn.recv_stream(id);
+    let Ok(mut chunks) = rs.read(true) else {
+        return Read::Reset(0);
+    };
+    let end = loop {
+        match chunks.next(usize::MAX) {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) => break Read::Finished,
+            Err(quinn_proto::ReadError::Blocked) => break Read::More,
+            Err(quinn_proto::ReadError::Reset(code)) => break Read::Reset(code.into_inner()),
+        }
+    };
+    let _ = chunks.finalize();
+    end
 }
 
 struct Slot<C> {
@@ -120,6 +159,12 @@ impl<A: App> Engine<A> {
         let mut e = Engine::client(socket, app)?;
         e.endpoint = Endpoint::new(Arc::new(ecfg), Some(config), true, None);
         Ok(e)
+    }
+
+    /// New clients are served with `config` (a certificate reloaded); connections already
+    /// made keep theirs.
+    pub fn set_server_config(&mut self, config: Arc<ServerConfig>) {
+        self.endpoint.set_server_config(Some(config));
     }
 
     pub fn app(&mut self) -> &mut A {
@@ -192,7 +237,7 @@ impl<A: App> Engine<A> {
         for slot in self.slots.iter_mut() {
             if let Some(s) = slot.take() {
                 self.live -= 1;
-                self.app.gone(s.state);
+                self.app.gone(&s.conn, s.state);
             }
         }
     }
@@ -214,6 +259,20 @@ impl<A: App> Engine<A> {
             return false;
         };
         f(&mut s.conn, &mut s.state);
+        self.mark(h);
+        true
+    }
+
+    /// As `with`, `f` given the app too.
+    pub fn with_app(
+        &mut self,
+        h: usize,
+        f: impl FnOnce(&mut A, &mut Connection, &mut A::Conn),
+    ) -> bool {
+        let Some(Some(s)) = self.slots.get_mut(h) else {
+            return false;
+        };
+        f(&mut self.app, &mut s.conn, &mut s.state);
         self.mark(h);
         true
     }
@@ -340,6 +399,7 @@ impl<A: App> Engine<A> {
                         if let Some(t) = e.response {
                             self.out.push(t.destination, &self.buf[..t.size]);
                         }
+                        self.app.refused(state);
                     }
                 }
             }
@@ -397,7 +457,7 @@ impl<A: App> Engine<A> {
             if s.conn.is_drained() {
                 if let Some(s) = self.slots[i].take() {
                     self.live -= 1;
-                    self.app.gone(s.state);
+                    self.app.gone(&s.conn, s.state);
                 }
                 continue;
             }
@@ -505,7 +565,7 @@ mod tests {
             }
         }
 
-        fn gone(&mut self, _: Req) {}
+        fn gone(&mut self, _: &Connection, _: Req) {}
     }
 
     /// quinn's clients against a server engine: every one is made to prove its address, then

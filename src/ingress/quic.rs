@@ -1,107 +1,83 @@
-//! QUIC publishers: one ordered stream of frames into the node's ingest.
+//! QUIC publishers: one ordered stream of frame records into the node's ingest, read on the
+//! engine's thread as it arrives (see `server::quic`).
 
-use std::sync::Arc;
+use std::time::Instant;
 
-use quinn::Connection;
-use tracing::{info, warn};
+use bytes::BytesMut;
+use quinn_proto::{Connection, StreamId};
 
-use crate::error::{Error, Kind};
-use crate::node::{Node, Publishing, SegmentRead};
-use crate::proto::{Codec, Message, UniHeader};
-use crate::transport::{conn_error, ControlWriter, FrameReader};
+use crate::engine::{read_stream, Read};
+use crate::error::{Error, Result};
+use crate::node::{Node, Publishing};
+use crate::proto::{DecodeError, ErrorCode, Frame, UniHeader};
 
-/// A QUIC publisher: one ordered stream of frames into the shared ingest.
-pub(crate) async fn serve_publish(
-    node: Arc<Node>,
-    conn: Connection,
-    ctl: ControlWriter,
-    path: String,
-    codec: Codec,
-    broadcast: Option<u64>,
-    credential: Option<[u8; 32]>,
-) {
-    let mut publishing = match Publishing::claim(&node, &path, codec, credential, broadcast) {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(side = "downstream", code = %e.code(), "publish refused: {e}");
-            return ctl.fail(&conn, &e).await;
+/// A publish in progress: the stream it holds, and its frame stream once opened.
+pub(crate) struct Ingest {
+    pub(crate) publishing: Publishing,
+    /// The frame stream (the publisher opens one, after PUBLISH_OK).
+    pub(crate) stream: Option<StreamId>,
+    buf: BytesMut,
+    headed: bool,
+    /// When the publisher was last heard (its silence is timed from here).
+    pub(crate) heard: Instant,
+    frames: Vec<Frame>,
+}
+
+impl Ingest {
+    pub(crate) fn new(publishing: Publishing, now: Instant) -> Ingest {
+        Ingest {
+            publishing,
+            stream: None,
+            buf: BytesMut::new(),
+            headed: false,
+            heard: now,
+            frames: Vec::new(),
         }
-    };
-    let displaced = publishing.displaced();
-    let silence = node.cfg.source_timeout_ms.get();
-    let result = async {
-        ctl.send(Message::PublishOk {
-            instance: publishing.broadcast.instance,
-        })
-        .await?;
-        let recv = tokio::time::timeout(silence, conn.accept_uni())
-            .await
-            .map_err(|_| Error::timeout("publisher opened no frame stream"))?
-            .map_err(conn_error)?;
-        let mut reader = FrameReader::new(recv);
-        let header = tokio::time::timeout(silence, reader.header())
-            .await
-            .map_err(|_| Error::timeout("publisher sent no audio"))??;
-        if header != UniHeader::Publish {
-            return Err(Error::protocol(format!(
-                "{header:?} stream where frames were expected"
-            )));
-        }
-        let mut frames = Vec::new();
-        loop {
-            frames.clear();
-            // A publisher is never silent for long: one that sends nothing for
-            // `source-timeout` is lost (crashed, or cut off), and its grace period starts.
-            let read = tokio::time::timeout(silence, reader.frames(&mut frames))
-                .await
-                .map_err(|_| Error::timeout("publisher sent no audio"))?;
-            match read {
-                SegmentRead::Frames => {
-                    let bytes = frames.iter().map(|f| f.frame.payload.len() as u64).sum();
-                    node.stats.received(frames.len() as u64, bytes);
-                    publishing.push(frames.drain(..).map(|f| f.frame))?
+    }
+
+    /// Takes what the frame stream has received: its header first, then every whole frame
+    /// record, into the ingest. Returns whether the publisher finished the stream (the
+    /// broadcast ends); an error if it reset it, or sent what is not frames.
+    pub(crate) fn feed(
+        &mut self,
+        node: &Node,
+        conn: &mut Connection,
+        now: Instant,
+    ) -> Result<bool> {
+        let Some(id) = self.stream else {
+            return Ok(false);
+        };
+        let end = read_stream(conn, id, &mut self.buf);
+        if !self.headed {
+            match UniHeader::decode(&mut self.buf)? {
+                Some(UniHeader::Publish) => self.headed = true,
+                Some(other) => {
+                    return Err(Error::protocol(format!(
+                        "{other:?} stream where frames were expected"
+                    )))
                 }
-                SegmentRead::Finished => return Ok(()),
-                SegmentRead::Reset(code) => {
-                    return Err(Error::remote(code, "the publisher reset its frame stream"))
-                }
-                SegmentRead::Failed(e) => return Err(e),
+                None if end == Read::More => return Ok(false),
+                None => return Err(DecodeError::Truncated.into()),
             }
         }
-    };
-    let result = tokio::select! {
-        r = result => r,
-        _ = displaced.notified() => {
-            info!("a publisher with the same credentials took over: leaving");
-            let e = Error::new(
-                Kind::Conflict,
-                "a newer publisher with the same credentials took this stream over",
-            );
-            ctl.fail(&conn, &e).await;
-            return;
+        self.frames.clear();
+        while let Some((frame, _)) = Frame::decode(&mut self.buf)? {
+            self.frames.push(frame);
         }
-    };
-    match result {
-        Ok(()) => publishing.finish(),
-        Err(e) => {
-            match e.kind() {
-                _ if e.is_gone() || e.remote_code().is_some() => {
-                    warn!(side = "downstream", "publisher lost: {e}")
-                }
-                Kind::Timeout => {
-                    warn!(
-                        side = "downstream",
-                        silence_ms = silence.as_millis() as u64,
-                        "publisher lost: {e}"
-                    );
-                    ctl.fail(&conn, &e).await;
-                }
-                _ => {
-                    warn!(side = "downstream", code = %e.code(), "publisher refused: {e}");
-                    ctl.fail(&conn, &e).await;
-                }
-            }
-            publishing.lost();
+        if !self.frames.is_empty() {
+            self.heard = now;
+            let bytes = self.frames.iter().map(|f| f.payload.len() as u64).sum();
+            node.stats.received(self.frames.len() as u64, bytes);
+            self.publishing.push(self.frames.drain(..))?;
+        }
+        match end {
+            Read::More => Ok(false),
+            Read::Finished if self.buf.is_empty() => Ok(true),
+            Read::Finished => Err(DecodeError::Truncated.into()),
+            Read::Reset(code) => Err(Error::remote(
+                ErrorCode::from_wire(code),
+                "the publisher reset its frame stream",
+            )),
         }
     }
 }

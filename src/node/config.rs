@@ -180,10 +180,6 @@ keys! {
     /// TCP address of the admin port: GET /metrics (Prometheus), /healthz, /readyz. Off
     /// unless given; never the public HTTP address.
     admin: opt SocketAddr = "";
-    /// UDP address of a second QUIC port for listeners only, served by the engine (one
-    /// thread driving quinn-proto directly, no task per connection): experimental, for
-    /// measuring what the engine buys. Off unless given.
-    engine_listen: opt SocketAddr = "";
     /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
     /// HTTP ingest is off.
     source_password: opt Secret = "";

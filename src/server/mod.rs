@@ -5,14 +5,13 @@
 mod admin;
 mod http;
 mod http_auth;
-mod listeners;
 mod quic;
+mod session;
 
 use std::sync::Arc;
 
 pub use admin::AdminServer;
 pub use http::HttpServer;
-pub use listeners::ListenerEngine;
 pub use quic::QuicServer;
 
 use crate::client::QuicParents;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use super::shards::ShardCids;
 use super::tls::{provider, Identity, PinnedVerifier, Trust};
 use crate::error::{Error, Result};
 use crate::proto::ALPN;
@@ -59,91 +58,6 @@ pub fn udp_socket(
     }
     s.bind(&addr.into())?;
     Ok(s.into())
-}
-
-/// Datagrams a server connection hands the kernel in one send (GSO). quinn keeps a send
-/// buffer per connection as large as its largest batch (up to 10 × 1200 bytes), for the
-/// connection's life; a listener's steady traffic is one packet at a time, so batching only
-/// ever helped its join burst. One: −8 KiB per listener (47 → 37 KiB at 2,000 listeners),
-/// CPU and join times unchanged within noise.
-const SERVER_SEND_SEGMENTS: usize = 1;
-
-/// A UDP socket that hands quinn at most `segments` datagrams per send.
-#[derive(Debug)]
-struct FewSegments {
-    inner: Arc<dyn quinn::AsyncUdpSocket>,
-    segments: usize,
-}
-
-impl quinn::AsyncUdpSocket for FewSegments {
-    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-        self.inner.clone().create_io_poller()
-    }
-    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
-        self.inner.try_send(transmit)
-    }
-    fn poll_recv(
-        &self,
-        cx: &mut std::task::Context,
-        bufs: &mut [std::io::IoSliceMut<'_>],
-        meta: &mut [quinn::udp::RecvMeta],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
-    }
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.inner.local_addr()
-    }
-    fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments().min(self.segments)
-    }
-    fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
-    }
-    fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
-    }
-}
-
-/// A server endpoint on one of its shard sockets (from `shards::bind`), issuing connection
-/// IDs that name its shard. Call inside the runtime that is to drive it.
-pub fn server_endpoint(
-    cfg: quinn::ServerConfig,
-    socket: std::net::UdpSocket,
-    cids: ShardCids,
-) -> std::io::Result<quinn::Endpoint> {
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    #[cfg(target_os = "linux")]
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-    let inner = runtime.wrap_udp_socket(socket)?;
-    // Several threads on the port: no receive offload. GRO merges datagrams of one flow
-    // before the steering program runs, so a client's datagrams for connections on
-    // different threads could all reach the first one's.
-    #[cfg(target_os = "linux")]
-    if cids.shards > 1 {
-        let off: libc::c_int = 0;
-        // SAFETY: `fd` is the socket `inner` owns, open; the option is an int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                &off as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    let mut ecfg = quinn::EndpointConfig::default();
-    ecfg.cid_generator(move || Box::new(cids));
-    quinn::Endpoint::new_with_abstract_socket(
-        ecfg,
-        Some(cfg),
-        Arc::new(FewSegments {
-            inner,
-            segments: SERVER_SEND_SEGMENTS,
-        }),
-        runtime,
-    )
 }
 
 /// The unspecified address of `target`'s family, any port: where a client binds.

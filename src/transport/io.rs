@@ -87,23 +87,6 @@ impl ControlWriter {
     pub async fn finish(&self) {
         let _ = self.0.lock().await.finish();
     }
-
-    /// Tells the peer `e` (an ERROR message) and closes its connection with the same code.
-    pub async fn fail(&self, conn: &quinn::Connection, e: &Error) {
-        let (code, reason) = (e.code(), e.reason().to_string());
-        let _ = self
-            .send(Message::Error {
-                code: code.as_u64(),
-                reason: reason.clone(),
-            })
-            .await;
-        close(conn, code, &reason);
-    }
-}
-
-/// Closes `conn`, telling the peer `code` and `reason`.
-pub fn close(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
-    conn.close(varint(code), reason.as_bytes());
 }
 
 /// Reads the frames of a segment or publish stream, after its header.

@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 
 pub use endpoint::{
     client_config, client_config_with, client_endpoint, listener_transport, publisher_transport,
-    server_config, server_endpoint, udp_socket, unspecified_for, unspecified_for_host,
-    upstream_config, RELAY_WINDOW,
+    server_config, udp_socket, unspecified_for, unspecified_for_host, upstream_config,
+    RELAY_WINDOW,
 };
 pub use errors::{conn_error, varint};
-pub use io::{close, write_message, ControlReader, ControlWriter, FrameReader};
+pub use io::{write_message, ControlReader, ControlWriter, FrameReader};
 pub use tls::{sha256_hex, FileError, Identity, Trust};
 
 use crate::error::{Error, Result};

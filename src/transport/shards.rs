@@ -93,6 +93,23 @@ fn attach_steering(s: &UdpSocket, shards: u8) -> std::io::Result<()> {
     }
 }
 
+/// Turns receive offload (GRO) off on a shard's socket: with several threads on the port,
+/// merged datagrams would all be steered by the first one's connection ID (a client's
+/// datagrams for connections on different threads could all reach the first one's).
+pub fn unmerged(fd: std::os::fd::RawFd) {
+    let off: libc::c_int = 0;
+    // SAFETY: `fd` is an open UDP socket the caller owns; the option is an int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            &off as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// `shards` UDP sockets on `addr` (port 0: one port picked for all), in one `SO_REUSEPORT`
 /// group of their own, steered by connection ID. Refuses a port whose group another
 /// socket (another process) has joined: it would take a share of this node's packets.

@@ -1,0 +1,700 @@
+//! One QUIC connection's life on the engine's thread: its control stream (hello, then
+//! subscribe, unsubscribe, publish), the checks each message must pass, its subscriptions
+//! (handed to the QUIC egress) and its publish (handed to the QUIC ingress), its deadlines,
+//! and the line it leaves in the log when it ends. No task per connection: the loop
+//! (`server::quic`) calls in with each event.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId, VarInt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::quic::{Cmd, HandshakeRate};
+use crate::egress::quic::{step as deliver, write_all, Sub, Wrote};
+use crate::engine::{read_stream, Admit, App, Read};
+use crate::error::{Error, Kind, Result};
+use crate::ingress::quic::Ingest;
+use crate::node::{credential, dec, inc, Node, Peer, Presented, Publishing};
+use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
+use crate::transport::{self, varint};
+
+/// Control messages a peer may leave unread before it is let go.
+const MAX_CONTROL_BACKLOG: usize = 64;
+
+/// What a connection waits for, by when (checked by the loop when due).
+pub(super) type Deadline = Reverse<(Instant, usize, u64)>;
+
+/// Every connection of one engine: the node, and what the loop needs from them.
+pub(super) struct Sessions {
+    pub(super) node: Arc<Node>,
+    pub(super) tx: mpsc::UnboundedSender<Cmd>,
+    uids: u64,
+    rate: HandshakeRate,
+    /// New connections a second above which clients must prove their address (Retry).
+    retry_above: u64,
+    /// Set once the node drains: where peers are told to go.
+    pub(super) away: Option<Vec<String>>,
+    /// Connections' deadlines (a hello due, a publisher's silence), checked when due.
+    pub(super) deadlines: BinaryHeap<Deadline>,
+}
+
+impl Sessions {
+    pub(super) fn new(node: Arc<Node>, tx: mpsc::UnboundedSender<Cmd>, retry_above: u64) -> Self {
+        Sessions {
+            node,
+            tx,
+            uids: 0,
+            rate: HandshakeRate::default(),
+            retry_above,
+            away: None,
+            deadlines: BinaryHeap::new(),
+        }
+    }
+}
+
+/// One connection.
+pub(super) struct Session {
+    pub(super) uid: u64,
+    handle: usize,
+    remote: SocketAddr,
+    ctl: Option<StreamId>,
+    ctl_in: BytesMut,
+    /// Control messages not yet taken by the stream (flow control).
+    ctl_out: Vec<Bytes>,
+    /// Who the peer said it is, and the token it showed (after its hello).
+    hello: Option<(Role, Presented)>,
+    peer: Option<Peer>,
+    /// The credential a publisher proved (see `PublisherClaim`).
+    credential: Option<[u8; 32]>,
+    pub(super) subs: HashMap<u64, Sub>,
+    /// Subscriptions being made (the node may be waiting for the stream to start): an
+    /// unsubscribe, or the connection's end, calls them off.
+    pending: HashMap<u64, tokio::task::AbortHandle>,
+    ingest: Option<Ingest>,
+    published: bool,
+    /// The peer finished its control stream while publishing: closed once its frames are in.
+    closing: bool,
+    told: bool,
+    started: Instant,
+    subscribed: u64,
+    /// Why it ended, when it did not end well.
+    why: Option<String>,
+}
+
+impl App for Sessions {
+    type Conn = Session;
+
+    /// Admission before any cryptography: refusing costs one small packet. A flood of
+    /// handshakes: each client proves its address first (a spoofed source never sees the
+    /// Retry), costing a real one a round trip.
+    fn incoming(&mut self, incoming: &Incoming) -> Admit<Session> {
+        if !self.node.admit() {
+            return Admit::Refuse;
+        }
+        if self.rate.tick(Instant::now()) > self.retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            inc(&self.node.stats.retries_total);
+            return Admit::Retry;
+        }
+        self.uids += 1;
+        inc(&self.node.stats.connections);
+        inc(&self.node.stats.connections_total);
+        Admit::Accept(Session {
+            uid: self.uids,
+            handle: usize::MAX,
+            remote: incoming.remote_address(),
+            ctl: None,
+            ctl_in: BytesMut::new(),
+            ctl_out: Vec::new(),
+            hello: None,
+            peer: None,
+            credential: None,
+            subs: HashMap::new(),
+            pending: HashMap::new(),
+            ingest: None,
+            published: false,
+            closing: false,
+            told: false,
+            started: Instant::now(),
+            subscribed: 0,
+            why: None,
+        })
+    }
+
+    fn event(
+        &mut self,
+        handle: usize,
+        conn: &mut Connection,
+        s: &mut Session,
+        ev: Event,
+        now: Instant,
+    ) {
+        s.handle = handle;
+        match ev {
+            Event::Connected => {
+                // The hello is due within `hello-timeout`.
+                let at = now + self.node.cfg.hello_timeout_ms.get();
+                self.deadlines.push(Reverse((at, handle, s.uid)));
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                if s.ctl.is_none() {
+                    if let Some(id) = conn.streams().accept(Dir::Bi) {
+                        s.ctl = Some(id);
+                        self.read_control(conn, s, now);
+                    }
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => self.open_frames(conn, s, now),
+            Event::Stream(StreamEvent::Readable { id }) => {
+                if Some(id) == s.ctl {
+                    self.read_control(conn, s, now);
+                } else if s.ingest.as_ref().is_some_and(|i| i.stream == Some(id)) {
+                    self.feed(conn, s, now);
+                }
+            }
+            Event::Stream(StreamEvent::Writable { id }) => {
+                if Some(id) == s.ctl {
+                    flush_control(conn, s);
+                }
+                let ids: Vec<u64> = s
+                    .subs
+                    .iter()
+                    .filter(|(_, sub)| sub.out == Some(id))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for sid in ids {
+                    step(&self.node, conn, s, sid);
+                }
+            }
+            Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
+                let ids: Vec<u64> = s
+                    .subs
+                    .iter()
+                    .filter(|(_, sub)| sub.waiting.is_some())
+                    .map(|(k, _)| *k)
+                    .collect();
+                for sid in ids {
+                    step(&self.node, conn, s, sid);
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                // The subscriber gave a segment up: the next one starts afresh.
+                for sub in s.subs.values_mut() {
+                    if sub.out == Some(id) {
+                        sub.out = None;
+                        sub.backlog.clear();
+                        sub.header = None;
+                        sub.s.cursor.abandon_segment();
+                    }
+                }
+            }
+            Event::ConnectionLost { reason } => {
+                s.why.get_or_insert_with(|| reason.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn gone(&mut self, conn: &Connection, mut s: Session) {
+        for sub in s.subs.values_mut() {
+            sub.flush(&self.node);
+        }
+        for (_, task) in s.pending.drain() {
+            task.abort();
+        }
+        if let Some(i) = s.ingest.take() {
+            warn!(side = "downstream", remote = %s.remote, "publisher lost: {}", s.why.as_deref().unwrap_or("connection closed"));
+            i.publishing.lost();
+        }
+        dec(&self.node.stats.connections);
+        let Some((role, _)) = s.hello else {
+            return debug!(remote = %s.remote, why = s.why.as_deref().unwrap_or("closed"), "connection ended before its hello");
+        };
+        // One line per connection when it ends, with its totals (for operators and log
+        // collectors: --log-format json).
+        let stats = conn.stats();
+        info!(
+            node = %self.node.name(),
+            remote = %s.remote,
+            ?role,
+            duration_ms = s.started.elapsed().as_millis() as u64,
+            bytes_sent = stats.udp_tx.bytes,
+            bytes_received = stats.udp_rx.bytes,
+            packets_sent = stats.udp_tx.datagrams,
+            mtu = stats.path.current_mtu,
+            mtu_probes = stats.path.sent_plpmtud_probes,
+            black_holes = stats.path.black_holes_detected,
+            subscriptions = s.subscribed,
+            why = s.why.as_deref().unwrap_or("bye"),
+            "connection ended"
+        );
+    }
+}
+
+impl Sessions {
+    fn read_control(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
+        let Some(id) = s.ctl else { return };
+        let end = read_stream(conn, id, &mut s.ctl_in);
+        loop {
+            let msg = match Message::decode(&mut s.ctl_in) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return refuse(conn, s, Error::from(e)),
+            };
+            if let Err(e) = self.message(conn, s, msg, now) {
+                return refuse(conn, s, e);
+            }
+            if conn.is_closed() {
+                return;
+            }
+        }
+        match end {
+            Read::More => {}
+            _ if !s.ctl_in.is_empty() => refuse(conn, s, proto::DecodeError::Truncated.into()),
+            // The peer is done. A publisher's last frames land first.
+            _ if s.ingest.is_some() => s.closing = true,
+            _ => close(conn, ErrorCode::NoError, "bye"),
+        }
+    }
+
+    fn message(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        msg: Message,
+        now: Instant,
+    ) -> Result<()> {
+        let Some((role, presented)) = s.hello.take() else {
+            return match msg {
+                Message::Hello {
+                    version,
+                    role,
+                    token,
+                } => self.hello(conn, s, version, role, &token),
+                other => Err(Error::protocol(format!(
+                    "first message must be hello, got {other:?}"
+                ))),
+            };
+        };
+        let r = self.said(conn, s, role, &presented, msg, now);
+        s.hello = Some((role, presented));
+        r
+    }
+
+    /// A message after the hello, from a peer that said it is `role` and showed `presented`.
+    fn said(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        role: Role,
+        presented: &Presented,
+        msg: Message,
+        now: Instant,
+    ) -> Result<()> {
+        match msg {
+            Message::Subscribe {
+                id,
+                path,
+                start,
+                flags,
+            } => {
+                s.subscribed += 1;
+                if s.subs.contains_key(&id) || s.pending.contains_key(&id) {
+                    return Err(Error::protocol(format!("subscription id {id} reused")));
+                }
+                let max = self.node.max_subscriptions(role);
+                if s.subs.len() + s.pending.len() >= max {
+                    let reason = format!("at most {max} subscriptions per connection");
+                    let code = ErrorCode::Overloaded.as_u64();
+                    control(conn, s, &Message::SubscribeError { id, code, reason });
+                    return Ok(());
+                }
+                if let Err(why) =
+                    self.node
+                        .access()
+                        .may_listen(presented, &path, role == Role::Relay)
+                {
+                    self.node
+                        .refused_auth(&format!("a subscription to {path}"), &why);
+                    let e = why.into_error();
+                    let (code, reason) = (e.code().as_u64(), e.reason().to_string());
+                    control(conn, s, &Message::SubscribeError { id, code, reason });
+                    return Ok(());
+                }
+                let (node, tx) = (self.node.clone(), self.tx.clone());
+                let peer = s
+                    .peer
+                    .clone()
+                    .unwrap_or_else(|| Peer::new(role, s.remote.ip()));
+                let (conn_h, uid) = (s.handle, s.uid);
+                let low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0;
+                // The node's log lines about this subscription say whose it is.
+                let conn_span =
+                    info_span!(parent: None, "conn", node = %self.node.name(), remote = %s.remote);
+                let span = info_span!(parent: &conn_span, "sub", id, %path, ?role);
+                let task = tokio::spawn(
+                    async move {
+                        let wait = node.cfg.waiting_room_secs.get();
+                        let sub = node.subscribe(&path, start, wait, &peer).await;
+                        if let Err(e) = &sub {
+                            info!("{e}");
+                        }
+                        let _ = tx.send(Cmd::Subscribed {
+                            conn: conn_h,
+                            uid,
+                            id,
+                            low_latency,
+                            sub,
+                        });
+                    }
+                    .instrument(span),
+                );
+                s.pending.insert(id, task.abort_handle());
+                Ok(())
+            }
+            Message::Unsubscribe { id } => {
+                if let Some(task) = s.pending.remove(&id) {
+                    task.abort();
+                }
+                if let Some(mut sub) = s.subs.remove(&id) {
+                    if let Some(out) = sub.out.take() {
+                        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+                    }
+                    sub.flush(&self.node);
+                }
+                Ok(())
+            }
+            Message::Publish {
+                path,
+                codec,
+                broadcast,
+            } => {
+                if role != Role::Publisher {
+                    return Err(Error::new(
+                        Kind::NotAllowed,
+                        "publish without the publisher role",
+                    ));
+                }
+                if s.published {
+                    return Err(Error::protocol("one publish per connection"));
+                }
+                s.published = true;
+                if let Err(why) = self.node.access().may_publish(presented, &path) {
+                    inc(&self.node.stats.auth_refused_total);
+                    return Err(why.into_error());
+                }
+                let publishing =
+                    Publishing::claim(&self.node, &path, codec, s.credential, broadcast)?;
+                let instance = publishing.broadcast.instance;
+                // Told if a newer publisher with the same credentials takes over.
+                let displaced = publishing.displaced();
+                let (tx, conn_h, uid) = (self.tx.clone(), s.handle, s.uid);
+                tokio::spawn(async move {
+                    displaced.notified().await;
+                    let _ = tx.send(Cmd::Displaced { conn: conn_h, uid });
+                });
+                s.ingest = Some(Ingest::new(publishing, now));
+                control(conn, s, &Message::PublishOk { instance });
+                self.watch_silence(s, now);
+                // A frame stream opened before the answer is taken now.
+                self.open_frames(conn, s, now);
+                Ok(())
+            }
+            Message::Hello { .. } => Err(Error::protocol("a second hello")),
+            other => Err(Error::protocol(format!("unexpected message {other:?}"))),
+        }
+    }
+
+    /// The hello: who the peer is and what token it holds, checked before anything else is
+    /// taken from it.
+    fn hello(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        version: u64,
+        role: Role,
+        token: &[u8],
+    ) -> Result<()> {
+        if version != proto::VERSION {
+            return Err(Error::new(
+                Kind::Version,
+                format!(
+                    "protocol version {version} is not supported (this node speaks {})",
+                    proto::VERSION
+                ),
+            ));
+        }
+        if role == Role::Publisher && self.node.is_relay() {
+            return Err(Error::new(
+                Kind::NotAllowed,
+                "a relay takes no publishers; publish to the origin",
+            ));
+        }
+        let access = self.node.access();
+        let presented = access.present(token);
+        let checked = match role {
+            Role::Publisher => access.publisher(&presented),
+            Role::Relay => access.relay(&presented),
+            // A listener's token is checked against each path it asks for.
+            Role::Listener => Ok(()),
+        };
+        if let Err(why) = checked {
+            inc(&self.node.stats.auth_refused_total);
+            return Err(why.into_error());
+        }
+        debug!(remote = %s.remote, ?role, "hello");
+        match role {
+            // A publisher gets its one frame stream; nobody else may open any (a stream the
+            // node never reads would hold its receive window for the connection's life).
+            Role::Publisher => conn.set_max_concurrent_streams(Dir::Uni, VarInt::from_u32(1)),
+            // A child relay carries many streams at once: room for all of them in flight.
+            Role::Relay => conn.set_send_window(transport::RELAY_WINDOW),
+            Role::Listener => {}
+        }
+        // A signed token's path proves the right to take a lost publisher's place there.
+        s.credential = match (&presented, role) {
+            (Presented::Secret, Role::Publisher) => access
+                .publish_secret()
+                .map(|t| credential(t.expose().as_bytes())),
+            (Presented::Signed(Ok(c)), Role::Publisher) => {
+                Some(credential(format!("signed:{}", c.path).as_bytes()))
+            }
+            _ => None,
+        };
+        s.peer = Some(Peer::new(role, s.remote.ip()));
+        s.hello = Some((role, presented));
+        let ok = Message::HelloOk {
+            version: proto::VERSION,
+            node: self.node.name().to_string(),
+        };
+        control(conn, s, &ok);
+        if let Some(alternatives) = self.away.clone() {
+            go_away(conn, s, alternatives);
+        }
+        Ok(())
+    }
+
+    /// Takes the publisher's frame stream, once it publishes and has opened it.
+    fn open_frames(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
+        let Some(ingest) = s.ingest.as_mut() else {
+            return;
+        };
+        if ingest.stream.is_none() {
+            if let Some(id) = conn.streams().accept(Dir::Uni) {
+                ingest.stream = Some(id);
+                self.feed(conn, s, now);
+            }
+        }
+    }
+
+    fn feed(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
+        let Some(ingest) = s.ingest.as_mut() else {
+            return;
+        };
+        match ingest.feed(&self.node, conn, now) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(i) = s.ingest.take() {
+                    i.publishing.finish();
+                }
+                if s.closing {
+                    close(conn, ErrorCode::NoError, "bye");
+                }
+            }
+            Err(e) => self.publisher_failed(conn, s, e),
+        }
+    }
+
+    /// The publish ended badly: the peer is told (unless it is gone, or ended it), and the
+    /// broadcast waits out its grace period for the publisher's return.
+    fn publisher_failed(&mut self, conn: &mut Connection, s: &mut Session, e: Error) {
+        let Some(i) = s.ingest.take() else { return };
+        if e.is_gone() || e.remote_code().is_some() {
+            warn!(side = "downstream", remote = %s.remote, "publisher lost: {e}");
+        } else if e.kind() == Kind::Timeout {
+            let silence_ms = self.node.cfg.source_timeout_ms.get().as_millis() as u64;
+            warn!(side = "downstream", remote = %s.remote, silence_ms, "publisher lost: {e}");
+            refuse_quietly(conn, s, &e);
+        } else {
+            warn!(side = "downstream", code = %e.code(), remote = %s.remote, "publisher refused: {e}");
+            refuse_quietly(conn, s, &e);
+        }
+        i.publishing.lost();
+        if s.closing {
+            close(conn, ErrorCode::NoError, "bye");
+        }
+    }
+
+    fn watch_silence(&mut self, s: &Session, now: Instant) {
+        let at = now + self.node.cfg.source_timeout_ms.get();
+        self.deadlines.push(Reverse((at, s.handle, s.uid)));
+    }
+
+    /// A deadline of `s` came: a hello not said in time, a publisher silent too long.
+    /// Returns when to look again, if ever.
+    pub(super) fn due(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        now: Instant,
+    ) -> Option<Instant> {
+        if s.hello.is_none() {
+            let what = if s.ctl.is_none() {
+                "no control stream"
+            } else {
+                "no hello"
+            };
+            s.why = Some(what.into());
+            close(conn, ErrorCode::Timeout, what);
+            return None;
+        }
+        let ingest = s.ingest.as_ref()?;
+        let silence = self.node.cfg.source_timeout_ms.get();
+        let at = ingest.heard + silence;
+        if at > now {
+            return Some(at);
+        }
+        // A publisher is never silent for long: one that sends nothing for
+        // `source-timeout` is lost (crashed, or cut off), and its grace period starts.
+        let what = if ingest.stream.is_none() {
+            "publisher opened no frame stream"
+        } else {
+            "publisher sent no audio"
+        };
+        self.publisher_failed(conn, s, Error::timeout(what));
+        None
+    }
+
+    /// A newer publisher with the same credentials took this one's stream over.
+    pub(super) fn displaced(&mut self, conn: &mut Connection, s: &mut Session) {
+        if s.ingest.take().is_some() {
+            info!(remote = %s.remote, "a publisher with the same credentials took over: leaving");
+            let e = Error::new(
+                Kind::Conflict,
+                "a newer publisher with the same credentials took this stream over",
+            );
+            refuse_quietly(conn, s, &e);
+        }
+    }
+}
+
+/// Tells a peer (past its hello) to go, and where: once.
+pub(super) fn go_away(conn: &mut Connection, s: &mut Session, alternatives: Vec<String>) {
+    if s.hello.is_some() && !s.told {
+        s.told = true;
+        control(conn, s, &Message::GoAway { alternatives });
+    }
+}
+
+/// Delivers what subscription `id` has due (see `egress::quic`); once its broadcast is over,
+/// tells the subscriber.
+pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64) {
+    let Some(sub) = s.subs.get_mut(&id) else {
+        return;
+    };
+    if let Some(last) = deliver(node, conn, sub, id) {
+        s.subs.remove(&id);
+        debug!(id, last, "broadcast ended");
+        control(conn, s, &Message::StreamEnd { id, last_seq: last });
+    }
+}
+
+/// A subscription the node made (or refused) for `s`: it is told, and delivery starts.
+/// Returns its broadcast when it joined.
+pub(super) fn subscribed(
+    node: &Node,
+    conn: &mut Connection,
+    s: &mut Session,
+    id: u64,
+    low_latency: bool,
+    sub: Result<crate::node::Subscriber>,
+) -> Option<Arc<crate::model::Broadcast>> {
+    if s.pending.remove(&id).is_none() {
+        // Called off meanwhile.
+        return None;
+    }
+    match sub {
+        Ok(sub) => {
+            let b = sub.cursor.broadcast().clone();
+            let msg = Message::Subscribed {
+                id,
+                instance: b.instance,
+                codec: b.codec.clone(),
+            };
+            control(conn, s, &msg);
+            s.subs.insert(id, Sub::start(sub, id, low_latency));
+            step(node, conn, s, id);
+            Some(b)
+        }
+        Err(e) => {
+            let msg = Message::SubscribeError {
+                id,
+                code: e.code().as_u64(),
+                reason: e.reason().to_string(),
+            };
+            control(conn, s, &msg);
+            None
+        }
+    }
+}
+
+/// Queues a control message and writes what the stream takes.
+fn control(conn: &mut Connection, s: &mut Session, m: &Message) {
+    s.ctl_out.push(m.to_bytes());
+    flush_control(conn, s);
+}
+
+fn flush_control(conn: &mut Connection, s: &mut Session) {
+    let Some(id) = s.ctl else { return };
+    if s.ctl_out.is_empty() {
+        return;
+    }
+    if let Wrote::Stopped | Wrote::Gone = write_all(conn, id, &mut s.ctl_out) {
+        s.ctl_out.clear();
+    }
+    // Bounded: a peer that never reads its control stream is not worth holding.
+    if s.ctl_out.len() > MAX_CONTROL_BACKLOG {
+        refuse(conn, s, Error::protocol("control stream not read"));
+    }
+}
+
+fn close(conn: &mut Connection, code: ErrorCode, reason: &str) {
+    conn.close(
+        Instant::now(),
+        varint(code),
+        Bytes::copy_from_slice(reason.as_bytes()),
+    );
+}
+
+/// Tells the peer why, logs it, and closes.
+fn refuse(conn: &mut Connection, s: &mut Session, e: Error) {
+    let e = e.downstream();
+    warn!(side = %e.side(), code = %e.code(), remote = %s.remote, "closing connection: {e}");
+    refuse_quietly(conn, s, &e);
+}
+
+/// Tells the peer `e` (an ERROR on its control stream, if it has one) and closes its
+/// connection with the same code and reason.
+fn refuse_quietly(conn: &mut Connection, s: &mut Session, e: &Error) {
+    if conn.is_closed() {
+        return;
+    }
+    s.why = Some(e.to_string());
+    if let Some(id) = s.ctl {
+        let m = Message::Error {
+            code: e.code().as_u64(),
+            reason: e.reason().to_string(),
+        }
+        .to_bytes();
+        let _ = conn.send_stream(id).write(&m);
+    }
+    close(conn, e.code(), e.reason());
+}
