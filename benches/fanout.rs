@@ -11,7 +11,6 @@
 //!   QUICAST_BENCH_HOG=-5 ...   # a busy loop on the relay's core at this nice: a slower core,
 //!                              # to overload the relay with listeners the load generator can drive
 //!   QUICAST_BENCH_LOADGEN_BIN=/path/to/other/quicast ...  # A/B the load generator
-//!   QUICAST_BENCH_ENGINE=1 ...  # listeners on the relay's engine port (`--engine-listen`)
 //!   QUICAST_BENCH_RELAY_CPUS=0,1 QUICAST_BENCH_RELAY_ARGS="--quic-threads 2" ...  # the relay on two cores
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
@@ -49,21 +48,10 @@ fn relay_addr_and_floor(k: &mut Killed) -> (String, std::sync::Arc<std::sync::at
     let floor = std::sync::Arc::new(AtomicU64::new(0));
     let err = k.0.stderr.take().unwrap();
     let mut lines = BufReader::new(err).lines();
-    let engine = std::env::var("QUICAST_BENCH_ENGINE").is_ok();
-    let mut quic = None;
     for l in lines.by_ref() {
         let l = l.unwrap();
         if l.contains("listening (QUIC)") {
-            quic = Some(support::field(&l, "addr="));
-        }
-        // With QUICAST_BENCH_ENGINE, listeners go to the engine's port.
-        let at = if engine {
-            l.contains("listening (QUIC listeners on the engine)")
-                .then(|| support::field(&l, "addr="))
-        } else {
-            quic.clone()
-        };
-        if let Some(at) = at {
+            let at = support::field(&l, "addr=");
             let f = floor.clone();
             std::thread::spawn(move || {
                 for l in lines.map_while(|l| l.ok()) {
@@ -201,9 +189,6 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         &maxc,
     ];
     rargs.extend(extra.split_whitespace());
-    if std::env::var("QUICAST_BENCH_ENGINE").is_ok() {
-        rargs.extend(["--engine-listen", "127.0.0.1:0"]);
-    }
     let cpus = std::env::var("QUICAST_BENCH_RELAY_CPUS").unwrap_or_else(|_| "0".into());
     let mut relay = spawn_bin(&relay_bin(), &rargs, Some(&cpus), LOG);
     let (raddr, floor) = relay_addr_and_floor(&mut relay);

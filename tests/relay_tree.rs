@@ -460,6 +460,55 @@ async fn listeners_are_asked_to_ack_every_tenth_packet_not_every_one() {
     );
 }
 
+/// A low-latency subscriber (SUBSCRIBE_LOW_LATENCY) is sent each frame as it comes, where
+/// the one beside it gets a delivery interval's frames at a time: many more packets, the
+/// same frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_latency_subscriber_is_sent_each_frame_and_the_paced_one_each_interval() {
+    let o = origin_with(quicast::NodeConfig {
+        deliver_ms: Some(Millis::new(500)),
+        ..test_config()
+    })
+    .await;
+    async fn count(s: std::sync::Arc<quicast::client::Session>, flags: u64) -> (u64, u64) {
+        let mut sub = s.subscribe_with("a", Start::Live, flags).await.unwrap();
+        let mut frames = 0u64;
+        while let Some(ev) = sub.next().await {
+            match ev {
+                quicast::client::Event::Segment { frames: mut r, .. } => {
+                    let mut got = Vec::new();
+                    while let quicast::node::SegmentRead::Frames = r.frames(&mut got).await {
+                        frames += got.len() as u64;
+                        got.clear();
+                    }
+                }
+                quicast::client::Event::End { .. } => break,
+                quicast::client::Event::Error { reason, .. } => panic!("{reason}"),
+                _ => {}
+            }
+        }
+        (frames, s.conn.stats().udp_rx.datagrams)
+    }
+    let eager = tokio::spawn(count(
+        session(&o, Role::Listener, "").await.unwrap(),
+        quicast::proto::SUBSCRIBE_LOW_LATENCY,
+    ));
+    let paced = tokio::spawn(count(session(&o, Role::Listener, "").await.unwrap(), 0));
+    subscribers(&o, "a", 2).await;
+    publish(&o, "a", 100, Duration::from_millis(20), 40)
+        .await
+        .unwrap()
+        .unwrap();
+    let (eager, paced) = (eager.await.unwrap(), paced.await.unwrap());
+    assert_eq!((eager.0, paced.0), (100, 100), "every frame, both");
+    assert!(
+        eager.1 > 2 * paced.1,
+        "low-latency: {} packets, paced: {} packets",
+        eager.1,
+        paced.1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_node_refuses_newcomers_and_keeps_its_listeners() {
     let o = origin().await;

@@ -27,6 +27,8 @@ pub(crate) struct Sub {
     last: Option<u64>,
     /// A segment waiting for stream credit to begin.
     pub(crate) waiting: Option<u64>,
+    /// Woken and waiting to be served (see `server::quic`).
+    pub(crate) queued: bool,
     joining: Option<Instant>,
     frames: u64,
     bytes: u64,
@@ -51,6 +53,7 @@ impl Sub {
             backlog: Vec::new(),
             last: None,
             waiting: None,
+            queued: false,
             frames: 0,
             bytes: 0,
         }
@@ -148,12 +151,17 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
                 sub.flush(node);
                 sub.last = Some(seq);
                 if let Some(out) = sub.out.take() {
-                    if let Some(h) = sub.header.take() {
-                        // A segment without frames still shows its header.
-                        let _ = conn.send_stream(out).write(&h);
-                    }
+                    // A segment without frames still shows its header. A fresh stream has
+                    // credit for a few bytes; if not, the segment is reset instead.
+                    let sent = sub.header.take().is_none_or(
+                        |h| matches!(conn.send_stream(out).write(&h), Ok(n) if n == h.len()),
+                    );
                     finish_ended(conn, sub);
-                    sub.ended = Some(out);
+                    if sent {
+                        sub.ended = Some(out);
+                    } else {
+                        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+                    }
                 }
             }
             Step::Skip { .. } => {

@@ -282,6 +282,12 @@ impl<A: App> Engine<A> {
         self.slots.get(h)?.as_ref().map(|s| &s.state)
     }
 
+    /// Connection `h`'s state to change, if it is still there (the connection is not
+    /// driven for it: use `with` to act on the connection).
+    pub fn get_mut(&mut self, h: usize) -> Option<&mut A::Conn> {
+        self.slots.get_mut(h)?.as_mut().map(|s| &mut s.state)
+    }
+
     /// When the next timer is due, if any.
     pub fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)

@@ -21,11 +21,27 @@ pub(crate) struct Ingest {
     /// When the publisher was last heard (its silence is timed from here).
     pub(crate) heard: Instant,
     frames: Vec<Frame>,
+    _takeover: Takeover,
+}
+
+/// The task waiting for a newer publisher to take the stream over: it ends with the publish.
+struct Takeover(tokio::task::AbortHandle);
+
+impl Drop for Takeover {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Ingest {
-    pub(crate) fn new(publishing: Publishing, now: Instant) -> Ingest {
+    /// A publish; `takeover` is the task watching for a newer publisher (ended with it).
+    pub(crate) fn new(
+        publishing: Publishing,
+        now: Instant,
+        takeover: tokio::task::AbortHandle,
+    ) -> Ingest {
         Ingest {
+            _takeover: Takeover(takeover),
             publishing,
             stream: None,
             buf: BytesMut::new(),
@@ -48,6 +64,12 @@ impl Ingest {
             return Ok(false);
         };
         let end = read_stream(conn, id, &mut self.buf);
+        if !self.publishing.holds() {
+            // A newer publisher took the stream over: it is told so (`Displaced`); nothing
+            // more of this one's goes in.
+            self.buf.clear();
+            return Ok(false);
+        }
         if !self.headed {
             match UniHeader::decode(&mut self.buf)? {
                 Some(UniHeader::Publish) => self.headed = true,

@@ -127,8 +127,9 @@ impl Broadcast {
         self.eager.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// What a low-latency subscriber waits on (see `Cursor::eager`).
-    pub(super) fn eager_watch(&self) -> watch::Receiver<u64> {
+    /// What a low-latency subscriber waits on (see `Cursor::eager`): every frame while the
+    /// node has headroom, and every wake-up.
+    pub fn eager_watch(&self) -> watch::Receiver<u64> {
         self.eager.subscribe()
     }
 

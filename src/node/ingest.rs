@@ -104,6 +104,12 @@ impl Publishing {
         self.claim.displaced.clone()
     }
 
+    /// Whether this publisher still holds the stream (a newer one with the same
+    /// credentials may have taken it over).
+    pub fn holds(&self) -> bool {
+        self.slot.is_publisher(self.claim.id)
+    }
+
     /// Adds frames the publisher sent (their `wall_us` is replaced by our clock).
     pub fn push(&mut self, frames: impl IntoIterator<Item = Frame>) -> Result<()> {
         let wall = now_us();

@@ -6,9 +6,9 @@
 //! connection's packets together. What a connection says is `server::session`'s.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,10 +56,14 @@ pub(super) enum Cmd {
         low_latency: bool,
         sub: Result<Subscriber>,
     },
-    /// Broadcast `local` woke its subscribers (at `at`, µs of `since_epoch`).
-    Tick { local: u64, at: u64 },
-    /// Broadcast `local` is over: nobody watches its wake-ups any more.
-    Unwatched { local: u64 },
+    /// Broadcast `key.0` woke its subscribers (its low-latency ones if `key.1`), at `at`
+    /// (µs of `since_epoch`).
+    Tick { key: WakeKey, at: u64 },
+    /// Broadcast `key.0` is over: the watch `wanted` names ended.
+    Unwatched {
+        key: WakeKey,
+        wanted: Arc<AtomicBool>,
+    },
     /// A newer publisher took connection `conn`'s stream over.
     Displaced { conn: usize, uid: u64 },
     /// The node drains: every peer is told to go (and where).
@@ -244,16 +248,27 @@ impl Shard {
     }
 }
 
+/// A broadcast (its local id), and whether the wake-ups are its low-latency ones (every
+/// frame) or its paced ones.
+pub(super) type WakeKey = (u64, bool);
+
 /// Who is woken when: each broadcast's subscribers on this thread, and those due.
 #[derive(Default)]
 struct Wakes {
-    /// Each broadcast's subscribers here: (connection, its uid, subscription id).
-    by_broadcast: HashMap<u64, Vec<(usize, u64, u64)>>,
+    by_broadcast: HashMap<WakeKey, Watched>,
     /// Subscribers woken and not served yet, with when they were woken (a wake-up is
-    /// served a slice at a time, so handshakes and ACKs never wait behind all of it).
+    /// served a slice at a time, so handshakes and ACKs never wait behind all of it). Each
+    /// at most once (`Sub::queued`): a wake-up that comes before the last was served adds
+    /// nobody twice.
     due: VecDeque<(usize, u64, u64, u64)>,
-    /// Broadcasts whose wake-ups a task watches.
-    watched: HashSet<u64>,
+}
+
+/// A broadcast's subscribers here, and the task that watches its wake-ups for them.
+struct Watched {
+    /// (connection, its uid, subscription id).
+    subs: Vec<(usize, u64, u64)>,
+    /// Cleared when nobody here listens any more: the task ends at the next wake-up.
+    wanted: Arc<AtomicBool>,
 }
 
 /// The loop: waits for datagrams, timers or commands, and lets the engine work.
@@ -265,7 +280,7 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
     let fd = match unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(
             Fd(engine.raw_fd()),
-            tokio::io::Interest::READABLE,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
         )
     } {
         Ok(fd) => fd,
@@ -287,7 +302,7 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
                 serving
             }
         };
-        if more || engine.sending() {
+        if more {
             tokio::task::yield_now().await;
             continue;
         }
@@ -306,6 +321,13 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
                     g.clear_ready();
                 }
             }
+            // The socket was full: on as soon as it takes more (readiness seen before the
+            // last send was refused is cleared here, and the next wait is a real one).
+            w = fd.writable(), if engine.sending() => {
+                if let Ok(mut g) = w {
+                    g.clear_ready();
+                }
+            }
             _ = tokio::time::sleep_until(next) => {}
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
@@ -315,6 +337,8 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
             }
         }
     }
+    // Newcomers from now on are refused: nobody is let in only to be dropped.
+    engine.app().stopping = true;
     engine.close_all(
         Instant::now(),
         ErrorCode::GoingAway.as_u64() as u32,
@@ -338,7 +362,7 @@ impl std::os::fd::AsRawFd for Fd {
 /// Connections' deadlines that came.
 fn deadlines(engine: &mut Engine<Sessions>) {
     let now = Instant::now();
-    while let Some(&Reverse((at, h, uid))) = engine.app().deadlines.peek() {
+    while let Some(&Reverse((at, h, uid, silence))) = engine.app().deadlines.peek() {
         if at > now {
             break;
         }
@@ -346,11 +370,11 @@ fn deadlines(engine: &mut Engine<Sessions>) {
         let mut again = None;
         engine.with_app(h, |app, c, s| {
             if s.uid == uid {
-                again = app.due(c, s, now);
+                again = app.due(c, s, now, silence);
             }
         });
         if let Some(at) = again {
-            engine.app().deadlines.push(Reverse((at, h, uid)));
+            engine.app().deadlines.push(Reverse((at, h, uid, silence)));
         }
     }
 }
@@ -377,38 +401,51 @@ fn apply(
                     joined = session::subscribed(&node, c, s, id, low_latency, sub);
                 }
             });
-            if let Some(b) = joined {
-                let local = b.local_id();
-                wakes
-                    .by_broadcast
-                    .entry(local)
-                    .or_default()
-                    .push((conn, uid, id));
-                // One watcher per broadcast for as long as it lasts.
-                if wakes.watched.insert(local) {
-                    watch_wakes(b, local, tx.clone());
+            if let Some((b, eager)) = joined {
+                let key = (b.local_id(), eager);
+                // One watcher per broadcast (and kind) while anyone here listens.
+                let w = wakes.by_broadcast.entry(key).or_insert_with(|| {
+                    let wanted = Arc::new(AtomicBool::new(true));
+                    watch_wakes(&b, key, wanted.clone(), tx.clone());
+                    Watched {
+                        subs: Vec::new(),
+                        wanted,
+                    }
+                });
+                w.subs.push((conn, uid, id));
+            }
+        }
+        Cmd::Unwatched { key, wanted } => {
+            // That watch's, not a newer one's for the same key.
+            if let Some(w) = wakes.by_broadcast.get(&key) {
+                if Arc::ptr_eq(&w.wanted, &wanted) {
+                    wakes.by_broadcast.remove(&key);
                 }
             }
         }
-        Cmd::Unwatched { local } => {
-            wakes.watched.remove(&local);
-        }
-        Cmd::Tick { local, at } => {
+        Cmd::Tick { key, at } => {
             // Queued, not served at once: the loop serves them a slice at a time between
             // rounds of I/O. Subscriptions that ended leave the broadcast's list here.
-            let Some(mut list) = wakes.by_broadcast.remove(&local) else {
+            let Some(w) = wakes.by_broadcast.get_mut(&key) else {
                 return true;
             };
-            list.retain(|&(conn, uid, id)| {
-                engine
-                    .get(conn)
-                    .is_some_and(|s| s.uid == uid && s.subs.contains_key(&id))
+            w.subs.retain(|&(conn, uid, id)| {
+                let Some(sub) = engine
+                    .get_mut(conn)
+                    .filter(|s| s.uid == uid)
+                    .and_then(|s| s.subs.get_mut(&id))
+                else {
+                    return false;
+                };
+                if !sub.queued {
+                    sub.queued = true;
+                    wakes.due.push_back((conn, uid, id, at));
+                }
+                true
             });
-            wakes
-                .due
-                .extend(list.iter().map(|&(conn, uid, id)| (conn, uid, id, at)));
-            if !list.is_empty() {
-                wakes.by_broadcast.insert(local, list);
+            if w.subs.is_empty() {
+                w.wanted.store(false, Ordering::Relaxed);
+                wakes.by_broadcast.remove(&key);
             }
         }
         Cmd::Displaced { conn, uid } => {
@@ -428,19 +465,35 @@ fn apply(
     true
 }
 
-/// Tells the loop of each of broadcast `b`'s wake-ups, until it ends.
-fn watch_wakes(b: Arc<Broadcast>, local: u64, tx: mpsc::UnboundedSender<Cmd>) {
+/// Tells the loop of each of broadcast `b`'s wake-ups (each frame's too for `key.1`, its
+/// low-latency subscribers), until it ends or nobody here wants them.
+fn watch_wakes(
+    b: &Arc<Broadcast>,
+    key: WakeKey,
+    wanted: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Cmd>,
+) {
+    let mut w = if key.1 { b.eager_watch() } else { b.watch() };
+    // Its first subscriber was served before this watch began: a wake-up in between is
+    // not missed.
+    w.mark_changed();
+    // Weak: the broadcast (which holds the sender) is not kept for the watch's sake.
+    let b = Arc::downgrade(b);
     tokio::spawn(async move {
-        let mut w = b.watch();
         while w.changed().await.is_ok() {
-            let at = b.last_wake().1;
-            if tx.send(Cmd::Tick { local, at }).is_err() {
+            if !wanted.load(Ordering::Relaxed) {
                 return;
             }
+            let Some(b) = b.upgrade() else { break };
+            let at = b.last_wake().1;
+            if tx.send(Cmd::Tick { key, at }).is_err() {
+                return;
+            }
+            if b.is_finished() {
+                break;
+            }
         }
-        let at = b.last_wake().1;
-        let _ = tx.send(Cmd::Tick { local, at });
-        let _ = tx.send(Cmd::Unwatched { local });
+        let _ = tx.send(Cmd::Unwatched { key, wanted });
     });
 }
 
@@ -461,6 +514,9 @@ fn serve_slice(engine: &mut Engine<Sessions>, wakes: &mut Wakes) -> bool {
         late = late.max(now.saturating_sub(at));
         engine.with(conn, |c, s| {
             if s.uid == uid {
+                if let Some(sub) = s.subs.get_mut(&id) {
+                    sub.queued = false;
+                }
                 session::step(&node, c, s, id);
             }
         });

@@ -27,8 +27,9 @@ use crate::transport::{self, varint};
 /// Control messages a peer may leave unread before it is let go.
 const MAX_CONTROL_BACKLOG: usize = 64;
 
-/// What a connection waits for, by when (checked by the loop when due).
-pub(super) type Deadline = Reverse<(Instant, usize, u64)>;
+/// What a connection waits for, by when (checked by the loop when due): its connection
+/// and uid, and whether it is a publisher's silence (or else the hello).
+pub(super) type Deadline = Reverse<(Instant, usize, u64, bool)>;
 
 /// Every connection of one engine: the node, and what the loop needs from them.
 pub(super) struct Sessions {
@@ -40,6 +41,8 @@ pub(super) struct Sessions {
     retry_above: u64,
     /// Set once the node drains: where peers are told to go.
     pub(super) away: Option<Vec<String>>,
+    /// The thread is closing its connections: newcomers are refused.
+    pub(super) stopping: bool,
     /// Connections' deadlines (a hello due, a publisher's silence), checked when due.
     pub(super) deadlines: BinaryHeap<Deadline>,
 }
@@ -53,6 +56,7 @@ impl Sessions {
             rate: HandshakeRate::default(),
             retry_above,
             away: None,
+            stopping: false,
             deadlines: BinaryHeap::new(),
         }
     }
@@ -94,7 +98,7 @@ impl App for Sessions {
     /// handshakes: each client proves its address first (a spoofed source never sees the
     /// Retry), costing a real one a round trip.
     fn incoming(&mut self, incoming: &Incoming) -> Admit<Session> {
-        if !self.node.admit() {
+        if self.stopping || !self.node.admit() {
             return Admit::Refuse;
         }
         if self.rate.tick(Instant::now()) > self.retry_above
@@ -142,7 +146,7 @@ impl App for Sessions {
             Event::Connected => {
                 // The hello is due within `hello-timeout`.
                 let at = now + self.node.cfg.hello_timeout_ms.get();
-                self.deadlines.push(Reverse((at, handle, s.uid)));
+                self.deadlines.push(Reverse((at, handle, s.uid, false)));
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                 if s.ctl.is_none() {
@@ -201,6 +205,10 @@ impl App for Sessions {
             }
             _ => {}
         }
+    }
+
+    fn refused(&mut self, _: Session) {
+        dec(&self.node.stats.connections);
     }
 
     fn gone(&mut self, conn: &Connection, mut s: Session) {
@@ -337,9 +345,7 @@ impl Sessions {
                 let (conn_h, uid) = (s.handle, s.uid);
                 let low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0;
                 // The node's log lines about this subscription say whose it is.
-                let conn_span =
-                    info_span!(parent: None, "conn", node = %self.node.name(), remote = %s.remote);
-                let span = info_span!(parent: &conn_span, "sub", id, %path, ?role);
+                let span = info_span!(parent: None, "sub", remote = %s.remote, id, %path, ?role);
                 let task = tokio::spawn(
                     async move {
                         let wait = node.cfg.waiting_room_secs.get();
@@ -397,11 +403,11 @@ impl Sessions {
                 // Told if a newer publisher with the same credentials takes over.
                 let displaced = publishing.displaced();
                 let (tx, conn_h, uid) = (self.tx.clone(), s.handle, s.uid);
-                tokio::spawn(async move {
+                let takeover = tokio::spawn(async move {
                     displaced.notified().await;
                     let _ = tx.send(Cmd::Displaced { conn: conn_h, uid });
                 });
-                s.ingest = Some(Ingest::new(publishing, now));
+                s.ingest = Some(Ingest::new(publishing, now, takeover.abort_handle()));
                 control(conn, s, &Message::PublishOk { instance });
                 self.watch_silence(s, now);
                 // A frame stream opened before the answer is taken now.
@@ -535,25 +541,31 @@ impl Sessions {
 
     fn watch_silence(&mut self, s: &Session, now: Instant) {
         let at = now + self.node.cfg.source_timeout_ms.get();
-        self.deadlines.push(Reverse((at, s.handle, s.uid)));
+        self.deadlines.push(Reverse((at, s.handle, s.uid, true)));
     }
 
-    /// A deadline of `s` came: a hello not said in time, a publisher silent too long.
-    /// Returns when to look again, if ever.
+    /// A deadline of `s` came: a hello not said in time, a publisher silent too long
+    /// (`silence`). Returns when to look again, if ever.
     pub(super) fn due(
         &mut self,
         conn: &mut Connection,
         s: &mut Session,
         now: Instant,
+        silence: bool,
     ) -> Option<Instant> {
-        if s.hello.is_none() {
-            let what = if s.ctl.is_none() {
-                "no control stream"
-            } else {
-                "no hello"
-            };
-            s.why = Some(what.into());
-            close(conn, ErrorCode::Timeout, what);
+        if conn.is_closed() {
+            return None;
+        }
+        if !silence {
+            if s.hello.is_none() {
+                let what = if s.ctl.is_none() {
+                    "no control stream"
+                } else {
+                    "no hello"
+                };
+                s.why = Some(what.into());
+                close(conn, ErrorCode::Timeout, what);
+            }
             return None;
         }
         let ingest = s.ingest.as_ref()?;
@@ -608,7 +620,8 @@ pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64)
 }
 
 /// A subscription the node made (or refused) for `s`: it is told, and delivery starts.
-/// Returns its broadcast when it joined.
+/// Returns its broadcast when it joined, and whether it is a low-latency one (woken at
+/// every frame).
 pub(super) fn subscribed(
     node: &Node,
     conn: &mut Connection,
@@ -616,7 +629,7 @@ pub(super) fn subscribed(
     id: u64,
     low_latency: bool,
     sub: Result<crate::node::Subscriber>,
-) -> Option<Arc<crate::model::Broadcast>> {
+) -> Option<(Arc<crate::model::Broadcast>, bool)> {
     if s.pending.remove(&id).is_none() {
         // Called off meanwhile.
         return None;
@@ -632,7 +645,8 @@ pub(super) fn subscribed(
             control(conn, s, &msg);
             s.subs.insert(id, Sub::start(sub, id, low_latency));
             step(node, conn, s, id);
-            Some(b)
+            // Still on (not over at once): woken from now on.
+            s.subs.contains_key(&id).then_some((b, low_latency))
         }
         Err(e) => {
             let msg = Message::SubscribeError {
