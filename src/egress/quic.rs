@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{Connection, Dir, StreamId};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::model::{Batch, Form, Step};
 use crate::node::{inc, Node, Subscriber};
@@ -90,13 +90,8 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
             if !sub.s.cursor.is_lagging() {
                 return None;
             }
-            skip(conn, sub);
-            inc(&node.stats.skips_total);
             let to = sub.s.cursor.skip_to_live();
-            debug!(
-                ?to,
-                "engine listener fell behind: moved to the newest segment"
-            );
+            skipped(node, conn, sub, to);
         }
     }
     if let Some(seq) = sub.waiting {
@@ -104,9 +99,8 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
             sub.waiting = None;
         } else if sub.s.cursor.is_lagging() {
             // Still no stream credit, and too far behind: on to the newest segment.
-            skip(conn, sub);
-            inc(&node.stats.skips_total);
-            sub.s.cursor.skip_to_live();
+            let to = sub.s.cursor.skip_to_live();
+            skipped(node, conn, sub, to);
         } else {
             return None;
         }
@@ -164,10 +158,7 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
                     }
                 }
             }
-            Step::Skip { .. } => {
-                skip(conn, sub);
-                inc(&node.stats.skips_total);
-            }
+            to @ Step::Skip { .. } => skipped(node, conn, sub, to),
             Step::Finished => {
                 finish_ended(conn, sub);
                 if let Some(out) = sub.out.take() {
@@ -179,6 +170,21 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
         }
     }
     None
+}
+
+/// The subscriber fell behind and was moved (`to`, a `Step::Skip`): counted, said, and its
+/// segment's stream reset.
+fn skipped(node: &Node, conn: &mut Connection, sub: &mut Sub, to: Step) {
+    skip(conn, sub);
+    inc(&node.stats.skips_total);
+    if let Step::Skip { from, to } = to {
+        info!(
+            from,
+            to,
+            skipped = sub.s.cursor.skipped,
+            "subscriber fell behind: moved forward to the newest segment"
+        );
+    }
 }
 
 /// The current segment is abandoned (the subscriber moves on): its stream is reset.

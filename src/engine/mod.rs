@@ -113,7 +113,8 @@ pub struct Engine<A: App> {
     slots: Vec<Option<Slot<A::Conn>>>,
     live: usize,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    dirty: Vec<usize>,
+    /// Connections to drive, oldest first.
+    dirty: std::collections::VecDeque<usize>,
     out: Outbox,
     buf: Vec<u8>,
     /// Clients' first packets not taken up yet.
@@ -123,6 +124,10 @@ pub struct Engine<A: App> {
 
 /// New clients taken up per turn (each a TLS handshake's cryptography).
 const ACCEPT_SLICE: usize = 32;
+/// Longest a turn spends driving connections (checked every 4).
+const DRIVE_BUDGET: Duration = Duration::from_millis(5);
+/// Longest a turn spends taking new clients up (past the first).
+const ACCEPT_BUDGET: Duration = Duration::from_millis(5);
 /// New clients waiting at most; more are refused at once (one small packet each).
 const MAX_PENDING: usize = 4096;
 
@@ -135,7 +140,7 @@ impl<A: App> Engine<A> {
             slots: Vec::new(),
             live: 0,
             timers: BinaryHeap::new(),
-            dirty: Vec::new(),
+            dirty: Default::default(),
             out: Outbox::default(),
             buf: Vec::with_capacity(2048),
             pending: Default::default(),
@@ -212,7 +217,7 @@ impl<A: App> Engine<A> {
         if let Some(Some(s)) = self.slots.get_mut(i) {
             if !s.dirty {
                 s.dirty = true;
-                self.dirty.push(i);
+                self.dirty.push_back(i);
             }
         }
     }
@@ -342,7 +347,7 @@ impl<A: App> Engine<A> {
                             s.conn.handle_event(ev);
                             if !s.dirty {
                                 s.dirty = true;
-                                dirty.push(h.0);
+                                dirty.push_back(h.0);
                             }
                         }
                     }
@@ -366,8 +371,13 @@ impl<A: App> Engine<A> {
                 break;
             }
         }
-        // New clients, a slice at a time.
-        for _ in 0..ACCEPT_SLICE {
+        // New clients, a slice at a time: at most `ACCEPT_SLICE`, and no longer than
+        // `ACCEPT_BUDGET` (a slow build or a starved core must not keep every other
+        // connection unanswered while the crowd's cryptography runs).
+        for k in 0..ACCEPT_SLICE {
+            if k > 0 && now.elapsed() >= ACCEPT_BUDGET {
+                break;
+            }
             let Some(incoming) = self.pending.pop_front() else {
                 break;
             };
@@ -389,6 +399,7 @@ impl<A: App> Engine<A> {
             }
         }
         self.drive(now);
+        more |= !self.dirty.is_empty();
         self.socket.send(&mut self.out)?;
         Ok(more)
     }
@@ -422,8 +433,18 @@ impl<A: App> Engine<A> {
 
     /// Drives every connection marked: its events to the endpoint and the app, its packets
     /// to the outbox, its next deadline to the heap.
+    /// At most `DRIVE_BUDGET` at a time (checked every few connections): a crowd's
+    /// handshakes finishing together must not keep every other connection waiting; those
+    /// left are driven first next turn.
     fn drive(&mut self, now: Instant) {
-        while let Some(i) = self.dirty.pop() {
+        let started = Instant::now();
+        let mut driven = 0u32;
+        while let Some(i) = self.dirty.pop_front() {
+            driven += 1;
+            if driven % 4 == 0 && started.elapsed() >= DRIVE_BUDGET {
+                self.dirty.push_front(i);
+                break;
+            }
             let Some(Some(s)) = self.slots.get_mut(i) else {
                 continue;
             };

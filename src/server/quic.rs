@@ -78,6 +78,8 @@ pub(super) enum Cmd {
 const SHARD_CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Subscribers served per slice of a wake-up, between rounds of I/O.
 const SLICE: usize = 256;
+/// Longest a slice of a wake-up runs before I/O has its turn.
+const SLICE_BUDGET: Duration = Duration::from_millis(5);
 /// Most QUIC threads (connection IDs name their thread in one byte).
 const MAX_THREADS: usize = 255;
 
@@ -507,7 +509,12 @@ fn serve_slice(engine: &mut Engine<Sessions>, wakes: &mut Wakes) -> bool {
     let node = engine.app().node.clone();
     let now = since_epoch(tokio::time::Instant::now());
     let mut late = 0;
-    for _ in 0..SLICE {
+    let started = Instant::now();
+    for k in 0..SLICE {
+        // A slice is short in time too (a slow build, a starved core): I/O comes between.
+        if k % 32 == 31 && started.elapsed() >= SLICE_BUDGET {
+            break;
+        }
         let Some((conn, uid, id, at)) = wakes.due.pop_front() else {
             break;
         };
