@@ -441,7 +441,7 @@ impl<A: App> Engine<A> {
         let mut driven = 0u32;
         while let Some(i) = self.dirty.pop_front() {
             driven += 1;
-            if driven % 4 == 0 && started.elapsed() >= DRIVE_BUDGET {
+            if driven.is_multiple_of(4) && started.elapsed() >= DRIVE_BUDGET {
                 self.dirty.push_front(i);
                 break;
             }

@@ -3,6 +3,7 @@
 //! HTTP server (accept, framing, routing to the egress, the ingress and the node's pages).
 
 mod admin;
+mod control;
 mod http;
 mod http_auth;
 mod quic;

@@ -15,17 +15,15 @@ use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId, VarIn
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::control::{close, control, flush_control, refuse, refuse_quietly};
 use super::quic::{Cmd, HandshakeRate};
-use crate::egress::quic::{step as deliver, write_all, Sub, Wrote};
+use crate::egress::quic::{step as deliver, Sub};
 use crate::engine::{read_stream, Admit, App, Read};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
 use crate::node::{credential, dec, inc, Node, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
 use crate::transport::{self, varint};
-
-/// Control messages a peer may leave unread before it is let go.
-const MAX_CONTROL_BACKLOG: usize = 64;
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
 /// and uid, and whether it is a publisher's silence (or else the hello).
@@ -66,11 +64,11 @@ impl Sessions {
 pub(super) struct Session {
     pub(super) uid: u64,
     handle: usize,
-    remote: SocketAddr,
-    ctl: Option<StreamId>,
+    pub(super) remote: SocketAddr,
+    pub(super) ctl: Option<StreamId>,
     ctl_in: BytesMut,
     /// Control messages not yet taken by the stream (flow control).
-    ctl_out: Vec<Bytes>,
+    pub(super) ctl_out: Vec<Bytes>,
     /// Who the peer said it is, and the token it showed (after its hello).
     hello: Option<(Role, Presented)>,
     peer: Option<Peer>,
@@ -88,7 +86,7 @@ pub(super) struct Session {
     started: Instant,
     subscribed: u64,
     /// Why it ended, when it did not end well.
-    why: Option<String>,
+    pub(super) why: Option<String>,
 }
 
 impl App for Sessions {
@@ -148,12 +146,10 @@ impl App for Sessions {
                 let at = now + self.node.cfg.hello_timeout_ms.get();
                 self.deadlines.push(Reverse((at, handle, s.uid, false)));
             }
-            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                if s.ctl.is_none() {
-                    if let Some(id) = conn.streams().accept(Dir::Bi) {
-                        s.ctl = Some(id);
-                        self.read_control(conn, s, now);
-                    }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) if s.ctl.is_none() => {
+                if let Some(id) = conn.streams().accept(Dir::Bi) {
+                    s.ctl = Some(id);
+                    self.read_control(conn, s, now);
                 }
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => self.open_frames(conn, s, now),
@@ -630,10 +626,8 @@ pub(super) fn subscribed(
     low_latency: bool,
     sub: Result<crate::node::Subscriber>,
 ) -> Option<(Arc<crate::model::Broadcast>, bool)> {
-    if s.pending.remove(&id).is_none() {
-        // Called off meanwhile.
-        return None;
-    }
+    // Called off meanwhile: nothing to do.
+    s.pending.remove(&id)?;
     match sub {
         Ok(sub) => {
             let b = sub.cursor.broadcast().clone();
@@ -658,57 +652,4 @@ pub(super) fn subscribed(
             None
         }
     }
-}
-
-/// Queues a control message and writes what the stream takes.
-fn control(conn: &mut Connection, s: &mut Session, m: &Message) {
-    s.ctl_out.push(m.to_bytes());
-    flush_control(conn, s);
-}
-
-fn flush_control(conn: &mut Connection, s: &mut Session) {
-    let Some(id) = s.ctl else { return };
-    if s.ctl_out.is_empty() {
-        return;
-    }
-    if let Wrote::Stopped | Wrote::Gone = write_all(conn, id, &mut s.ctl_out) {
-        s.ctl_out.clear();
-    }
-    // Bounded: a peer that never reads its control stream is not worth holding.
-    if s.ctl_out.len() > MAX_CONTROL_BACKLOG {
-        refuse(conn, s, Error::protocol("control stream not read"));
-    }
-}
-
-fn close(conn: &mut Connection, code: ErrorCode, reason: &str) {
-    conn.close(
-        Instant::now(),
-        varint(code),
-        Bytes::copy_from_slice(reason.as_bytes()),
-    );
-}
-
-/// Tells the peer why, logs it, and closes.
-fn refuse(conn: &mut Connection, s: &mut Session, e: Error) {
-    let e = e.downstream();
-    warn!(side = %e.side(), code = %e.code(), remote = %s.remote, "closing connection: {e}");
-    refuse_quietly(conn, s, &e);
-}
-
-/// Tells the peer `e` (an ERROR on its control stream, if it has one) and closes its
-/// connection with the same code and reason.
-fn refuse_quietly(conn: &mut Connection, s: &mut Session, e: &Error) {
-    if conn.is_closed() {
-        return;
-    }
-    s.why = Some(e.to_string());
-    if let Some(id) = s.ctl {
-        let m = Message::Error {
-            code: e.code().as_u64(),
-            reason: e.reason().to_string(),
-        }
-        .to_bytes();
-        let _ = conn.send_stream(id).write(&m);
-    }
-    close(conn, e.code(), e.reason());
 }
