@@ -124,6 +124,10 @@ pub struct Engine<A: App> {
 
 /// New clients taken up per turn (each a TLS handshake's cryptography).
 const ACCEPT_SLICE: usize = 32;
+/// Most receive batches a turn takes (each up to quinn-udp's batch of datagrams).
+const RECV_BATCHES: usize = 64;
+/// Longest a turn spends receiving (checked every 8 batches).
+const RECV_BUDGET: Duration = Duration::from_millis(5);
 /// Longest a turn spends driving connections (checked every 4).
 const DRIVE_BUDGET: Duration = Duration::from_millis(5);
 /// Longest a turn spends taking new clients up (past the first).
@@ -329,7 +333,13 @@ impl<A: App> Engine<A> {
     pub fn work(&mut self) -> io::Result<bool> {
         let now = Instant::now();
         let mut more = true;
-        for _ in 0..16 {
+        // Whatever has arrived, up to `RECV_BATCHES` batches or `RECV_BUDGET`: a crowd's
+        // datagrams left in the socket overflow its buffer, and every one lost waits out
+        // QUIC's retransmission timer (a second, for a handshake).
+        for k in 0..RECV_BATCHES {
+            if k > 0 && k % 8 == 0 && now.elapsed() >= RECV_BUDGET {
+                break;
+            }
             let (endpoint, slots, dirty, out, buf, pending) = (
                 &mut self.endpoint,
                 &mut self.slots,
@@ -374,8 +384,9 @@ impl<A: App> Engine<A> {
         // New clients, a slice at a time: at most `ACCEPT_SLICE`, and no longer than
         // `ACCEPT_BUDGET` (a slow build or a starved core must not keep every other
         // connection unanswered while the crowd's cryptography runs).
+        let accepting = Instant::now();
         for k in 0..ACCEPT_SLICE {
-            if k > 0 && now.elapsed() >= ACCEPT_BUDGET {
+            if k > 0 && accepting.elapsed() >= ACCEPT_BUDGET {
                 break;
             }
             let Some(incoming) = self.pending.pop_front() else {
