@@ -264,12 +264,7 @@ impl<A: App> Engine<A> {
     /// Lets `f` act on connection `h` (if it is still there), then drives it on the next
     /// `work`. Returns whether it was there.
     pub fn with(&mut self, h: usize, f: impl FnOnce(&mut Connection, &mut A::Conn)) -> bool {
-        let Some(Some(s)) = self.slots.get_mut(h) else {
-            return false;
-        };
-        f(&mut s.conn, &mut s.state);
-        self.mark(h);
-        true
+        self.with_app(h, |_, conn, state| f(conn, state))
     }
 
     /// As `with`, `f` given the app too.

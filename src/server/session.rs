@@ -164,26 +164,10 @@ impl App for Sessions {
                 if Some(id) == s.ctl {
                     flush_control(conn, s);
                 }
-                let ids: Vec<u64> = s
-                    .subs
-                    .iter()
-                    .filter(|(_, sub)| sub.out == Some(id))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for sid in ids {
-                    step(&self.node, conn, s, sid);
-                }
+                step_each(&self.node, conn, s, |sub| sub.out == Some(id));
             }
             Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
-                let ids: Vec<u64> = s
-                    .subs
-                    .iter()
-                    .filter(|(_, sub)| sub.waiting.is_some())
-                    .map(|(k, _)| *k)
-                    .collect();
-                for sid in ids {
-                    step(&self.node, conn, s, sid);
-                }
+                step_each(&self.node, conn, s, |sub| sub.waiting.is_some());
             }
             Event::Stream(StreamEvent::Stopped { id, .. }) => {
                 // The subscriber gave a segment up: the next one starts afresh.
@@ -612,6 +596,19 @@ pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64)
         s.subs.remove(&id);
         debug!(id, last, "broadcast ended");
         control(conn, s, &Message::StreamEnd { id, last_seq: last });
+    }
+}
+
+/// Steps every subscription of `s` that `wants` (those a stream's credit was waiting for).
+fn step_each(node: &Node, conn: &mut Connection, s: &mut Session, wants: impl Fn(&Sub) -> bool) {
+    let ids: Vec<u64> = s
+        .subs
+        .iter()
+        .filter(|(_, sub)| wants(sub))
+        .map(|(k, _)| *k)
+        .collect();
+    for id in ids {
+        step(node, conn, s, id);
     }
 }
 
