@@ -4,7 +4,7 @@
 # header for `uni_header`; and the demo's Ogg Opus sample for `ogg`.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg
+mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head
 while read -r kind name hex; do
   case "$kind" in
     message|invalid_message) dir=control; prefix='\x00' ;;
@@ -16,3 +16,10 @@ while read -r kind name hex; do
   { printf "$prefix"; perl -e "print pack(\"H*\", \"$hex\")"; } > "corpus/$dir/$name"
 done < <(grep -v '^#' ../proto/vectors.txt | grep -v '^$')
 cp ../src/cli/demo/sample.opus corpus/ogg/sample.opus
+# Request heads as players, encoders and caches send them.
+printf 'GET /live.ogg?token=abc HTTP/1.1\r\nHost: x\r\nIcy-MetaData: 1\r\n\r\n' > corpus/http_head/ogg
+printf 'GET /a/b.m3u8?_HLS_msn=12&_HLS_part=3 HTTP/1.1\r\nHost: x\r\n\r\n' > corpus/http_head/playlist
+printf 'GET /a/b.hls/77/12.3.m4s HTTP/1.1\r\nHost: x\r\n\r\n' > corpus/http_head/part
+printf 'PUT /live HTTP/1.1\r\nAuthorization: Basic c291cmNlOng=\r\nExpect: 100-continue\r\nContent-Type: audio/ogg\r\n\r\n' > corpus/http_head/put
+printf 'PUT example.com:80 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n' > corpus/http_head/authority
+printf 'SOURCE /live HTTP/1.0\r\nAuthorization: Basic c291cmNlOng=\r\n\r\n' > corpus/http_head/source

@@ -34,5 +34,8 @@ mod transport;
 
 pub use error::{Error, Kind as ErrorKind, Result, Side};
 pub use node::{Node, NodeArgs, NodeConfig, Peer};
+/// For the fuzz target (`fuzz/`): a request head parsed and routed as the HTTP server does.
+#[doc(hidden)]
+pub use server::http::fuzz_head as fuzz_http_head;
 pub use server::{new_node, AdminServer, HttpServer, QuicServer};
 pub use transport::{sha256_hex, FileError, Identity, Trust};

@@ -269,7 +269,13 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
         } => {
             same(&b, instance)?;
             let latest = b.span().latest.unwrap_or(0);
+            // Only what may still come is waited for: a part past the next segment, of a
+            // segment no longer held (or never held here), or of a segment sealed with fewer
+            // parts is answered 404 at once.
             if seq > latest + 1 || part >= 1000 {
+                return Err(not_held(seq));
+            }
+            if (seq <= latest && b.segment(seq).is_none()) || part_missing(&b, seq, part) {
                 return Err(not_held(seq));
             }
             if !part_complete(&b, seq, part) {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{Connection, Dir, StreamId};
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::model::{Batch, Form, Step};
 use crate::node::{inc, Node, Subscriber};
@@ -178,7 +178,8 @@ fn skipped(node: &Node, conn: &mut Connection, sub: &mut Sub, to: Step) {
     skip(conn, sub);
     inc(&node.stats.skips_total);
     if let Step::Skip { from, to } = to {
-        info!(
+        crate::bounded_info!(
+            node.logs.skips,
             from,
             to,
             skipped = sub.s.cursor.skipped,

@@ -256,6 +256,11 @@ keys! {
     publisher_grace_secs: one Secs<0, 3600> = "10";
     /// Most connections served at once, QUIC and HTTP together.
     max_connections: one Count<1, 10_000_000> = "100000";
+    /// QUIC connections one IP address may hold with nothing to do (no subscription, no
+    /// publish): past this its newcomers are refused, and a connection that falls idle
+    /// over it is closed. Listeners behind one NAT each hold a subscription, so they are
+    /// not counted; a stranger cannot take the node's connection slots by holding idle ones.
+    max_idle_per_addr: one Count<1, 10_000_000> = "64";
     /// Most HTTP connections served at once (each holds a file descriptor) [default: as
     /// many as the process's descriptor limit leaves room for].
     max_http_connections: opt Count<0, 10_000_000> = "";

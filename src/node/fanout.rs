@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{inc, Node};
 use crate::error::Result;
@@ -112,7 +112,8 @@ pub async fn fan_out<S: Sink>(
             Step::Skip { from, to } => {
                 sink.skip();
                 inc(&node.stats.skips_total);
-                info!(
+                crate::bounded_info!(
+                    node.logs.skips,
                     from,
                     to,
                     skipped = cursor.skipped,

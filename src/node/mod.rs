@@ -24,6 +24,7 @@ pub mod config;
 mod fanout;
 mod ingest;
 mod load;
+mod logs;
 mod merge;
 mod parents;
 mod rendezvous;
@@ -45,6 +46,7 @@ pub(crate) use stats::{dec, inc, Tally};
 pub use stats::{Stats, Timings};
 pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_TOKEN};
 
+pub(crate) use logs::{Logs, PEER_MISTAKES};
 use upstream::Upstream;
 
 pub struct Node {
@@ -57,6 +59,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Waiting subscriptions by listener address (see `Peer`).
     waiting_by_addr: Mutex<HashMap<IpAddr, usize>>,
+    /// QUIC connections with nothing to do, by address (see `max-idle-per-addr`).
+    idle_by_addr: Mutex<HashMap<IpAddr, u64>>,
     /// Names a relay's parent refused lately, and why: asked again, they are refused at
     /// once rather than asked of the parent again.
     refused: moka::sync::Cache<String, (ErrorCode, String)>,
@@ -68,34 +72,8 @@ pub struct Node {
     rt: tokio::runtime::Handle,
     /// Who may publish, listen and relay (swapped whole on reload).
     access: std::sync::RwLock<Arc<Access>>,
-    /// Bounds the refusal lines in the log.
-    auth_log: LogLimit,
-}
-
-/// Refusal lines logged a second, at most (the rest are counted, and said in the next).
-const AUTH_LOGS_PER_SEC: u64 = 10;
-
-/// At most `AUTH_LOGS_PER_SEC` log lines a second; how many were held back since the last.
-#[derive(Default)]
-struct LogLimit(Mutex<(Option<tokio::time::Instant>, u64, u64)>);
-
-impl LogLimit {
-    /// `Some(held back since the last line)` if a line may be logged now.
-    fn admit(&self, now: tokio::time::Instant) -> Option<u64> {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (second, logged, held) = &mut *g;
-        if second.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
-            *second = Some(now);
-            *logged = 0;
-        }
-        if *logged < AUTH_LOGS_PER_SEC {
-            *logged += 1;
-            Some(std::mem::take(held))
-        } else {
-            *held += 1;
-            None
-        }
-    }
+    /// Bounds on the lines peers can cause in the log.
+    pub(crate) logs: Logs,
 }
 
 impl Drop for Node {
@@ -166,10 +144,11 @@ impl Node {
             overloaded: Default::default(),
             draining: Default::default(),
             waiting_by_addr: Default::default(),
+            idle_by_addr: Default::default(),
             refused,
             tasks: Mutex::default(),
             access: std::sync::RwLock::new(Arc::new(access)),
-            auth_log: LogLimit::default(),
+            logs: Logs::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
@@ -216,11 +195,11 @@ impl Node {
     }
 
     /// Counts a refusal for a token (or its absence) and says why in the log.
-    /// At most `AUTH_LOGS_PER_SEC` lines a second: a crowd of requests without a token
+    /// A bounded number of lines a second (see `Logs`): a crowd of requests without a token
     /// costs the log one line a refusal only while it is small (every one is counted).
     pub fn refused_auth(&self, what: &str, why: &Refusal) {
         inc(&self.stats.auth_refused_total);
-        match self.auth_log.admit(tokio::time::Instant::now()) {
+        match self.logs.refusals.admit() {
             Some(suppressed) => tracing::warn!(
                 side = "downstream",
                 reason = %why,
@@ -480,6 +459,31 @@ impl Node {
         Ok(permit)
     }
 
+    /// Whether `addr` may open one more connection, by its idle ones (`max-idle-per-addr`).
+    pub fn may_idle(&self, addr: IpAddr) -> bool {
+        let m = self.idle_by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&addr).copied().unwrap_or(0) < self.cfg.max_idle_per_addr.value()
+    }
+
+    /// A connection from `addr` has nothing to do (`true`) or something again (`false`).
+    /// Returns whether its address is now over `max-idle-per-addr`.
+    pub fn set_idle(&self, addr: IpAddr, idle: bool) -> bool {
+        let mut m = self.idle_by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        if idle {
+            let n = m.entry(addr).or_default();
+            *n += 1;
+            *n > self.cfg.max_idle_per_addr.value()
+        } else {
+            if let Some(n) = m.get_mut(&addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&addr);
+                }
+            }
+            false
+        }
+    }
+
     /// Remembers for a while that the parent refused `path` (see `Node::refused`).
     pub(crate) fn remember_refusal(&self, path: &str, code: ErrorCode, reason: &str) {
         self.refused
@@ -596,24 +600,4 @@ pub fn now_us() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{LogLimit, AUTH_LOGS_PER_SEC};
-    use std::time::Duration;
-
-    #[test]
-    fn refusal_lines_are_bounded_a_second_and_say_how_many_were_held_back() {
-        let l = LogLimit::default();
-        let t0 = tokio::time::Instant::now();
-        for _ in 0..AUTH_LOGS_PER_SEC {
-            assert_eq!(l.admit(t0), Some(0));
-        }
-        for k in 1..=5 {
-            assert_eq!(l.admit(t0 + Duration::from_millis(100 * k)), None);
-        }
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(5));
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(0));
-    }
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_proto::Connection;
-use tracing::warn;
 
 use super::session::Session;
 use crate::egress::quic::{write_all, Wrote};
@@ -48,7 +47,13 @@ pub(super) fn close(conn: &mut Connection, code: ErrorCode, reason: &str) {
 /// Tells the peer why, logs it, and closes.
 pub(super) fn refuse(conn: &mut Connection, s: &mut Session, e: Error) {
     let e = e.downstream();
-    warn!(side = %e.side(), code = %e.code(), remote = %s.remote, "closing connection: {e}");
+    crate::bounded_warn!(
+        crate::node::PEER_MISTAKES,
+        side = %e.side(),
+        code = %e.code(),
+        remote = %s.remote,
+        "closing connection: {e}"
+    );
     refuse_quietly(conn, s, &e);
 }
 

@@ -4,8 +4,7 @@
 
 mod admin;
 mod control;
-mod http;
-mod http_auth;
+pub mod http;
 mod quic;
 mod session;
 

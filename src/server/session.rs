@@ -87,6 +87,8 @@ pub(super) struct Session {
     subscribed: u64,
     /// Why it ended, when it did not end well.
     pub(super) why: Option<String>,
+    /// Counted among its address's idle connections (no subscription, no publish).
+    idle: bool,
 }
 
 impl App for Sessions {
@@ -99,6 +101,11 @@ impl App for Sessions {
         if self.stopping || !self.node.admit() {
             return Admit::Refuse;
         }
+        // One address holds a bounded number of connections that do nothing.
+        if !self.node.may_idle(incoming.remote_address().ip()) {
+            inc(&self.node.stats.refused_total);
+            return Admit::Refuse;
+        }
         if self.rate.tick(Instant::now()) > self.retry_above
             && !incoming.remote_address_validated()
             && incoming.may_retry()
@@ -109,6 +116,7 @@ impl App for Sessions {
         self.uids += 1;
         inc(&self.node.stats.connections);
         inc(&self.node.stats.connections_total);
+        self.node.set_idle(incoming.remote_address().ip(), true);
         Admit::Accept(Session {
             uid: self.uids,
             handle: usize::MAX,
@@ -128,6 +136,7 @@ impl App for Sessions {
             started: Instant::now(),
             subscribed: 0,
             why: None,
+            idle: true,
         })
     }
 
@@ -185,10 +194,14 @@ impl App for Sessions {
             }
             _ => {}
         }
+        settle(&self.node, conn, s);
     }
 
-    fn refused(&mut self, _: Session) {
+    fn refused(&mut self, s: Session) {
         dec(&self.node.stats.connections);
+        if s.idle {
+            self.node.set_idle(s.remote.ip(), false);
+        }
     }
 
     fn gone(&mut self, conn: &Connection, mut s: Session) {
@@ -203,6 +216,10 @@ impl App for Sessions {
             i.publishing.lost();
         }
         dec(&self.node.stats.connections);
+        if s.idle {
+            s.idle = false;
+            self.node.set_idle(s.remote.ip(), false);
+        }
         let Some((role, _)) = s.hello else {
             return debug!(remote = %s.remote, why = s.why.as_deref().unwrap_or("closed"), "connection ended before its hello");
         };
@@ -331,7 +348,7 @@ impl Sessions {
                         let wait = node.cfg.waiting_room_secs.get();
                         let sub = node.subscribe(&path, start, wait, &peer).await;
                         if let Err(e) = &sub {
-                            info!("{e}");
+                            crate::bounded_info!(node.logs.requests, "{e}");
                         }
                         let _ = tx.send(Cmd::Subscribed {
                             conn: conn_h,
@@ -596,6 +613,30 @@ pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64)
         s.subs.remove(&id);
         debug!(id, last, "broadcast ended");
         control(conn, s, &Message::StreamEnd { id, last_seq: last });
+        settle(node, conn, s);
+    }
+}
+
+/// Counts `s` among its address's idle connections while it has nothing to do (no
+/// subscription, made or being made, and no publish); one that falls idle when its address
+/// already holds `max-idle-per-addr` such connections is closed.
+fn settle(node: &Node, conn: &mut Connection, s: &mut Session) {
+    let idle = s.subs.is_empty() && s.pending.is_empty() && s.ingest.is_none();
+    if idle == s.idle || conn.is_closed() {
+        return;
+    }
+    s.idle = idle;
+    if node.set_idle(s.remote.ip(), idle) {
+        inc(&node.stats.refused_total);
+        let e = Error::new(
+            Kind::Overloaded,
+            format!(
+                "too many idle connections from {} (at most {})",
+                s.remote.ip(),
+                node.cfg.max_idle_per_addr
+            ),
+        );
+        refuse_quietly(conn, s, &e);
     }
 }
 
@@ -646,6 +687,7 @@ pub(super) fn subscribed(
                 reason: e.reason().to_string(),
             };
             control(conn, s, &msg);
+            settle(node, conn, s);
             None
         }
     }

@@ -151,6 +151,34 @@ pub async fn subscribe_and_never_read(
     (send, recv)
 }
 
+/// As `subscribe_and_never_read`, with `n` subscriptions (ids 1..=n) to `path`.
+pub async fn subscribe_many_and_never_read(
+    conn: &quinn::Connection,
+    path: &str,
+    n: u64,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    use quicast::proto::{Message, VERSION};
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut b = bytes::BytesMut::new();
+    Message::Hello {
+        version: VERSION,
+        role: Role::Listener,
+        token: Default::default(),
+    }
+    .encode(&mut b);
+    for id in 1..=n {
+        Message::Subscribe {
+            id,
+            path: path.into(),
+            start: Start::Live,
+            flags: 0,
+        }
+        .encode(&mut b);
+    }
+    send.write_all(&b).await.unwrap();
+    (send, recv)
+}
+
 pub fn codec() -> Codec {
     quicast::media::OpusHead::synthetic(2).codec()
 }

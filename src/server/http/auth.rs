@@ -3,27 +3,52 @@
 //! passes a query token on to the URIs it lists.
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
 
 use crate::node::{Need, Node, MAX_TOKEN};
 
-use super::http::{status_for, text, Body};
+use super::head::RequestHead;
+use super::{status_for, Reply};
 
-/// A listener's token: `Authorization: Bearer TOKEN`, or `?token=TOKEN`.
-pub(super) fn listen_token(req: &Request<Incoming>) -> Option<String> {
-    bearer(req).or_else(|| query_token(req.uri().query()))
+/// A listener's token, and where it came from.
+pub(super) enum ListenToken {
+    None,
+    /// `Authorization: Bearer TOKEN`.
+    Bearer(String),
+    /// `?token=TOKEN`.
+    Query(String),
 }
 
-fn bearer(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+impl ListenToken {
+    pub(super) fn of(head: &RequestHead) -> ListenToken {
+        if let Some(t) = bearer(head) {
+            return ListenToken::Bearer(t);
+        }
+        match query_token(head.query.as_deref()) {
+            Some(t) => ListenToken::Query(t),
+            None => ListenToken::None,
+        }
+    }
+
+    pub(super) fn value(&self) -> Option<&str> {
+        match self {
+            ListenToken::None => None,
+            ListenToken::Bearer(t) | ListenToken::Query(t) => Some(t),
+        }
+    }
+
+    /// The token, if it came in the query (to be passed on in a playlist's URIs).
+    pub(super) fn in_query(&self) -> Option<&str> {
+        match self {
+            ListenToken::Query(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+fn bearer(head: &RequestHead) -> Option<String> {
+    let v = std::str::from_utf8(head.authorization.as_deref()?).ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
         .map(|t| t.trim().to_string())
 }
 
@@ -37,19 +62,10 @@ fn query_token(query: Option<&str>) -> Option<String> {
     ok.then(|| t.to_string())
 }
 
-/// Whether the token came in the query (there is no Bearer token).
-pub(super) fn from_query(req: &Request<Incoming>) -> bool {
-    bearer(req).is_none() && query_token(req.uri().query()).is_some()
-}
-
 /// Whether a listener with `token` may have stream `name`: `Ok(protected)` (whether the
 /// stream needs a token: its answers are then private to the holder), or the refusal to
 /// send (401 or 403, counted and logged).
-pub(super) fn may_listen(
-    node: &Node,
-    name: &str,
-    token: Option<&str>,
-) -> std::result::Result<bool, Box<Response<Body>>> {
+pub(super) fn may_listen(node: &Node, name: &str, token: Option<&str>) -> Result<bool, Reply> {
     let access = node.access();
     let presented = access.present(token.unwrap_or("").as_bytes());
     match access.may_listen(&presented, name, false) {
@@ -58,14 +74,11 @@ pub(super) fn may_listen(
             node.refused_auth(&format!("an HTTP listener of {name}"), &why);
             let e = why.into_error();
             let status = status_for(&e);
-            let mut r = text(status, e.reason());
-            if status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"quicast\""),
-                );
+            let mut r = Reply::text(status, e.reason());
+            if status == 401 {
+                r.set("WWW-Authenticate", "Bearer realm=\"quicast\"");
             }
-            Err(Box::new(r))
+            Err(r)
         }
     }
 }
