@@ -196,3 +196,76 @@ proptest! {
         }
     }
 }
+
+/// An OpusHead of `channels` in mapping `family`, followed by `table` (stream count, coupled
+/// count, then one entry a channel) when given.
+fn opus_head(channels: u8, family: u8, table: &[u8]) -> Vec<u8> {
+    let mut raw = b"OpusHead".to_vec();
+    raw.push(1);
+    raw.push(channels);
+    raw.extend_from_slice(&312u16.to_le_bytes());
+    raw.extend_from_slice(&48_000u32.to_le_bytes());
+    raw.extend_from_slice(&0i16.to_le_bytes());
+    raw.push(family);
+    raw.extend_from_slice(table);
+    raw
+}
+
+fn head_error(raw: &[u8]) -> String {
+    OpusHead::parse(raw).unwrap_err().to_string()
+}
+
+#[test]
+fn opus_head_takes_family_0_and_consistent_family_1_up_to_8_channels() {
+    assert_eq!(OpusHead::parse(&opus_head(1, 0, &[])).unwrap().channels, 1);
+    assert_eq!(OpusHead::parse(&opus_head(2, 0, &[])).unwrap().pre_skip, 312);
+    // 5.1 in Vorbis order: 4 streams, 2 of them coupled (6 decoded channels).
+    let surround = opus_head(6, 1, &[4, 2, 0, 4, 1, 2, 3, 5]);
+    assert_eq!(OpusHead::parse(&surround).unwrap().channels, 6);
+    // 7.1, with one channel silent (255).
+    let eight = opus_head(8, 1, &[5, 3, 0, 6, 1, 2, 3, 4, 5, 255]);
+    assert_eq!(OpusHead::parse(&eight).unwrap().channels, 8);
+}
+
+#[test]
+fn opus_head_with_a_layout_nothing_plays_is_refused_naming_why() {
+    // The probe's head: 255 channels, mapping family 1.
+    let mut table = vec![255u8, 0];
+    table.extend(0..255u8);
+    let e = head_error(&opus_head(255, 1, &table));
+    assert!(
+        e.contains("255 channels in mapping family 1 (at most 8)"),
+        "{e}"
+    );
+    let e = head_error(&opus_head(9, 1, &[9, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]));
+    assert!(e.contains("9 channels in mapping family 1"), "{e}");
+    // Family 255 (and any other) has no defined layout.
+    let e = head_error(&opus_head(2, 255, &[2, 0, 0, 1]));
+    assert!(e.contains("mapping family 255 is not played here"), "{e}");
+    assert_eq!(
+        OpusHead::parse(&opus_head(2, 2, &[1, 1, 0, 1]))
+            .unwrap_err()
+            .kind(),
+        crate::error::Kind::Unsupported
+    );
+    let e = head_error(&opus_head(3, 0, &[]));
+    assert!(e.contains("3 channels in mapping family 0"), "{e}");
+}
+
+#[test]
+fn opus_head_mapping_table_must_agree_with_itself() {
+    let e = head_error(&opus_head(2, 1, &[0, 0, 255, 255]));
+    assert!(e.contains("declares 0 streams"), "{e}");
+    let e = head_error(&opus_head(2, 1, &[1, 2, 0, 1]));
+    assert!(e.contains("2 coupled streams of 1 streams"), "{e}");
+    let e = head_error(&opus_head(2, 1, &[200, 100, 0, 1]));
+    assert!(e.contains("make 300 channels (at most 255)"), "{e}");
+    // 2 streams, 1 coupled: decoded channels 0..3; entry 3 names one that is not there.
+    let e = head_error(&opus_head(3, 1, &[2, 1, 0, 1, 3]));
+    assert!(
+        e.contains("maps channel 2 to decoded channel 3, but its streams decode 3 channels"),
+        "{e}"
+    );
+    let e = head_error(&opus_head(3, 1, &[2, 1, 0, 1]));
+    assert!(e.contains("mapping table is truncated"), "{e}");
+}
