@@ -174,6 +174,11 @@ pub(crate) async fn ingest(
                         });
                     }
                     OggEvent::End => ended = true,
+                    OggEvent::Chain(_) => {
+                        return Err(Error::media(
+                            "a chained Ogg stream (a new logical stream after the end of one)",
+                        ))
+                    }
                 }
             }
             if !frames.is_empty() {
