@@ -219,7 +219,10 @@ fn head_error(raw: &[u8]) -> String {
 #[test]
 fn opus_head_takes_family_0_and_consistent_family_1_up_to_8_channels() {
     assert_eq!(OpusHead::parse(&opus_head(1, 0, &[])).unwrap().channels, 1);
-    assert_eq!(OpusHead::parse(&opus_head(2, 0, &[])).unwrap().pre_skip, 312);
+    assert_eq!(
+        OpusHead::parse(&opus_head(2, 0, &[])).unwrap().pre_skip,
+        312
+    );
     // 5.1 in Vorbis order: 4 streams, 2 of them coupled (6 decoded channels).
     let surround = opus_head(6, 1, &[4, 2, 0, 4, 1, 2, 3, 5]);
     assert_eq!(OpusHead::parse(&surround).unwrap().channels, 6);
@@ -338,7 +341,10 @@ fn an_empty_end_of_stream_page_ends_the_stream_and_a_chain_may_follow() {
     let head = OpusHead::synthetic(2);
     let mut w = OggOpusWriter::new(1);
     let mut stream = w.headers(&head.raw).to_vec();
-    let (a, b) = (Bytes::from_static(&[0xf8, 1]), Bytes::from_static(&[0xf8, 2]));
+    let (a, b) = (
+        Bytes::from_static(&[0xf8, 1]),
+        Bytes::from_static(&[0xf8, 2]),
+    );
     // The writer holds the newest packet back: `a` is written, `b` never is.
     stream.extend_from_slice(&w.packets([(&a, 960), (&b, 960)]));
     stream.extend(ogg_page(0x04, 960, 1, 3, &[], 0));
@@ -377,7 +383,10 @@ fn a_page_of_an_ended_stream_is_refused() {
 fn headers_where_audio_belongs_are_named_for_what_they_are() {
     let head = OpusHead::synthetic(2);
     for (packet, want) in [
-        (head.raw.clone(), "a second OpusHead in one logical stream (packet 3"),
+        (
+            head.raw.clone(),
+            "a second OpusHead in one logical stream (packet 3",
+        ),
         (
             Bytes::from_static(b"OpusTags\x07\x00\x00\x00quicast\x00\x00\x00\x00"),
             "a second OpusTags in one logical stream (packet 3)",
