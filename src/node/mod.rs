@@ -35,7 +35,7 @@ pub use access::{Access, ListenRule, Need, Presented};
 pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use fanout::{fan_out, Delivery, Sink};
-pub use ingest::Publishing;
+pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
 pub use parents::{
     ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
