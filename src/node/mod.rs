@@ -43,7 +43,9 @@ pub use parents::{
 pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc, Tally};
 pub use stats::{Stats, Timings};
-pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_TOKEN};
+pub use token::{
+    mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_AHEAD_SECS, MAX_TOKEN,
+};
 
 use upstream::Upstream;
 
