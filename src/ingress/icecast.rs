@@ -100,10 +100,12 @@ pub(crate) trait ChunkSource {
     async fn chunk(&mut self) -> Result<Option<Bytes>>;
 }
 
-/// What starting a chained Ogg stream costs a source's pace, as if it were this much audio.
-/// A chain brings headers to parse (OpusTags up to 256 KiB) and, with another OpusHead, a
-/// new broadcast: paid for in time, so that chains cost no more than audio does. Real
-/// sources chain at track changes, minutes apart.
+/// What a chained Ogg stream costs a source's pace, as if it were this much audio, paid
+/// before the chain's first audio goes in. A chain brings headers to parse (OpusTags up to
+/// 256 KiB) and, with another OpusHead, a new broadcast: paid for in time, so that chains
+/// cost no more than audio does. Real sources chain at track changes, minutes apart.
+/// (Chains without audio pay nothing and are not paced: like any bytes without audio, they
+/// end at `source-timeout`.)
 const CHAIN_COST: Duration = Duration::from_secs(1);
 
 /// Demuxes a source's Ogg Opus body into the ingest. A source that sends no audio for
@@ -164,6 +166,8 @@ struct Source<'a> {
     /// The current chain had its end-of-stream page.
     ended: bool,
     pace: Pace,
+    /// A chain began since the last audio: the next audio pays `CHAIN_COST` first.
+    chained: bool,
     silence: Duration,
     /// When the source is lost unless it sends audio.
     deadline: Instant,
@@ -186,6 +190,7 @@ impl<'a> Source<'a> {
             timeline: Timeline::default(),
             ended: false,
             pace: Pace::new(node.cfg.source_burst_ms.get(), now.into_std()),
+            chained: false,
             silence,
             deadline: now + silence,
             displaced: None,
@@ -196,8 +201,8 @@ impl<'a> Source<'a> {
     /// Reads and takes the body until it ends (Ok if its last chain ended).
     async fn run(&mut self, body: &mut impl ChunkSource) -> Result<()> {
         loop {
-            // Ahead of real time: not read until due. That wait counts as silence: a source
-            // that only ever sends chains without audio is paced, then lost.
+            // Ahead of real time: not read until due (at most a frame's time, the frames
+            // before having waited their turn). The wait counts as silence.
             if let Some(at) = self.pace.due(Instant::now().into_std()) {
                 self.wait(Instant::from_std(at), true).await?;
             }
@@ -229,8 +234,13 @@ impl<'a> Source<'a> {
             OggEvent::Packet(payload, duration, granule) => {
                 let before = self.timeline.next;
                 let pts = self.timeline.pts(duration, granule);
-                // A gap the timeline paces through counts as media taken, before the frame.
+                // A gap the timeline paces through counts as media taken before the frame,
+                // as does what the chains before it cost.
                 self.pace.took(pts - before);
+                if std::mem::take(&mut self.chained) {
+                    self.pace
+                        .took(CHAIN_COST.as_millis() as u64 * OPUS_RATE as u64 / 1000);
+                }
                 if let Some(at) = self.pace.due(Instant::now().into_std()) {
                     // What is due goes in first; the source is not silent while it waits.
                     self.flush()?;
@@ -275,8 +285,7 @@ impl<'a> Source<'a> {
     /// start over, our timestamps go on); another ends it, and the next audio starts a new
     /// one on the same stream.
     fn chain(&mut self, h: OpusHead) -> Result<()> {
-        self.pace
-            .took(CHAIN_COST.as_micros() as u64 * OPUS_RATE as u64 / 1_000_000);
+        self.chained = true;
         self.ended = false;
         if self.head.as_ref().is_some_and(|cur| cur.raw == h.raw) {
             debug!(

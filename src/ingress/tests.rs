@@ -25,14 +25,14 @@ impl ChunkSource for Body {
 }
 
 fn node(burst_ms: u64) -> Arc<Node> {
-    Node::new(
-        NodeConfig {
-            source_burst_ms: Millis::new(burst_ms),
-            ..NodeConfig::default()
-        },
-        None,
-    )
-    .unwrap()
+    node_with(NodeConfig {
+        source_burst_ms: Millis::new(burst_ms),
+        ..NodeConfig::default()
+    })
+}
+
+fn node_with(cfg: NodeConfig) -> Arc<Node> {
+    Node::new(cfg, None).unwrap()
 }
 
 /// A logical stream of serial `serial`: `head`, then `frames` 20 ms packets, ended.
@@ -103,15 +103,47 @@ async fn chains_cost_a_source_time_so_it_cannot_spin_broadcasts() {
     assert!(took >= Duration::from_secs(5), "{took:?}");
 }
 
+/// A source that sends a chain of headers alone every 10 ms, forever.
+struct EmptyChains(u32);
+
+impl ChunkSource for EmptyChains {
+    async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.0 += 1;
+        Ok(Some(Bytes::from(chain(self.0, &OpusHead::synthetic(2), 0))))
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_source_of_chains_without_audio_is_lost_for_its_silence() {
     let node = node(0);
-    let mut whole = Vec::new();
-    for i in 0..100u32 {
-        whole.extend(chain(i + 1, &OpusHead::synthetic(2), 0));
-    }
-    let mut body = Body(VecDeque::from([Bytes::from(whole)]));
-    let e = ingest(&node, "empty", &mut body).await.unwrap_err();
+    let e = ingest(&node, "empty", &mut EmptyChains(0))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), Kind::Timeout, "{e}");
     assert!(e.to_string().contains("no audio"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_source_pays_for_a_chain_in_time_not_in_silence() {
+    let node = node_with(NodeConfig {
+        source_burst_ms: Millis::new(0),
+        source_timeout_ms: Millis::new(300),
+        ..NodeConfig::default()
+    });
+    let head = OpusHead::synthetic(2);
+    // A track, then the next one's headers alone (the read ends there), then its audio.
+    let next = chain(2, &head, 10);
+    let headers = OggOpusWriter::new(2).headers(&head.raw).len();
+    let mut body = Body(VecDeque::from([
+        Bytes::from(chain(1, &head, 10)),
+        Bytes::copy_from_slice(&next[..headers]),
+        Bytes::copy_from_slice(&next[headers..]),
+    ]));
+    let t0 = Instant::now();
+    ingest(&node, "tracks", &mut body).await.unwrap();
+    assert_eq!(frames_taken(&node), 20);
+    // 400 ms of audio, and the chain's second.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
 }
