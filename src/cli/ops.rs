@@ -43,7 +43,8 @@ pub fn mint_token(
     path: String,
     ttl: u64,
 ) -> anyhow::Result<()> {
-    const MAX_TTL: u64 = 10 * 366 * 86_400;
+    // No longer than a node takes (see `MAX_AHEAD_SECS`).
+    const MAX_TTL: u64 = quicast::node::MAX_AHEAD_SECS;
     if ttl == 0 || ttl > MAX_TTL {
         bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
     }

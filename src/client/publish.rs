@@ -194,6 +194,12 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
                 Some(OggEvent::Head(_)) => {
                     return Err(Error::media("a second OpusHead in one logical stream"))
                 }
+                // A chain comes only after an End, which ends (or loops) the input first.
+                Some(OggEvent::Chain(_)) => {
+                    return Err(Error::media(
+                        "the input chains a second Ogg stream after the end of the first",
+                    ))
+                }
                 Some(OggEvent::End) | None => {
                     if !looping {
                         return Ok(());

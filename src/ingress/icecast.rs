@@ -4,14 +4,16 @@
 //! is the server's (`server::http`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{OggEvent, OggOpusDemuxer, OpusHead, Timeline};
-use crate::node::{credential, secret_eq, Node, Publishing};
+use crate::media::{OggEvent, OggOpusDemuxer, OpusHead, Timeline, OPUS_RATE};
+use crate::node::{credential, secret_eq, Node, Pace, Publishing};
 use crate::proto::{self, Frame};
 
 /// `Authorization: Basic base64(source:PASSWORD)` against the configured password.
@@ -98,102 +100,38 @@ pub(crate) trait ChunkSource {
     async fn chunk(&mut self) -> Result<Option<Bytes>>;
 }
 
+/// What a chained Ogg stream costs a source's pace, as if it were this much audio, paid
+/// before the chain's first audio goes in. A chain brings headers to parse (OpusTags up to
+/// 256 KiB) and, with another OpusHead, a new broadcast: paid for in time, so that chains
+/// cost no more than audio does. Real sources chain at track changes, minutes apart.
+/// (Chains without audio pay nothing and are not paced: like any bytes without audio, they
+/// end at `source-timeout`.)
+const CHAIN_COST: Duration = Duration::from_secs(1);
+
 /// Demuxes a source's Ogg Opus body into the ingest. A source that sends no audio for
 /// `source-timeout` is lost (bytes that carry no audio do not count), as is one whose body
 /// stops without the Ogg end-of-stream page (its encoder crashed: it may come back within
 /// the grace period and continue). One that ends its Ogg stream ends the broadcast.
+///
+/// Its audio is taken no faster than real time plus `source-burst-ms` (`Pace`): ahead of
+/// that, the body is not read until due. A chained Ogg stream (a new logical stream after
+/// the end of one) with the same OpusHead continues the broadcast; with another OpusHead it
+/// ends it, and starts a new one on the same stream.
 pub(crate) async fn ingest(
     node: &Arc<Node>,
     name: &str,
     body: &mut impl ChunkSource,
 ) -> Result<()> {
-    let mut demux = OggOpusDemuxer::new();
-    let mut head: Option<OpusHead> = None;
-    let mut publishing: Option<Publishing> = None;
-    let mut timeline = Timeline::default();
-    let mut ended = false;
-    let silence = node.cfg.source_timeout_ms.get();
-    let mut deadline = tokio::time::Instant::now() + silence;
-    let mut displaced: Option<Arc<tokio::sync::Notify>> = None;
-    let outcome: Result<()> = async {
-        loop {
-            let taken_over = async {
-                match &displaced {
-                    Some(d) => d.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let chunk = tokio::select! {
-                r = tokio::time::timeout_at(deadline, body.chunk()) => match r {
-                    Ok(r) => r?,
-                    Err(_) => return Err(Error::timeout("source sent no audio")),
-                },
-                _ = taken_over => return Err(Error::new(
-                    Kind::Conflict,
-                    "a newer source with the same credentials took this stream over",
-                )),
-            };
-            let Some(chunk) = chunk else {
-                if ended {
-                    return Ok(());
-                }
-                return Err(Error::closed("the source stopped"));
-            };
-            demux.push(&chunk);
-            let mut frames = Vec::new();
-            while let Some(ev) = demux.next_event()? {
-                match ev {
-                    OggEvent::Head(h) => {
-                        if head.is_some() {
-                            return Err(Error::media("a second OpusHead in one source"));
-                        }
-                        head = Some(h);
-                    }
-                    OggEvent::Packet(payload, duration, granule) => {
-                        if publishing.is_none() {
-                            // Claimed at the first audio packet, which names the broadcast.
-                            let Some(h) = &head else {
-                                return Err(Error::media("audio before the OpusHead"));
-                            };
-                            let id = broadcast_id(name, &h.raw, &payload, granule);
-                            let p = Publishing::claim(
-                                node,
-                                name,
-                                h.codec(),
-                                source_credential(node),
-                                Some(id),
-                            )?;
-                            displaced = Some(p.displaced());
-                            publishing = Some(p);
-                        }
-                        frames.push(Frame {
-                            pts: timeline.pts(duration, granule),
-                            duration,
-                            wall_us: 0,
-                            payload,
-                        });
-                    }
-                    OggEvent::End => ended = true,
-                }
-            }
-            if !frames.is_empty() {
-                deadline = tokio::time::Instant::now() + silence;
-            }
-            if let Some(p) = publishing.as_mut() {
-                let bytes = frames.iter().map(|f| f.payload.len() as u64).sum();
-                node.stats.received(frames.len() as u64, bytes);
-                p.push(frames)?;
-            }
-        }
-    }
-    .await;
-    match (outcome, publishing) {
+    let mut src = Source::new(node, name);
+    let outcome = src.run(body).await;
+    match (outcome, src.publishing) {
         (Ok(()), Some(p)) => {
             p.finish();
             Ok(())
         }
+        (Ok(()), None) if src.published => Ok(()),
         (Ok(()), None) => Err(Error::media("source ended before any Ogg Opus audio")),
-        (Err(e), None) if e.kind() == Kind::Closed => {
+        (Err(e), None) if e.kind() == Kind::Closed && !src.published => {
             Err(Error::media("source ended before any Ogg Opus header"))
         }
         (Err(e), Some(p)) if e.kind() == Kind::Closed => {
@@ -208,6 +146,213 @@ pub(crate) async fn ingest(
             p.lost();
             Err(e)
         }
+        // It stopped in a later chain before its audio: the broadcast before was ended.
+        (Err(e), None) if e.kind() == Kind::Closed => Ok(()),
         (Err(e), None) => Err(e),
     }
+}
+
+/// An Icecast source being taken in: its demuxer, the broadcast it feeds, its clocks.
+struct Source<'a> {
+    node: &'a Arc<Node>,
+    name: &'a str,
+    demux: OggOpusDemuxer,
+    /// The OpusHead of the current chain.
+    head: Option<OpusHead>,
+    publishing: Option<Publishing>,
+    /// Whether any broadcast was fed (a later chain may have ended it).
+    published: bool,
+    timeline: Timeline,
+    /// The current chain had its end-of-stream page.
+    ended: bool,
+    pace: Pace,
+    /// A chain began since the last audio: the next audio pays `CHAIN_COST` first.
+    chained: bool,
+    silence: Duration,
+    /// When the source is lost unless it sends audio.
+    deadline: Instant,
+    displaced: Option<Arc<tokio::sync::Notify>>,
+    /// Frames demuxed, not yet pushed into the broadcast.
+    frames: Vec<Frame>,
+}
+
+impl<'a> Source<'a> {
+    fn new(node: &'a Arc<Node>, name: &'a str) -> Source<'a> {
+        let now = Instant::now();
+        let silence = node.cfg.source_timeout_ms.get();
+        Source {
+            node,
+            name,
+            demux: OggOpusDemuxer::new(),
+            head: None,
+            publishing: None,
+            published: false,
+            timeline: Timeline::default(),
+            ended: false,
+            pace: Pace::new(node.cfg.source_burst_ms.get(), now.into_std()),
+            chained: false,
+            silence,
+            deadline: now + silence,
+            displaced: None,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Reads and takes the body until it ends (Ok if its last chain ended).
+    async fn run(&mut self, body: &mut impl ChunkSource) -> Result<()> {
+        loop {
+            // Ahead of real time: not read until due (at most a frame's time, the frames
+            // before having waited their turn). The wait counts as silence.
+            if let Some(at) = self.pace.due(Instant::now().into_std()) {
+                self.wait(Instant::from_std(at), true).await?;
+            }
+            let chunk = tokio::select! {
+                r = tokio::time::timeout_at(self.deadline, body.chunk()) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(Error::timeout("source sent no audio")),
+                },
+                _ = taken_over(&self.displaced) => return Err(displaced()),
+            };
+            let Some(chunk) = chunk else {
+                if self.ended {
+                    return Ok(());
+                }
+                return Err(Error::closed("the source stopped"));
+            };
+            self.demux.push(&chunk);
+            while let Some(ev) = self.demux.next_event()? {
+                self.event(ev).await?;
+            }
+            self.flush()?;
+        }
+    }
+
+    async fn event(&mut self, ev: OggEvent) -> Result<()> {
+        match ev {
+            OggEvent::Head(h) => self.head = Some(h),
+            OggEvent::Chain(h) => self.chain(h)?,
+            OggEvent::Packet(payload, duration, granule) => {
+                let before = self.timeline.next;
+                let pts = self.timeline.pts(duration, granule);
+                // A gap the timeline paces through counts as media taken before the frame,
+                // as does what the chains before it cost.
+                self.pace.took(pts - before);
+                if std::mem::take(&mut self.chained) {
+                    self.pace
+                        .took(CHAIN_COST.as_millis() as u64 * OPUS_RATE as u64 / 1000);
+                }
+                if let Some(at) = self.pace.due(Instant::now().into_std()) {
+                    // What is due goes in first; the source is not silent while it waits.
+                    self.flush()?;
+                    self.wait(Instant::from_std(at), false).await?;
+                }
+                if self.publishing.is_none() {
+                    self.claim(&payload, granule)?;
+                }
+                self.pace.took(duration as u64);
+                self.frames.push(Frame {
+                    pts,
+                    duration,
+                    wall_us: 0,
+                    payload,
+                });
+            }
+            OggEvent::End => self.ended = true,
+        }
+        Ok(())
+    }
+
+    /// Claims the stream at the first audio packet of a broadcast, which names it.
+    fn claim(&mut self, first: &[u8], granule: Option<u64>) -> Result<()> {
+        let Some(h) = &self.head else {
+            return Err(Error::media("audio before the OpusHead"));
+        };
+        let id = broadcast_id(self.name, &h.raw, first, granule);
+        let p = Publishing::claim(
+            self.node,
+            self.name,
+            h.codec(),
+            source_credential(self.node),
+            Some(id),
+        )?;
+        self.displaced = Some(p.displaced());
+        self.publishing = Some(p);
+        self.published = true;
+        Ok(())
+    }
+
+    /// A chained Ogg stream begins: the same OpusHead continues the broadcast (its granules
+    /// start over, our timestamps go on); another ends it, and the next audio starts a new
+    /// one on the same stream.
+    fn chain(&mut self, h: OpusHead) -> Result<()> {
+        self.chained = true;
+        self.ended = false;
+        if self.head.as_ref().is_some_and(|cur| cur.raw == h.raw) {
+            debug!(
+                "the source chained a new Ogg stream with the same OpusHead: the broadcast goes on"
+            );
+            self.timeline.restart();
+            return Ok(());
+        }
+        self.flush()?;
+        if let Some(p) = self.publishing.take() {
+            info!(
+                channels = h.channels,
+                "the source chained a new Ogg stream with another OpusHead: its broadcast ends, a new one starts"
+            );
+            p.finish();
+        }
+        self.displaced = None;
+        self.timeline = Timeline::default();
+        self.head = Some(h);
+        Ok(())
+    }
+
+    /// Pushes the frames demuxed so far into the broadcast.
+    fn flush(&mut self) -> Result<()> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        self.deadline = Instant::now() + self.silence;
+        let frames = std::mem::take(&mut self.frames);
+        match self.publishing.as_mut() {
+            Some(p) => {
+                let bytes = frames.iter().map(|f| f.payload.len() as u64).sum();
+                self.node.stats.received(frames.len() as u64, bytes);
+                p.push(frames)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `at` (a newer source may take the stream over meanwhile); with
+    /// `silent`, the wait ends at the silence deadline too.
+    async fn wait(&self, at: Instant, silent: bool) -> Result<()> {
+        let deadline = async {
+            match silent {
+                true => tokio::time::sleep_until(self.deadline).await,
+                false => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => Ok(()),
+            _ = deadline => Err(Error::timeout("source sent no audio")),
+            _ = taken_over(&self.displaced) => Err(displaced()),
+        }
+    }
+}
+
+/// Resolves when a newer source with the same credentials takes the stream over.
+async fn taken_over(displaced: &Option<Arc<tokio::sync::Notify>>) {
+    match displaced {
+        Some(d) => d.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn displaced() -> Error {
+    Error::new(
+        Kind::Conflict,
+        "a newer source with the same credentials took this stream over",
+    )
 }

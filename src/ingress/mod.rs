@@ -3,3 +3,6 @@
 
 pub(crate) mod icecast;
 pub(crate) mod quic;
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,12 @@
 //! An I/O-free Ogg Opus demuxer: bytes in, events out, every size bounded.
 //!
 //! Ogg page parsing and CRC checking is the `ogg` crate's; what is ours is the bounding
-//! (one logical stream, packets no larger than a limit) and the Opus rules.
+//! (one logical stream at a time, packets no larger than a limit) and the Opus rules.
+//!
+//! A physical stream may chain logical streams (RFC 3533 §4: an end-of-stream page, then
+//! the beginning-of-stream page of the next): encoders and playout systems such as
+//! liquidsoap start a new one at each track change. Each chain is followed in turn, its
+//! start told as `OggEvent::Chain` with its own OpusHead.
 
 use bytes::{Buf, Bytes, BytesMut};
 use ogg::reading::{BasePacketReader, PageParser};
@@ -16,11 +21,15 @@ const MAX_TAGS: usize = 256 * 1024;
 /// What the demuxer yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OggEvent {
+    /// The OpusHead of the first logical stream.
     Head(OpusHead),
+    /// A new logical stream chained after the end of the previous one, with its OpusHead
+    /// (its packets, and granule positions counted afresh, follow).
+    Chain(OpusHead),
     /// An audio packet, its duration in 48 kHz samples, and the granule position at its end
     /// (from its page's granule; None where the page gives none).
     Packet(Bytes, u32, Option<u64>),
-    /// The logical stream ended (EOS page).
+    /// The logical stream ended (EOS page). A chained one may follow.
     End,
 }
 
@@ -33,7 +42,10 @@ pub struct OggOpusDemuxer {
     packets: u64,
     /// Length of the packet being continued across pages, for the size bound.
     partial: usize,
+    /// The current logical stream had its end-of-stream page: only a new chain may follow.
     ended: bool,
+    /// A logical stream before the current one ended (its head is a `Chain`'s).
+    chained: bool,
     pending: std::collections::VecDeque<OggEvent>,
 }
 
@@ -52,6 +64,7 @@ impl OggOpusDemuxer {
             packets: 0,
             partial: 0,
             ended: false,
+            chained: false,
             pending: Default::default(),
         }
     }
@@ -71,15 +84,21 @@ impl OggOpusDemuxer {
             if let Some(ev) = self.pending.pop_front() {
                 return Ok(Some(ev));
             }
-            if self.ended {
-                // Whatever follows the end of our logical stream is not ours.
-                self.buf.clear();
-                return Ok(None);
-            }
             if !self.parse_page()? {
                 return Ok(None);
             }
         }
+    }
+
+    /// A chained logical stream begins with serial `serial`: its packets are counted, bounded
+    /// and assembled afresh.
+    fn start_chain(&mut self, serial: u32) {
+        self.serial = Some(serial);
+        self.reader = BasePacketReader::new();
+        self.packets = 0;
+        self.partial = 0;
+        self.ended = false;
+        self.chained = true;
     }
 
     /// Size limit of the `n`th packet of the logical stream.
@@ -123,13 +142,22 @@ impl OggOpusDemuxer {
         self.buf.advance(27 + nseg);
         let data = self.buf.split_to(body).to_vec();
 
+        let bos = flags & 0x02 != 0;
         match self.serial {
-            None if flags & 0x02 == 0 => {
+            None if !bos => {
                 return Err(Error::media(
                     "Ogg stream does not start with a beginning-of-stream page",
                 ))
             }
             None => self.serial = Some(serial),
+            // The next chain begins. RFC 3533 wants its serial to differ from the last; one
+            // that reuses it is taken too: the reader starts afresh, nothing is mixed up.
+            Some(_) if self.ended && bos => self.start_chain(serial),
+            Some(s) if self.ended && s == serial => {
+                return Err(Error::media(format!(
+                    "an Ogg page of logical stream {serial:#010x} after its end-of-stream page"
+                )))
+            }
             // Pages of other logical streams (a video track, say) are skipped, never buffered.
             Some(s) if s != serial => return Ok(true),
             Some(_) => {}
@@ -164,33 +192,44 @@ impl OggOpusDemuxer {
         let first_audio = self.pending.len();
         let mut page_granule = None;
         while let Some(pkt) = self.reader.read_packet() {
-            let last = pkt.last_in_stream();
             page_granule = Some(pkt.absgp_page()).filter(|g| *g != u64::MAX);
-            let ev = match self.packets {
-                0 => OggEvent::Head(OpusHead::parse(&pkt.data)?),
-                1 => {
-                    if !pkt.data.starts_with(b"OpusTags") {
-                        return Err(Error::media("second Ogg Opus packet is not OpusTags"));
-                    }
-                    self.packets += 1;
-                    if last {
-                        self.ended = true;
-                        self.pending.push_back(OggEvent::End);
-                    }
-                    continue;
+            let n = self.packets;
+            self.packets += 1;
+            match n {
+                0 => {
+                    let head = OpusHead::parse(&pkt.data)?;
+                    self.pending.push_back(if self.chained {
+                        OggEvent::Chain(head)
+                    } else {
+                        OggEvent::Head(head)
+                    });
+                }
+                1 if pkt.data.starts_with(b"OpusTags") => {}
+                1 => return Err(Error::media("second Ogg Opus packet is not OpusTags")),
+                // Headers where audio belongs: said for what they are (as Opus packets they
+                // would only read as a nonsense frame count).
+                _ if pkt.data.starts_with(b"OpusHead") => {
+                    return Err(Error::media(format!(
+                        "a second OpusHead in one logical stream (packet {n}; a new stream must begin on a beginning-of-stream page after the end of this one)"
+                    )))
+                }
+                _ if pkt.data.starts_with(b"OpusTags") => {
+                    return Err(Error::media(format!(
+                        "a second OpusTags in one logical stream (packet {n})"
+                    )))
                 }
                 _ => {
                     let dur = opus_packet_samples(&pkt.data)?;
-                    OggEvent::Packet(Bytes::from(pkt.data), dur, None)
+                    self.pending
+                        .push_back(OggEvent::Packet(Bytes::from(pkt.data), dur, None));
                 }
-            };
-            self.packets += 1;
-            self.pending.push_back(ev);
-            if last {
-                self.ended = true;
-                self.pending.push_back(OggEvent::End);
-                break;
             }
+        }
+        // The end-of-stream flag ends the stream even on a page that completes no packet
+        // (an empty last page, as some muxers write).
+        if flags & 0x04 != 0 {
+            self.ended = true;
+            self.pending.push_back(OggEvent::End);
         }
         // Count back from the page's granule to give each packet its end.
         let mut end = page_granule;

@@ -18,6 +18,9 @@ pub struct OpusHead {
 }
 
 impl OpusHead {
+    /// Takes only what every player downstream decodes: mapping family 0 (mono or stereo)
+    /// and family 1 (up to 8 channels, a consistent mapping table). Family 255 and the
+    /// others have no defined layout (RFC 7845 §5.1.1.3), so nothing here could play them.
     pub fn parse(raw: &[u8]) -> Result<OpusHead> {
         if !raw.starts_with(b"OpusHead") {
             return Err(Error::unsupported(describe_non_opus(raw)));
@@ -44,14 +47,24 @@ impl OpusHead {
         if channels == 0 {
             return Err(Error::media("OpusHead declares 0 channels"));
         }
-        let family = raw[18];
-        if family == 0 && channels > 2 {
-            return Err(Error::media(format!(
-                "mapping family 0 with {channels} channels"
-            )));
-        }
-        if family != 0 && raw.len() < 21 + channels as usize {
-            return Err(Error::media("OpusHead channel mapping table is truncated"));
+        match raw[18] {
+            0 if channels > 2 => {
+                return Err(Error::media(format!(
+                    "OpusHead declares {channels} channels in mapping family 0 (mono or stereo only)"
+                )))
+            }
+            0 => {}
+            1 if channels > MAX_FAMILY1_CHANNELS => {
+                return Err(Error::media(format!(
+                    "OpusHead declares {channels} channels in mapping family 1 (at most {MAX_FAMILY1_CHANNELS})"
+                )))
+            }
+            1 => check_mapping_table(raw, channels)?,
+            family => {
+                return Err(Error::unsupported(format!(
+                    "OpusHead channel mapping family {family} is not played here (only 0: mono or stereo, and 1: up to 8 channels in Vorbis order)"
+                )))
+            }
         }
         Ok(OpusHead {
             channels,
@@ -81,6 +94,46 @@ impl OpusHead {
         raw.push(0);
         OpusHead::parse(&raw).expect("synthetic head is valid")
     }
+}
+
+/// Mapping family 1 is defined for 1 to 8 channels, in Vorbis order (RFC 7845 §5.1.1.2).
+const MAX_FAMILY1_CHANNELS: u8 = 8;
+
+/// The channel mapping table of a family 1 OpusHead (RFC 7845 §5.1.1): a decoder sets up
+/// `streams` Opus streams from it, `coupled` of them stereo, and takes each output channel
+/// from the decoded channel its entry names (255: silence). A table that names channels
+/// the streams do not have would leave a decoder reading past what it decoded.
+fn check_mapping_table(raw: &[u8], channels: u8) -> Result<()> {
+    let Some(table) = raw.get(19..21 + channels as usize) else {
+        return Err(Error::media(format!(
+            "OpusHead channel mapping table is truncated ({} bytes, {} expected for {channels} channels)",
+            raw.len(),
+            21 + channels as usize
+        )));
+    };
+    let (streams, coupled) = (table[0] as u16, table[1] as u16);
+    if streams == 0 {
+        return Err(Error::media("OpusHead channel mapping declares 0 streams"));
+    }
+    if coupled > streams {
+        return Err(Error::media(format!(
+            "OpusHead channel mapping declares {coupled} coupled streams of {streams} streams"
+        )));
+    }
+    let decoded = streams + coupled;
+    if decoded > 255 {
+        return Err(Error::media(format!(
+            "OpusHead channel mapping's {streams} streams and {coupled} coupled streams make {decoded} channels (at most 255)"
+        )));
+    }
+    for (i, &c) in table[2..].iter().enumerate() {
+        if c != 255 && c as u16 >= decoded {
+            return Err(Error::media(format!(
+                "OpusHead maps channel {i} to decoded channel {c}, but its streams decode {decoded} channels"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn describe_non_opus(first: &[u8]) -> String {

@@ -54,6 +54,7 @@ fn writer_output_demuxes_back_byte_for_byte_in_any_chunking() {
                         got.push(p.to_vec())
                     }
                     OggEvent::End => ended = true,
+                    OggEvent::Chain(_) => panic!("one logical stream"),
                 }
             }
         }
@@ -194,5 +195,215 @@ proptest! {
                 Ok(None) | Err(_) => break,
             }
         }
+    }
+}
+
+/// An OpusHead of `channels` in mapping `family`, followed by `table` (stream count, coupled
+/// count, then one entry a channel) when given.
+fn opus_head(channels: u8, family: u8, table: &[u8]) -> Vec<u8> {
+    let mut raw = b"OpusHead".to_vec();
+    raw.push(1);
+    raw.push(channels);
+    raw.extend_from_slice(&312u16.to_le_bytes());
+    raw.extend_from_slice(&48_000u32.to_le_bytes());
+    raw.extend_from_slice(&0i16.to_le_bytes());
+    raw.push(family);
+    raw.extend_from_slice(table);
+    raw
+}
+
+fn head_error(raw: &[u8]) -> String {
+    OpusHead::parse(raw).unwrap_err().to_string()
+}
+
+#[test]
+fn opus_head_takes_family_0_and_consistent_family_1_up_to_8_channels() {
+    assert_eq!(OpusHead::parse(&opus_head(1, 0, &[])).unwrap().channels, 1);
+    assert_eq!(
+        OpusHead::parse(&opus_head(2, 0, &[])).unwrap().pre_skip,
+        312
+    );
+    // 5.1 in Vorbis order: 4 streams, 2 of them coupled (6 decoded channels).
+    let surround = opus_head(6, 1, &[4, 2, 0, 4, 1, 2, 3, 5]);
+    assert_eq!(OpusHead::parse(&surround).unwrap().channels, 6);
+    // 7.1, with one channel silent (255).
+    let eight = opus_head(8, 1, &[5, 3, 0, 6, 1, 2, 3, 4, 5, 255]);
+    assert_eq!(OpusHead::parse(&eight).unwrap().channels, 8);
+}
+
+#[test]
+fn opus_head_with_a_layout_nothing_plays_is_refused_naming_why() {
+    // The probe's head: 255 channels, mapping family 1.
+    let mut table = vec![255u8, 0];
+    table.extend(0..255u8);
+    let e = head_error(&opus_head(255, 1, &table));
+    assert!(
+        e.contains("255 channels in mapping family 1 (at most 8)"),
+        "{e}"
+    );
+    let e = head_error(&opus_head(9, 1, &[9, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]));
+    assert!(e.contains("9 channels in mapping family 1"), "{e}");
+    // Family 255 (and any other) has no defined layout.
+    let e = head_error(&opus_head(2, 255, &[2, 0, 0, 1]));
+    assert!(e.contains("mapping family 255 is not played here"), "{e}");
+    assert_eq!(
+        OpusHead::parse(&opus_head(2, 2, &[1, 1, 0, 1]))
+            .unwrap_err()
+            .kind(),
+        crate::error::Kind::Unsupported
+    );
+    let e = head_error(&opus_head(3, 0, &[]));
+    assert!(e.contains("3 channels in mapping family 0"), "{e}");
+}
+
+#[test]
+fn opus_head_mapping_table_must_agree_with_itself() {
+    let e = head_error(&opus_head(2, 1, &[0, 0, 255, 255]));
+    assert!(e.contains("declares 0 streams"), "{e}");
+    let e = head_error(&opus_head(2, 1, &[1, 2, 0, 1]));
+    assert!(e.contains("2 coupled streams of 1 streams"), "{e}");
+    let e = head_error(&opus_head(2, 1, &[200, 100, 0, 1]));
+    assert!(e.contains("make 300 channels (at most 255)"), "{e}");
+    // 2 streams, 1 coupled: decoded channels 0..3; entry 3 names one that is not there.
+    let e = head_error(&opus_head(3, 1, &[2, 1, 0, 1, 3]));
+    assert!(
+        e.contains("maps channel 2 to decoded channel 3, but its streams decode 3 channels"),
+        "{e}"
+    );
+    let e = head_error(&opus_head(3, 1, &[2, 1, 0, 1]));
+    assert!(e.contains("mapping table is truncated"), "{e}");
+}
+
+/// Every event of `stream` pushed in chunks of `chunk`, until the first error.
+fn demux_all(stream: &[u8], chunk: usize) -> (Vec<OggEvent>, Option<crate::error::Error>) {
+    let mut d = OggOpusDemuxer::new();
+    let mut events = Vec::new();
+    for c in stream.chunks(chunk) {
+        d.push(c);
+        loop {
+            match d.next_event() {
+                Ok(Some(ev)) => events.push(ev),
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+    (events, None)
+}
+
+/// A logical stream of serial `serial`: `head`, then packets `from..to` (20 ms each), ended.
+fn chain(serial: u32, head: &OpusHead, from: u8, to: u8) -> Vec<u8> {
+    let mut w = OggOpusWriter::new(serial);
+    let mut out = w.headers(&head.raw).to_vec();
+    for i in from..to {
+        let p = Bytes::from(vec![0xf8, i]);
+        out.extend_from_slice(&w.packets([(&p, 960)]));
+    }
+    out.extend_from_slice(&w.finish());
+    out
+}
+
+#[test]
+fn chained_streams_are_followed_each_with_its_head_and_granules() {
+    let stereo = OpusHead::synthetic(2);
+    let mono = OpusHead::synthetic(1);
+    let mut stream = chain(1, &stereo, 0, 3);
+    stream.extend(chain(2, &stereo, 3, 5));
+    stream.extend(chain(3, &mono, 5, 6));
+    for chunk in [1usize, 7, 4096] {
+        let (events, err) = demux_all(&stream, chunk);
+        assert!(err.is_none(), "{err:?}");
+        let p = |i: u8, g: u64| OggEvent::Packet(Bytes::from(vec![0xf8, i]), 960, Some(g));
+        assert_eq!(
+            events,
+            vec![
+                OggEvent::Head(stereo.clone()),
+                p(0, 960),
+                p(1, 1920),
+                p(2, 2880),
+                OggEvent::End,
+                // The next chain's granules start over.
+                OggEvent::Chain(stereo.clone()),
+                p(3, 960),
+                p(4, 1920),
+                OggEvent::End,
+                OggEvent::Chain(mono.clone()),
+                p(5, 960),
+                OggEvent::End,
+            ],
+            "in chunks of {chunk}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_end_of_stream_page_ends_the_stream_and_a_chain_may_follow() {
+    let head = OpusHead::synthetic(2);
+    let mut w = OggOpusWriter::new(1);
+    let mut stream = w.headers(&head.raw).to_vec();
+    let (a, b) = (
+        Bytes::from_static(&[0xf8, 1]),
+        Bytes::from_static(&[0xf8, 2]),
+    );
+    // The writer holds the newest packet back: `a` is written, `b` never is.
+    stream.extend_from_slice(&w.packets([(&a, 960), (&b, 960)]));
+    stream.extend(ogg_page(0x04, 960, 1, 3, &[], 0));
+    stream.extend(chain(9, &head, 3, 4));
+    let (events, err) = demux_all(&stream, 4096);
+    assert!(err.is_none(), "{err:?}");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            OggEvent::Head(_) => "head",
+            OggEvent::Chain(_) => "chain",
+            OggEvent::Packet(..) => "packet",
+            OggEvent::End => "end",
+        })
+        .collect();
+    assert_eq!(kinds, ["head", "packet", "end", "chain", "packet", "end"]);
+}
+
+#[test]
+fn a_page_of_an_ended_stream_is_refused() {
+    let head = OpusHead::synthetic(2);
+    let mut stream = chain(1, &head, 0, 2);
+    stream.extend(ogg_page(0, 5000, 1, 9, &[2], 0xf8));
+    let (events, err) = demux_all(&stream, 4096);
+    assert_eq!(events.last(), Some(&OggEvent::End));
+    let e = err.expect("refused").to_string();
+    assert!(e.contains("after its end-of-stream page"), "{e}");
+    // Bytes that are no page at all after the end are no longer ignored either.
+    let mut stream = chain(1, &head, 0, 2);
+    stream.extend_from_slice(&[0x55; 64]);
+    let e = demux_all(&stream, 4096).1.expect("refused").to_string();
+    assert!(e.contains("lost Ogg page sync"), "{e}");
+}
+
+#[test]
+fn headers_where_audio_belongs_are_named_for_what_they_are() {
+    let head = OpusHead::synthetic(2);
+    for (packet, want) in [
+        (
+            head.raw.clone(),
+            "a second OpusHead in one logical stream (packet 3",
+        ),
+        (
+            Bytes::from_static(b"OpusTags\x07\x00\x00\x00quicast\x00\x00\x00\x00"),
+            "a second OpusTags in one logical stream (packet 3)",
+        ),
+    ] {
+        let mut w = OggOpusWriter::new(4);
+        let mut stream = w.headers(&head.raw).to_vec();
+        let audio = Bytes::from_static(&[0xf8, 0]);
+        stream.extend_from_slice(&w.packets([(&audio, 960), (&packet, 960), (&audio, 960)]));
+        let (events, err) = demux_all(&stream, 4096);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, OggEvent::Packet(p, ..) if p.starts_with(b"Opus"))),
+            "a header is never audio"
+        );
+        let e = err.expect("refused").to_string();
+        assert!(e.contains(want), "{e}");
     }
 }

@@ -250,6 +250,11 @@ keys! {
     /// A publisher or source that sends no audio for this many ms is lost: its grace
     /// period starts.
     source_timeout_ms: one Millis<100, 600_000> = "3000";
+    /// How far ahead of real time an Icecast source may send, in ms (origin): its audio is
+    /// taken no faster than the wall clock since it began plus this much (an encoder's
+    /// start-up burst, a network's hiccup); beyond, it is not read until due (TCP holds it
+    /// back), never dropped. 0: not ahead at all.
+    source_burst_ms: one Millis<0, 600_000> = "5000";
     /// Seconds a relay keeps an upstream subscription after its last subscriber left.
     linger_secs: one Secs<0, 3600> = "5";
     /// Seconds an origin waits for a lost publisher to come back before ending the stream.

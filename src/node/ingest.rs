@@ -4,12 +4,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use super::{now_us, Node};
 use crate::error::{Error, Kind, Result};
-use crate::media::OpusHead;
+use crate::media::{OpusHead, OPUS_RATE};
 use crate::model::{Broadcast, Join, PublisherClaim, Segmenter, Slot};
 use crate::proto::{self, Codec, Frame};
 
@@ -145,5 +146,85 @@ impl Publishing {
                 slot.end_broadcast(&b);
             }
         });
+    }
+}
+
+/// Holds a publisher to real time: the media taken from it may run ahead of the wall clock
+/// since it began by at most a burst (`source-burst-ms`), so one that pushes a file as fast
+/// as it can costs what a live one does. It is paced by not being read (its transport's
+/// flow control holds it back), never by dropping what it sent.
+#[derive(Debug)]
+pub struct Pace {
+    start: Instant,
+    burst: Duration,
+    /// Media taken so far, in 48 kHz samples.
+    taken: u64,
+}
+
+impl Pace {
+    pub fn new(burst: Duration, start: Instant) -> Pace {
+        Pace {
+            start,
+            burst,
+            taken: 0,
+        }
+    }
+
+    /// Counts `samples` (at 48 kHz) more as taken.
+    pub fn took(&mut self, samples: u64) {
+        self.taken = self.taken.saturating_add(samples);
+    }
+
+    /// Media taken so far.
+    pub fn taken(&self) -> Duration {
+        let us = self.taken as u128 * 1_000_000 / OPUS_RATE as u128;
+        Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+    }
+
+    /// When more may be taken: None if now (the media taken is at most a burst ahead).
+    pub fn due(&self, now: Instant) -> Option<Instant> {
+        let ahead = self.taken().checked_sub(self.burst)?;
+        // Past any instant a clock can hold, it is never due: far off, then.
+        let at = self
+            .start
+            .checked_add(ahead)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        (at > now).then_some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_is_taken_at_most_a_burst_ahead_of_the_clock() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(Duration::from_secs(5), t0);
+        // Five seconds at once: the burst.
+        p.took(5 * OPUS_RATE as u64);
+        assert_eq!(p.due(t0), None);
+        // 20 ms more is due 20 ms after the start.
+        p.took(960);
+        assert_eq!(p.due(t0), Some(t0 + Duration::from_millis(20)));
+        assert_eq!(p.due(t0 + Duration::from_millis(20)), None);
+        // A minute later, a minute and the burst may have been taken, no more.
+        let later = t0 + Duration::from_secs(60);
+        p.took(60 * OPUS_RATE as u64 - 960);
+        assert_eq!(p.due(later), None);
+        assert_eq!(p.taken(), Duration::from_secs(65));
+        p.took(960);
+        assert_eq!(p.due(later), Some(later + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn no_burst_means_real_time_and_huge_counts_do_not_overflow() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(Duration::ZERO, t0);
+        assert_eq!(p.due(t0), None);
+        p.took(480);
+        assert_eq!(p.due(t0), Some(t0 + Duration::from_millis(10)));
+        p.took(u64::MAX);
+        assert!(p.due(t0).is_some_and(|at| at > t0));
     }
 }

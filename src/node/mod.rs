@@ -36,7 +36,7 @@ pub use access::{Access, ListenRule, Need, Presented};
 pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use fanout::{fan_out, Delivery, Sink};
-pub use ingest::Publishing;
+pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
 pub use parents::{
     ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
@@ -44,7 +44,9 @@ pub use parents::{
 pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc, Tally};
 pub use stats::{Stats, Timings};
-pub use token::{mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_TOKEN};
+pub use token::{
+    mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_AHEAD_SECS, MAX_TOKEN,
+};
 
 pub(crate) use logs::{Logs, PEER_MISTAKES};
 use upstream::Upstream;

@@ -94,6 +94,10 @@ pub enum Refusal {
     WrongPath { allowed: String, path: String },
     #[error("wrong publish token")]
     WrongSecret,
+    #[error("token {claim} {value} is more than ten years ahead")]
+    TooFarAhead { claim: &'static str, value: u64 },
+    #[error("token header marks extensions critical ({0}); none is understood here")]
+    Critical(String),
 }
 
 impl Refusal {
@@ -110,6 +114,12 @@ impl Refusal {
 
 /// Clock difference between the minter and a node that is forgiven, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
+/// Longest a token may be valid for, or wait before it is: ten years (`quicast token
+/// --ttl` mints no longer). A signed token cannot be revoked short of retiring its key, so
+/// one meant to outlive every key it could be signed with is a mistake, and an `exp` or
+/// `nbf` past this is most often milliseconds where seconds belong (or u64::MAX for
+/// "never"): refused by name rather than taken as forever.
+pub const MAX_AHEAD_SECS: u64 = 10 * 366 * 86_400;
 /// Longest key file read (a PEM key or an HMAC secret is far smaller).
 const MAX_KEY_FILE: u64 = 64 * 1024;
 /// Shortest HMAC secret taken (RFC 7518: at least the hash's size).
@@ -277,6 +287,7 @@ impl KeySet {
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        refuse_critical(token)?;
         let kid = header.kid.unwrap_or_default();
         let (alg, key) = self
             .keys
@@ -308,10 +319,36 @@ impl KeySet {
     }
 }
 
-/// Whether `claims` are valid at `now`, give or take `LEEWAY_SECS`.
+/// RFC 7515 §4.1.11: a token whose header has `crit` names extensions its signer says a
+/// recipient must understand to take it. quicast understands none, so any `crit` is refused
+/// (jsonwebtoken's header has no field for it, and would ignore it). The header is read as
+/// a JSON object on its own; one that cannot be is malformed (never taken as no `crit`).
+fn refuse_critical(token: &str) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap_or_default();
+    let fields: serde_json::Map<String, serde_json::Value> =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or_else(|| Refusal::Malformed("its header is not a JSON object".into()))?;
+    match fields.get("crit") {
+        Some(crit) => Err(Refusal::Critical(crit.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Whether `claims` are valid at `now`, give or take `LEEWAY_SECS`, and neither end of
+/// their validity is further off than `MAX_AHEAD_SECS`.
 pub fn check_times(claims: &Claims, now: u64) -> Result<(), Refusal> {
     if now >= claims.exp.saturating_add(LEEWAY_SECS) {
         return Err(Refusal::Expired);
+    }
+    let horizon = now.saturating_add(MAX_AHEAD_SECS + LEEWAY_SECS);
+    for (claim, value) in [("exp", claims.exp), ("nbf", claims.nbf)] {
+        if value > horizon {
+            return Err(Refusal::TooFarAhead { claim, value });
+        }
     }
     if now.saturating_add(LEEWAY_SECS) < claims.nbf {
         return Err(Refusal::NotYetValid);
@@ -445,6 +482,83 @@ mod tests {
         // An HMAC token under the ES256 key's id: refused, not confused.
         let t = mint(&k1, "ec", &good).unwrap();
         assert!(matches!(keys.verify(&t, now), Err(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn an_expiry_or_start_past_ten_years_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = hmac_file(dir.path(), "k1", &"a".repeat(40));
+        let keys =
+            KeySet::load(&[TokenKey::from_str(&format!("k1={}", k1.display())).unwrap()]).unwrap();
+        let now = unix_now();
+        let verify = |exp: u64, nbf: u64| {
+            let t = mint(&k1, "k1", &claims(Grant::Listen, "/", exp, nbf)).unwrap();
+            keys.verify(&t, now)
+        };
+        // The probe's token: exp at u64::MAX ("never").
+        let e = verify(u64::MAX, 0).unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::TooFarAhead {
+                claim: "exp",
+                value: u64::MAX
+            }
+        );
+        assert!(e
+            .to_string()
+            .contains("exp 18446744073709551615 is more than ten years ahead"));
+        // Milliseconds where seconds belong, in either claim.
+        assert!(matches!(
+            verify((now + 3600) * 1000, 0),
+            Err(Refusal::TooFarAhead { claim: "exp", .. })
+        ));
+        assert!(matches!(
+            verify(now + 3600, now * 1000),
+            Err(Refusal::TooFarAhead { claim: "nbf", .. })
+        ));
+        // The longest `quicast token --ttl` mints, from a minter whose clock runs ahead.
+        assert!(verify(now + MAX_AHEAD_SECS + LEEWAY_SECS, now).is_ok());
+        // Checked again at each use, against that moment's clock.
+        let c = claims(Grant::Listen, "/", u64::MAX, 0);
+        assert!(matches!(
+            check_times(&c, now),
+            Err(Refusal::TooFarAhead { .. })
+        ));
+    }
+
+    #[test]
+    fn a_token_with_critical_extensions_is_refused_even_well_signed() {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "a".repeat(40);
+        let k1 = hmac_file(dir.path(), "k1", &secret);
+        let keys =
+            KeySet::load(&[TokenKey::from_str(&format!("k1={}", k1.display())).unwrap()]).unwrap();
+        let now = unix_now();
+        let body = b64(&serde_json::json!({"role": "listen", "path": "/", "exp": now + 60}));
+        let signed = |header: serde_json::Value| {
+            let msg = format!("{}.{body}", b64(&header));
+            let key = EncodingKey::from_secret(secret.as_bytes());
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        // Without `crit`, the same token is good: the signing here is right.
+        let t = signed(serde_json::json!({"alg": "HS256", "kid": "k1"}));
+        assert!(keys.verify(&t, now).is_ok());
+        let t =
+            signed(serde_json::json!({"alg": "HS256", "kid": "k1", "crit": ["b64"], "b64": false}));
+        let e = keys.verify(&t, now).unwrap_err();
+        assert_eq!(e, Refusal::Critical("[\"b64\"]".into()));
+        assert_eq!(
+            e.to_string(),
+            "token header marks extensions critical ([\"b64\"]); none is understood here"
+        );
+        // Whatever it lists, even nothing.
+        let t = signed(serde_json::json!({"alg": "HS256", "kid": "k1", "crit": []}));
+        assert!(matches!(keys.verify(&t, now), Err(Refusal::Critical(_))));
     }
 
     #[test]
