@@ -18,6 +18,9 @@ fn raw(addr: &str, req: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(req);
+    // Half-closed: the node answers what it was sent, then sees the end, and closes (a
+    // kept-alive connection would otherwise be read until the timeout).
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()

@@ -156,20 +156,22 @@ async fn a_chain_with_another_head_ends_the_broadcast_and_starts_the_next() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_pushing_faster_than_real_time_is_taken_in_real_time() {
-    let o = origin_with(origin_config()).await;
-    let burst = o.node.cfg.source_burst_ms.get();
-    let h = http(&o).await;
-    // A listener from before the start notes, for every frame, how far the media it has
-    // heard runs ahead of the wall clock since the source began.
+/// A listener from before the start of `path`: every frame it hears, and how far the media
+/// it has heard ran ahead of the wall clock since `started` (set when the source begins).
+async fn ahead_listener(
+    o: &Server,
+    path: &'static str,
+) -> (
+    Arc<OnceLock<Instant>>,
+    tokio::task::JoinHandle<(Vec<Frame>, Duration)>,
+) {
     let started: Arc<OnceLock<Instant>> = Arc::default();
-    let s = session(&o, Role::Listener, "").await.unwrap();
+    let s = session(o, Role::Listener, "").await.unwrap();
     let t0 = started.clone();
     let heard = tokio::spawn(async move {
         let mut frames: Vec<Frame> = Vec::new();
         let mut ahead = Duration::ZERO;
-        listen(&s, "fast", Start::Live, None, |ev| {
+        listen(&s, path, Start::Live, None, |ev| {
             if let ListenEvent::Frames(f) = ev {
                 let wall = t0
                     .get()
@@ -191,8 +193,17 @@ async fn a_source_pushing_faster_than_real_time_is_taken_in_real_time() {
     });
     o.node
         .registry
-        .wait_until(|r| r.subscribers("fast") >= 1)
+        .wait_until(|r| r.subscribers(path) >= 1)
         .await;
+    (started, heard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_pushing_faster_than_real_time_is_taken_in_real_time() {
+    let o = origin_with(origin_config()).await;
+    let burst = o.node.cfg.source_burst_ms.get();
+    let h = http(&o).await;
+    let (started, heard) = ahead_listener(&o, "fast").await;
     // Three seconds of audio, written as fast as the socket takes it (it all fits in the
     // socket buffers: the write is done at once, whatever the node reads).
     started.set(Instant::now()).unwrap();
@@ -206,6 +217,29 @@ async fn a_source_pushing_faster_than_real_time_is_taken_in_real_time() {
     assert_frames(&frames, 0, 150, SIZE);
     // Taken in real time after the burst: never more than the burst (and a frame) ahead of
     // the clock. Unpaced, all three seconds went in at once.
+    assert!(
+        ahead <= burst + Duration::from_secs(1),
+        "the listener heard media {ahead:?} ahead of the wall clock (burst {burst:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_publisher_faster_than_real_time_is_taken_in_real_time() {
+    let o = origin_with(origin_config()).await;
+    let burst = o.node.cfg.source_burst_ms.get();
+    let (started, heard) = ahead_listener(&o, "fastq").await;
+    // Three seconds of audio sent as fast as QUIC takes it: the node stops reading once the
+    // publisher is a burst ahead, so flow control holds it back.
+    started.set(Instant::now()).unwrap();
+    let s = session(&o, Role::Publisher, "").await.unwrap();
+    let mut p = s.publish("fastq", codec(), None).await.unwrap();
+    let frames: Vec<Frame> = (0..150).map(|i| test_frame(i, SIZE)).collect();
+    for f in frames.chunks(10) {
+        p.send(f).await.unwrap();
+    }
+    p.finish().await.unwrap();
+    let (frames, ahead) = heard.await.unwrap();
+    assert_frames(&frames, 0, 150, SIZE);
     assert!(
         ahead <= burst + Duration::from_secs(1),
         "the listener heard media {ahead:?} ahead of the wall clock (burst {burst:?})"

@@ -99,6 +99,38 @@ pub fn read_stream(
     end
 }
 
+/// Like `read_stream`, taking at most `limit` bytes: `More` if more may be waiting (the
+/// caller reads again once it has room; quinn-proto holds the rest, within the stream's
+/// flow-control window).
+pub fn read_stream_at_most(
+    conn: &mut Connection,
+    id: quinn_proto::StreamId,
+    buf: &mut bytes::BytesMut,
+    limit: usize,
+) -> Read {
+    let mut rs = conn.recv_stream(id);
+    let Ok(mut chunks) = rs.read(true) else {
+        return Read::Reset(0);
+    };
+    let mut left = limit;
+    let end = loop {
+        if left == 0 {
+            break Read::More;
+        }
+        match chunks.next(left) {
+            Ok(Some(c)) => {
+                left -= c.bytes.len();
+                buf.extend_from_slice(&c.bytes);
+            }
+            Ok(None) => break Read::Finished,
+            Err(quinn_proto::ReadError::Blocked) => break Read::More,
+            Err(quinn_proto::ReadError::Reset(code)) => break Read::Reset(code.into_inner()),
+        }
+    };
+    let _ = chunks.finalize();
+    end
+}
+
 struct Slot<C> {
     conn: Connection,
     state: C,

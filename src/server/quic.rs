@@ -364,7 +364,7 @@ impl std::os::fd::AsRawFd for Fd {
 /// Connections' deadlines that came.
 fn deadlines(engine: &mut Engine<Sessions>) {
     let now = Instant::now();
-    while let Some(&Reverse((at, h, uid, silence))) = engine.app().deadlines.peek() {
+    while let Some(&Reverse((at, h, uid, due))) = engine.app().deadlines.peek() {
         if at > now {
             break;
         }
@@ -372,11 +372,11 @@ fn deadlines(engine: &mut Engine<Sessions>) {
         let mut again = None;
         engine.with_app(h, |app, c, s| {
             if s.uid == uid {
-                again = app.due(c, s, now, silence);
+                again = app.due(c, s, now, due);
             }
         });
         if let Some(at) = again {
-            engine.app().deadlines.push(Reverse((at, h, uid, silence)));
+            engine.app().deadlines.push(Reverse((at, h, uid, due)));
         }
     }
 }

@@ -26,8 +26,19 @@ use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
 use crate::transport::{self, varint};
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
-/// and uid, and whether it is a publisher's silence (or else the hello).
-pub(super) type Deadline = Reverse<(Instant, usize, u64, bool)>;
+/// and uid, and what is due.
+pub(super) type Deadline = Reverse<(Instant, usize, u64, Due)>;
+
+/// What a connection's deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Due {
+    /// Its hello (the control stream and the hello in `hello-timeout`).
+    Hello,
+    /// A publisher's silence (`source-timeout`).
+    Silence,
+    /// A publisher ahead of real time may be read again.
+    Pace,
+}
 
 /// Every connection of one engine: the node, and what the loop needs from them.
 pub(super) struct Sessions {
@@ -79,6 +90,8 @@ pub(super) struct Session {
     /// unsubscribe, or the connection's end, calls them off.
     pending: HashMap<u64, tokio::task::AbortHandle>,
     ingest: Option<Ingest>,
+    /// A `Due::Pace` deadline is pending for its ingest.
+    paced: bool,
     published: bool,
     /// The peer finished its control stream while publishing: closed once its frames are in.
     closing: bool,
@@ -130,6 +143,7 @@ impl App for Sessions {
             subs: HashMap::new(),
             pending: HashMap::new(),
             ingest: None,
+            paced: false,
             published: false,
             closing: false,
             told: false,
@@ -153,7 +167,8 @@ impl App for Sessions {
             Event::Connected => {
                 // The hello is due within `hello-timeout`.
                 let at = now + self.node.cfg.hello_timeout_ms.get();
-                self.deadlines.push(Reverse((at, handle, s.uid, false)));
+                self.deadlines
+                    .push(Reverse((at, handle, s.uid, Due::Hello)));
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) if s.ctl.is_none() => {
                 if let Some(id) = conn.streams().accept(Dir::Bi) {
@@ -404,7 +419,12 @@ impl Sessions {
                     displaced.notified().await;
                     let _ = tx.send(Cmd::Displaced { conn: conn_h, uid });
                 });
-                s.ingest = Some(Ingest::new(publishing, now, takeover.abort_handle()));
+                s.ingest = Some(Ingest::new(
+                    publishing,
+                    now,
+                    takeover.abort_handle(),
+                    self.node.cfg.source_burst_ms.get(),
+                ));
                 control(conn, s, &Message::PublishOk { instance });
                 self.watch_silence(s, now);
                 // A frame stream opened before the answer is taken now.
@@ -503,7 +523,15 @@ impl Sessions {
             return;
         };
         match ingest.feed(&self.node, conn, now) {
-            Ok(false) => {}
+            Ok(false) => {
+                // Ahead of real time: read again when due (once: `paced` is the one pending).
+                if let Some(at) = ingest.paced_until(now) {
+                    if !std::mem::replace(&mut s.paced, true) {
+                        self.deadlines
+                            .push(Reverse((at, s.handle, s.uid, Due::Pace)));
+                    }
+                }
+            }
             Ok(true) => {
                 if let Some(i) = s.ingest.take() {
                     i.publishing.finish();
@@ -538,22 +566,28 @@ impl Sessions {
 
     fn watch_silence(&mut self, s: &Session, now: Instant) {
         let at = now + self.node.cfg.source_timeout_ms.get();
-        self.deadlines.push(Reverse((at, s.handle, s.uid, true)));
+        self.deadlines
+            .push(Reverse((at, s.handle, s.uid, Due::Silence)));
     }
 
-    /// A deadline of `s` came: a hello not said in time, a publisher silent too long
-    /// (`silence`). Returns when to look again, if ever.
+    /// A deadline of `s` came: a hello not said in time, a publisher silent too long, or
+    /// one ahead of real time due to be read again. Returns when to look again, if ever.
     pub(super) fn due(
         &mut self,
         conn: &mut Connection,
         s: &mut Session,
         now: Instant,
-        silence: bool,
+        due: Due,
     ) -> Option<Instant> {
         if conn.is_closed() {
             return None;
         }
-        if !silence {
+        if due == Due::Pace {
+            s.paced = false;
+            self.feed(conn, s, now);
+            return None;
+        }
+        if due == Due::Hello {
             if s.hello.is_none() {
                 let what = if s.ctl.is_none() {
                     "no control stream"
