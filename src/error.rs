@@ -135,6 +135,16 @@ impl Error {
     }
 
     /// A refusal with the code a peer is to be told.
+    /// How the reason of a node's refusal of a new connection starts (its phrase follows).
+    pub const REFUSED: &'static str = "the node refused a new connection: ";
+
+    /// A node's refusal of a new connection, if this is one: why, when to come back, where
+    /// else to go.
+    pub fn refusal(&self) -> Option<crate::proto::Refusal> {
+        let phrase = self.reason.strip_prefix(Error::REFUSED)?;
+        Some(crate::proto::Refusal::parse(phrase.as_bytes()))
+    }
+
     pub fn refused(code: ErrorCode, reason: impl Into<Cow<'static, str>>) -> Error {
         Error::new(Kind::from_code(code), reason)
     }

@@ -567,6 +567,10 @@ async fn run_loadgen(
     for (reason, n) in &r.failures {
         println!("  failed x{n}: {reason}");
     }
+    println!(
+        "joins refused {}  timed out {}  retried {}  (attempts, each tried again with jitter)",
+        r.refused, r.timed_out, r.retried
+    );
     println!("frames {}  gaps {}  skips {}", r.frames, r.gaps, r.skips);
     println!(
         "latency ms  p50 {:.0}  p99 {:.0}  max {:.1}",

@@ -106,6 +106,28 @@ impl Collector for NodeCollector {
             "New QUIC connections asked to prove their address first (Retry), under a handshake flood.",
             get(&s.retries_total),
         )?;
+        {
+            let c = ConstCounter::new(0u64);
+            let mut fam = e.encode_descriptor(
+                "quicast_newcomers",
+                "New QUIC clients by what became of their first packet: taken up with nobody before them (first), queued behind others, or deferred (unanswered: the queue held what the node takes up in join-queue-ms; the client sends again).",
+                None,
+                c.metric_type(),
+            )?;
+            for (outcome, v) in [
+                ("first", get(&s.joins_first_total)),
+                ("queued", get(&s.joins_queued_total)),
+                ("deferred", get(&s.joins_deferred_total)),
+            ] {
+                ConstCounter::new(v).encode(fam.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "quicast_join_queue",
+            "New QUIC clients waiting for their handshake now.",
+            get(&s.join_queue),
+        )?;
         gauge(
             &mut e,
             "quicast_publishers",

@@ -92,6 +92,11 @@ pub(crate) struct Totals {
     gaps: AtomicU64,
     skips: AtomicU64,
     moves: AtomicU64,
+    /// Joins refused before a handshake (CONNECTION_REFUSED), unanswered until QUIC gave
+    /// up (timed out), and tries again after either.
+    pub(crate) refused: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) retried: AtomicU64,
     /// Origin wall clock (µs) from which the join storm is over: every listener settled,
     /// one second ago (0: not yet).
     steady_from_us: AtomicU64,
@@ -149,6 +154,12 @@ pub struct LoadReport {
     pub stall_ms: Quantiles,
     /// Moves of listeners to another node.
     pub moves: u64,
+    /// Join attempts refused by the node before a handshake (each tried again, jittered).
+    pub refused: u64,
+    /// Join attempts the node never answered until QUIC gave up (each tried again).
+    pub timed_out: u64,
+    /// Join attempts made again after a refusal or a time-out.
+    pub retried: u64,
     pub duration_s: f64,
 }
 
@@ -204,6 +215,9 @@ impl Stats {
             join_ms: q(&self.join, false),
             stall_ms: q(&self.stall, true),
             moves: t.moves.load(Ordering::Relaxed),
+            refused: t.refused.load(Ordering::Relaxed),
+            timed_out: t.timed_out.load(Ordering::Relaxed),
+            retried: t.retried.load(Ordering::Relaxed),
             duration_s: duration.as_secs_f64(),
         }
     }

@@ -40,11 +40,54 @@ struct Listener<'a> {
     failed: Option<String>,
     /// The node ended the broadcast, or we closed at the end of the run.
     done: bool,
+    /// The handshake completed.
+    connected: bool,
+    /// Why the connection was lost, as QUIC said.
+    lost: Option<quinn_proto::ConnectionError>,
+}
+
+impl<'a> Listener<'a> {
+    fn new(ear: Ear<'a>) -> Listener<'a> {
+        Listener {
+            ear: Some(ear),
+            ctl: None,
+            ctl_buf: BytesMut::new(),
+            segs: BTreeMap::new(),
+            last_seq: None,
+            frames: Vec::new(),
+            failed: None,
+            done: false,
+            connected: false,
+            lost: None,
+        }
+    }
 }
 
 struct Listeners<'a> {
     stats: &'a Stats,
     path: String,
+    /// Listeners refused or unanswered before their handshake, to try again when due
+    /// (jittered: a refused crowd does not come back in one instant).
+    again: Vec<(Instant, Ear<'a>)>,
+}
+
+/// A join that failed before its handshake completed: to be tried again, after how long.
+fn try_again(lost: &quinn_proto::ConnectionError, stats: &Stats) -> Option<Duration> {
+    use quinn_proto::ConnectionError as C;
+    match lost {
+        C::ConnectionClosed(c)
+            if c.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            stats.totals.refused.fetch_add(1, Ordering::Relaxed);
+            let r = quicast::proto::Refusal::parse(&c.reason);
+            Some(r.retry_after.unwrap_or(Duration::from_secs(1)))
+        }
+        C::TimedOut => {
+            stats.totals.timed_out.fetch_add(1, Ordering::Relaxed);
+            Some(Duration::from_secs(1))
+        }
+        _ => None,
+    }
 }
 
 impl<'a> App for Listeners<'a> {
@@ -60,6 +103,7 @@ impl<'a> App for Listeners<'a> {
     ) {
         match ev {
             Event::Connected => {
+                l.connected = true;
                 self.stats.totals.connected.fetch_add(1, Ordering::Relaxed);
                 let Some(id) = conn.streams().open(Dir::Bi) else {
                     return fail(conn, l, "no control stream credit".into());
@@ -101,12 +145,22 @@ impl<'a> App for Listeners<'a> {
             }
             Event::ConnectionLost { reason } if !l.done && l.failed.is_none() => {
                 l.failed = Some(reason.to_string());
+                l.lost = Some(reason);
             }
             _ => {}
         }
     }
 
     fn gone(&mut self, _: &Connection, l: Listener<'a>) {
+        if !l.connected && !l.done {
+            if let Some(wait) = l.lost.as_ref().and_then(|lost| try_again(lost, self.stats)) {
+                if let Some(ear) = l.ear {
+                    let at = Instant::now() + quicast::client::jittered(wait);
+                    self.again.push((at, ear));
+                }
+                return;
+            }
+        }
         if let Some(ear) = l.ear {
             ear.end(match (l.done, l.failed) {
                 (true, _) => None,
@@ -232,6 +286,7 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
         Listeners {
             stats,
             path: plan.path.clone(),
+            again: Vec::new(),
         },
     )?;
     let start = Instant::now();
@@ -242,24 +297,37 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
         if now >= end {
             break;
         }
+        let mut joining = Vec::new();
         while next < plan.starts.len() && start + plan.starts[next] <= now {
-            let l = Listener {
-                ear: Some(Ear::new(stats)),
-                ctl: None,
-                ctl_buf: BytesMut::new(),
-                segs: BTreeMap::new(),
-                last_seq: None,
-                frames: Vec::new(),
-                failed: None,
-                done: false,
-            };
+            joining.push(Ear::new(stats));
+            next += 1;
+        }
+        // Those refused or unanswered before, when due: the same listener (its join time
+        // counts from its first try).
+        let again = &mut engine.app().again;
+        let mut k = 0;
+        while k < again.len() {
+            if again[k].0 <= now {
+                joining.push(again.swap_remove(k).1);
+                stats.totals.retried.fetch_add(1, Ordering::Relaxed);
+            } else {
+                k += 1;
+            }
+        }
+        for ear in joining {
+            let l = Listener::new(ear);
             if let Err(e) = engine.connect(now, plan.cfg.clone(), plan.remote, &plan.server_name, l)
             {
                 Ear::new(stats).end(Some(format!("cannot connect: {e}")));
             }
-            next += 1;
         }
-        let until = plan.starts.get(next).map_or(end, |s| start + *s).min(end);
+        let retry_at = engine.app().again.iter().map(|(at, _)| *at).min();
+        let until = plan
+            .starts
+            .get(next)
+            .map_or(end, |s| start + *s)
+            .min(end)
+            .min(retry_at.unwrap_or(end));
         engine.turn(
             until
                 .saturating_duration_since(now)
@@ -277,6 +345,10 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
             l.failed = Some("did not connect before the run ended".into());
         }
     });
+    // Still waiting to try again at the end: they never got in.
+    for (_, ear) in std::mem::take(&mut engine.app().again) {
+        ear.end(Some("refused or unanswered until the run ended".into()));
+    }
     engine.close_all(Instant::now(), 0, b"bye");
     let drain = Instant::now() + Duration::from_secs(2);
     while engine.connections() > 0 && Instant::now() < drain {

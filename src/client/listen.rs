@@ -155,6 +155,8 @@ pub async fn listen_any(
     let mut k = 0;
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0;
+    // The longest a node that refused us in this round said to wait.
+    let mut come_back: Option<Duration> = None;
     let mut moved = false;
     // A node named by one that went away: tried next, once.
     let mut alternative: Option<(Client, QuicUrl)> = None;
@@ -234,11 +236,35 @@ pub async fn listen_any(
             }
             Outcome::Lost(e) => {
                 failures += 1;
+                let refusal = e.refusal();
                 warn!(node = %url.authority(), "node lost: {e}; moving");
+                // A node that refused us may name others: tried next (not those an
+                // alternate names in turn, so two cannot send us round in a circle).
+                if let (Some(r), None) = (&refusal, &named) {
+                    alternative = r
+                        .alternates
+                        .iter()
+                        .filter_map(|a| QuicUrl::parse(a).ok())
+                        .map(|mut u| {
+                            u.path = opts.path.clone();
+                            (client.clone(), u)
+                        })
+                        .next();
+                    if alternative.is_some() {
+                        moved = true;
+                        continue;
+                    }
+                }
+                if let Some(after) = refusal.and_then(|r| r.retry_after) {
+                    come_back = Some(come_back.map_or(after, |c: Duration| c.max(after)));
+                }
                 if failures >= nodes.len() {
-                    // Every node failed in a row: wait before the next round.
+                    // Every node failed in a row: wait before the next round, as long as
+                    // a refusal said or the backoff has grown, jittered so that a crowd
+                    // refused together does not come back together.
+                    let wait = come_back.take().unwrap_or(backoff);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(super::jittered(wait)) => {}
                         _ = &mut timer => return Ok(pos.report),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -107,3 +107,10 @@ impl Client {
             .await?)
     }
 }
+
+/// `d` times a random factor between one half and three halves: clients refused or lost
+/// together spread their returns over a whole `d` instead of coming back in one instant.
+pub fn jittered(d: std::time::Duration) -> std::time::Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}

@@ -7,6 +7,7 @@
 //! and acts on the connection directly. The load generator is its first user (thousands of
 //! listeners from one core); the node's server side is meant to follow.
 
+mod queue;
 mod udp;
 
 use std::cmp::Reverse;
@@ -22,6 +23,8 @@ use quinn_proto::{
     Endpoint, EndpointConfig, Event, Incoming, ServerConfig, VarInt,
 };
 
+use queue::JoinQueue;
+pub use queue::Offered;
 pub use udp::Outbox;
 use udp::Socket;
 
@@ -30,8 +33,8 @@ use udp::Socket;
 pub enum Admit<C> {
     /// Take the handshake on, with this state for the connection.
     Accept(C),
-    /// Tell the client no (CONNECTION_REFUSED): one small packet.
-    Refuse,
+    /// Tell the client no (CONNECTION_REFUSED, with this reason phrase): one small packet.
+    Refuse(String),
     /// Make the client prove its address first (a QUIC Retry; its next try comes validated).
     Retry,
 }
@@ -45,7 +48,7 @@ pub trait App {
     /// A client's first packet (server engines): take it on, refuse it, or ask for a Retry.
     /// A client engine refuses everything.
     fn incoming(&mut self, _incoming: &Incoming) -> Admit<Self::Conn> {
-        Admit::Refuse
+        Admit::Refuse(String::new())
     }
     /// An event of connection `handle` (`Connected`, a stream's, `ConnectionLost`).
     fn event(
@@ -62,6 +65,9 @@ pub trait App {
     /// A client admitted whose handshake could not start (its first packet was bad): its
     /// state is handed back.
     fn refused(&mut self, _state: Self::Conn) {}
+    /// A client's first packet came: queued (or first in line), or deferred (the queue
+    /// holds what the engine takes up within its wait; this one's client sends again).
+    fn newcomer(&mut self, _what: Offered) {}
 }
 
 /// What reading a stream came to.
@@ -150,7 +156,7 @@ pub struct Engine<A: App> {
     out: Outbox,
     buf: Vec<u8>,
     /// Clients' first packets not taken up yet.
-    pending: std::collections::VecDeque<Incoming>,
+    pending: JoinQueue<Incoming>,
     app: A,
 }
 
@@ -164,8 +170,11 @@ const RECV_BUDGET: Duration = Duration::from_millis(5);
 const DRIVE_BUDGET: Duration = Duration::from_millis(5);
 /// Longest a turn spends taking new clients up (past the first).
 const ACCEPT_BUDGET: Duration = Duration::from_millis(5);
-/// New clients waiting at most; more are refused at once (one small packet each).
-const MAX_PENDING: usize = 4096;
+/// New clients waiting at most, whatever the rate: each holds its first datagram (quinn-proto
+/// itself ignores Initials past 65,536 incoming).
+const MAX_PENDING: usize = 60_000;
+/// How long a newcomer may expect to wait in the queue by default (`join-queue-ms`).
+pub const JOIN_WAIT: Duration = Duration::from_secs(4);
 
 impl<A: App> Engine<A> {
     /// A client engine on `socket`.
@@ -179,7 +188,7 @@ impl<A: App> Engine<A> {
             dirty: Default::default(),
             out: Outbox::default(),
             buf: Vec::with_capacity(2048),
-            pending: Default::default(),
+            pending: JoinQueue::new(JOIN_WAIT, MAX_PENDING),
             app,
         })
     }
@@ -219,6 +228,17 @@ impl<A: App> Engine<A> {
     /// Connections not yet drained.
     pub fn connections(&self) -> usize {
         self.live
+    }
+
+    /// How long a new client may expect to wait in the queue of newcomers before it is
+    /// deferred (see `queue`).
+    pub fn set_join_wait(&mut self, wait: Duration) {
+        self.pending.set_wait(wait);
+    }
+
+    /// New clients waiting to be taken up.
+    pub fn joining(&self) -> usize {
+        self.pending.len()
     }
 
     /// Starts a connection to `remote`, its state `state`.
@@ -272,7 +292,7 @@ impl<A: App> Engine<A> {
     /// Drops every connection still here (without a word to its peer), handing the app
     /// their states.
     pub fn abandon(&mut self) {
-        for incoming in std::mem::take(&mut self.pending) {
+        for incoming in self.pending.drain() {
             self.endpoint.ignore(incoming);
         }
         for slot in self.slots.iter_mut() {
@@ -367,13 +387,14 @@ impl<A: App> Engine<A> {
             if k > 0 && k % 8 == 0 && now.elapsed() >= RECV_BUDGET {
                 break;
             }
-            let (endpoint, slots, dirty, out, buf, pending) = (
+            let (endpoint, slots, dirty, out, buf, pending, app) = (
                 &mut self.endpoint,
                 &mut self.slots,
                 &mut self.dirty,
                 &mut self.out,
                 &mut self.buf,
                 &mut self.pending,
+                &mut self.app,
             );
             let n = self.socket.recv(|from, local_ip, ecn, data| {
                 buf.clear();
@@ -392,12 +413,16 @@ impl<A: App> Engine<A> {
                     // Taken up a slice at a time below: a crowd's handshakes must not
                     // keep the socket unread (its buffer would overflow, and the lost
                     // packets wait out QUIC's retransmission timer).
+                    // Past what the engine takes up within `join-queue-ms`, a newcomer is
+                    // deferred, not refused: its Initial goes unanswered, and its client
+                    // sends it again after QUIC's retransmission timer (see `queue`).
                     Some(DatagramEvent::NewConnection(incoming)) => {
-                        if pending.len() < MAX_PENDING {
-                            pending.push_back(incoming);
-                        } else {
-                            let t = endpoint.refuse(incoming, buf);
-                            out.push(t.destination, &buf[..t.size]);
+                        match pending.offer(now, incoming) {
+                            Ok(o) => app.newcomer(o),
+                            Err(incoming) => {
+                                endpoint.ignore(incoming);
+                                app.newcomer(Offered::Deferred);
+                            }
                         }
                     }
                     None => {}
@@ -416,7 +441,7 @@ impl<A: App> Engine<A> {
             if k > 0 && accepting.elapsed() >= ACCEPT_BUDGET {
                 break;
             }
-            let Some(incoming) = self.pending.pop_front() else {
+            let Some(incoming) = self.pending.take(Instant::now()) else {
                 break;
             };
             self.admit(incoming, now);
@@ -458,8 +483,10 @@ impl<A: App> Engine<A> {
                     }
                 }
             }
-            Admit::Refuse => {
-                let t = self.endpoint.refuse(incoming, &mut self.buf);
+            Admit::Refuse(why) => {
+                let t = self
+                    .endpoint
+                    .refuse_with_reason(incoming, &why, &mut self.buf);
                 self.out.push(t.destination, &self.buf[..t.size]);
             }
             Admit::Retry => match self.endpoint.retry(incoming, &mut self.buf) {

@@ -262,9 +262,10 @@ keys! {
     /// Most connections served at once, QUIC and HTTP together.
     max_connections: one Count<1, 10_000_000> = "100000";
     /// QUIC connections one IP address may hold with nothing to do (no subscription, no
-    /// publish): past this its newcomers are refused, and a connection that falls idle
-    /// over it is closed. Listeners behind one NAT each hold a subscription, so they are
-    /// not counted; a stranger cannot take the node's connection slots by holding idle ones.
+    /// publish) for longer than `hello-timeout`: past this, such a connection is closed.
+    /// Newcomers are never refused for it (a crowd behind one NAT arrives together), and
+    /// listeners each hold a subscription, so they are not counted; a stranger cannot take
+    /// the node's connection slots by holding idle ones.
     max_idle_per_addr: one Count<1, 10_000_000> = "64";
     /// Most HTTP connections served at once (each holds a file descriptor) [default: as
     /// many as the process's descriptor limit leaves room for].
@@ -279,6 +280,11 @@ keys! {
     /// QUIC Retry: one more round trip) before the node spends a handshake on it, so spoofed
     /// floods cost it one small packet each. 0: always.
     retry_above_per_sec: one Count<0, 10_000_000> = "2000";
+    /// How long a new QUIC client may expect to wait for its handshake in the queue of
+    /// newcomers, in ms, at the rate the node measures it takes them up. A crowd within it
+    /// waits; past it, a newcomer's first packet goes unanswered and its client sends it
+    /// again after QUIC's retransmission timer (deferred, never refused for the queue).
+    join_queue_ms: one Millis<1, 60_000> = "4000";
     /// QUIC server threads, each with its own socket on the port (SO_REUSEPORT) and the
     /// connections that live on it; the kernel steers each packet to its connection's
     /// thread by connection ID [default: one per core the process may run on].

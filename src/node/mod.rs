@@ -248,20 +248,25 @@ impl Node {
     /// Whether a new connection (QUIC or HTTP) may be taken: under the connection limit, not
     /// overloaded, not draining. Counts a refusal.
     pub fn admit(&self) -> bool {
+        self.admission().is_ok()
+    }
+
+    /// As `admit`, saying why not.
+    pub fn admission(&self) -> std::result::Result<(), NotAdmitted> {
         let open = self.stats.connections.load(Ordering::Relaxed)
             + self.stats.http_connections.load(Ordering::Relaxed);
-        let ok = if open >= self.cfg.max_connections.value() || self.is_draining() {
-            false
+        let no = if self.is_draining() {
+            NotAdmitted::Draining
+        } else if open >= self.cfg.max_connections.value() {
+            NotAdmitted::Full
         } else if self.overloaded() {
             inc(&self.stats.shed_total);
-            false
+            NotAdmitted::Overloaded
         } else {
-            true
+            return Ok(());
         };
-        if !ok {
-            inc(&self.stats.refused_total);
-        }
-        ok
+        inc(&self.stats.refused_total);
+        Err(no)
     }
 
     /// The longest delivery interval a live stream here has of its own, or takes to fill a
@@ -461,28 +466,22 @@ impl Node {
         Ok(permit)
     }
 
-    /// Whether `addr` may open one more connection, by its idle ones (`max-idle-per-addr`).
-    pub fn may_idle(&self, addr: IpAddr) -> bool {
+    /// Whether `addr` holds more idle connections than `max-idle-per-addr`.
+    pub fn idle_over(&self, addr: IpAddr) -> bool {
         let m = self.idle_by_addr.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&addr).copied().unwrap_or(0) < self.cfg.max_idle_per_addr.value()
+        m.get(&addr).copied().unwrap_or(0) > self.cfg.max_idle_per_addr.value()
     }
 
     /// A connection from `addr` has nothing to do (`true`) or something again (`false`).
-    /// Returns whether its address is now over `max-idle-per-addr`.
-    pub fn set_idle(&self, addr: IpAddr, idle: bool) -> bool {
+    pub fn set_idle(&self, addr: IpAddr, idle: bool) {
         let mut m = self.idle_by_addr.lock().unwrap_or_else(|e| e.into_inner());
         if idle {
-            let n = m.entry(addr).or_default();
-            *n += 1;
-            *n > self.cfg.max_idle_per_addr.value()
-        } else {
-            if let Some(n) = m.get_mut(&addr) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&addr);
-                }
+            *m.entry(addr).or_default() += 1;
+        } else if let Some(n) = m.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&addr);
             }
-            false
         }
     }
 
@@ -602,4 +601,26 @@ pub fn now_us() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Why a newcomer is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// The node is going away (it told its alternates).
+    Draining,
+    /// At `max-connections`.
+    Full,
+    /// Its listeners would suffer (the load watch says so): it sheds newcomers.
+    Overloaded,
+}
+
+impl NotAdmitted {
+    /// What it says, and when a client may come back (its own jitter added).
+    pub fn reason(self) -> (&'static str, u32) {
+        match self {
+            NotAdmitted::Draining => ("draining", 0),
+            NotAdmitted::Full => ("full", 10),
+            NotAdmitted::Overloaded => ("overloaded", 5),
+        }
+    }
 }

@@ -20,6 +20,15 @@ pub struct Stats {
     pub shed_total: AtomicU64,
     /// New connections asked to prove their address first (QUIC Retry).
     pub retries_total: AtomicU64,
+    /// New QUIC clients queued behind others for their handshake.
+    pub joins_queued_total: AtomicU64,
+    /// New QUIC clients taken up with nobody waiting before them.
+    pub joins_first_total: AtomicU64,
+    /// New QUIC clients deferred: the queue held what the node takes up in `join-queue-ms`,
+    /// so their first packet went unanswered (their clients send it again).
+    pub joins_deferred_total: AtomicU64,
+    /// New QUIC clients waiting in the queue now.
+    pub join_queue: AtomicU64,
     /// Peers refused for their token (or its absence): publishers, listeners, relays.
     pub auth_refused_total: AtomicU64,
     /// Subscriptions refused because the stream is not there (nor did it start in time).

@@ -7,6 +7,7 @@ mod code;
 mod error;
 mod frame;
 mod message;
+mod refusal;
 mod stream;
 mod url;
 pub mod varint;
@@ -17,6 +18,7 @@ pub use frame::{Frame, MAX_FRAME_DURATION};
 pub use message::{
     check_path, path_covers, Codec, Message, Role, Start, CODEC_OPUS, SUBSCRIBE_LOW_LATENCY,
 };
+pub use refusal::{Refusal, MAX_REFUSAL, MAX_RETRY_AFTER};
 pub use stream::{SegmentHeader, UniHeader, UNI_PUBLISH, UNI_SEGMENT};
 pub use url::{QuicUrl, UrlError};
 pub use varint::{get_varint, put_varint, varint_len};

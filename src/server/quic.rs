@@ -220,10 +220,11 @@ impl Shard {
                 Ok(rt) => rt,
                 Err(e) => return drop(ready_tx.send(Err(e))),
             };
-            let engine = match Engine::server(socket, cfg, cids, sessions) {
+            let mut engine = match Engine::server(socket, cfg, cids, sessions) {
                 Ok(e) => e,
                 Err(e) => return drop(ready_tx.send(Err(e))),
             };
+            engine.set_join_wait(node.cfg.join_queue_ms.get());
             // Several threads on the port: datagrams must reach the steering program one
             // by one (see `shards::unmerged`).
             if cids.shards > 1 {

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId, VarInt};
@@ -18,10 +18,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::control::{close, control, flush_control, refuse, refuse_quietly};
 use super::quic::{Cmd, HandshakeRate};
 use crate::egress::quic::{step as deliver, Sub};
-use crate::engine::{read_stream, Admit, App, Read};
+use crate::engine::{read_stream, Admit, App, Offered, Read};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
-use crate::node::{credential, dec, inc, Node, Peer, Presented, Publishing};
+use crate::node::{credential, dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
 use crate::transport::{self, varint};
 
@@ -38,6 +38,9 @@ pub(super) enum Due {
     Silence,
     /// A publisher ahead of real time may be read again.
     Pace,
+    /// A connection idle for `hello-timeout` (nothing subscribed or published): closed if
+    /// its address holds more than `max-idle-per-addr` such.
+    Idle,
 }
 
 /// Every connection of one engine: the node, and what the loop needs from them.
@@ -57,6 +60,27 @@ pub(super) struct Sessions {
 }
 
 impl Sessions {
+    /// What a refused newcomer is told (`proto::Refusal`): why, when to come back, and the
+    /// node's alternates (those it tells its peers when it drains, else from the config).
+    fn refusal(&self, (why, retry_after): (&str, u32)) -> String {
+        let alternates = match &self.away {
+            Some(a) => a.clone(),
+            None => self
+                .node
+                .cfg
+                .alternates
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+        };
+        proto::Refusal {
+            why: why.to_string(),
+            retry_after: (retry_after > 0).then(|| Duration::from_secs(retry_after.into())),
+            alternates,
+        }
+        .to_phrase()
+    }
+
     pub(super) fn new(node: Arc<Node>, tx: mpsc::UnboundedSender<Cmd>, retry_above: u64) -> Self {
         Sessions {
             node,
@@ -102,6 +126,8 @@ pub(super) struct Session {
     pub(super) why: Option<String>,
     /// Counted among its address's idle connections (no subscription, no publish).
     idle: bool,
+    /// Since when it has been idle.
+    idle_since: Instant,
 }
 
 impl App for Sessions {
@@ -111,13 +137,19 @@ impl App for Sessions {
     /// handshakes: each client proves its address first (a spoofed source never sees the
     /// Retry), costing a real one a round trip.
     fn incoming(&mut self, incoming: &Incoming) -> Admit<Session> {
-        if self.stopping || !self.node.admit() {
-            return Admit::Refuse;
-        }
-        // One address holds a bounded number of connections that do nothing.
-        if !self.node.may_idle(incoming.remote_address().ip()) {
-            inc(&self.node.stats.refused_total);
-            return Admit::Refuse;
+        // Out of the queue of newcomers (see `newcomer`).
+        let _ = self.node.stats.join_queue.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+        let admitted = if self.stopping {
+            Err(NotAdmitted::Draining)
+        } else {
+            self.node.admission()
+        };
+        if let Err(no) = admitted {
+            return Admit::Refuse(self.refusal(no.reason()));
         }
         if self.rate.tick(Instant::now()) > self.retry_above
             && !incoming.remote_address_validated()
@@ -151,7 +183,18 @@ impl App for Sessions {
             subscribed: 0,
             why: None,
             idle: true,
+            idle_since: Instant::now(),
         })
+    }
+
+    fn newcomer(&mut self, what: Offered) {
+        let st = &self.node.stats;
+        match what {
+            Offered::First => inc(&st.joins_first_total),
+            Offered::Queued => inc(&st.joins_queued_total),
+            Offered::Deferred => return inc(&st.joins_deferred_total),
+        }
+        inc(&st.join_queue);
     }
 
     fn event(
@@ -169,6 +212,7 @@ impl App for Sessions {
                 let at = now + self.node.cfg.hello_timeout_ms.get();
                 self.deadlines
                     .push(Reverse((at, handle, s.uid, Due::Hello)));
+                self.deadlines.push(Reverse((at, handle, s.uid, Due::Idle)));
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) if s.ctl.is_none() => {
                 if let Some(id) = conn.streams().accept(Dir::Bi) {
@@ -587,6 +631,34 @@ impl Sessions {
             self.feed(conn, s, now);
             return None;
         }
+        if due == Due::Idle {
+            // Looked at every `hello-timeout` while it lives. Idle that long: one of too
+            // many from its address is closed (and no longer counted), so a crowd behind
+            // one NAT gets in, and a stranger cannot hold the node's slots idle.
+            let grace = self.node.cfg.hello_timeout_ms.get();
+            if !s.idle {
+                return Some(now + grace);
+            }
+            if s.idle_since + grace > now {
+                return Some(s.idle_since + grace);
+            }
+            if !self.node.idle_over(s.remote.ip()) {
+                return Some(now + grace);
+            }
+            s.idle = false;
+            self.node.set_idle(s.remote.ip(), false);
+            inc(&self.node.stats.refused_total);
+            let e = Error::new(
+                Kind::Overloaded,
+                format!(
+                    "too many idle connections from {} (at most {})",
+                    s.remote.ip(),
+                    self.node.cfg.max_idle_per_addr
+                ),
+            );
+            refuse_quietly(conn, s, &e);
+            return None;
+        }
         if due == Due::Hello {
             if s.hello.is_none() {
                 let what = if s.ctl.is_none() {
@@ -652,25 +724,17 @@ pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64)
 }
 
 /// Counts `s` among its address's idle connections while it has nothing to do (no
-/// subscription, made or being made, and no publish); one that falls idle when its address
-/// already holds `max-idle-per-addr` such connections is closed.
+/// subscription, made or being made, and no publish); see `Due::Idle` for what becomes of
+/// one idle too long.
 fn settle(node: &Node, conn: &mut Connection, s: &mut Session) {
     let idle = s.subs.is_empty() && s.pending.is_empty() && s.ingest.is_none();
     if idle == s.idle || conn.is_closed() {
         return;
     }
     s.idle = idle;
-    if node.set_idle(s.remote.ip(), idle) {
-        inc(&node.stats.refused_total);
-        let e = Error::new(
-            Kind::Overloaded,
-            format!(
-                "too many idle connections from {} (at most {})",
-                s.remote.ip(),
-                node.cfg.max_idle_per_addr
-            ),
-        );
-        refuse_quietly(conn, s, &e);
+    node.set_idle(s.remote.ip(), idle);
+    if idle {
+        s.idle_since = Instant::now();
     }
 }
 

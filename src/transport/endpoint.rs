@@ -157,6 +157,10 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::local(format!("TLS: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    // A client waiting in the queue of newcomers (see `engine::queue`) sends its Initial
+    // again every PTO: a few of them are kept with it, and all waiting hold at most 64 MiB.
+    cfg.incoming_buffer_size(16 * 1024)
+        .incoming_buffer_size_total(64 << 20);
     // Clients open one control stream, read as it comes; a publisher is granted its one
     // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
     // is a second of the richest Opus stream: what a peer can make the node hold is small.

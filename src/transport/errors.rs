@@ -20,6 +20,20 @@ pub fn conn_error(e: quinn::ConnectionError) -> Error {
         C::LocallyClosed => Error::closed("connection closed"),
         C::TimedOut => Error::closed("connection timed out: the peer stopped answering"),
         C::Reset => Error::closed("connection reset by the peer"),
+        // Refused before any handshake: the node's phrase says why, when to come back, and
+        // where else to go (`proto::Refusal`).
+        C::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            let r = crate::proto::Refusal::parse(&c.reason);
+            let code = if r.why == "draining" {
+                ErrorCode::GoingAway
+            } else {
+                ErrorCode::Overloaded
+            };
+            Error::remote(
+                code,
+                format!("{}{}", Error::REFUSED, String::from_utf8_lossy(&c.reason)),
+            )
+        }
         C::ConnectionClosed(c) => Error::closed(format!("connection closed by the peer: {c}")),
         C::VersionMismatch => Error::new(Kind::Version, "the peer speaks no QUIC version we do"),
         C::TransportError(t) => Error::protocol(t.to_string()),

@@ -729,6 +729,17 @@ impl Endpoint {
 
     /// Reject this incoming connection attempt
     pub fn refuse(&mut self, incoming: Incoming, buf: &mut Vec<u8>) -> Transmit {
+        self.refuse_with_reason(incoming, "", buf)
+    }
+
+    /// Reject this incoming connection attempt, saying why in the CONNECTION_CLOSE frame's
+    /// reason phrase (protected by Initial keys only: a hint to the client, not proof)
+    pub fn refuse_with_reason(
+        &mut self,
+        incoming: Incoming,
+        reason: &str,
+        buf: &mut Vec<u8>,
+    ) -> Transmit {
         self.clean_up_incoming(&incoming);
         incoming.improper_drop_warner.dismiss();
 
@@ -737,7 +748,7 @@ impl Endpoint {
             incoming.addresses,
             &incoming.crypto,
             &incoming.packet.header.src_cid,
-            TransportError::CONNECTION_REFUSED(""),
+            TransportError::CONNECTION_REFUSED(reason),
             buf,
         )
     }
