@@ -121,7 +121,8 @@ enum Cmd {
     },
     /// Open many listener connections to one node and report what they heard.
     Loadgen {
-        /// quic://HOST:PORT/STREAM (repeat: each listener falls back to the next nodes).
+        /// quic://HOST:PORT/STREAM (repeat: each listener falls back to the next nodes), or
+        /// one http://HOST:PORT/PATH: an HTTP crowd (each request read for the duration).
         #[arg(required = true, num_args = 1..)]
         urls: Vec<String>,
         /// Listener connections to open (each its own QUIC connection and TLS handshake).
@@ -536,6 +537,33 @@ async fn run_loadgen(
     };
     if listeners == 0 || listeners > 1_000_000 {
         bail!("--listeners must be between 1 and 1000000");
+    }
+    // An HTTP crowd: plain requests, each read for the duration.
+    if let [url] = urls.as_slice() {
+        if url.starts_with("http://") {
+            let r = cli::loadgen_http::run(
+                url,
+                listeners,
+                secs("ramp", ramp)?,
+                secs("duration", duration)?,
+            )
+            .await?;
+            println!("requests {}  served {}", r.requests, r.served);
+            for (why, n) in &r.failures {
+                println!("  failed x{n}: {why}");
+            }
+            println!(
+                "first byte ms  p50 {:.0}  p99 {:.0}  max {:.1}   bytes each p50 {}",
+                r.first_byte_ms.p50,
+                r.first_byte_ms.p99,
+                r.first_byte_ms.max.unwrap_or(0.0),
+                r.bytes_p50
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            return Ok(());
+        }
     }
     let urls = urls
         .iter()

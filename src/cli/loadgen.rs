@@ -35,14 +35,14 @@ pub struct LoadOptions {
 }
 
 /// Millisecond buckets up to a minute.
-struct Histogram {
+pub(crate) struct Histogram {
     buckets: Vec<AtomicU64>,
     max: AtomicU64,
     count: AtomicU64,
 }
 
 impl Histogram {
-    fn new() -> Histogram {
+    pub(crate) fn new() -> Histogram {
         Histogram {
             buckets: (0..60_001).map(|_| AtomicU64::new(0)).collect(),
             max: AtomicU64::new(0),
@@ -50,7 +50,7 @@ impl Histogram {
         }
     }
 
-    fn record_us(&self, us: u64) {
+    pub(crate) fn record_us(&self, us: u64) {
         let ms = (us / 1000).min(60_000);
         self.buckets[ms as usize].fetch_add(1, Ordering::Relaxed);
         self.max.fetch_max(us, Ordering::Relaxed);
@@ -58,7 +58,7 @@ impl Histogram {
     }
 
     /// The q-quantile in ms (upper edge of its bucket), 0 when empty.
-    fn quantile_ms(&self, q: f64) -> f64 {
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
         let n = self.count.load(Ordering::Relaxed);
         if n == 0 {
             return 0.0;
@@ -74,11 +74,11 @@ impl Histogram {
         60_000.0
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn max_ms(&self) -> f64 {
+    pub(crate) fn max_ms(&self) -> f64 {
         self.max.load(Ordering::Relaxed) as f64 / 1000.0
     }
 }

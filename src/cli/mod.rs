@@ -4,4 +4,5 @@
 pub mod demo;
 pub mod loadgen;
 mod loadgen_engine;
+pub mod loadgen_http;
 pub mod ops;

@@ -290,7 +290,11 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
         Err(e) => return warn!("QUIC thread: {e}"),
     };
     'run: loop {
-        // Commands first: subscriptions made, broadcasts woken.
+        // Commands first: subscriptions made (on this thread at once, or by their tasks),
+        // broadcasts woken.
+        for cmd in std::mem::take(&mut engine.app().ready) {
+            apply(&mut engine, &mut wakes, &tx, cmd);
+        }
         while let Ok(cmd) = rx.try_recv() {
             if !apply(&mut engine, &mut wakes, &tx, cmd) {
                 break 'run;
@@ -304,7 +308,7 @@ async fn run(mut engine: Engine<Sessions>, mut rx: mpsc::UnboundedReceiver<Cmd>)
                 warn!("QUIC socket: {e}");
                 serving
             }
-        };
+        } || !engine.app().ready.is_empty();
         if more {
             tokio::task::yield_now().await;
             continue;

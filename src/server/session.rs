@@ -57,6 +57,9 @@ pub(super) struct Sessions {
     pub(super) stopping: bool,
     /// Connections' deadlines (a hello due, a publisher's silence), checked when due.
     pub(super) deadlines: BinaryHeap<Deadline>,
+    /// Subscriptions made on this thread as they were asked for, applied by the loop
+    /// before it next waits (as the tasks' `Cmd::Subscribed` are).
+    pub(super) ready: Vec<Cmd>,
 }
 
 impl Sessions {
@@ -91,6 +94,7 @@ impl Sessions {
             away: None,
             stopping: false,
             deadlines: BinaryHeap::new(),
+            ready: Vec::new(),
         }
     }
 }
@@ -112,7 +116,7 @@ pub(super) struct Session {
     pub(super) subs: HashMap<u64, Sub>,
     /// Subscriptions being made (the node may be waiting for the stream to start): an
     /// unsubscribe, or the connection's end, calls them off.
-    pending: HashMap<u64, tokio::task::AbortHandle>,
+    pending: HashMap<u64, Option<tokio::task::AbortHandle>>,
     ingest: Option<Ingest>,
     /// A `Due::Pace` deadline is pending for its ingest.
     paced: bool,
@@ -267,7 +271,7 @@ impl App for Sessions {
         for sub in s.subs.values_mut() {
             sub.flush(&self.node);
         }
-        for (_, task) in s.pending.drain() {
+        for task in s.pending.drain().filter_map(|(_, t)| t) {
             task.abort();
         }
         if let Some(i) = s.ingest.take() {
@@ -400,30 +404,47 @@ impl Sessions {
                     .unwrap_or_else(|| Peer::new(role, s.remote.ip()));
                 let (conn_h, uid) = (s.handle, s.uid);
                 let low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0;
+                let remote = s.remote;
+                let mut making = Box::pin(async move {
+                    let wait = node.cfg.waiting_room_secs.get();
+                    let sub = node.subscribe(&path, start, wait, &peer).await;
+                    if let Err(e) = &sub {
+                        crate::bounded_info!(node.logs.requests, %path, "{e}");
+                    }
+                    sub
+                });
+                // A stream live here is subscribed to at once, on this thread: no task, no
+                // wake-up (most of a crowd's joins). One that is not (a relay asking its
+                // parent, a waiting room) goes on in a task of its own.
+                let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+                let subscribed = move |sub| Cmd::Subscribed {
+                    conn: conn_h,
+                    uid,
+                    id,
+                    low_latency,
+                    sub,
+                };
+                if let std::task::Poll::Ready(sub) =
+                    std::future::Future::poll(making.as_mut(), &mut cx)
+                {
+                    self.ready.push(subscribed(sub));
+                    s.pending.insert(id, None);
+                    return Ok(());
+                }
                 // The node's log lines about this subscription say whose it is.
-                let span = info_span!(parent: None, "sub", remote = %s.remote, id, %path, ?role);
+                let span = info_span!(parent: None, "sub", %remote, id, ?role);
                 let task = tokio::spawn(
                     async move {
-                        let wait = node.cfg.waiting_room_secs.get();
-                        let sub = node.subscribe(&path, start, wait, &peer).await;
-                        if let Err(e) = &sub {
-                            crate::bounded_info!(node.logs.requests, "{e}");
-                        }
-                        let _ = tx.send(Cmd::Subscribed {
-                            conn: conn_h,
-                            uid,
-                            id,
-                            low_latency,
-                            sub,
-                        });
+                        let sub = making.await;
+                        let _ = tx.send(subscribed(sub));
                     }
                     .instrument(span),
                 );
-                s.pending.insert(id, task.abort_handle());
+                s.pending.insert(id, Some(task.abort_handle()));
                 Ok(())
             }
             Message::Unsubscribe { id } => {
-                if let Some(task) = s.pending.remove(&id) {
+                if let Some(Some(task)) = s.pending.remove(&id) {
                     task.abort();
                 }
                 if let Some(mut sub) = s.subs.remove(&id) {

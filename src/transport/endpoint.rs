@@ -161,6 +161,12 @@ pub fn server_config(
     // again every PTO: a few of them are kept with it, and all waiting hold at most 64 MiB.
     cfg.incoming_buffer_size(16 * 1024)
         .incoming_buffer_size_total(64 << 20);
+    // No NEW_TOKEN frames: a token is sealed per connection (two by default) so that a
+    // client coming back may skip a Retry; quicast asks for Retry only under a flood, and
+    // a join is the dearest thing a node does.
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0);
+    cfg.validation_token_config(tokens);
     // Clients open one control stream, read as it comes; a publisher is granted its one
     // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
     // is a second of the richest Opus stream: what a peer can make the node hold is small.

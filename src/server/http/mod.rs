@@ -58,9 +58,8 @@ struct Door {
 
 impl HttpServer {
     pub async fn start(node: Arc<Node>, addr: SocketAddr) -> Result<HttpServer> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::local(format!("cannot serve HTTP on {addr}: {e}")))?;
+        let listener =
+            listen(addr).map_err(|e| Error::local(format!("cannot serve HTTP on {addr}: {e}")))?;
         let addr = listener.local_addr()?;
         info!(%addr, node = %node.name(), "listening (HTTP)");
         if node.is_relay() {
@@ -129,6 +128,25 @@ impl HttpServer {
     pub fn close(&self) {
         self.task.abort();
     }
+}
+
+/// Connections the kernel may hold for the accept loop (it caps this at
+/// `net.core.somaxconn`, 4,096 on current kernels): a crowd's connections arriving within one
+/// turn of the runtime wait here rather than being dropped (tokio's default is 1,024).
+const BACKLOG: i32 = 65_535;
+
+/// The HTTP listening socket, with a backlog for a crowd.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    TcpListener::from_std(s.into())
 }
 
 /// A connection's place in the node's counts: given back when the connection's task ends,
