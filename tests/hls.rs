@@ -370,7 +370,11 @@ async fn the_playlist_stays_valid_live_and_ends_with_the_broadcast() {
 async fn hostile_hls_requests_get_400_or_404_and_cost_nothing() {
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 3);
-    let t = tree3(certs(), &["--http-wait-secs", "1"]);
+    // A short window: segments leave the store within seconds.
+    let t = tree3(
+        certs(),
+        &["--http-wait-secs", "1", "--window-segments", "4"],
+    );
     let _pub = publish(&t._c, &[&t.origin], "talk", &src);
     for http in [&t.origin_http, &t.edge_http] {
         let p = parse(&String::from_utf8(get(http, "/talk.m3u8").await.body).unwrap());
@@ -392,6 +396,19 @@ async fn hostile_hls_requests_get_400_or_404_and_cost_nothing() {
             let r = get(http, &q).await;
             assert_eq!(r.status, want, "{q} at {http}");
         }
+        // A part of a segment no longer held: 404 at once (it was waited for, then 503).
+        let mut p = parse(&String::from_utf8(get(http, "/talk.m3u8").await.body).unwrap());
+        while p.media_seq < 6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p = parse(&String::from_utf8(get(http, "/talk.m3u8").await.body).unwrap());
+        }
+        // Four segments kept and six sealed since: segment 0 is gone from every node.
+        let gone = 0;
+        let r = get(http, &format!("/{base}/{gone}.0.m4s")).await;
+        assert_eq!(
+            r.status, 404,
+            "a part of segment {gone}, no longer held, at {http}"
+        );
         // And the stream is served as before.
         let r = get(http, "/talk.m3u8").await;
         assert_eq!(r.status, 200);
