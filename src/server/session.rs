@@ -404,12 +404,13 @@ impl Sessions {
                     .unwrap_or_else(|| Peer::new(role, s.remote.ip()));
                 let (conn_h, uid) = (s.handle, s.uid);
                 let low_latency = flags & SUBSCRIBE_LOW_LATENCY != 0;
-                let remote = s.remote;
+                // The node's log lines about this subscription say whose it is.
+                let span = info_span!(parent: None, "sub", remote = %s.remote, id, %path, ?role);
                 let mut making = Box::pin(async move {
                     let wait = node.cfg.waiting_room_secs.get();
                     let sub = node.subscribe(&path, start, wait, &peer).await;
                     if let Err(e) = &sub {
-                        crate::bounded_info!(node.logs.requests, %path, "{e}");
+                        crate::bounded_info!(node.logs.requests, "{e}");
                     }
                     sub
                 });
@@ -424,15 +425,12 @@ impl Sessions {
                     low_latency,
                     sub,
                 };
-                if let std::task::Poll::Ready(sub) =
-                    std::future::Future::poll(making.as_mut(), &mut cx)
-                {
+                let first = span.in_scope(|| std::future::Future::poll(making.as_mut(), &mut cx));
+                if let std::task::Poll::Ready(sub) = first {
                     self.ready.push(subscribed(sub));
                     s.pending.insert(id, None);
                     return Ok(());
                 }
-                // The node's log lines about this subscription say whose it is.
-                let span = info_span!(parent: None, "sub", %remote, id, ?role);
                 let task = tokio::spawn(
                     async move {
                         let sub = making.await;
