@@ -184,8 +184,8 @@ impl Drop for Held {
     }
 }
 
-/// Answers an HLS request.
-pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> {
+/// Answers an HLS request from `client` (see `node::audience`).
+pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> Result<Reply> {
     let (name, wait) = match &r {
         Resource::Playlist { name, .. } => (name, node.cfg.http_wait_secs.get()),
         Resource::Init { name, .. }
@@ -200,12 +200,20 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer) -> Result<Reply> 
         .and_then(|s| s.last_ended());
     // Otherwise a subscriber while served: on a relay, this starts or keeps the upstream
     // fetch.
-    let (b, _sub) = match ended {
-        Some(b) => (b, None),
+    let b = match ended {
+        Some(b) => b,
         None => {
             let peer = &peer.served_as(Egress::Hls);
-            let sub = node.subscribe(name, Start::Live, wait, peer).await?;
-            (sub.cursor.broadcast().clone(), Some(sub))
+            let mut sub = node.subscribe(name, Start::Live, wait, peer).await?;
+            let b = sub.cursor.broadcast().clone();
+            // The client, not the request, is the listener: its audience counts it and
+            // holds the stream (this request's subscription, if it has none yet) until it
+            // has not been seen for a while.
+            sub.uncount();
+            let hold = crate::node::audience::hold_for(target_duration(&b));
+            node.audiences
+                .seen(node, name, client, sub, hold, std::time::Instant::now());
+            b
         }
     };
     let head = OpusHead::parse(&b.codec.header)?;

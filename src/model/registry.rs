@@ -178,6 +178,20 @@ impl Slot {
         *self.subscribers.borrow()
     }
 
+    /// Counts `n` more listeners served as `e` that hold no subscription of their own
+    /// (polling HLS clients: see `node::audience`).
+    pub fn count_clients(&self, e: Egress, n: usize) {
+        self.by_egress[e as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` fewer of those.
+    pub fn uncount_clients(&self, e: Egress, n: usize) {
+        let _ =
+            self.by_egress[e as usize].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
     /// Subscribers now served as `e`.
     pub fn subscribers_by(&self, e: Egress) -> usize {
         self.by_egress[e as usize].load(Ordering::Relaxed)
@@ -266,6 +280,13 @@ pub struct SubscriberGuard {
 }
 
 impl SubscriberGuard {
+    /// No longer counted by egress.
+    pub fn uncount(&mut self) {
+        if let Some(old) = self.egress.take() {
+            self.slot.by_egress[old as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts this subscriber among those served as `e` (for as long as it is held).
     pub fn count_as(&mut self, e: Egress) {
         if let Some(old) = self.egress.replace(e) {

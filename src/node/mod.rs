@@ -19,6 +19,7 @@ use crate::model::{
 use crate::proto::{ErrorCode, Role, Start};
 
 mod access;
+pub mod audience;
 mod auth;
 pub mod config;
 mod fanout;
@@ -76,6 +77,8 @@ pub struct Node {
     access: std::sync::RwLock<Arc<Access>>,
     /// Bounds on the lines peers can cause in the log.
     pub(crate) logs: Logs,
+    /// HLS clients by stream, seen within their hold (see `audience`).
+    pub audiences: audience::Audiences,
 }
 
 impl Drop for Node {
@@ -151,6 +154,7 @@ impl Node {
             tasks: Mutex::default(),
             access: std::sync::RwLock::new(Arc::new(access)),
             logs: Logs::default(),
+            audiences: Default::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
@@ -585,6 +589,19 @@ pub struct Subscriber {
     pub joining: Instant,
     _guard: SubscriberGuard,
     _counted: Counted,
+}
+
+impl Subscriber {
+    /// The stream's slot.
+    pub fn slot(&self) -> &Arc<crate::model::Slot> {
+        &self._guard.slot
+    }
+
+    /// No longer counted among the stream's listeners by egress (a request in flight that
+    /// is not a listener of its own: see `audience`).
+    pub fn uncount(&mut self) {
+        self._guard.uncount();
+    }
 }
 
 struct Counted(Arc<Node>);

@@ -42,6 +42,7 @@ pub struct RequestHead {
     pub chunked: bool,
     pub content_length: Option<u64>,
     pub accept: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// A head the node will not take: the status to answer with, and why.
@@ -101,6 +102,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refused> {
         chunked: false,
         content_length: None,
         accept: None,
+        user_agent: None,
     };
     let mut transfer_encoding = false;
     for h in req.headers.iter() {
@@ -155,6 +157,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refused> {
             head.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("accept") {
             head.accept = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent = Some(String::from_utf8_lossy(value).into_owned());
         }
     }
     if transfer_encoding && head.content_length.is_some() {

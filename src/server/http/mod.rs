@@ -334,7 +334,9 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
                     // a stream that needs a token.
                     let query_token = token.in_query().filter(|_| protected);
                     let peer = Peer::new(Role::Listener, remote.ip());
-                    serve_hls(node, r, &peer, protected, query_token).await
+                    let client =
+                        crate::node::audience::client_key(remote.ip(), head.user_agent.as_deref());
+                    serve_hls(node, r, &peer, client, protected, query_token).await
                 }
                 Err(refusal) => refusal,
             }
@@ -376,11 +378,12 @@ async fn serve_hls(
     node: &Arc<Node>,
     r: hls::Resource,
     peer: &Peer,
+    client: u64,
     protected: bool,
     query_token: Option<&str>,
 ) -> Reply {
     let playlist = matches!(r, hls::Resource::Playlist { .. });
-    match hls::serve(node, r, peer).await {
+    match hls::serve(node, r, peer, client).await {
         Ok(reply) => {
             let body = match query_token {
                 Some(t) if playlist => playlist_with_token(&reply.body, t),
