@@ -546,3 +546,102 @@ async fn two_hundred_clients_through_nginx_get_every_segment_the_edge_serves_eac
         assert_eq!(*n, 1, "{uri}: the edge served it {n} times");
     }
 }
+
+/// GET with a User-Agent (a client of its own to the node's HLS audience).
+async fn get_as(addr: &str, path: &str, agent: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The edge's HLS listeners of `talk`, as `/streams` and the metrics say.
+async fn hls_listeners(http: &str, admin: &str) -> (u64, u64) {
+    let streams: serde_json::Value =
+        serde_json::from_slice(&get(http, "/streams").await.body).unwrap();
+    let in_streams = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "talk")
+        .map_or(0, |s| s["by_egress"]["hls"].as_u64().unwrap());
+    let metrics = String::from_utf8(get(admin, "/metrics").await.body).unwrap();
+    let in_metrics = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("quicast_listeners{")
+                && l.contains("stream=\"talk\"")
+                && l.contains("egress=\"hls\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64;
+    (in_streams, in_metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_hls_clients_are_counted_while_they_listen_and_not_after() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let c = certs();
+    let mut origin = origin_node(&c, &["--http", "127.0.0.1:0"]);
+    let _origin_http = origin.http_addr();
+    let mut edge = relay_node(
+        &c,
+        &[&origin],
+        &["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
+    let http = edge.http_addr();
+    let admin = edge.logged_addr("admin");
+    let _pub = publish(&c, &[&origin], "talk", &src);
+    // Two clients polling the playlist as ordinary players do: nothing in flight between
+    // their requests, yet both are listening.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pollers = Vec::new();
+    for agent in ["player-a/1.0", "player-b/2.0"] {
+        let (http, stop) = (http.clone(), stop.clone());
+        pollers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(get_as(&http, "/talk.m3u8", agent).await, 200);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = hls_listeners(&http, &admin).await;
+        if n == (2, 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "HLS listeners {n:?}, want (2, 2)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pollers {
+        p.await.unwrap();
+    }
+    // Gone once not seen for their hold (a few target durations).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = hls_listeners(&http, &admin).await;
+        if n == (0, 0) {
+            break;
+        }
+        assert!(n.0 <= 2 && n.1 <= 2, "never more than the two: {n:?}");
+        assert!(
+            std::time::Instant::now() < until,
+            "HLS listeners {n:?} long after they stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -247,7 +247,8 @@ impl Collector for NodeCollector {
             let mut fam = e.encode_descriptor(
                 "quicast_listeners",
                 "Subscribers of a stream now, by egress: quic (QUIC listeners), relay (child \
-                 relays), http_ogg (HTTP Ogg listeners), hls (HLS requests being served).",
+                 relays), http_ogg (HTTP Ogg listeners), hls (HLS clients: each address and User-Agent seen within four \
+                 target durations, at least 6 s).",
                 None,
                 g.metric_type(),
             )?;

@@ -3,12 +3,17 @@
 
 use std::time::UNIX_EPOCH;
 
+use crate::model::Egress;
 use crate::node::Node;
 
 #[derive(serde::Serialize)]
 struct StreamInfo {
     name: String,
+    /// Listeners here: QUIC listeners, child relays, HTTP Ogg listeners and HLS clients
+    /// (those seen within their hold: see `node::audience`).
     listeners: usize,
+    /// The same by egress (`quic`, `relay`, `http_ogg`, `hls`).
+    by_egress: std::collections::BTreeMap<&'static str, usize>,
     /// Unix time in seconds.
     started_at: u64,
     codec: &'static str,
@@ -32,7 +37,11 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
             let b = slot.broadcast()?;
             Some(StreamInfo {
                 name: slot.path.clone(),
-                listeners: slot.subscribers(),
+                listeners: Egress::ALL.iter().map(|e| slot.subscribers_by(*e)).sum(),
+                by_egress: Egress::ALL
+                    .iter()
+                    .map(|e| (e.label(), slot.subscribers_by(*e)))
+                    .collect(),
                 started_at: b
                     .started
                     .duration_since(UNIX_EPOCH)
