@@ -279,6 +279,17 @@ fn ffmpeg_plays_hls_from_an_edge_one_contiguous_run() {
         String::from_utf8_lossy(&st.stderr)
     );
     assert_one_run(&out, &src_crcs, 19 * 50);
+    // Having held the stream all along, the edge lists at least three target durations
+    // (RFC 8216 6.2.2).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = rt.block_on(get(&t.edge_http, "/talk.m3u8"));
+    let p = parse(&String::from_utf8(p.body).unwrap());
+    let listed: f64 = p.segs.iter().map(|s| s.2).sum();
+    assert!(
+        listed >= 3.0 * p.target as f64,
+        "{listed} s listed, target duration {} s",
+        p.target
+    );
 }
 
 /// Follows a node's playlist as an LL-HLS client does (blocking reload on the hinted part,
