@@ -491,3 +491,40 @@ fn one_address_holds_a_bounded_number_of_idle_quic_connections() {
     assert_eq!(metric(&admin, "quicast_refusals_total"), 6.0);
     assert_eq!(held.iter().filter(|s| s.is_closed()).count(), 6);
 }
+
+#[test]
+fn http_ogg_listeners_joining_at_different_moments_each_get_a_clean_contiguous_stream() {
+    // Their pages are made once per node and shared; each gets its own header pages
+    // numbered just before its first audio page.
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let src_crcs = packet_crcs(&src);
+    let c = certs();
+    let origin = origin_node(&c, &[]);
+    let mut edge = relay_node(&c, &[&origin], &["--http", "127.0.0.1:0"]);
+    let http = edge.http_addr();
+    let _publisher = publish(&c, &[&origin], "live", &src);
+    let curl = |out: &std::path::Path, secs: u32| {
+        Command::new("curl")
+            .args(["-s", "--max-time", &secs.to_string(), "-o"])
+            .arg(out)
+            .arg(format!("http://{http}/live.ogg"))
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (work.path().join("a.ogg"), work.path().join("b.ogg"));
+    let mut first = curl(&a, 8);
+    // The second joins once the first is well into the stream (its file has grown).
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&a).map_or(0, |m| m.len()) < 40_000 {
+        assert!(Instant::now() < until, "the first listener got nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut second = curl(&b, 5);
+    let _ = first.wait();
+    let _ = second.wait();
+    for out in [&a, &b] {
+        // ffmpeg decodes it without an error, and it is one run of the source's packets.
+        assert_one_run(out, &src_crcs, 3 * 50);
+    }
+}

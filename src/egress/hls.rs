@@ -359,7 +359,7 @@ fn frames_of(seg: &Segment) -> Vec<WireFrame> {
     seg.read_from(0, &mut batch);
     match batch {
         Batch::Frames(f) => f,
-        Batch::Wire(_) => Vec::new(),
+        Batch::Wire(_) | Batch::Ogg(..) => Vec::new(),
     }
 }
 

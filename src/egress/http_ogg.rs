@@ -10,19 +10,26 @@ use tokio::sync::mpsc;
 use tracing::{info, info_span, Instrument};
 
 use crate::error::{Error, Result};
-use crate::media::OggOpusWriter;
+use crate::media::ogg_page;
 use crate::model::{Batch, Egress, Form};
 use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
 use crate::proto::Start;
 
-/// Ogg page chunks queued for one HTTP listener; a listener whose socket is full fills this,
-/// its writes block, and the fan-out moves it forward like any slow subscriber.
+/// Deliveries queued for one HTTP listener (each a few shared pages); a listener whose
+/// socket is full fills this, its writes block, and the fan-out moves it forward like any
+/// slow subscriber.
 const LISTENER_QUEUE: usize = 8;
 
-/// An HTTP listener: Ogg pages into a bounded queue that the response body drains.
+/// An HTTP listener: the broadcast's shared Ogg pages (made once per node: see
+/// `model::segment::OggNumbering`), after two header pages of its own, into a bounded queue
+/// that the response body drains.
 struct HttpSink<'a> {
-    tx: mpsc::Sender<Bytes>,
-    ogg: OggOpusWriter,
+    tx: mpsc::Sender<Vec<Bytes>>,
+    serial: u32,
+    opus_head: Bytes,
+    /// The sequence number and granule of the last page sent (its header pages go before
+    /// the first).
+    last: Option<(u32, u64)>,
     /// Totals, said when the listener ends.
     frames: u64,
     bytes: u64,
@@ -32,30 +39,41 @@ struct HttpSink<'a> {
 }
 
 impl Sink for HttpSink<'_> {
-    /// The audio is re-packaged as Ogg pages: each frame's payload and duration.
-    const FORM: Form = Form::Frames;
+    /// The stream's Ogg pages, shared with every other HTTP listener.
+    const FORM: Form = Form::Ogg;
 
     async fn begin(&mut self, _seq: u64) -> Result<()> {
         Ok(())
     }
 
     async fn frames(&mut self, batch: &Batch) -> Result<Delivery> {
-        let Batch::Frames(frames) = batch else {
+        let Batch::Ogg(pages, n) = batch else {
             return Ok(Delivery::Done);
         };
-        let pages = self
-            .ogg
-            .packets(frames.iter().map(|f| (&f.frame.payload, f.frame.duration)));
-        let (n, len) = (frames.len() as u64, pages.len() as u64);
-        self.frames += n;
-        self.bytes += len;
-        if !pages.is_empty() {
-            self.tx
-                .send(pages)
-                .await
-                .map_err(|_| Error::closed("the HTTP listener left"))?;
-            self.tally.wrote(n, len);
+        let Some(first) = pages.first() else {
+            return Ok(Delivery::Done);
+        };
+        let mut out = Vec::with_capacity(pages.len() + 1);
+        if self.last.is_none() {
+            let seq = ogg_page::page_numbers(first).map_or(2, |(s, _)| s);
+            out.push(ogg_page::opus_header_pages(
+                self.serial,
+                seq,
+                &self.opus_head,
+            ));
         }
+        out.extend(pages.iter().cloned());
+        if let Some(l) = pages.last().and_then(|p| ogg_page::last_page_numbers(p)) {
+            self.last = Some(l);
+        }
+        let len: u64 = out.iter().map(|b| b.len() as u64).sum();
+        self.frames += *n as u64;
+        self.bytes += len;
+        self.tx
+            .send(out)
+            .await
+            .map_err(|_| Error::closed("the HTTP listener left"))?;
+        self.tally.wrote(*n as u64, len);
         Ok(Delivery::Done)
     }
 
@@ -63,8 +81,9 @@ impl Sink for HttpSink<'_> {
         self.tally.flush();
     }
 
-    /// The Ogg stream simply continues from the newer segment: granule positions count what
-    /// this listener heard, so players see a short jump in the audio, never a broken file.
+    /// The pages simply continue from the newer segment (a gap in their sequence numbers
+    /// says what was skipped, as a lagging Icecast listener sees): players hear a short
+    /// jump, never a broken file.
     fn skip(&mut self) {
         self.tally.flush();
         self.skips += 1;
@@ -79,23 +98,26 @@ pub(crate) async fn listen(
     name: String,
     peer: &Peer,
     low_latency: bool,
-) -> Result<mpsc::Receiver<Bytes>> {
+) -> Result<mpsc::Receiver<Vec<Bytes>>> {
     let peer = &peer.served_as(Egress::HttpOgg);
     let span = info_span!("sub", path = %name, role = "http");
     let mut sub = node
         .subscribe(&name, Start::Live, node.cfg.http_wait_secs.get(), peer)
         .instrument(span.clone())
         .await?;
+    let b = sub.cursor.broadcast().clone();
+    let Some(ogg) = b.ogg.as_ref() else {
+        return Err(Error::unsupported("this stream's codec has no Ogg mapping"));
+    };
     // Players buffer before they start (Chromium probes a few seconds of Ogg): begin one
     // whole segment further back than the live edge, so they start at once.
     sub.cursor.back(1);
     if low_latency {
         sub.cursor.eager();
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(LISTENER_QUEUE);
-    let mut ogg = OggOpusWriter::new(rand::random());
-    let headers = ogg.headers(&sub.cursor.broadcast().codec.header);
-    let _ = tx.try_send(headers);
+    let (tx, rx) = mpsc::channel::<Vec<Bytes>>(LISTENER_QUEUE);
+    let serial = ogg.serial;
+    let opus_head = b.codec.header.clone();
     tokio::spawn(
         async move {
             // The whole subscription moves here (not just its cursor): its place in the
@@ -104,7 +126,9 @@ pub(crate) async fn listen(
             let started = std::time::Instant::now();
             let mut sink = HttpSink {
                 tx,
-                ogg,
+                serial,
+                opus_head,
+                last: None,
                 frames: 0,
                 bytes: 0,
                 skips: 0,
@@ -112,8 +136,10 @@ pub(crate) async fn listen(
             };
             let why = match fan_out(&node, &mut sub.cursor, &mut sink).await {
                 Ok(_) => {
-                    let tail = sink.ogg.finish();
-                    let _ = sink.tx.send(tail).await;
+                    if let Some((seq, granule)) = sink.last {
+                        let end = ogg_page::eos_page(serial, seq.wrapping_add(1), granule);
+                        let _ = sink.tx.send(vec![end]).await;
+                    }
                     "the broadcast ended".to_string()
                 }
                 Err(e) => e.to_string(),

@@ -3,6 +3,7 @@
 mod fmp4;
 mod ogg_demux;
 mod ogg_mux;
+pub mod ogg_page;
 mod opus;
 mod timeline;
 

@@ -70,6 +70,8 @@ pub struct Broadcast {
     samples: AtomicU64,
     /// End (pts + duration) of the last frame appended, plus one; 0 before any.
     end_pts: AtomicU64,
+    /// Its Ogg stream for HTTP listeners (an Opus broadcast: see `segment::OggNumbering`).
+    pub ogg: Option<Arc<super::segment::OggNumbering>>,
 }
 
 /// Where the broadcast is: its first and latest segments here, and whether it is over.
@@ -89,6 +91,7 @@ impl Broadcast {
         cfg: &StoreConfig,
     ) -> Arc<Broadcast> {
         static LOCAL: AtomicU64 = AtomicU64::new(1);
+        let ogg = ogg_numbering(instance, &codec);
         Arc::new_cyclic(|me| Broadcast {
             me: me.clone(),
             base_us: AtomicU64::new(cfg.pacing.base(path, 0, Duration::ZERO).as_micros() as u64),
@@ -113,6 +116,7 @@ impl Broadcast {
             frames: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             end_pts: AtomicU64::new(0),
+            ogg,
         })
     }
 
@@ -165,7 +169,7 @@ impl Broadcast {
 
     /// Starts segment `seq`, sealing the open one. Sequence numbers only grow.
     pub fn begin(&self, seq: u64) -> Result<Arc<Segment>> {
-        let seg = Arc::new(Segment::new(seq));
+        let seg = Arc::new(Segment::new(seq, self.ogg.clone()));
         {
             let mut s = self.state();
             if s.ended {
@@ -393,4 +397,18 @@ impl Broadcast {
     pub fn cursor_from_first(self: &Arc<Self>) -> Cursor {
         Cursor::new(self.clone(), self.changed.subscribe(), Start::Live, true)
     }
+}
+
+/// An Opus broadcast's Ogg numbering: its serial from the instance (the same on every node),
+/// its pre-skip from the OpusHead.
+fn ogg_numbering(instance: u64, codec: &Codec) -> Option<Arc<super::segment::OggNumbering>> {
+    let h = &codec.header;
+    if h.len() < 12 || &h[..8] != b"OpusHead" {
+        return None;
+    }
+    let pre_skip = u64::from(u16::from_le_bytes([h[10], h[11]]));
+    let serial = (instance ^ (instance >> 32)) as u32;
+    Some(Arc::new(super::segment::OggNumbering::new(
+        serial, pre_skip,
+    )))
 }

@@ -32,6 +32,9 @@ pub enum Form {
     /// interval's frames are one shared run): for subscribers that forward records as they
     /// are (QUIC listeners, child relays).
     Wire,
+    /// Ogg pages, made once per run and shared (see `segment::OggNumbering`): for HTTP Ogg
+    /// listeners.
+    Ogg,
 }
 
 /// A step's frames, in the form the cursor was made for.
@@ -39,6 +42,8 @@ pub enum Form {
 pub enum Batch {
     Frames(Vec<WireFrame>),
     Wire(Vec<Bytes>),
+    /// Pages, and how many frames they hold.
+    Ogg(Vec<Bytes>, usize),
 }
 
 impl Batch {
@@ -46,6 +51,7 @@ impl Batch {
         match form {
             Form::Frames => Batch::Frames(Vec::new()),
             Form::Wire => Batch::Wire(Vec::new()),
+            Form::Ogg => Batch::Ogg(Vec::new(), 0),
         }
     }
 
@@ -53,13 +59,17 @@ impl Batch {
         match self {
             Batch::Frames(f) => f.clear(),
             Batch::Wire(w) => w.clear(),
+            Batch::Ogg(p, n) => {
+                p.clear();
+                *n = 0;
+            }
         }
     }
 
     fn capacity(&self) -> usize {
         match self {
             Batch::Frames(f) => f.capacity(),
-            Batch::Wire(w) => w.capacity(),
+            Batch::Wire(w) | Batch::Ogg(w, _) => w.capacity(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A segment: a run of frames, the unit of caching and of joining.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
@@ -13,6 +13,32 @@ use crate::proto::{MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
 pub struct Segment {
     pub seq: u64,
     inner: RwLock<SegInner>,
+    /// The broadcast's Ogg page numbering: each run is also made into Ogg pages, once.
+    ogg: Option<Arc<OggNumbering>>,
+}
+
+/// A broadcast's Ogg stream, shared by all its HTTP listeners: one serial number, page
+/// sequence numbers given out in stream order (each run's pages are made when the run is,
+/// and a segment's last run when it is sealed, before the next segment has a frame), and
+/// granule positions counted from the broadcast's start (RFC 7845: pre-skip plus the end of
+/// each page's last packet). A listener joining mid-stream gets its own two header pages
+/// numbered just before its first audio page, so its stream has no gap: what Icecast does
+/// with a stored header, without the hole after it.
+pub struct OggNumbering {
+    pub serial: u32,
+    pub pre_skip: u64,
+    next: std::sync::Mutex<u32>,
+}
+
+impl OggNumbering {
+    pub fn new(serial: u32, pre_skip: u64) -> OggNumbering {
+        OggNumbering {
+            serial,
+            pre_skip,
+            // Room for a listener's two header pages before the first audio page.
+            next: std::sync::Mutex::new(2),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -26,6 +52,8 @@ struct SegInner {
     /// subscriber at that place is handed the same run (one chunk to write, not one per
     /// frame). The records of a run are slices of it, so frames are held once.
     runs: Vec<(usize, Bytes)>,
+    /// Each run's Ogg pages and the first one's sequence number (index-aligned with `runs`).
+    pages: Vec<(Bytes, u32)>,
 }
 
 impl SegInner {
@@ -36,8 +64,21 @@ impl SegInner {
     /// Makes the frames not yet in a run into one: built once, by the first subscriber to
     /// read them, and shared by every other subscriber that reads from the same place (all
     /// of them, at the live edge). One copy of a delivery interval's frames per node.
-    fn close_run(&mut self) {
+    fn close_run(&mut self, ogg: Option<&OggNumbering>) {
         let (from, to) = (self.covered(), self.frames.len());
+        if let (Some(ogg), true) = (ogg, to > from) {
+            let mut next = ogg.next.lock().unwrap_or_else(|e| e.into_inner());
+            let (pages, n) = crate::media::ogg_page::audio_pages(
+                ogg.serial,
+                *next,
+                self.frames[from..to].iter().map(|f| {
+                    let end = f.frame.pts.saturating_add(f.frame.duration as u64);
+                    (&f.frame.payload[..], ogg.pre_skip.saturating_add(end))
+                }),
+            );
+            self.pages.push((pages, *next));
+            *next = next.wrapping_add(n);
+        }
         let run = match to - from {
             0 => return,
             1 => self.frames[from].record.clone(),
@@ -61,6 +102,31 @@ impl SegInner {
             }
         };
         self.runs.push((to, run));
+    }
+
+    /// The Ogg pages of `frames[from..]` (all in runs): the runs' shared pages, or pages of
+    /// its own for the part of a run joined in the middle (numbered as that run's).
+    fn ogg_from(&self, from: usize, ogg: &OggNumbering, out: &mut Vec<Bytes>) {
+        let mut i = self.runs.partition_point(|r| r.0 <= from);
+        let mut at = from;
+        while let (Some((end, _)), Some((pages, first))) = (self.runs.get(i), self.pages.get(i)) {
+            let start = if i == 0 { 0 } else { self.runs[i - 1].0 };
+            if start == at {
+                out.push(pages.clone());
+            } else {
+                let (own, _) = crate::media::ogg_page::audio_pages(
+                    ogg.serial,
+                    *first,
+                    self.frames[at..*end].iter().map(|f| {
+                        let end = f.frame.pts.saturating_add(f.frame.duration as u64);
+                        (&f.frame.payload[..], ogg.pre_skip.saturating_add(end))
+                    }),
+                );
+                out.push(own);
+            }
+            at = *end;
+            i += 1;
+        }
     }
 
     /// The wire records of `frames[from..]` as few `Bytes` as the runs allow.
@@ -90,10 +156,11 @@ impl SegInner {
 }
 
 impl Segment {
-    pub(super) fn new(seq: u64) -> Segment {
+    pub(super) fn new(seq: u64, ogg: Option<Arc<OggNumbering>>) -> Segment {
         Segment {
             seq,
             inner: RwLock::new(SegInner::default()),
+            ogg,
         }
     }
 
@@ -123,9 +190,12 @@ impl Segment {
         Ok(())
     }
 
-    /// No more frames.
+    /// No more frames. Its last run is made now (and its Ogg pages: numbered before the next
+    /// segment's).
     pub(super) fn seal(&self) {
-        self.write().sealed = true;
+        let mut g = self.write();
+        g.close_run(self.ogg.as_deref());
+        g.sealed = true;
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -156,14 +226,28 @@ impl Segment {
                     g.wire_from(from, w);
                     return (n, g.sealed);
                 }
-                Batch::Wire(_) => {}
+                Batch::Ogg(pages, frames) if g.covered() == g.frames.len() => {
+                    if let Some(ogg) = &self.ogg {
+                        g.ogg_from(from, ogg, pages);
+                    }
+                    *frames += n;
+                    return (n, g.sealed);
+                }
+                Batch::Wire(_) | Batch::Ogg(..) => {}
             }
         }
         let mut g = self.write();
-        g.close_run();
+        g.close_run(self.ogg.as_deref());
         let n = g.frames.len() - from;
-        if let Batch::Wire(w) = out {
-            g.wire_from(from, w);
+        match out {
+            Batch::Wire(w) => g.wire_from(from, w),
+            Batch::Ogg(pages, frames) => {
+                if let Some(ogg) = &self.ogg {
+                    g.ogg_from(from, ogg, pages);
+                }
+                *frames += n;
+            }
+            Batch::Frames(_) => {}
         }
         (n, g.sealed)
     }

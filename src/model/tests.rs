@@ -49,6 +49,7 @@ fn drain(c: &mut Cursor) -> Vec<String> {
                     .join(",")
             ),
             Step::Frames(Batch::Wire(w)) => format!("W{}", w.len()),
+            Step::Frames(Batch::Ogg(p, n)) => format!("O{}:{n}", p.len()),
             Step::Sealed(q) => format!("E{q}"),
             Step::Skip { from, to } => format!("S{from}>{to}"),
             Step::Finished => {
@@ -548,6 +549,79 @@ fn subscribers_at_the_edge_share_one_run_of_wire_records_per_batch() {
     let w = wire(&mut c2);
     assert_eq!(w.len(), 2);
     assert_eq!(joined(&w), records(&later));
+}
+
+fn ogg(c: &mut Cursor) -> (Vec<Bytes>, usize) {
+    match step(c, Form::Ogg) {
+        Batch::Ogg(p, n) => (p, n),
+        other => panic!("asked for Ogg pages, got {other:?}"),
+    }
+}
+
+#[test]
+fn http_listeners_share_one_copy_of_each_runs_ogg_pages_numbered_in_stream_order() {
+    use crate::media::ogg_page::{last_page_numbers, page_numbers};
+    let b = bcast(8, 3);
+    let serial = b.ogg.as_ref().unwrap().serial;
+    let s0 = b.begin(0).unwrap();
+    let (mut c1, mut c2) = (b.cursor(Start::Live), b.cursor(Start::Live));
+    for n in 0..5 {
+        b.append_quiet(&s0, frame(n)).unwrap();
+    }
+    b.flush();
+    let ((p1, n1), (p2, n2)) = (ogg(&mut c1), ogg(&mut c2));
+    assert_eq!((n1, n2, p1.len(), p2.len()), (5, 5, 1, 1));
+    // Two listeners' bytes after their headers are the same buffer, not a copy each.
+    assert_eq!(p1[0].as_ptr(), p2[0].as_ptr());
+    assert_eq!(&p1[0][14..18], &serial.to_le_bytes());
+    // The first audio page follows the two header pages' numbers; its granule is the end
+    // of its last packet (pre-skip 0 here).
+    assert_eq!(page_numbers(&p1[0]), Some((2, 5 * 960)));
+    // The segment's last run is paged when it is sealed, before the next segment's: the
+    // numbering follows the stream whoever reads first.
+    b.append_quiet(&s0, frame(5)).unwrap();
+    b.seal(&s0);
+    let s1 = b.begin(1).unwrap();
+    b.append_quiet(&s1, frame(6)).unwrap();
+    b.flush();
+    // Everything ready now, in Ogg pages.
+    let pages = |c: &mut Cursor| {
+        let mut out = Vec::new();
+        while let Some(step) = c.next().now_or_never() {
+            match step {
+                Step::Frames(Batch::Ogg(p, _)) => out.extend(p),
+                Step::Finished => break,
+                _ => {}
+            }
+        }
+        out
+    };
+    let mut seen = vec![page_numbers(&p1[0]).unwrap()];
+    seen.extend(pages(&mut c1).iter().filter_map(|p| last_page_numbers(p)));
+    assert_eq!(seen, [(2, 5 * 960), (3, 6 * 960), (4, 7 * 960)]);
+    // The pages carry the frames' payloads, checked by a demuxer (CRCs included).
+    let p2b = pages(&mut c2);
+    let mut stream = crate::media::ogg_page::opus_header_pages(
+        serial,
+        2,
+        &crate::media::OpusHead::synthetic(2).raw,
+    )
+    .to_vec();
+    for p in p2.iter().chain(p2b.iter()) {
+        stream.extend_from_slice(p);
+    }
+    let mut d = crate::media::OggOpusDemuxer::new();
+    d.push(&stream);
+    let mut payloads = Vec::new();
+    while let Ok(Some(ev)) = d.next_event() {
+        if let crate::media::OggEvent::Packet(p, ..) = ev {
+            payloads.push(p.to_vec());
+        }
+    }
+    assert_eq!(
+        payloads,
+        (0..7u8).map(|n| vec![0xf8, n]).collect::<Vec<_>>()
+    );
 }
 
 #[test]
