@@ -1,41 +1,79 @@
 //! HTTP progressive Ogg Opus (`GET /STREAM.ogg`): one more kind of subscriber of the
-//! shared fan-out, for ordinary players and browsers. Each listener's Ogg pages go into a
-//! small bounded queue that its response body drains.
+//! shared fan-out, for ordinary players and browsers, handed the stream's shared Ogg pages
+//! and writing them to its socket.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tracing::{info, info_span, Instrument};
 
 use crate::error::{Error, Result};
 use crate::media::ogg_page;
 use crate::model::{Batch, Egress, Form};
-use crate::node::{fan_out, Delivery, Node, Peer, Sink, Tally};
+use crate::node::{fan_out, Delivery, Node, Peer, Sink, Subscriber, Tally};
 use crate::proto::Start;
 
-/// Deliveries queued for one HTTP listener (each a few shared pages); a listener whose
-/// socket is full fills this, its writes block, and the fan-out moves it forward like any
-/// slow subscriber.
-const LISTENER_QUEUE: usize = 8;
-
 /// An HTTP listener: the broadcast's shared Ogg pages (made once per node: see
-/// `model::segment::OggNumbering`), after two header pages of its own, into a bounded queue
-/// that the response body drains.
+/// `model::segment::OggNumbering`), after two header pages of its own, written straight to
+/// its socket from the fan-out (one task per listener, no queue between): a delivery's pages
+/// in one vectored write. A socket that does not take them blocks the write, and the fan-out
+/// moves the listener forward by whole segments like any slow subscriber; what was not yet
+/// begun is dropped, a page begun is finished first (the stream stays valid Ogg).
 struct HttpSink<'a> {
-    tx: mpsc::Sender<Vec<Bytes>>,
+    tcp: &'a mut TcpStream,
     serial: u32,
     opus_head: Bytes,
-    /// The sequence number and granule of the last page sent (its header pages go before
-    /// the first).
+    /// The sequence number and granule of the last page given to the socket (its header
+    /// pages go before the first).
     last: Option<(u32, u64)>,
+    /// What is still to be written, and how much of its first buffer already was.
+    pending: VecDeque<Bytes>,
+    written: usize,
     /// Totals, said when the listener ends.
     frames: u64,
     bytes: u64,
     skips: u64,
     /// The node's totals, added to once per segment.
     tally: Tally<'a>,
+}
+
+impl HttpSink<'_> {
+    /// Writes everything pending (cancel-safe: the state is updated after each write, and a
+    /// write given up wrote nothing).
+    async fn flush(&mut self) -> Result<()> {
+        const MAX: usize = 16;
+        while !self.pending.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX];
+            let mut k = 0;
+            for (j, b) in self.pending.iter().take(MAX).enumerate() {
+                slices[j] = std::io::IoSlice::new(if j == 0 { &b[self.written..] } else { b });
+                k = j + 1;
+            }
+            let mut n = self
+                .tcp
+                .write_vectored(&slices[..k])
+                .await
+                .map_err(|_| Error::closed("the HTTP listener left"))?;
+            if n == 0 {
+                return Err(Error::closed("the HTTP listener left"));
+            }
+            while let Some(front) = self.pending.front() {
+                let left = front.len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.pending.pop_front();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Sink for HttpSink<'_> {
@@ -50,30 +88,25 @@ impl Sink for HttpSink<'_> {
         let Batch::Ogg(pages, n) = batch else {
             return Ok(Delivery::Done);
         };
-        let Some(first) = pages.first() else {
-            return Ok(Delivery::Done);
-        };
-        let mut out = Vec::with_capacity(pages.len() + 1);
-        if self.last.is_none() {
-            let seq = ogg_page::page_numbers(first).map_or(2, |(s, _)| s);
-            out.push(ogg_page::opus_header_pages(
-                self.serial,
-                seq,
-                &self.opus_head,
-            ));
+        if let Some(first) = pages.first() {
+            if self.last.is_none() {
+                let seq = ogg_page::page_numbers(first).map_or(2, |(s, _)| s);
+                self.pending.push_back(ogg_page::opus_header_pages(
+                    self.serial,
+                    seq,
+                    &self.opus_head,
+                ));
+            }
+            self.pending.extend(pages.iter().cloned());
+            if let Some(l) = pages.last().and_then(|p| ogg_page::last_page_numbers(p)) {
+                self.last = Some(l);
+            }
+            let len: u64 = pages.iter().map(|b| b.len() as u64).sum();
+            self.frames += *n as u64;
+            self.bytes += len;
+            self.tally.wrote(*n as u64, len);
         }
-        out.extend(pages.iter().cloned());
-        if let Some(l) = pages.last().and_then(|p| ogg_page::last_page_numbers(p)) {
-            self.last = Some(l);
-        }
-        let len: u64 = out.iter().map(|b| b.len() as u64).sum();
-        self.frames += *n as u64;
-        self.bytes += len;
-        self.tx
-            .send(out)
-            .await
-            .map_err(|_| Error::closed("the HTTP listener left"))?;
-        self.tally.wrote(*n as u64, len);
+        self.flush().await?;
         Ok(Delivery::Done)
     }
 
@@ -81,24 +114,39 @@ impl Sink for HttpSink<'_> {
         self.tally.flush();
     }
 
-    /// The pages simply continue from the newer segment (a gap in their sequence numbers
-    /// says what was skipped, as a lagging Icecast listener sees): players hear a short
-    /// jump, never a broken file.
+    /// What was not begun is dropped (a page begun is finished at the next write); the
+    /// pages continue from the newer segment, a gap in their sequence numbers saying what
+    /// was skipped (as a lagging Icecast listener sees): players hear a short jump, never a
+    /// broken file.
     fn skip(&mut self) {
         self.tally.flush();
         self.skips += 1;
+        let begun = (self.written > 0)
+            .then(|| self.pending.pop_front())
+            .flatten();
+        self.pending.clear();
+        self.pending.extend(begun);
     }
 }
 
-/// Subscribes an HTTP listener to `name` (waiting up to `http-wait-secs` for it to start) and
-/// returns the Ogg bytes it is to be sent: headers, a burst, then the live edge. The stream
-/// ends with the broadcast. `low_latency`: every frame at once, while the node has headroom.
+/// An HTTP listener subscribed, not yet served.
+pub(crate) struct Listener {
+    node: Arc<Node>,
+    sub: Subscriber,
+    serial: u32,
+    opus_head: Bytes,
+    span: tracing::Span,
+}
+
+/// Subscribes an HTTP listener to `name` (waiting up to `http-wait-secs` for it to start):
+/// `serve` then sends it headers, a burst, and the live edge. `low_latency`: every frame at
+/// once, while the node has headroom.
 pub(crate) async fn listen(
     node: Arc<Node>,
     name: String,
     peer: &Peer,
     low_latency: bool,
-) -> Result<mpsc::Receiver<Vec<Bytes>>> {
+) -> Result<Listener> {
     let peer = &peer.served_as(Egress::HttpOgg);
     let span = info_span!("sub", path = %name, role = "http");
     let mut sub = node
@@ -115,20 +163,35 @@ pub(crate) async fn listen(
     if low_latency {
         sub.cursor.eager();
     }
-    let (tx, rx) = mpsc::channel::<Vec<Bytes>>(LISTENER_QUEUE);
-    let serial = ogg.serial;
-    let opus_head = b.codec.header.clone();
-    tokio::spawn(
+    Ok(Listener {
+        serial: ogg.serial,
+        opus_head: b.codec.header.clone(),
+        node,
+        sub,
+        span,
+    })
+}
+
+impl Listener {
+    /// Serves the listener on `tcp` (its response head already written) until the
+    /// broadcast ends (its last page flagged) or the listener goes.
+    pub(crate) async fn serve(self, tcp: &mut TcpStream) {
+        let Listener {
+            node,
+            mut sub,
+            serial,
+            opus_head,
+            span,
+        } = self;
         async move {
-            // The whole subscription moves here (not just its cursor): its place in the
-            // counts lasts as long as the listener.
-            let mut sub = sub;
             let started = std::time::Instant::now();
             let mut sink = HttpSink {
-                tx,
+                tcp,
                 serial,
                 opus_head,
                 last: None,
+                pending: VecDeque::new(),
+                written: 0,
                 frames: 0,
                 bytes: 0,
                 skips: 0,
@@ -137,9 +200,13 @@ pub(crate) async fn listen(
             let why = match fan_out(&node, &mut sub.cursor, &mut sink).await {
                 Ok(_) => {
                     if let Some((seq, granule)) = sink.last {
-                        let end = ogg_page::eos_page(serial, seq.wrapping_add(1), granule);
-                        let _ = sink.tx.send(vec![end]).await;
+                        sink.pending.push_back(ogg_page::eos_page(
+                            serial,
+                            seq.wrapping_add(1),
+                            granule,
+                        ));
                     }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), sink.flush()).await;
                     "the broadcast ended".to_string()
                 }
                 Err(e) => e.to_string(),
@@ -154,9 +221,9 @@ pub(crate) async fn listen(
                 "HTTP listener ended"
             );
         }
-        .instrument(span),
-    );
-    Ok(rx)
+        .instrument(span)
+        .await
+    }
 }
 
 /// Whether `name` is live here (for HEAD, as GET would answer): a relay that does not

@@ -47,8 +47,8 @@ pub(super) async fn ogg(
     let _ = socket2::SockRef::from(&conn.tcp).set_send_buffer_size(LISTENER_SEND_BUFFER);
     let mut peer = Peer::new(Role::Listener, remote.ip());
     peer.since = arrived;
-    let mut rx = match http_ogg::listen(node.clone(), name, &peer, low_latency).await {
-        Ok(rx) => rx,
+    let listener = match http_ogg::listen(node.clone(), name, &peer, low_latency).await {
+        Ok(l) => l,
         Err(e) => {
             let mut r = Reply::text(status_for(&e), e.reason());
             cors(&mut r);
@@ -63,40 +63,6 @@ pub(super) async fn ogg(
     if conn.tcp.write_all(&start).await.is_err() {
         return;
     }
-    // Each delivery's shared pages in as few writes as the socket takes (writev).
-    while let Some(pages) = rx.recv().await {
-        if write_all_vectored(&mut conn.tcp, &pages).await.is_err() {
-            return;
-        }
-    }
+    listener.serve(&mut conn.tcp).await;
     let _ = conn.tcp.shutdown().await;
-}
-
-/// Writes every byte of `bufs`, vectored: a delivery's pages are a few shared `Bytes`.
-async fn write_all_vectored(
-    tcp: &mut tokio::net::TcpStream,
-    bufs: &[bytes::Bytes],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    const MAX: usize = 16;
-    let (mut i, mut off) = (0, 0);
-    while i < bufs.len() {
-        let mut slices = [std::io::IoSlice::new(&[]); MAX];
-        let mut k = 0;
-        for (j, b) in bufs[i..].iter().take(MAX).enumerate() {
-            slices[j] = std::io::IoSlice::new(if j == 0 { &b[off..] } else { b });
-            k = j + 1;
-        }
-        let mut n = tcp.write_vectored(&slices[..k]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while i < bufs.len() && n >= bufs[i].len() - off {
-            n -= bufs[i].len() - off;
-            i += 1;
-            off = 0;
-        }
-        off += n;
-    }
-    Ok(())
 }
