@@ -298,9 +298,12 @@ const report = q => fetch('/report?' + q);
 a.play().catch(e => report('error=' + encodeURIComponent(String(e))));
 a.addEventListener('error', () => report('error=media' + (a.error && a.error.code)));
 const t0 = performance.now();
+let waits = 0;
+a.addEventListener('waiting', () => waits++);
 a.addEventListener('playing', () => {{
   const c0 = a.currentTime, w0 = performance.now();
-  setTimeout(() => report('t=' + (a.currentTime - c0) + '&wall=' + (performance.now() - w0) + '&startup=' + (w0 - t0)), 6000);
+  waits = 0;
+  setTimeout(() => report('t=' + (a.currentTime - c0) + '&wall=' + (performance.now() - w0) + '&startup=' + (w0 - t0) + '&waits=' + waits), 10000);
 }}, {{ once: true }});
 </script></body></html>"#,
         edge = edge.addr
