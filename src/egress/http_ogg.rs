@@ -276,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_listener_skipped_mid_page_gets_that_page_finished_and_a_valid_stream() {
-        let (mut server, mut client) = (pair().await);
+        let (mut server, mut client) = pair().await;
         let _ = socket2::SockRef::from(&server).set_send_buffer_size(4096);
         let stats = crate::node::Stats::default();
         let head = OpusHead::synthetic(2);
