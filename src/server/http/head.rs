@@ -208,7 +208,11 @@ fn target(t: &str, method: Method) -> Result<(String, Option<String>), Refused> 
 
 fn strip_scheme(t: &str) -> Option<&str> {
     for scheme in ["http://", "https://"] {
-        if t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // Compared as bytes: a target's first bytes may end inside a character.
+        if t.as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+        {
             return Some(&t[scheme.len()..]);
         }
     }
@@ -390,6 +394,9 @@ mod tests {
             Ok(Some("/".into()))
         );
         assert_eq!(p("\x00\x01\x02 / HTTP/1.1\r\n\r\n"), Err(400));
+        // Found by the fuzzer: a target whose seventh byte is inside a character.
+        assert!(parse(b"GET 4/a/b.m\xcd\x8aLS:80 HTTP/1.1\r\nHost:\r\n\r\n").is_err());
+        assert!(parse("GET ht\u{34a}tp://x/ HTTP/1.1\r\n\r\n".as_bytes()).is_err());
         let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(p(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(431));
         let long = "a".repeat(MAX_HEAD);
