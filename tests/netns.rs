@@ -342,6 +342,8 @@ fn a_mids_links_cut_mid_stream_cost_no_frame() {
     }
     for (l, out) in ls.iter_mut().zip(&outs) {
         assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
+        // Shown if the run is not whole: what the listener saw (moves, skips).
+        eprintln!("listener: {}", l.log.join("\n"));
         assert_one_run(out, &src_crcs, 7 * 50);
     }
 }
@@ -363,6 +365,8 @@ fn a_minute_on_impaired_healthy_links_fails_over_nothing() {
         .collect();
     for (l, out) in ls.iter_mut().zip(&outs) {
         assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
+        // Shown if the run is not whole: what the listener saw (moves, skips).
+        eprintln!("listener: {}", l.log.join("\n"));
         assert_one_run(out, &src_crcs, 59 * 50);
     }
     // Nobody lost a parent nor left one, and every relay took the stream once.
