@@ -33,6 +33,10 @@ struct HttpSink<'a> {
     /// What is still to be written, and how much of its first buffer already was.
     pending: VecDeque<Bytes>,
     written: usize,
+    /// Written at most this often (`http-write-ms`): deliveries in between wait in
+    /// `pending`, then go in one write.
+    write_every: Duration,
+    written_at: Option<tokio::time::Instant>,
     /// Totals, said when the listener ends.
     frames: u64,
     bytes: u64,
@@ -106,6 +110,15 @@ impl Sink for HttpSink<'_> {
             self.bytes += len;
             self.tally.wrote(*n as u64, len);
         }
+        // The first delivery (the burst) at once; then at most every `write_every`.
+        let now = tokio::time::Instant::now();
+        if self
+            .written_at
+            .is_some_and(|at| now.duration_since(at) < self.write_every)
+        {
+            return Ok(Delivery::Done);
+        }
+        self.written_at = Some(now);
         self.flush().await?;
         Ok(Delivery::Done)
     }
@@ -133,6 +146,7 @@ impl Sink for HttpSink<'_> {
 pub(crate) struct Listener {
     node: Arc<Node>,
     sub: Subscriber,
+    write_every: Duration,
     serial: u32,
     opus_head: Bytes,
     span: tracing::Span,
@@ -163,7 +177,13 @@ pub(crate) async fn listen(
     if low_latency {
         sub.cursor.eager();
     }
+    let write_every = if low_latency {
+        Duration::ZERO
+    } else {
+        node.cfg.http_write_ms.get()
+    };
     Ok(Listener {
+        write_every,
         serial: ogg.serial,
         opus_head: b.codec.header.clone(),
         node,
@@ -179,6 +199,7 @@ impl Listener {
         let Listener {
             node,
             mut sub,
+            write_every,
             serial,
             opus_head,
             span,
@@ -192,6 +213,8 @@ impl Listener {
                 last: None,
                 pending: VecDeque::new(),
                 written: 0,
+                write_every,
+                written_at: None,
                 frames: 0,
                 bytes: 0,
                 skips: 0,
@@ -287,6 +310,8 @@ mod tests {
             last: None,
             pending: VecDeque::new(),
             written: 0,
+            write_every: Duration::ZERO,
+            written_at: None,
             frames: 0,
             bytes: 0,
             skips: 0,

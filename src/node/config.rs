@@ -185,6 +185,11 @@ keys! {
     source_password: opt Secret = "";
     /// Seconds an HTTP listener may wait for a stream that has not started, then 404.
     http_wait_secs: one Secs<0, 3600> = "30";
+    /// How often an HTTP Ogg listener's socket is written, in ms: the pages of the
+    /// deliveries in between go in one write (as Icecast writes a listener once per page,
+    /// about a second). A player buffers seconds of Ogg anyway; a socket write costs the
+    /// kernel far more than the bytes. 0: at every delivery. `?latency=low`: every frame.
+    http_write_ms: one Millis<0, 5000> = "1000";
     /// Token publishers must present (origin). Without one, anyone may publish.
     publish_token: opt Secret = "";
     /// A key signed tokens are checked with, KID=FILE (repeat: several at once let keys
