@@ -18,7 +18,7 @@ use crate::node::{fan_out, Delivery, Node, Peer, Sink, Subscriber, Tally};
 use crate::proto::Start;
 
 /// An HTTP listener: the broadcast's shared Ogg pages (made once per node: see
-/// `model::segment::OggNumbering`), after two header pages of its own, written straight to
+/// `model::segment::OggNumbering`), after two header pages of its own (0 and 1), written straight to
 /// its socket from the fan-out (one task per listener, no queue between): a delivery's pages
 /// in one vectored write. A socket that does not take them blocks the write, and the fan-out
 /// moves the listener forward by whole segments like any slow subscriber; what was not yet
@@ -92,14 +92,10 @@ impl Sink for HttpSink<'_> {
         let Batch::Ogg(pages, n) = batch else {
             return Ok(Delivery::Done);
         };
-        if let Some(first) = pages.first() {
+        if !pages.is_empty() {
             if self.last.is_none() {
-                let seq = ogg_page::page_numbers(first).map_or(2, |(s, _)| s);
-                self.pending.push_back(ogg_page::opus_header_pages(
-                    self.serial,
-                    seq,
-                    &self.opus_head,
-                ));
+                self.pending
+                    .push_back(ogg_page::opus_header_pages(self.serial, &self.opus_head));
             }
             self.pending.extend(pages.iter().cloned());
             if let Some(l) = pages.last().and_then(|p| ogg_page::last_page_numbers(p)) {

@@ -110,9 +110,12 @@ pub fn audio_pages<'a>(
     (out.freeze(), seq.wrapping_sub(first_seq))
 }
 
-/// A listener's two header pages (OpusHead, then OpusTags naming quicast), numbered so that
-/// its first audio page, `first_audio_seq`, follows them without a gap.
-pub fn opus_header_pages(serial: u32, first_audio_seq: u32, opus_head: &[u8]) -> Bytes {
+/// A listener's two header pages (OpusHead, then OpusTags naming quicast), numbered 0 and 1:
+/// libogg takes a stream's first page for number 0 (a BOS page numbered otherwise reads as
+/// a hole before the OpusHead, and opusinfo calls the stream invalid). Its first audio page
+/// then carries the broadcast's own number: one gap after the headers, as every listener of
+/// an Icecast mount joining late sees, which decoders pass over.
+pub fn opus_header_pages(serial: u32, opus_head: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
     let vendor = b"quicast";
     let mut tags = b"OpusTags".to_vec();
@@ -120,22 +123,8 @@ pub fn opus_header_pages(serial: u32, first_audio_seq: u32, opus_head: &[u8]) ->
     tags.extend_from_slice(vendor);
     tags.extend_from_slice(&0u32.to_le_bytes());
     let head = &opus_head[..opus_head.len().min(255 * 254)];
-    page(
-        &mut out,
-        serial,
-        first_audio_seq.wrapping_sub(2),
-        0,
-        BOS,
-        &[head],
-    );
-    page(
-        &mut out,
-        serial,
-        first_audio_seq.wrapping_sub(1),
-        0,
-        0,
-        &[&tags],
-    );
+    page(&mut out, serial, 0, 0, BOS, &[head]);
+    page(&mut out, serial, 1, 0, 0, &[&tags]);
     out.freeze()
 }
 
@@ -194,7 +183,7 @@ mod tests {
                 .map(|(i, p)| (p.as_slice(), 312 + 960 * (i as u64 + 1))),
         );
         assert!(n >= 2, "300 packets take more than one page");
-        let mut stream = opus_header_pages(7, 40, &head.raw).to_vec();
+        let mut stream = opus_header_pages(7, &head.raw).to_vec();
         stream.extend_from_slice(&audio);
         stream.extend_from_slice(&eos_page(7, 40 + n, 312 + 960 * 300));
         // The demuxer (the `ogg` crate underneath) checks every page's CRC.

@@ -22,8 +22,8 @@ pub struct Segment {
 /// and a segment's last run when it is sealed, before the next segment has a frame), and
 /// granule positions counted from the broadcast's start (RFC 7845: pre-skip plus the end of
 /// each page's last packet). A listener joining mid-stream gets its own two header pages
-/// numbered just before its first audio page, so its stream has no gap: what Icecast does
-/// with a stored header, without the hole after it.
+/// (numbered 0 and 1, as libogg expects), then the shared pages with their own numbers:
+/// what Icecast does with a mount's stored headers.
 pub struct OggNumbering {
     pub serial: u32,
     pub pre_skip: u64,

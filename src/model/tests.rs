@@ -603,7 +603,6 @@ fn http_listeners_share_one_copy_of_each_runs_ogg_pages_numbered_in_stream_order
     let p2b = pages(&mut c2);
     let mut stream = crate::media::ogg_page::opus_header_pages(
         serial,
-        2,
         &crate::media::OpusHead::synthetic(2).raw,
     )
     .to_vec();
