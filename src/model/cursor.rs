@@ -122,9 +122,10 @@ impl Cursor {
         self.seg.as_ref().map(|s| s.seq)
     }
 
-    /// How many segments the subscriber is behind the newest.
+    /// How many segments the subscriber is behind the newest: from the segment it is on, or
+    /// (between two) the one it is to begin next.
     pub fn lag(&self) -> u64 {
-        match (self.current(), self.b.span().latest) {
+        match (self.current().or(self.next), self.b.span().latest) {
             (Some(c), Some(l)) => l.saturating_sub(c),
             _ => 0,
         }

@@ -22,7 +22,6 @@ mod access;
 pub mod audience;
 mod auth;
 pub mod config;
-mod fanout;
 mod ingest;
 mod load;
 mod logs;
@@ -36,14 +35,13 @@ mod upstream;
 pub use access::{Access, ListenRule, Need, Presented};
 pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
-pub use fanout::{fan_out, Delivery, Sink};
 pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
 pub use parents::{
     ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
 pub use rendezvous::{hash_order, rendezvous};
-pub(crate) use stats::{dec, inc, Tally};
+pub(crate) use stats::{dec, inc};
 pub use stats::{Stats, Timings};
 pub use token::{
     mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_AHEAD_SECS, MAX_TOKEN,
@@ -226,18 +224,22 @@ impl Node {
         self.overloaded.store(on, Ordering::Relaxed);
     }
 
-    /// Whether a new HTTP connection may be taken: as `admit`, and within the descriptors
-    /// the process may open (`max-http-connections`).
-    pub fn admit_http(&self) -> bool {
+    /// A new HTTP connection's place in the node's counts, if it may be taken: as `admit`,
+    /// and within the descriptors the process may open (`max-http-connections`).
+    pub fn admit_http(self: &Arc<Self>) -> Option<HttpAdmission> {
         let max = self
             .cfg
             .max_http_connections
             .map_or(u64::MAX, |m| m.value());
         if self.stats.http_connections.load(Ordering::Relaxed) >= max {
             inc(&self.stats.refused_total);
-            return false;
+            return None;
         }
-        self.admit()
+        if !self.admit() {
+            return None;
+        }
+        inc(&self.stats.http_connections);
+        Some(HttpAdmission(self.clone()))
     }
 
     /// The node is going away: it takes no newcomers from now on.
@@ -605,6 +607,17 @@ impl Subscriber {
 }
 
 struct Counted(Arc<Node>);
+
+/// An HTTP connection's place in the node's counts: given back when it is dropped, however
+/// the connection ends (its last request answered, an error, a panic as its task unwinds,
+/// its listener leaving the HTTP Ogg writer), so nothing can leak the node's admission.
+pub struct HttpAdmission(Arc<Node>);
+
+impl Drop for HttpAdmission {
+    fn drop(&mut self) {
+        dec(&self.0.stats.http_connections);
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {

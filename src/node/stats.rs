@@ -48,7 +48,7 @@ pub struct Stats {
     pub frames_received_total: AtomicU64,
     pub bytes_received_total: AtomicU64,
     /// Frames written to subscribers and the bytes written for them (wire records, Ogg
-    /// pages, fMP4 fragments): each subscriber adds its own once per segment (`Tally`).
+    /// pages, fMP4 fragments): added in bulk (per pass of the QUIC engine or an HTTP herd).
     pub frames_sent_total: AtomicU64,
     pub bytes_sent_total: AtomicU64,
     pub timings: Timings,
@@ -115,81 +115,10 @@ impl Stats {
     }
 }
 
-/// What one subscriber was sent, added to the node's totals once per segment rather than at
-/// every write (and what is left when it goes). Also observes its join at its first audio.
-pub(crate) struct Tally<'a> {
-    stats: &'a Stats,
-    frames: u64,
-    bytes: u64,
-    /// When the subscriber began to join, until its first audio.
-    joining: Option<Instant>,
-}
-
-impl<'a> Tally<'a> {
-    pub(crate) fn new(stats: &'a Stats, joining: Instant) -> Tally<'a> {
-        Tally {
-            stats,
-            frames: 0,
-            bytes: 0,
-            joining: Some(joining),
-        }
-    }
-
-    /// A write of `frames` frames in `bytes` bytes went to the subscriber.
-    pub(crate) fn wrote(&mut self, frames: u64, bytes: u64) {
-        if let Some(since) = self.joining.take() {
-            self.stats.joined(since);
-        }
-        self.frames += frames;
-        self.bytes += bytes;
-    }
-
-    /// Adds what was counted to the node's totals.
-    pub(crate) fn flush(&mut self) {
-        self.stats.sent(
-            std::mem::take(&mut self.frames),
-            std::mem::take(&mut self.bytes),
-        );
-    }
-}
-
-impl Drop for Tally<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(crate) fn dec(c: &AtomicU64) {
     c.fetch_sub(1, Ordering::Relaxed);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tally_adds_once_per_flush_and_times_the_join_once() {
-        let s = Stats::default();
-        {
-            let mut t = Tally::new(&s, Instant::now());
-            t.wrote(5, 500);
-            t.wrote(5, 400);
-            assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 0);
-            t.flush();
-            assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 10);
-            assert_eq!(s.bytes_sent_total.load(Ordering::Relaxed), 900);
-            t.wrote(1, 10);
-        }
-        assert_eq!(s.frames_sent_total.load(Ordering::Relaxed), 11);
-        assert_eq!(s.bytes_sent_total.load(Ordering::Relaxed), 910);
-        let mut text = String::new();
-        let mut r = prometheus_client::registry::Registry::default();
-        r.register("j", "j", s.timings.join.clone());
-        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
-        assert!(text.contains("j_count 1"), "{text}");
-    }
 }

@@ -12,7 +12,7 @@ use super::body::Conn;
 use super::head::RequestHead;
 use super::{cors, status_for, Reply};
 use crate::egress::http_ogg;
-use crate::node::{Node, Peer};
+use crate::node::{HttpAdmission, Node, Peer};
 use crate::proto::Role;
 
 /// The kernel's send buffer for a listener's socket (it doubles what is asked). Small, so a
@@ -28,15 +28,18 @@ pub(super) fn ogg_headers(r: &mut Reply) {
     r.set("X-Content-Type-Options", "nosniff");
 }
 
-/// Serves a listener of `name` on `conn` until the broadcast or the listener ends.
+/// Answers a listener of `name` on `conn` and hands it to the stream's herd (or refuses it).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn ogg(
     node: &Arc<Node>,
+    herds: &http_ogg::Herds,
     mut conn: Conn,
     head: &RequestHead,
     remote: SocketAddr,
     name: String,
     low_latency: bool,
     arrived: Instant,
+    admission: HttpAdmission,
 ) {
     let token = ListenToken::of(head);
     if let Err(mut refusal) = may_listen(node, &name, token.value()) {
@@ -63,6 +66,6 @@ pub(super) async fn ogg(
     if conn.tcp.write_all(&start).await.is_err() {
         return;
     }
-    listener.serve(&mut conn.tcp).await;
-    let _ = conn.tcp.shutdown().await;
+    // From here the stream's herd serves it, with every other HTTP listener of the stream.
+    herds.join(listener, conn.tcp, remote, admission);
 }

@@ -23,7 +23,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::admin::status;
 use crate::egress::hls;
 use crate::error::{Error, Kind, Result};
-use crate::node::{Node, Peer};
+use crate::node::{HttpAdmission, Node, Peer};
 use crate::proto::Role;
 
 use auth::{may_listen, playlist_with_token, ListenToken};
@@ -54,6 +54,8 @@ struct Door {
     node: Arc<Node>,
     /// Sources' wrong passwords, by address (see `source::Guesses`).
     guesses: source::Guesses,
+    /// Its HTTP Ogg listeners, by stream (see `egress::http_ogg`).
+    herds: crate::egress::http_ogg::Herds,
 }
 
 impl HttpServer {
@@ -70,6 +72,7 @@ impl HttpServer {
         let door = Arc::new(Door {
             node: node.clone(),
             guesses: source::Guesses::new(),
+            herds: Default::default(),
         });
         // Taken now, while the process surely has a descriptor to spare.
         let mut reserve = Reserve::take();
@@ -112,7 +115,7 @@ impl HttpServer {
                 };
                 // HTTP and QUIC connections share the node's limit and its overload state;
                 // HTTP connections are also bounded by the descriptors the process has.
-                let Some(admitted) = Admitted::take(&node) else {
+                let Some(admitted) = node.admit_http() else {
                     tokio::spawn(refuse(tcp));
                     continue;
                 };
@@ -147,32 +150,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
     TcpListener::from_std(s.into())
-}
-
-/// A connection's place in the node's counts: given back when the connection's task ends,
-/// however it ends (its last request answered, an error, a panic: the guard is dropped as
-/// the task unwinds), so no request can leak the node's admission.
-struct Admitted(Arc<Node>);
-
-impl Admitted {
-    fn take(node: &Arc<Node>) -> Option<Admitted> {
-        if !node.admit_http() {
-            return None;
-        }
-        node.stats
-            .http_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(Admitted(node.clone()))
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0
-            .stats
-            .http_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// The answer to a connection the node cannot take now (limits, overload, descriptors):
@@ -242,7 +219,7 @@ async fn serve_connection(
     door: Arc<Door>,
     tcp: TcpStream,
     remote: SocketAddr,
-    _admitted: Admitted,
+    admitted: HttpAdmission,
 ) {
     let _ = tcp.set_nodelay(true);
     let node = door.node.clone();
@@ -284,7 +261,18 @@ async fn serve_connection(
         match route {
             Route::Ogg { name, low_latency } if head.method == Method::Get => {
                 // The connection becomes the stream.
-                return listen::ogg(&node, conn, &head, remote, name, low_latency, arrived).await;
+                return listen::ogg(
+                    &node,
+                    &door.herds,
+                    conn,
+                    &head,
+                    remote,
+                    name,
+                    low_latency,
+                    arrived,
+                    admitted,
+                )
+                .await;
             }
             Route::Source { name } => {
                 return source::serve(&door, conn, &head, remote, name).await;
