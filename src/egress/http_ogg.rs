@@ -262,7 +262,10 @@ struct Member {
 /// The node's herds, by broadcast and delivery kind (low-latency listeners are woken at
 /// every frame, the others once per delivery interval).
 #[derive(Clone, Default)]
-pub(crate) struct Herds(Arc<Mutex<HashMap<(u64, bool), mpsc::UnboundedSender<Member>>>>);
+pub(crate) struct Herds(Arc<Mutex<HashMap<HerdKey, mpsc::UnboundedSender<Member>>>>);
+
+/// A herd's broadcast (its local id) and whether its listeners are low-latency ones.
+type HerdKey = (u64, bool);
 
 impl Herds {
     /// Hands an answered listener (its response head written) to its stream's herd, which
@@ -324,7 +327,7 @@ impl Herds {
 struct Herd {
     node: Arc<Node>,
     herds: Herds,
-    key: (u64, bool),
+    key: HerdKey,
     heads: Bytes,
     serial: u32,
     write_every: Duration,
