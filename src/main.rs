@@ -559,6 +559,10 @@ async fn run_loadgen(
                 r.first_byte_ms.max.unwrap_or(0.0),
                 r.bytes_p50
             );
+            println!(
+                "gaps: {} listeners missed {} Ogg pages",
+                r.gapped, r.pages_missed
+            );
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }

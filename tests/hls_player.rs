@@ -1,5 +1,5 @@
 //! The web player of a node's page (`/`): Chromium plays a stream from an edge through the
-//! page's own LL-HLS player on Media Source Extensions.
+//! page's own LL-HLS player on Media Source Extensions, and through its Ogg fallback.
 
 mod common;
 
@@ -58,12 +58,16 @@ load().then(html => {{
   const state = () => 'path=' + a.dataset.path + '&ready=' + a.readyState + '&ct=' + a.currentTime +
     '&buffered=' + [...Array(a.buffered.length).keys()].map(i => a.buffered.start(i).toFixed(2) + '-' + a.buffered.end(i).toFixed(2)).join(',');
   a.addEventListener('error', () => report('error=media' + (a.error && a.error.code) + '&' + state()));
+  // Stalls while it plays: each `waiting` after the first `playing`.
+  let waits = 0;
+  a.addEventListener('waiting', () => waits++);
   a.addEventListener('playing', () => {{
     const c0 = a.currentTime, w0 = performance.now();
+    waits = 0;
     setTimeout(() => {{
       const label = a.closest('li').querySelector('.behind').textContent;
       report('t=' + (a.currentTime - c0) + '&wall=' + (performance.now() - w0) +
-        '&startup=' + (w0 - inserted) + '&page=' + (w0 - t0) + '&behind=' + a.dataset.behind +
+        '&startup=' + (w0 - inserted) + '&page=' + (w0 - t0) + '&waits=' + waits + '&behind=' + a.dataset.behind +
         '&label=' + encodeURIComponent(label) + '&' + state());
     }}, 6000);
   }}, {{ once: true }});
@@ -129,5 +133,76 @@ async fn chromium_plays_the_page_through_media_source_from_an_edge() {
     assert!(
         field(&report, "label").is_some_and(|l| l.contains("behind%20live")),
         "the page shows how far behind live it plays ({report})"
+    );
+}
+
+/// The page's Ogg fallback (`?player=ogg`: progressive Ogg Opus in an `<audio>` element)
+/// from an edge two hops below the origin plays without stalling: no `waiting` event once it
+/// plays (it once had one about every 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_ogg_fallback_plays_from_an_edge_two_hops_down_without_stalls() {
+    let o = origin_with(NodeConfig {
+        segment_ms: Millis::new(1000),
+        ..test_config()
+    })
+    .await;
+    let mid = relay(&[&o]).await;
+    let r = relay(&[&mid]).await;
+    let edge = http(&r).await;
+    let publisher = publish_sample(&o, "live");
+    wait_live(&o, "live").await;
+    // The edge carries the stream (another listener), as an edge that serves a page has,
+    // and holds the six segments of a joining Ogg listener's burst.
+    let _other = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "60"])
+        .arg(format!("http://{}/live.ogg", edge.addr))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_live(&r, "live").await;
+    let held = async {
+        loop {
+            let span = r
+                .node
+                .registry
+                .get("live")
+                .and_then(|s| s.broadcast())
+                .map(|b| b.span());
+            if span.is_some_and(|s| s.latest.unwrap_or(0) >= s.first.unwrap_or(0) + 6) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the edge holds six segments");
+    let (page_addr, mut rx) = page_server(test_page(&edge.addr.to_string(), "live")).await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = headless(&format!("http://{page_addr}/?player=ogg"), profile.path());
+    let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the page reported")
+        .unwrap();
+    let _ = browser.kill().await;
+    publisher.abort();
+    eprintln!("page reported {report}");
+    assert_eq!(
+        field(&report, "path"),
+        Some("ogg"),
+        "the Ogg fallback ({report})"
+    );
+    let t: f64 = field(&report, "t")
+        .unwrap_or_else(|| panic!("page reported {report}"))
+        .parse()
+        .unwrap();
+    assert!(
+        t >= 3.0,
+        "the <audio> element advanced only {t} s in 6 s of playing ({report})"
+    );
+    assert_eq!(
+        field(&report, "waits"),
+        Some("0"),
+        "it stalled while playing ({report})"
     );
 }

@@ -535,9 +535,16 @@ pub(crate) async fn listen(
     let Some(ogg) = b.ogg.as_ref() else {
         return Err(Error::unsupported("this stream's codec has no Ogg mapping"));
     };
-    // Players buffer before they start (Chromium probes a few seconds of Ogg): begin one
-    // whole segment further back than the live edge, so they start at once.
-    sub.cursor.back(1);
+    // Players buffer before they start, and a browser plays from the first page it gets:
+    // begin `http-burst-ms` of whole segments further back than the live edge (one, for a
+    // low-latency listener), so they start at once with audio in hand.
+    let segment = node.cfg.segment_ms.get().as_millis().max(1);
+    let burst = node.cfg.http_burst_ms.get().as_millis();
+    sub.cursor.back(if low_latency {
+        1
+    } else {
+        burst.div_ceil(segment).max(1) as u64
+    });
     sub.cursor.set_form(crate::model::Form::Ogg);
     if low_latency {
         sub.cursor.eager();

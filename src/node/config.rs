@@ -186,10 +186,16 @@ keys! {
     /// Seconds an HTTP listener may wait for a stream that has not started, then 404.
     http_wait_secs: one Secs<0, 3600> = "30";
     /// How often an HTTP Ogg listener's socket is written, in ms: the pages of the
-    /// deliveries in between go in one write (as Icecast writes a listener once per page,
-    /// about a second). A player buffers seconds of Ogg anyway; a socket write costs the
-    /// kernel far more than the bytes. 0: at every delivery. `?latency=low`: every frame.
-    http_write_ms: one Millis<0, 5000> = "1000";
+    /// deliveries in between go in one write (a socket write costs the kernel far more than
+    /// the bytes). Half a second: at a second Chromium's `<audio>` still stalled now and then
+    /// with seconds in hand. 0: at every delivery. `?latency=low`: every frame.
+    http_write_ms: one Millis<0, 5000> = "500";
+    /// How much audio an HTTP Ogg listener is sent at once as it joins, in ms (whole
+    /// segments, as far back as the node holds): a browser's `<audio>` plays progressive
+    /// Ogg from the first page it gets, and with less in hand it stalls (Chromium: a
+    /// `waiting` within seconds). Icecast sends 64 KB, 8 s at 64 kbit/s. `?latency=low`:
+    /// one segment.
+    http_burst_ms: one Millis<0, 30000> = "6000";
     /// Token publishers must present (origin). Without one, anyone may publish.
     publish_token: opt Secret = "";
     /// A key signed tokens are checked with, KID=FILE (repeat: several at once let keys
