@@ -264,11 +264,15 @@ fn ffmpeg_plays_hls_from_an_edge_one_contiguous_run() {
     let out = work.path().join("heard.opus");
     // ffmpeg's HLS reader polls the playlist (no blocking reloads) and is the edge's only
     // listener: between its polls nothing is in flight. 20 s: several polls past the
-    // window it read at once.
+    // window it read at once (QUICAST_HLS_SECS=60 for the minute).
+    let secs: usize = std::env::var("QUICAST_HLS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let st = Command::new("ffmpeg")
         .args(["-hide_banner", "-v", "error", "-i"])
         .arg(format!("http://{}/talk.m3u8", t.edge_http))
-        .args(["-t", "20", "-c", "copy", "-y"])
+        .args(["-t", &secs.to_string(), "-c", "copy", "-y"])
         .arg(&out)
         .stdin(Stdio::null())
         .output()
@@ -278,7 +282,8 @@ fn ffmpeg_plays_hls_from_an_edge_one_contiguous_run() {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
-    assert_one_run(&out, &src_crcs, 19 * 50);
+    assert_one_run(&out, &src_crcs, (secs - 1) * 50);
+    eprintln!("ffmpeg read {secs} s of HLS from the edge: one contiguous run");
     // Having held the stream all along, the edge lists at least three target durations
     // (RFC 8216 6.2.2).
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -599,3 +599,61 @@ async fn a_token_whose_key_a_reload_dropped_opens_no_new_stream() {
         None => panic!("the subscription ended without a word"),
     }
 }
+
+/// A relay that let a stream go (nobody listened for its linger) and is asked for it again
+/// while its parent still holds what followed resumes the broadcast it had, from the
+/// segment it was receiving: the same broadcast, and in its store every segment from before
+/// the pause through after it, each frame following the last (no hole a polling HLS client
+/// or cache would fall into).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_asked_again_soon_resumes_the_stream_it_let_go_with_no_hole() {
+    let o = origin().await;
+    let r = relay(&[&o]).await;
+    let publisher = publish(&o, "s", 3000, Duration::from_millis(10), 40);
+    let listen_a_while = || async {
+        let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+        let s = session(&r, Role::Listener, "").await.unwrap();
+        let h = tokio::spawn(hear(s, "s", Some(tx)));
+        rx.wait_for(|n| *n >= 20).await.unwrap();
+        h.abort();
+        let _ = h.await;
+    };
+    listen_a_while().await;
+    let before = r.node.registry.get("s").unwrap().broadcast().unwrap();
+    // Nobody listens: after its linger the relay lets the stream go.
+    r.node
+        .registry
+        .wait_until(|reg| reg.get("s").is_none())
+        .await;
+    let held = before.span().latest.unwrap();
+    // The origin goes on for five segments meanwhile.
+    let ob = o.node.registry.get("s").unwrap().broadcast().unwrap();
+    let mut w = ob.watch();
+    w.wait_for(|_| ob.span().latest.is_some_and(|l| l >= held + 5))
+        .await
+        .unwrap();
+    listen_a_while().await;
+    let after = r.node.registry.get("s").unwrap().broadcast().unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &after),
+        "the relay resumed the broadcast it had"
+    );
+    let latest = after.span().latest.unwrap();
+    assert!(
+        latest >= held + 5,
+        "it fetched what followed ({held} -> {latest})"
+    );
+    let mut next_pts = None;
+    for seq in held - 5..latest {
+        let seg = after.segment(seq).unwrap_or_else(|| {
+            panic!("segment {seq} missing ({held} was the last before the pause)")
+        });
+        assert!(seg.len() > 0, "segment {seq} is empty");
+        let first = seg.pts_at(0).unwrap();
+        if let Some(p) = next_pts {
+            assert_eq!(first, p, "segment {seq} does not follow the one before it");
+        }
+        next_pts = Some(seg.pts_at(seg.len() - 1).unwrap() + 960);
+    }
+    publisher.abort();
+}

@@ -59,6 +59,34 @@ impl Sub {
         }
     }
 
+    /// The subscriber unsubscribed: the segment being sent is reset and a held FIN sent. A
+    /// stream left neither finished nor reset holds one of the peer's stream credits for as
+    /// long as the connection lasts: a listener that churns subscriptions would run out and
+    /// hear nothing more.
+    pub(crate) fn close(&mut self, conn: &mut Connection, node: &Node) {
+        if let Some(out) = self.out.take() {
+            let _ = conn
+                .send_stream(out)
+                .reset(varint(crate::proto::ErrorCode::Skipped));
+        }
+        finish_ended(conn, self);
+        self.flush(node);
+    }
+
+    /// The peer stopped stream `id` (reset by the caller): if it was this subscriber's
+    /// segment, the next one starts afresh; if it was the ended one, its FIN is not sent.
+    pub(crate) fn stopped(&mut self, id: StreamId) {
+        if self.out == Some(id) {
+            self.out = None;
+            self.backlog.clear();
+            self.header = None;
+            self.s.cursor.abandon_segment();
+        }
+        if self.ended == Some(id) {
+            self.ended = None;
+        }
+    }
+
     pub(crate) fn flush(&mut self, node: &Node) {
         node.stats.sent(
             std::mem::take(&mut self.frames),

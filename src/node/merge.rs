@@ -2,7 +2,9 @@
 //! and with hedging a standby's) delivers into one position here, by segment number and
 //! frame index; what one leg delivers first, the others skip.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::warn;
@@ -45,15 +47,78 @@ pub(super) struct MergeState {
     sealed_through: Option<u64>,
     /// Whether a broadcast was ever had (a leg that comes back then resumes, never "live").
     had: bool,
+    /// Where an earlier fetch of the stream left off (see `Rests`), until a parent says
+    /// whether it still has that broadcast.
+    resumed: Option<Rest>,
+}
+
+/// A stream's position kept after its fetch closed for want of subscribers: its broadcast
+/// (not ended: its segments stay in the store while it rests) and how far it was received.
+pub(crate) struct Rest {
+    b: Arc<Broadcast>,
+    open: Option<Arc<Segment>>,
+    sealed_through: Option<u64>,
+    at: Instant,
+}
+
+/// Resting streams, by name. A fetch that starts again within the rest resumes the same
+/// broadcast from the segment it was receiving, so a client that polls (an HLS reader, a
+/// cache) and comes back after the relay let the stream go finds no hole in the store and the
+/// same segment numbers. A rest lasts as long as a parent holds segments (the store's window):
+/// later, what followed is gone upstream too, and the stream starts afresh. At most
+/// `MAX_RESTING`, the oldest ended first.
+#[derive(Default)]
+pub(crate) struct Rests(Mutex<HashMap<String, Rest>>);
+
+const MAX_RESTING: usize = 1024;
+
+impl Rests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Rest>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, path: &str, rest: Rest, keep: Duration) {
+        let mut m = self.lock();
+        m.retain(|_, r| {
+            let young = r.at.elapsed() <= keep;
+            if !young {
+                r.b.finish();
+            }
+            young
+        });
+        if m.len() >= MAX_RESTING {
+            if let Some(oldest) = m.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
+                if let Some(r) = m.remove(&oldest) {
+                    r.b.finish();
+                }
+            }
+        }
+        if let Some(old) = m.insert(path.to_string(), rest) {
+            old.b.finish();
+        }
+    }
+
+    fn take(&self, path: &str, keep: Duration) -> Option<Rest> {
+        let r = self.lock().remove(path)?;
+        if r.at.elapsed() > keep {
+            r.b.finish();
+            return None;
+        }
+        Some(r)
+    }
 }
 
 impl Merge {
     pub(super) fn new(node: Arc<Node>, slot: Arc<Slot>, start: Start) -> Merge {
+        let resumed = node.rests.take(&slot.path, rest_for(&node));
         Merge {
             node,
             slot,
             start,
-            state: Mutex::default(),
+            state: Mutex::new(MergeState {
+                resumed,
+                ..MergeState::default()
+            }),
         }
     }
 
@@ -73,6 +138,14 @@ impl Merge {
         match (&s.b, &s.open, s.sealed_through) {
             (Some(_), Some(o), _) => Start::Seq(o.seq),
             (Some(_), None, Some(sealed)) => Start::Seq(sealed + 1),
+            (None, _, _) if s.resumed.is_some() => match &s.resumed {
+                Some(Rest { open: Some(o), .. }) => Start::Seq(o.seq),
+                Some(Rest {
+                    sealed_through: Some(t),
+                    ..
+                }) => Start::Seq(t + 1),
+                _ => self.start,
+            },
             (None, _, _) if s.had => Start::Live,
             _ => self.start,
         }
@@ -85,6 +158,18 @@ impl Merge {
         codec: Codec,
     ) -> std::result::Result<(), String> {
         let mut s = self.state();
+        if let Some(r) = s.resumed.take() {
+            if s.b.is_none() && r.b.instance == instance && !r.b.is_finished() {
+                // The broadcast it rested with: on from where it was.
+                s.b = Some(r.b.clone());
+                s.open = r.open;
+                s.sealed_through = r.sealed_through;
+                s.had = true;
+                self.slot.set_broadcast(Some(r.b));
+                return Ok(());
+            }
+            r.b.finish();
+        }
         if let Some(b) = &s.b {
             if b.instance == instance && !b.is_finished() {
                 return Ok(());
@@ -251,12 +336,30 @@ impl Merge {
         true
     }
 
-    /// The stream is closed here: its broadcast ends.
-    pub(super) fn close(&self) {
+    /// The stream's fetch closed for want of subscribers: its broadcast rests (see `Rests`)
+    /// rather than ending, so a fetch that starts again soon resumes it.
+    pub(super) fn rest(&self) {
         let mut s = self.state();
-        if let Some(b) = s.b.take() {
-            drop(s);
-            self.slot.end_broadcast(&b);
+        if let Some(r) = s.resumed.take() {
+            r.b.finish();
         }
+        let Some(b) = s.b.take() else {
+            return;
+        };
+        let rest = Rest {
+            b,
+            open: s.open.take(),
+            sealed_through: s.sealed_through.take(),
+            at: Instant::now(),
+        };
+        drop(s);
+        self.node
+            .rests
+            .put(&self.slot.path, rest, rest_for(&self.node));
     }
+}
+
+/// How long a stream rests: as long as a parent holds what follows (its window of segments).
+fn rest_for(node: &Node) -> Duration {
+    node.cfg.segment_ms.get() * node.cfg.window_segments.value() as u32
 }

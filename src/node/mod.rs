@@ -77,6 +77,9 @@ pub struct Node {
     pub(crate) logs: Logs,
     /// HLS clients by stream, seen within their hold (see `audience`).
     pub audiences: audience::Audiences,
+    /// Streams whose fetch closed for want of subscribers, kept a while to resume (see
+    /// `merge::Rests`).
+    pub(crate) rests: merge::Rests,
 }
 
 impl Drop for Node {
@@ -153,6 +156,7 @@ impl Node {
             access: std::sync::RwLock::new(Arc::new(access)),
             logs: Logs::default(),
             audiences: Default::default(),
+            rests: Default::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {

@@ -415,7 +415,7 @@ impl Upstream {
                 _ = idle(&mut subs, linger) => {
                     if node.registry.remove_if_idle(&slot) {
                         stop(&legs);
-                        merge.close();
+                        merge.rest();
                         info!("no subscribers left: upstream subscriptions closed");
                         return;
                     }

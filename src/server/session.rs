@@ -23,7 +23,7 @@ use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
 use crate::node::{credential, dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
-use crate::transport::{self, varint};
+use crate::transport;
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
 /// and uid, and what is due.
@@ -241,15 +241,15 @@ impl App for Sessions {
             Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
                 step_each(&self.node, conn, s, |sub| sub.waiting.is_some());
             }
-            Event::Stream(StreamEvent::Stopped { id, .. }) => {
+            Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+                // The peer gave the stream up: reset it, as quinn-proto leaves to us. Until
+                // then it stays open on both sides (the peer learns no final size) and holds
+                // one of the peer's stream credits: a listener whose subscriptions churn
+                // would run out of them and hear nothing more.
+                let _ = conn.send_stream(id).reset(error_code);
                 // The subscriber gave a segment up: the next one starts afresh.
                 for sub in s.subs.values_mut() {
-                    if sub.out == Some(id) {
-                        sub.out = None;
-                        sub.backlog.clear();
-                        sub.header = None;
-                        sub.s.cursor.abandon_segment();
-                    }
+                    sub.stopped(id);
                 }
             }
             Event::ConnectionLost { reason } => {
@@ -446,10 +446,7 @@ impl Sessions {
                     task.abort();
                 }
                 if let Some(mut sub) = s.subs.remove(&id) {
-                    if let Some(out) = sub.out.take() {
-                        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
-                    }
-                    sub.flush(&self.node);
+                    sub.close(conn, &self.node);
                 }
                 Ok(())
             }
