@@ -648,7 +648,7 @@ async fn a_relay_asked_again_soon_resumes_the_stream_it_let_go_with_no_hole() {
         let seg = after.segment(seq).unwrap_or_else(|| {
             panic!("segment {seq} missing ({held} was the last before the pause)")
         });
-        assert!(seg.len() > 0, "segment {seq} is empty");
+        assert!(!seg.is_empty(), "segment {seq} is empty");
         let first = seg.pts_at(0).unwrap();
         if let Some(p) = next_pts {
             assert_eq!(first, p, "segment {seq} does not follow the one before it");
