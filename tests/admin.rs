@@ -254,6 +254,30 @@ fn metrics_and_health_tell_an_operator_what_a_node_does() {
     assert_eq!(get(&r_admin, "/healthz").0, "200");
 }
 
+/// A relay whose parent does not answer is not ready from its start (a load balancer sends
+/// it nobody) and says why, though no listener has asked it for anything; once its parent
+/// answers, it is ready without being asked either.
+#[test]
+fn a_relay_is_ready_only_once_a_parent_answers() {
+    let c = certs();
+    let mut o = origin_node(&c, &[]);
+    o.kill9();
+    let mut r = relay_node(&c, &[&o], &["--admin", "127.0.0.1:0"]);
+    let r_admin = admin_addr(&mut r);
+    assert_eq!(
+        get(&r_admin, "/readyz"),
+        ("503".into(), "no parent reachable (0 of 1)".into())
+    );
+    assert_eq!(scrape(&r_admin)["quicast_parents_up"], 0.0);
+    r.p.wait_line("cannot connect");
+    assert_eq!(get(&r_admin, "/readyz").0, "503");
+    // The origin comes back on its address: the relay finds it on its own.
+    let _o2 = Node::spawn_on(&c, &o.addr, &["origin", "--segment-ms", "500"]);
+    r.p.wait_line("connected to parent");
+    assert_eq!(get(&r_admin, "/readyz"), ("200".into(), "ready".into()));
+    assert_eq!(scrape(&r_admin)["quicast_parents_up"], 1.0);
+}
+
 /// The known scenario, in numbers: an origin and a relay; a publisher; on the relay two QUIC
 /// listeners, one HTTP Ogg listener, one listener that stops reading (moved forward: skips)
 /// and one HTTP request refused for want of a token. Each node's metrics say exactly that,

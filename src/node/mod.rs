@@ -165,6 +165,9 @@ impl Node {
         if !node.is_relay() {
             tasks.push(tokio::spawn(load::sweep(Arc::downgrade(&node))).abort_handle());
         }
+        if let Some(u) = &node.upstream {
+            u.reach_all();
+        }
         *node.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(node)
     }

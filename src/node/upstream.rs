@@ -43,6 +43,9 @@ struct Health {
     draining: bool,
     /// A task is trying to connect to it again.
     probing: bool,
+    /// A link to it was made at least once (until then it is not counted up: a relay whose
+    /// parents never answered is not ready).
+    reached: bool,
 }
 
 struct Parent {
@@ -92,12 +95,12 @@ impl Upstream {
         })
     }
 
-    /// Parents neither known down nor draining, of how many.
+    /// Parents reached, and neither down since nor draining, of how many.
     pub(super) fn parents_up(&self) -> (usize, usize) {
         let up = (0..self.each.len())
             .filter(|&i| {
                 let h = self.health(i);
-                !h.down && !h.draining
+                h.reached && !h.down && !h.draining
             })
             .count();
         (up, self.each.len())
@@ -176,10 +179,15 @@ impl Upstream {
         }
         match self.parents.connect(i).await {
             Ok(l) => {
-                info!(parent = %self.each[i].name, node = %l.name(), "connected to parent");
                 *g = Some(l.clone());
                 drop(g);
-                self.set_health(i, |h| *h = Health::default());
+                self.set_health(i, |h| {
+                    *h = Health {
+                        reached: true,
+                        ..Health::default()
+                    }
+                });
+                info!(parent = %self.each[i].name, node = %l.name(), "connected to parent");
                 self.clone().watch_link(i, l.clone());
                 Ok(l)
             }
@@ -189,6 +197,18 @@ impl Upstream {
                 self.lost(i);
                 Err(e.upstream())
             }
+        }
+    }
+
+    /// Connects to every parent now, not when a stream is first asked for: the node's
+    /// readiness and `quicast_parents_up` say from the start whether any answers. One that
+    /// does not is tried again with backoff until it does (see `lost`).
+    pub(super) fn reach_all(self: &Arc<Self>) {
+        for i in 0..self.each.len() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.link(i).await;
+            });
         }
     }
 
