@@ -406,7 +406,39 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
         .collect();
     files.sort();
     assert!(files.len() >= 10);
+    // The certificates the examples name, made as the walkthrough makes them; check-config
+    // reads them as start does.
+    let certs = tempfile::tempdir().unwrap();
+    let names = [
+        "origin-a", "origin-b", "mid-1", "mid-2", "mid-3", "mid-4", "edge-1",
+    ];
+    let made = Command::new("bash")
+        .arg(root.join("deploy/make-certs.sh"))
+        .arg(certs.path())
+        .args(names.iter().map(|n| format!("{n}.example")))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for n in names {
+        for ext in ["crt", "key"] {
+            std::fs::rename(
+                certs.path().join(format!("{n}.example.{ext}")),
+                certs.path().join(format!("{n}.{ext}")),
+            )
+            .unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
     for f in &files {
+        let text = std::fs::read_to_string(f)
+            .unwrap()
+            .replace("/etc/quicast/", &format!("{}/", certs.path().display()));
+        let f = &dir.path().join(f.file_name().unwrap());
+        std::fs::write(f, text).unwrap();
         let out = Command::new(BIN)
             .arg("check-config")
             .arg(f)
@@ -424,7 +456,43 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
             "{said}"
         );
     }
-    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let (crt, key_a, key_b) = (
+        certs.path().join("mid-1.crt"),
+        certs.path().join("mid-1.key"),
+        certs.path().join("mid-2.key"),
+    );
+    let files_cases = [
+        (format!("cert = {garbage:?}\nkey = {key_a:?}\n"), "cert"),
+        (
+            format!("cert = \"/nonexistent.crt\"\nkey = {key_a:?}\n"),
+            "cert",
+        ),
+        (format!("cert = {crt:?}\nkey = {garbage:?}\n"), "key"),
+        // A key that is not the certificate's.
+        (format!("cert = {crt:?}\nkey = {key_b:?}\n"), "key"),
+        (
+            format!("upstream = [\"quic://127.0.0.1:1\"]\nca = {garbage:?}\n"),
+            "ca",
+        ),
+        (
+            "upstream = [\"quic://127.0.0.1:1\"]\nca = \"/nonexistent/ca.pem\"\n".to_string(),
+            "ca",
+        ),
+    ];
+    for (text, key) in &files_cases {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains(&format!("error: {key}")), "{text}: {err}");
+    }
     for (text, key, role) in [
         ("segment-ms = 5\n", "segment-ms", None),
         ("nonsense = 1\n", "nonsense", None),
@@ -445,7 +513,7 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
         ("listen-policy = [\"/=token\"]\n", "listen-policy", None),
         ("listen-policy = [\"/=maybe\"]\n", "listen-policy", None),
         (
-            "upstream = [\"quic://127.0.0.1:1\"]\nca = \"/etc/hosts\"\nrelay-token = \"/nonexistent\"\n",
+            "upstream = [\"quic://127.0.0.1:1\"]\nfingerprint = [\"abababababababababababababababababababababababababababababababab\"]\nrelay-token = \"/nonexistent\"\n",
             "relay-token",
             None,
         ),

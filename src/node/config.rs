@@ -414,7 +414,16 @@ impl NodeConfig {
         match (&self.cert, &self.key) {
             (Some(_), None) => return Err(invalid("key", "--cert needs --key")),
             (None, Some(_)) => return Err(invalid("cert", "--key needs --cert")),
+            // Read as start reads them: a missing, garbage or mismatched certificate or key
+            // is refused here, not by a service manager restarting a node that cannot start.
+            (Some(c), Some(k)) => {
+                crate::transport::Identity::from_pem_files(c, k)
+                    .map_err(|e| invalid(e.key, e.to_string()))?;
+            }
             _ => {}
+        }
+        if let Some(ca) = &self.ca {
+            crate::transport::Trust::from_ca_file(ca).map_err(|e| invalid(e.key, e.to_string()))?;
         }
         // Key files are read, and the policy checked against them.
         super::access::Access::from_config(self).map(|_| ())
