@@ -399,12 +399,28 @@ fn a_relay_presents_its_relay_token_and_one_without_is_refused() {
     );
     assert_eq!(auth_refusals(&admin), 0);
 
-    // Without one: the origin refuses the relay (counted), whose listener hears nothing.
-    let mut bare = relay_node(&c, &[&o], &[]);
-    let (_, heard, _) = quic_listen(&c, &bare.url("paid/show"), "", &out, 3);
-    assert_eq!(heard, 0);
+    // Without one: the origin refuses the relay (counted), whose listeners hear nothing, and
+    // are told why at once, not at the end of their wait (http-wait-secs: a minute here).
+    let mut bare = relay_node(
+        &c,
+        &[&o],
+        &["--http", "127.0.0.1:0", "--http-wait-secs", "60"],
+    );
+    let http = bare.logged_addr("HTTP");
+    let (ok, heard, log) = quic_listen(&c, &bare.url("paid/show"), "", &out, 3);
+    assert!(!ok && heard == 0, "{log}");
+    assert!(log.contains("refused this relay"), "{log}");
     bare.p.wait_line("token required");
     assert!(auth_refusals(&admin) >= 1);
+    let r = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "30", "-w", "\n%{http_code}"])
+        .arg(format!("http://{http}/paid/show.ogg"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "502", "{text}");
+    assert!(body.contains("refused this relay"), "{body}");
 }
 
 #[test]

@@ -416,6 +416,21 @@ impl Upstream {
                             stop(&legs);
                             return;
                         }
+                        LegEnd::Rejected(e) if merge.is_waiting() && legs.is_empty() && self.parents_up().0 == 0 => {
+                            // No parent takes this relay: nothing can come for the listeners
+                            // waiting here, and they hear why at once (502, the wire's
+                            // `upstream` code) rather than at the end of their wait. (With
+                            // another parent up, it is tried first.) The name is not
+                            // remembered: the next listener asks again.
+                            warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused this relay: {}", e.reason());
+                            slot.fail(
+                                ErrorCode::Upstream,
+                                format!("the parent refused this relay: {}", e.reason()),
+                            );
+                            node.registry.remove(&slot);
+                            stop(&legs);
+                            return;
+                        }
                         end => {
                             // Rest before trying this parent again: a little if the leg had
                             // been delivering, more each time it fails at once.
@@ -427,6 +442,7 @@ impl Upstream {
                             match end {
                                 LegEnd::Lost(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "upstream subscription lost: {e}"),
                                 LegEnd::Refused(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused the stream: {e}"),
+                                LegEnd::Rejected(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused this relay: {e}"),
                                 LegEnd::Mismatch(why) => warn!(side = "upstream", parent = %self.each[p].name, "parent serves another broadcast: {why}"),
                             }
                         }
@@ -466,6 +482,9 @@ impl Upstream {
         let end = async {
             let link = match self.link(p).await {
                 Ok(l) => l,
+                Err(e) if matches!(e.kind(), Kind::Unauthorized | Kind::NotAllowed) => {
+                    return LegEnd::Rejected(e)
+                }
                 Err(e) => return LegEnd::Lost(e),
             };
             loop {
@@ -563,6 +582,9 @@ enum LegEnd {
     Lost(Error),
     /// The parent refused the stream.
     Refused(Error),
+    /// The parent refused this relay itself (its relay token: missing, expired, not signed by
+    /// a key the parent takes) as it connected.
+    Rejected(Error),
     /// The parent serves another broadcast than the stream's, or other frames in it.
     Mismatch(String),
 }
