@@ -826,9 +826,38 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().path()),
         );
+        // The certificates the examples name, made as the walkthrough makes them (check()
+        // reads them as start does).
+        let certs = tempfile::tempdir().unwrap();
+        let names = [
+            "origin-a", "origin-b", "mid-1", "mid-2", "mid-3", "mid-4", "edge-1",
+        ];
+        let made = std::process::Command::new("bash")
+            .arg(dir.join("deploy/make-certs.sh"))
+            .arg(certs.path())
+            .args(names.iter().map(|n| format!("{n}.example")))
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        for n in names {
+            for ext in ["crt", "key"] {
+                std::fs::rename(
+                    certs.path().join(format!("{n}.example.{ext}")),
+                    certs.path().join(format!("{n}.{ext}")),
+                )
+                .unwrap();
+            }
+        }
         for p in paths {
             if p.extension().is_some_and(|e| e == "toml") {
-                let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
+                let text = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("/etc/quicast/", &format!("{}/", certs.path().display()));
+                let a = NodeArgs::from_toml(&text, &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 let c = a.resolve();
                 c.check(c.is_relay())
