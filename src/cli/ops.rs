@@ -27,6 +27,15 @@ pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Resul
         Some(other) => bail!("--role is origin or relay, not {other:?}"),
     };
     cfg.check(relay)?;
+    // The files it names, read as start reads them: a missing, garbage or mismatched
+    // certificate or key, or an unusable CA, is refused here, not by a service manager
+    // restarting a node that cannot start.
+    if cfg.cert.is_some() {
+        identity(&cfg)?;
+    }
+    if let Some(ca) = &cfg.ca {
+        quicast::Trust::from_ca_file(ca).map_err(|e| invalid(e.key, e.to_string()))?;
+    }
     println!(
         "{}: ok ({})",
         file.display(),
