@@ -59,6 +59,7 @@ fn fan_out(c: &mut Criterion) {
                 "b",
                 1,
                 quicast::media::OpusHead::synthetic(1).codec(),
+                quicast::model::Provenance::here(),
                 &cache,
                 &cfg,
             );

@@ -341,6 +341,142 @@ fn sighup(n: &Node) {
     assert!(st.success());
 }
 
+/// Issue 26, 1: a stream's access rule travels with it. The origin says `paid/` needs a
+/// token signed with its key `k1`; relays whose own configuration says nothing of it (no
+/// listen policy; one with no key at all) still refuse listeners without a good token, over
+/// QUIC, Ogg and HLS. A relay with no key fails closed, and says so as it starts; a token
+/// signed with a key the relay holds but the origin does not name is refused.
+#[test]
+fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let keys = Keys::new();
+    let k1 = keys.secret("k1");
+    let k2 = keys.secret("k2");
+    let cfg = origin_config(work.path(), &[("k1", &k1)]);
+    let c = certs();
+    let mut o = origin_node(
+        &c,
+        &["--config", cfg.to_str().unwrap(), "--http", "127.0.0.1:0"],
+    );
+    let origin_http = o.http_addr();
+    let publish = |stream: &str| {
+        let mut p = Proc::spawn(&[
+            "publish",
+            &o.url(stream),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--token",
+            &good(&k1, "k1", Grant::Publish, "/"),
+            "--fingerprint",
+            &c.fp,
+        ]);
+        p.wait_line("publishing");
+        p
+    };
+    let _paid = publish("paid/show");
+    let _free = publish("free/news");
+    let relay_tok = keys.path("relay.token");
+    std::fs::write(&relay_tok, good(&k1, "k1", Grant::Relay, "/")).unwrap();
+    let rt = relay_tok.to_str().unwrap();
+    let http = ["--http", "127.0.0.1:0"];
+
+    // A mid with its relay token and no key at all: a slip in its config.
+    let mut keyless = relay_node(&c, &[&o], &[&["--relay-token", rt][..], &http].concat());
+    keyless.p.wait_lines(&["has no token-key"]);
+    let keyless_http = keyless.http_addr();
+    // An edge under it with the key (the keyless mid asks no relay token), and an edge
+    // under the origin with the key and a second one the origin does not name, neither
+    // with a listen policy.
+    let k1_arg = format!("k1={}", k1.display());
+    let k2_arg = format!("k2={}", k2.display());
+    let mut below = relay_node(
+        &c,
+        &[&keyless],
+        &[&["--relay-token", rt, "--token-key", &k1_arg][..], &http].concat(),
+    );
+    let below_http = below.http_addr();
+    let mut keyed = relay_node(
+        &c,
+        &[&o],
+        &[
+            &["--relay-token", rt, "--token-key", &k1_arg, "--token-key", &k2_arg][..],
+            &http,
+        ]
+        .concat(),
+    );
+    let keyed_http = keyed.http_addr();
+
+    let listen_tok = good(&k1, "k1", Grant::Listen, "paid/show");
+    let k2_tok = good(&k2, "k2", Grant::Listen, "paid/show");
+    let out = work.path().join("heard.opus");
+
+    // The public stream plays everywhere without a token.
+    for h in [&keyless_http, &below_http, &keyed_http] {
+        let (code, body) = curl(&format!("http://{h}/free/news.ogg"), &[], 2);
+        assert!(
+            body.starts_with(b"OggS") && (code == "200" || code == "000"),
+            "free/news on {h}: {code}"
+        );
+    }
+
+    // The keyless mid: nobody hears the protected stream, and is told why.
+    let (code, body) = curl(&format!("http://{keyless_http}/paid/show.ogg"), &[], 10);
+    let body = String::from_utf8_lossy(&body);
+    assert!(code == "500" && body.contains("no token key"), "{code} {body}");
+    let (code, _) = curl(
+        &format!("http://{keyless_http}/paid/show.ogg?token={listen_tok}"),
+        &[],
+        10,
+    );
+    assert_eq!(code, "500", "a token does not help a node that cannot check it");
+    let (code, _) = curl(&format!("http://{keyless_http}/paid/show.m3u8"), &[], 10);
+    assert_eq!(code, "500");
+    let (ok, heard, log) = quic_listen(&c, &keyless.url("paid/show"), &listen_tok, &out, 2);
+    assert!(!ok && heard == 0 && log.contains("no token key"), "{log}");
+
+    // Edges with the key and no policy: the origin's rule holds, through a keyless mid too.
+    for (edge, h) in [(&below, &below_http), (&keyed, &keyed_http)] {
+        let (code, body) = curl(&format!("http://{h}/paid/show.ogg"), &[], 10);
+        assert_eq!(code, "401", "{}", String::from_utf8_lossy(&body));
+        let (code, body) = curl(&format!("http://{h}/paid/show.m3u8"), &[], 10);
+        assert_eq!(code, "401", "{}", String::from_utf8_lossy(&body));
+        let (_, body) = curl(&format!("http://{h}/paid/show.ogg?token={listen_tok}"), &[], 2);
+        assert!(body.starts_with(b"OggS"), "with its token on {h}");
+        let (ok, heard, log) = quic_listen(&c, &edge.url("paid/show"), "", &out, 2);
+        assert!(!ok && heard == 0 && log.contains("token required"), "{log}");
+        let (ok, heard, log) = quic_listen(&c, &edge.url("paid/show"), &listen_tok, &out, 2);
+        assert!(ok && heard > 20, "with its token over QUIC: {heard}; {log}");
+    }
+    // A key the edge holds but the origin does not name signs nothing for the stream.
+    let (code, body) = curl(&format!("http://{keyed_http}/paid/show.ogg?token={k2_tok}"), &[], 10);
+    let body = String::from_utf8_lossy(&body);
+    assert!(code == "401" && body.contains("may not sign for this stream"), "{code} {body}");
+    let (ok, _, log) = quic_listen(&c, &keyed.url("paid/show"), &k2_tok, &out, 2);
+    assert!(!ok && log.contains("may not sign for this stream"), "{log}");
+
+    // /streams says who may listen, the broadcast's start at the origin and the interval
+    // its listeners are sent frames at (a relay passes on its parent's), alike on every node.
+    let started: Vec<String> = [&origin_http, &keyless_http, &below_http, &keyed_http]
+        .iter()
+        .map(|h| {
+            let (_, body) = curl(&format!("http://{h}/streams"), &[], 5);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let s = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "paid/show")
+                .unwrap_or_else(|| panic!("paid/show in {v}"));
+            assert_eq!(s["access"], "token", "{s}");
+            format!("{} {}", s["started_at"], s["delivery_interval_ms"])
+        })
+        .collect();
+    assert!(started.iter().all(|s| *s == started[0]), "{started:?}");
+    assert!(!started[0].ends_with(" 0"), "{started:?}");
+}
+
 #[test]
 fn a_relay_presents_its_relay_token_and_one_without_is_refused() {
     let work = tempfile::tempdir().unwrap();

@@ -277,12 +277,12 @@ impl Collector for NodeCollector {
             let g = ConstGauge::new(0f64);
             let mut fam = e.encode_descriptor(
                 "quicast_stream_delivery_interval",
-                "How often a stream's subscribers are sent new frames now (its own interval, or the node's floor under load; 0: every frame at once).",
+                "How often a stream's subscribers are sent new frames now (its own interval, on a relay its parent's, or the node's floor under load; 0: every frame at once).",
                 Some(&Unit::Seconds),
                 g.metric_type(),
             )?;
             for (slot, b) in &live {
-                ConstGauge::new(b.interval().as_secs_f64())
+                ConstGauge::new(b.delivery_interval().as_secs_f64())
                     .encode(fam.encode_family(&[("stream", slot.path.as_str())])?)?;
             }
         }

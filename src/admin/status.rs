@@ -1,7 +1,6 @@
 //! What a node shows of itself: the live streams, as a page with a player for each and as
 //! JSON (`/streams`).
 
-use std::time::UNIX_EPOCH;
 
 use crate::model::Egress;
 use crate::node::Node;
@@ -14,8 +13,10 @@ struct StreamInfo {
     listeners: usize,
     /// The same by egress (`quic`, `relay`, `http_ogg`, `hls`).
     by_egress: std::collections::BTreeMap<&'static str, usize>,
-    /// Unix time in seconds.
+    /// When the broadcast began at its origin: Unix time in seconds (the same on every node).
     started_at: u64,
+    /// Who may listen: `public`, or `token` (a listen token is needed here).
+    access: &'static str,
     codec: &'static str,
     sample_rate: u32,
     channels: u8,
@@ -42,17 +43,18 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                     .iter()
                     .map(|e| (e.label(), slot.subscribers_by(*e)))
                     .collect(),
-                started_at: b
-                    .started
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                started_at: b.started_ms() / 1000,
+                access: if node.access().rule_for(&slot.path, &b.access).is_public() {
+                    "public"
+                } else {
+                    "token"
+                },
                 codec: "opus",
                 sample_rate: b.codec.sample_rate,
                 channels: b.codec.channels,
                 bitrate: b.bitrate(),
                 instance: b.instance,
-                delivery_interval_ms: b.interval().as_millis() as u64,
+                delivery_interval_ms: b.delivery_interval().as_millis() as u64,
                 parents: slot.parents(),
             })
         })

@@ -41,6 +41,11 @@ pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Resul
         file.display(),
         if relay { "relay" } else { "origin" }
     );
+    if relay {
+        if let Some(why) = cfg.fails_closed() {
+            println!("note: {why}");
+        }
+    }
     Ok(())
 }
 

@@ -323,7 +323,9 @@ async fn run(
         last_heard = Instant::now();
         match ev {
             None => return Ok(Outcome::Lost(session.closed().await)),
-            Some(Event::Subscribed { instance, codec }) => {
+            Some(Event::Subscribed {
+                instance, codec, ..
+            }) => {
                 subscribed = true;
                 on(ListenEvent::Header {
                     instance,

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 
 use super::session::{Event, Session, Subscription};
 use super::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::model::WireFrame;
 use crate::node::config::read_relay_token;
 use crate::node::{
@@ -128,9 +128,21 @@ impl ParentSubscription for Sub {
     fn next(&mut self) -> BoxFuture<'_, Option<ParentEvent>> {
         async move {
             Some(match self.0.next().await? {
-                Event::Subscribed { instance, codec } => {
-                    ParentEvent::Subscribed { instance, codec }
-                }
+                Event::Subscribed {
+                    instance,
+                    codec,
+                    info: Some(info),
+                } => ParentEvent::Subscribed {
+                    instance,
+                    codec,
+                    info,
+                },
+                // A relay enforces who may listen: a parent that does not say is refused.
+                Event::Subscribed { info: None, .. } => ParentEvent::Refused(Error::new(
+                    Kind::Upstream,
+                    "the parent did not say who may listen to the stream (it speaks protocol \
+                     version 1; relays need version 2)",
+                )),
                 Event::Segment { seq, frames } => ParentEvent::Segment {
                     seq,
                     frames: Box::new(Segment(frames)),

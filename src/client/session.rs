@@ -14,7 +14,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    check_path, Codec, ErrorCode, Frame, Message, Role, SegmentHeader, Start, UniHeader, VERSION,
+    check_path, Codec, ErrorCode, StreamInfo, Frame, Message, Role, SegmentHeader, Start, UniHeader, VERSION,
 };
 use crate::transport::{
     conn_error, varint, write_message, ControlReader, ControlWriter, FrameReader,
@@ -25,6 +25,8 @@ pub enum Event {
     Subscribed {
         instance: u64,
         codec: Codec,
+        /// The broadcast's start at its origin and who may listen (a version 2 node).
+        info: Option<StreamInfo>,
     },
     /// Refused (or the connection was refused, for a publish).
     Error {
@@ -126,7 +128,15 @@ impl Session {
                             id,
                             instance,
                             codec,
-                        } => (id, Event::Subscribed { instance, codec }),
+                            info,
+                        } => (
+                            id,
+                            Event::Subscribed {
+                                instance,
+                                codec,
+                                info,
+                            },
+                        ),
                         Message::SubscribeError { id, code, reason } => {
                             (id, Event::Error { code, reason })
                         }

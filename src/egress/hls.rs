@@ -78,6 +78,9 @@ pub struct Reply {
     pub content_type: &'static str,
     pub cache_control: &'static str,
     pub body: Bytes,
+    /// The stream needs a token (by this node's policy or the rule it came with): the
+    /// answer is for its holder only, no shared cache may keep it.
+    pub private: bool,
 }
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -201,7 +204,10 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
     // Otherwise a subscriber while served: on a relay, this starts or keeps the upstream
     // fetch.
     let b = match ended {
-        Some(b) => b,
+        Some(b) => {
+            node.may_have(peer, name, &b)?;
+            b
+        }
         None => {
             let peer = &peer.served_as(Egress::Hls);
             let mut sub = node.subscribe(name, Start::Live, wait, peer).await?;
@@ -217,6 +223,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
         }
     };
     let head = OpusHead::parse(&b.codec.header)?;
+    let private = !node.access().rule_for(name, &b.access).is_public();
     match r {
         Resource::Playlist { block, .. } => {
             // A broadcast is announced before its first frame, and a relay that just began
@@ -249,6 +256,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
                     "public, max-age=1"
                 },
                 body: playlist_of(&b),
+                private,
             })
         }
         Resource::Init { instance, .. } => {
@@ -257,6 +265,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
                 content_type: "audio/mp4",
                 cache_control: IMMUTABLE,
                 body: init_segment(&head),
+                private,
             })
         }
         Resource::Segment { instance, seq, .. } => {
@@ -267,7 +276,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
                 .ok_or_else(|| not_held(seq))?;
             let frames = frames_of(&seg);
             let body = fragment_of(seq, 0, &frames);
-            Ok(media_reply(node, frames.len(), body))
+            Ok(media_reply(node, frames.len(), body, private))
         }
         Resource::Part {
             instance,
@@ -302,18 +311,19 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
                 return Err(not_held(seq));
             }
             let body = fragment_of(seq, part + 1, &frames[from..to]);
-            Ok(media_reply(node, to - from, body))
+            Ok(media_reply(node, to - from, body, private))
         }
     }
 }
 
 /// A segment or part of `frames` frames: counted as sent.
-fn media_reply(node: &Node, frames: usize, body: Bytes) -> Reply {
+fn media_reply(node: &Node, frames: usize, body: Bytes, private: bool) -> Reply {
     node.stats.sent(frames as u64, body.len() as u64);
     Reply {
         content_type: "audio/mp4",
         cache_control: IMMUTABLE,
         body,
+        private,
     }
 }
 

@@ -755,6 +755,7 @@ mod tests {
             "t",
             1,
             OpusHead::synthetic(2).codec(),
+            crate::model::Provenance::here(),
             &SegmentCache::new(&cfg),
             &cfg,
         );

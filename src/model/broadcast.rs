@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::{Cursor, Pacing, Segment, SegmentCache, StoreConfig, WireFrame};
 use crate::error::{Error, Result};
 use crate::proto::ErrorCode;
-use crate::proto::{Codec, Start};
+use crate::proto::{Codec, Start, StreamAccess, StreamInfo};
 
 /// µs from the process's first use of this clock to `t` (Tokio's clock: paused in tests).
 pub fn since_epoch(t: tokio::time::Instant) -> u64 {
@@ -41,7 +41,11 @@ pub struct Broadcast {
     /// same instance is another one here): the key of its segments in the cache.
     local: u64,
     pub codec: Codec,
+    /// When it began at its origin (a relay has it from its parent).
     pub started: SystemTime,
+    /// Who may listen, as the broadcast came (an origin's: public; its own policy is
+    /// applied on top, see `node::Access::rule_for`).
+    pub access: StreamAccess,
     state: Mutex<BState>,
     /// Bumped whenever subscribers have something new to take.
     changed: watch::Sender<u64>,
@@ -62,6 +66,9 @@ pub struct Broadcast {
     woke_at_us: AtomicU64,
     last_wake: Mutex<Option<tokio::time::Instant>>,
     wake_pending: AtomicBool,
+    /// On a relay (batches passed on as they come): the spacing of the parent's batches,
+    /// which is the delivery interval that applies here.
+    arrivals: Mutex<Arrivals>,
     /// Payload bytes, wire bytes (frames as sent), frames and samples appended, for the
     /// rates.
     payload_bytes: AtomicU64,
@@ -72,6 +79,70 @@ pub struct Broadcast {
     end_pts: AtomicU64,
     /// Its Ogg stream for HTTP listeners (an Opus broadcast: see `segment::OggNumbering`).
     pub ogg: Option<Arc<super::segment::OggNumbering>>,
+}
+
+/// When a relay's batches came, for the interval they are paced at upstream: the median of
+/// the last gaps between them (a batch split over two reads, a gap under 2 ms, is one).
+#[derive(Default)]
+struct Arrivals {
+    last: Option<tokio::time::Instant>,
+    gaps_us: [u32; 15],
+    n: usize,
+}
+
+impl Arrivals {
+    fn batch(&mut self, now: tokio::time::Instant) {
+        if let Some(l) = self.last {
+            let gap = now.saturating_duration_since(l);
+            if gap < Duration::from_millis(2) {
+                return;
+            }
+            let gap = gap.as_micros().min(u32::MAX as u128) as u32;
+            self.gaps_us[self.n % self.gaps_us.len()] = gap;
+            self.n += 1;
+        }
+        self.last = Some(now);
+    }
+
+    /// The median gap of those seen (zero before any), to the nearest `step` (an origin
+    /// paces by whole frames: the stream's frame duration).
+    fn typical(&self, step: Duration) -> Duration {
+        let k = self.n.min(self.gaps_us.len());
+        if k == 0 {
+            return Duration::ZERO;
+        }
+        let mut g = self.gaps_us[..k].to_vec();
+        g.sort_unstable();
+        let us = g[k / 2] as u64;
+        let step = (step.as_micros() as u64).max(1_000);
+        Duration::from_micros((us + step / 2) / step * step)
+    }
+}
+
+/// What the tree says of a broadcast wherever it is carried: when it began at its origin
+/// and who may listen.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub started: SystemTime,
+    pub access: StreamAccess,
+}
+
+impl Provenance {
+    /// A broadcast that begins on this node, now.
+    pub fn here() -> Provenance {
+        Provenance {
+            started: SystemTime::now(),
+            access: StreamAccess::Public,
+        }
+    }
+
+    /// As a parent's `SUBSCRIBED` said.
+    pub fn from_wire(info: &StreamInfo) -> Provenance {
+        Provenance {
+            started: std::time::UNIX_EPOCH + Duration::from_millis(info.started_ms),
+            access: info.access.clone(),
+        }
+    }
 }
 
 /// Where the broadcast is: its first and latest segments here, and whether it is over.
@@ -87,6 +158,7 @@ impl Broadcast {
         path: &str,
         instance: u64,
         codec: Codec,
+        from: Provenance,
         cache: &SegmentCache,
         cfg: &StoreConfig,
     ) -> Arc<Broadcast> {
@@ -100,11 +172,13 @@ impl Broadcast {
             woke_at_us: AtomicU64::new(0),
             last_wake: Mutex::new(None),
             wake_pending: AtomicBool::new(false),
+            arrivals: Mutex::default(),
             path: path.to_string(),
             instance,
             local: LOCAL.fetch_add(1, Ordering::Relaxed),
             codec,
-            started: SystemTime::now(),
+            started: from.started,
+            access: from.access,
             state: Mutex::new(BState::default()),
             changed: watch::Sender::new(0),
             eager: watch::Sender::new(0),
@@ -217,6 +291,12 @@ impl Broadcast {
     /// Wakes subscribers for frames appended quietly: at once, or, with a coalescing interval,
     /// at most once per interval (a wake-up due later is scheduled, never lost).
     pub fn flush(&self) {
+        if self.pacing.mode == super::PaceMode::PassThrough {
+            self.arrivals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .batch(tokio::time::Instant::now());
+        }
         let interval = self.interval();
         if interval.is_zero() {
             return self.notify();
@@ -300,6 +380,13 @@ impl Broadcast {
         self.notify();
     }
 
+    /// When it began at its origin, in milliseconds since the Unix epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     /// Average bits per second of the audio so far.
     pub fn bitrate(&self) -> u64 {
         let samples = self.samples.load(Ordering::Relaxed);
@@ -313,6 +400,30 @@ impl Broadcast {
     pub fn interval(&self) -> Duration {
         self.pacing
             .interval(Duration::from_micros(self.base_us.load(Ordering::Relaxed)))
+    }
+
+    /// How often this stream's subscribers are sent new frames, as reported: the interval
+    /// it is paced at, or on a relay (which passes its parent's batches on as they come) the
+    /// spacing of those batches, under the node's floor. The same on every node of a tree.
+    pub fn delivery_interval(&self) -> Duration {
+        if self.pacing.mode != super::PaceMode::PassThrough {
+            return self.interval();
+        }
+        let (samples, frames) = (
+            self.samples.load(Ordering::Relaxed),
+            self.frames.load(Ordering::Relaxed),
+        );
+        let rate = self.codec.sample_rate.max(1) as u64;
+        let frame = match frames {
+            0 => Duration::from_millis(10),
+            f => Duration::from_micros(samples * 1_000_000 / rate / f),
+        };
+        let seen = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .typical(frame);
+        self.pacing.interval(seen)
     }
 
     /// The pacing settings (their floor is the node's).

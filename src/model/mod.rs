@@ -16,7 +16,7 @@ mod registry;
 mod segment;
 mod segmenter;
 
-pub use broadcast::{since_epoch, Broadcast, Span};
+pub use broadcast::{since_epoch, Broadcast, Provenance, Span};
 pub use cache::SegmentCache;
 pub use cursor::{Batch, Cursor, Form, Step};
 pub use frame::WireFrame;

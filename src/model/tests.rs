@@ -32,7 +32,7 @@ fn bcast(window: u64, max_lag: u64) -> Arc<Broadcast> {
     let c = cfg(window, max_lag);
     let cache = SegmentCache::new(&c);
     let codec = crate::media::OpusHead::synthetic(2).codec();
-    Broadcast::new("t", 1, codec, &cache, &c)
+    Broadcast::new("t", 1, codec, Provenance::here(), &cache, &c)
 }
 
 /// Steps that are ready now (no waiting).
@@ -239,6 +239,7 @@ fn cache_is_bounded_by_bytes() {
         "t",
         1,
         crate::media::OpusHead::synthetic(1).codec(),
+        crate::model::Provenance::here(),
         &cache,
         &c,
     );
@@ -387,6 +388,7 @@ fn coalescing() -> Arc<Broadcast> {
         "t",
         1,
         crate::media::OpusHead::synthetic(2).codec(),
+        crate::model::Provenance::here(),
         &cache,
         &c,
     )

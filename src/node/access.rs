@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::auth::secret_eq;
 use super::config::{invalid, ConfigError, NodeConfig, Secret};
 use super::token::{check_times, unix_now, Claims, Grant, KeySet, Refusal};
+use crate::proto::StreamAccess;
 
 /// Whether listening to a path needs a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,20 +195,66 @@ impl Access {
     }
 
     /// Whether a peer in `as_relay` role (or a listener) that presented `p` may subscribe to
-    /// `path` now.
+    /// `path` now, by this node's own policy (asked before the stream is fetched: see
+    /// `may_listen_to` for the rule the stream brings).
     pub fn may_listen(&self, p: &Presented, path: &str, as_relay: bool) -> Result<(), Refusal> {
-        if as_relay && !self.keys.is_empty() {
+        self.may_listen_to(p, path, as_relay, &StreamAccess::Public)
+    }
+
+    /// Whether a peer that presented `p` may have stream `path`, which came with rule
+    /// `stream`: the stricter of that and this node's own policy decides. A child relay is let
+    /// in by its relay token (it enforces the rule below); a listener of a stream that needs
+    /// a token must bring one signed with a key the rule names and this node holds. A node
+    /// without keys refuses every listener of such a stream: it fails closed.
+    pub fn may_listen_to(
+        &self,
+        p: &Presented,
+        path: &str,
+        as_relay: bool,
+        stream: &StreamAccess,
+    ) -> Result<(), Refusal> {
+        if as_relay {
+            if self.keys.is_empty() {
+                return Ok(());
+            }
             return match p {
                 Presented::Signed(r) => covered(self.role(r, Grant::Relay)?, path),
                 _ => Err(Refusal::Missing(Grant::Relay)),
             };
         }
-        if self.need(path) == Need::Public {
+        if self.need(path) == Need::Public && stream.is_public() {
             return Ok(());
         }
+        if self.keys.is_empty() {
+            return Err(Refusal::CannotCheck {
+                path: path.to_string(),
+            });
+        }
         match p {
-            Presented::Signed(r) => covered(self.role(r, Grant::Listen)?, path),
+            Presented::Signed(r) => {
+                let c = self.role(r, Grant::Listen)?;
+                if !stream.allows_key(&c.kid) {
+                    return Err(Refusal::KeyNotForStream {
+                        kid: c.kid.clone(),
+                        allowed: stream.to_string(),
+                    });
+                }
+                covered(c, path)
+            }
             _ => Err(Refusal::Missing(Grant::Listen)),
+        }
+    }
+
+    /// The rule this node passes on with stream `path`, which came with `stream`: the
+    /// parent's if it needs a token, else this node's own policy (a token signed with any
+    /// key this node holds).
+    pub fn rule_for(&self, path: &str, stream: &StreamAccess) -> StreamAccess {
+        match stream {
+            StreamAccess::Token { .. } => stream.clone(),
+            StreamAccess::Public if self.need(path) == Need::Token => StreamAccess::Token {
+                kids: self.keys.kids(),
+            },
+            StreamAccess::Public => StreamAccess::Public,
         }
     }
 

@@ -349,6 +349,17 @@ impl NodeConfig {
         !self.upstream.is_empty()
     }
 
+    /// What a relay without token keys will refuse, said at start and by `check-config`:
+    /// the streams its parents protect reach it with their rule, and with no key to check a
+    /// token with it turns their listeners away (it fails closed).
+    pub fn fails_closed(&self) -> Option<String> {
+        (self.is_relay() && self.token_key.is_empty()).then(|| {
+            "this relay has no token-key: listeners of streams its parents protect with a \
+             token are refused here (give it the tree's listen keys: see README, Securing a tree)"
+                .to_string()
+        })
+    }
+
     /// The node's name: as configured, or its role's.
     pub fn name(&self) -> &str {
         match &self.name {

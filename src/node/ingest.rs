@@ -11,7 +11,7 @@ use tracing::info;
 use super::{now_us, Node};
 use crate::error::{Error, Kind, Result};
 use crate::media::{OpusHead, OPUS_RATE};
-use crate::model::{Broadcast, Join, PublisherClaim, Segmenter, Slot};
+use crate::model::{Broadcast, Join, Provenance, PublisherClaim, Segmenter, Slot};
 use crate::proto::{self, Codec, Frame};
 
 /// A stream this publisher holds. Dropping it releases the stream without ending it; call
@@ -82,6 +82,7 @@ impl Publishing {
                     path,
                     instance,
                     codec,
+                    Provenance::here(),
                     &node.registry.cache,
                     &node.registry.cfg,
                 );

@@ -12,8 +12,8 @@ use tracing::warn;
 use super::parents::{SegmentRead, SegmentReader};
 use super::Node;
 use crate::error::Error;
-use crate::model::{Broadcast, PaceMode, Segment, Slot, StoreConfig};
-use crate::proto::{Codec, ErrorCode, Start};
+use crate::model::{Broadcast, PaceMode, Provenance, Segment, Slot, StoreConfig};
+use crate::proto::{Codec, ErrorCode, Start, StreamInfo};
 
 /// A leg's failure to merge a segment.
 pub(super) struct MergeError {
@@ -156,6 +156,7 @@ impl Merge {
         &self,
         instance: u64,
         codec: Codec,
+        info: &StreamInfo,
     ) -> std::result::Result<(), String> {
         let mut s = self.state();
         if let Some(r) = s.resumed.take() {
@@ -185,6 +186,7 @@ impl Merge {
             &self.slot.path,
             instance,
             codec,
+            Provenance::from_wire(info),
             &self.node.registry.cache,
             // Batches from the parent are already paced: pass them on as they come (only
             // the node's floor, under load, holds them together).

@@ -168,6 +168,9 @@ impl Node {
         if let Some(u) = &node.upstream {
             u.reach_all();
         }
+        if let Some(why) = node.cfg.fails_closed() {
+            tracing::warn!("{why}");
+        }
         *node.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(node)
     }
@@ -424,6 +427,8 @@ impl Node {
             }
         };
         drop(permit);
+        // The rule the stream came with (a relay learns it only now, from its parent).
+        self.may_have(peer, path, &b)?;
         let cursor = if waited && start == Start::Live {
             b.cursor_from_first()
         } else {
@@ -435,6 +440,18 @@ impl Node {
             _guard: guard,
             _counted: counted,
         })
+    }
+
+    /// Whether `peer` may have broadcast `b` of `path`: this node's policy and the rule the
+    /// broadcast brings, both (refusals counted and logged as at the door).
+    pub fn may_have(&self, peer: &Peer, path: &str, b: &crate::model::Broadcast) -> Result<()> {
+        let access = self.access();
+        access
+            .may_listen_to(&peer.presented, path, peer.role == Role::Relay, &b.access)
+            .map_err(|why| {
+                self.refused_auth(&format!("a listener of {path}"), &why);
+                why.into_error()
+            })
     }
 
     /// A place for one more subscription to a stream that is not live, within `peer`'s bounds.
@@ -539,6 +556,9 @@ pub struct Peer {
     subscribed: Arc<AtomicBool>,
     /// Waiting subscriptions this connection holds now.
     pub waiting: Arc<AtomicUsize>,
+    /// The token it showed, checked once as it came: each stream it subscribes to is let
+    /// in by the rule the stream brings as well as this node's own.
+    pub presented: Arc<Presented>,
 }
 
 impl Peer {
@@ -554,6 +574,15 @@ impl Peer {
             since: Instant::now(),
             subscribed: Arc::default(),
             waiting: Arc::default(),
+            presented: Arc::new(Presented::None),
+        }
+    }
+
+    /// The same peer, having shown `presented`.
+    pub fn presenting(self, presented: Presented) -> Peer {
+        Peer {
+            presented: Arc::new(presented),
+            ..self
         }
     }
 

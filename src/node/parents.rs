@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::model::WireFrame;
-use crate::proto::{Codec, ErrorCode, Start};
+use crate::proto::{Codec, ErrorCode, Start, StreamInfo};
 
 /// A relay's way to its parents.
 pub trait Parents: Send + Sync + 'static {
@@ -46,6 +46,8 @@ pub enum ParentEvent {
     Subscribed {
         instance: u64,
         codec: Codec,
+        /// Its start at the origin, and who may listen.
+        info: StreamInfo,
     },
     /// A segment, read frame by frame as it arrives.
     Segment {

@@ -98,6 +98,12 @@ pub enum Refusal {
     TooFarAhead { claim: &'static str, value: u64 },
     #[error("token header marks extensions critical ({0}); none is understood here")]
     Critical(String),
+    #[error("token signed with key {kid:?}, which may not sign for this stream (it takes {allowed})")]
+    KeyNotForStream { kid: String, allowed: String },
+    /// The stream needs a token and this node holds no key to check one with: a node set
+    /// up without `token-key` fails closed rather than open.
+    #[error("{path} needs a listen token and this node holds no token key to check one with: it cannot serve it (the operator must give it a token-key)")]
+    CannotCheck { path: String },
 }
 
 impl Refusal {
@@ -106,6 +112,7 @@ impl Refusal {
     pub fn into_error(self) -> Error {
         let kind = match self {
             Refusal::WrongRole { .. } | Refusal::WrongPath { .. } => Kind::NotAllowed,
+            Refusal::CannotCheck { .. } => Kind::Local,
             _ => Kind::Unauthorized,
         };
         Error::new(kind, self.to_string())
@@ -266,6 +273,18 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The key ids held, sorted; none when there are more than the wire names
+    /// (`proto::MAX_KEY_IDS`).
+    pub fn kids(&self) -> Vec<String> {
+        if self.keys.len() > crate::proto::MAX_KEY_IDS {
+            // More than the wire names: any key this node holds (told as none named).
+            return Vec::new();
+        }
+        let mut k: Vec<String> = self.keys.keys().cloned().collect();
+        k.sort();
+        k
     }
 
     /// Whether a key named `kid` is held.

@@ -503,8 +503,12 @@ impl Upstream {
                         None => return LegEnd::Lost(link.closed().await.upstream()),
                     };
                     match ev {
-                        ParentEvent::Subscribed { instance: i, codec } => {
-                            if let Err(why) = merge.subscribed(i, codec) {
+                        ParentEvent::Subscribed {
+                            instance: i,
+                            codec,
+                            info,
+                        } => {
+                            if let Err(why) = merge.subscribed(i, codec, &info) {
                                 return LegEnd::Mismatch(why);
                             }
                             instance = Some(i);

@@ -2,6 +2,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::access::StreamInfo;
 use super::varint::{self, get_varint, put_varint};
 use super::{
     DecodeError, MAX_ALTERNATIVES, MAX_CODEC_HEADER, MAX_MESSAGE, MAX_NAME, MAX_PATH, MAX_REASON,
@@ -76,10 +77,13 @@ pub enum Message {
         flags: u64,
     },
     /// The stream exists (sent when it starts, for a subscription in the waiting room).
+    /// `info` (version 2, trailing): the broadcast's start at its origin and who may listen;
+    /// a node sends it to every peer that said version 2, and a relay needs it.
     Subscribed {
         id: u64,
         instance: u64,
         codec: Codec,
+        info: Option<StreamInfo>,
     },
     SubscribeError {
         id: u64,
@@ -279,10 +283,14 @@ impl Message {
                 id,
                 instance,
                 codec,
+                info,
             } => {
                 put_varint(&mut p, *id);
                 put_varint(&mut p, *instance);
                 put_codec(&mut p, codec);
+                if let Some(info) = info {
+                    info.put(&mut p);
+                }
                 ty::SUBSCRIBED
             }
             Message::SubscribeError { id, code, reason } => {
@@ -409,6 +417,11 @@ impl Message {
                 id: get_varint(&mut p)?,
                 instance: get_varint(&mut p)?,
                 codec: get_codec(&mut p)?,
+                info: if p.has_remaining() {
+                    Some(StreamInfo::get(&mut p)?)
+                } else {
+                    None
+                },
             },
             ty::SUBSCRIBE_ERROR => Message::SubscribeError {
                 id: get_varint(&mut p)?,

@@ -1,8 +1,9 @@
-//! Wire protocol v1: an I/O-free codec. `proto/SPEC.md` is the prose; `proto/vectors.txt`
+//! Wire protocol (version 2): an I/O-free codec. `proto/SPEC.md` is the prose; `proto/vectors.txt`
 //! holds the test vectors both directions of this codec are checked against.
 //!
 //! Nothing here allocates more than the limits below allow, whatever the input says.
 
+mod access;
 mod code;
 mod error;
 mod frame;
@@ -12,6 +13,7 @@ mod stream;
 mod url;
 pub mod varint;
 
+pub use access::{StreamAccess, StreamInfo, MAX_KEY_ID, MAX_KEY_IDS};
 pub use code::ErrorCode;
 pub use error::DecodeError;
 pub use frame::{Frame, MAX_FRAME_DURATION};
@@ -25,7 +27,12 @@ pub use varint::{get_varint, put_varint, varint_len};
 
 /// ALPN token: names the protocol and its major version.
 pub const ALPN: &[u8] = b"quicast/1";
-pub const VERSION: u64 = 1;
+/// The version this node speaks. Version 2 adds `SUBSCRIBED`'s stream info (its start at
+/// the origin, who may listen); a node still takes listeners and publishers that say 1
+/// (they are sent no stream info), but a relay must say 2: it enforces the rule it carries.
+pub const VERSION: u64 = 2;
+/// The oldest version a listener or publisher may say.
+pub const MIN_VERSION: u64 = 1;
 
 /// Limits. A peer exceeding one gets `TooLarge` and loses that stream or connection.
 pub const MAX_MESSAGE: usize = 8 * 1024;

@@ -74,6 +74,41 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
                 id: 1,
                 instance: 0x1234,
                 codec: opus_codec(),
+                info: None,
+            },
+        ),
+        (
+            "subscribed_public",
+            Message::Subscribed {
+                id: 1,
+                instance: 0x1234,
+                codec: opus_codec(),
+                info: Some(StreamInfo {
+                    started_ms: 1_796_622_041_000,
+                    access: StreamAccess::Public,
+                }),
+            },
+        ),
+        (
+            "subscribed_token",
+            Message::Subscribed {
+                id: 1,
+                instance: 0x1234,
+                codec: opus_codec(),
+                info: Some(StreamInfo {
+                    started_ms: 1_796_622_041_000,
+                    access: StreamAccess::Token {
+                        kids: vec!["k1".into(), "2026-q4".into()],
+                    },
+                }),
+            },
+        ),
+        (
+            "hello_relay_v2",
+            Message::Hello {
+                version: 2,
+                role: Role::Relay,
+                token: Bytes::from_static(b"superjw"),
             },
         ),
         (
@@ -351,8 +386,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (v.clone(), v.clone(), "[ -~]{0,40}")
             .prop_map(|(id, code, reason)| Message::SubscribeError { id, code, reason }),
         (v.clone(), v.clone()).prop_map(|(id, last_seq)| Message::StreamEnd { id, last_seq }),
-        (v.clone(), proptest::collection::vec(any::<u8>(), 1..300)).prop_map(|(instance, h)| {
-            Message::Subscribed {
+        (
+            v.clone(),
+            proptest::collection::vec(any::<u8>(), 1..300),
+            proptest::option::of((
+                v.clone(),
+                proptest::option::of(proptest::collection::vec("[a-z0-9._-]{1,64}", 0..=16))
+            ))
+        )
+            .prop_map(|(instance, h, info)| Message::Subscribed {
                 id: 3,
                 instance,
                 codec: Codec {
@@ -361,8 +403,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     channels: 1,
                     header: Bytes::from(h),
                 },
-            }
-        }),
+                info: info.map(|(started_ms, kids)| StreamInfo {
+                    started_ms,
+                    access: match kids {
+                        None => StreamAccess::Public,
+                        Some(kids) => StreamAccess::Token { kids },
+                    },
+                }),
+            }),
         (arb_path(), proptest::option::of(v.clone())).prop_map(|(path, broadcast)| {
             Message::Publish {
                 path,

@@ -111,6 +111,8 @@ pub(super) struct Session {
     /// Who the peer said it is, and the token it showed (after its hello).
     hello: Option<(Role, Presented)>,
     peer: Option<Peer>,
+    /// The protocol version the peer said (what it is sent is in that version).
+    version: u64,
     /// The credential a publisher proved (see `PublisherClaim`).
     credential: Option<[u8; 32]>,
     pub(super) subs: HashMap<u64, Sub>,
@@ -175,6 +177,7 @@ impl App for Sessions {
             ctl_out: Vec::new(),
             hello: None,
             peer: None,
+            version: proto::VERSION,
             credential: None,
             subs: HashMap::new(),
             pending: HashMap::new(),
@@ -506,11 +509,23 @@ impl Sessions {
         role: Role,
         token: &[u8],
     ) -> Result<()> {
-        if version != proto::VERSION {
+        if !(proto::MIN_VERSION..=proto::VERSION).contains(&version) {
             return Err(Error::new(
                 Kind::Version,
                 format!(
-                    "protocol version {version} is not supported (this node speaks {})",
+                    "protocol version {version} is not supported (this node speaks {} to {})",
+                    proto::MIN_VERSION,
+                    proto::VERSION
+                ),
+            ));
+        }
+        if role == Role::Relay && version < proto::VERSION {
+            // A relay enforces who may listen to what it carries: it must hear the rule.
+            return Err(Error::new(
+                Kind::Version,
+                format!(
+                    "a relay must speak protocol version {} (streams carry who may listen); \
+                     this one says {version}: upgrade it",
                     proto::VERSION
                 ),
             ));
@@ -552,10 +567,11 @@ impl Sessions {
             }
             _ => None,
         };
-        s.peer = Some(Peer::new(role, s.remote.ip()));
+        s.peer = Some(Peer::new(role, s.remote.ip()).presenting(presented.clone()));
         s.hello = Some((role, presented));
+        s.version = version;
         let ok = Message::HelloOk {
-            version: proto::VERSION,
+            version,
             node: self.node.name().to_string(),
         };
         control(conn, s, &ok);
@@ -783,10 +799,17 @@ pub(super) fn subscribed(
     match sub {
         Ok(sub) => {
             let b = sub.cursor.broadcast().clone();
+            // Who may listen, as this node passes it on: the stricter of the rule the
+            // broadcast came with and this node's own policy.
+            let info = (s.version >= 2).then(|| proto::StreamInfo {
+                started_ms: b.started_ms(),
+                access: node.access().rule_for(&b.path, &b.access),
+            });
             let msg = Message::Subscribed {
                 id,
                 instance: b.instance,
                 codec: b.codec.clone(),
+                info,
             };
             control(conn, s, &msg);
             s.subs.insert(id, Sub::start(sub, id, low_latency));

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::node::{Need, Node, MAX_TOKEN};
+use crate::node::{Node, Presented, MAX_TOKEN};
 
 use super::head::RequestHead;
 use super::{status_for, Reply};
@@ -62,25 +62,33 @@ fn query_token(query: Option<&str>) -> Option<String> {
     ok.then(|| t.to_string())
 }
 
-/// Whether a listener with `token` may have stream `name`: `Ok(protected)` (whether the
-/// stream needs a token: its answers are then private to the holder), or the refusal to
-/// send (401 or 403, counted and logged).
-pub(super) fn may_listen(node: &Node, name: &str, token: Option<&str>) -> Result<bool, Reply> {
+/// Whether a listener with `token` may have stream `name` by this node's own policy:
+/// `Ok(what it presented)` (checked again with the rule the stream brings once it is
+/// here: `Node::may_have`), or the refusal to send (401 or 403, counted and logged).
+pub(super) fn may_listen(
+    node: &Node,
+    name: &str,
+    token: Option<&str>,
+) -> Result<Presented, Reply> {
     let access = node.access();
     let presented = access.present(token.unwrap_or("").as_bytes());
     match access.may_listen(&presented, name, false) {
-        Ok(()) => Ok(access.need(name) == Need::Token),
+        Ok(()) => Ok(presented),
         Err(why) => {
             node.refused_auth(&format!("an HTTP listener of {name}"), &why);
-            let e = why.into_error();
-            let status = status_for(&e);
-            let mut r = Reply::text(status, e.reason());
-            if status == 401 {
-                r.set("WWW-Authenticate", "Bearer realm=\"quicast\"");
-            }
-            Err(r)
+            Err(refusal_reply(&why.into_error()))
         }
     }
+}
+
+/// The answer to a listener refused: its status, with the challenge a 401 carries.
+pub(super) fn refusal_reply(e: &crate::error::Error) -> Reply {
+    let status = status_for(e);
+    let mut r = Reply::text(status, e.reason());
+    if status == 401 {
+        r.set("WWW-Authenticate", "Bearer realm=\"quicast\"");
+    }
+    r
 }
 
 /// Adds `?token=` (or `&token=`) to every URI of a playlist.

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 
-use super::auth::{may_listen, ListenToken};
+use super::auth::{may_listen, refusal_reply, ListenToken};
 use super::body::Conn;
 use super::head::RequestHead;
-use super::{cors, status_for, Reply};
+use super::{cors, Reply};
 use crate::egress::http_ogg;
 use crate::node::{HttpAdmission, Node, Peer};
 use crate::proto::Role;
@@ -42,18 +42,21 @@ pub(super) async fn ogg(
     admission: HttpAdmission,
 ) {
     let token = ListenToken::of(head);
-    if let Err(mut refusal) = may_listen(node, &name, token.value()) {
-        cors(&mut refusal);
-        let _ = refusal.send(&mut conn.tcp, false, false, head.http10).await;
-        return;
-    }
+    let presented = match may_listen(node, &name, token.value()) {
+        Ok(p) => p,
+        Err(mut refusal) => {
+            cors(&mut refusal);
+            let _ = refusal.send(&mut conn.tcp, false, false, head.http10).await;
+            return;
+        }
+    };
     let _ = socket2::SockRef::from(&conn.tcp).set_send_buffer_size(LISTENER_SEND_BUFFER);
-    let mut peer = Peer::new(Role::Listener, remote.ip());
+    let mut peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
     peer.since = arrived;
     let listener = match http_ogg::listen(node.clone(), name, &peer, low_latency).await {
         Ok(l) => l,
         Err(e) => {
-            let mut r = Reply::text(status_for(&e), e.reason());
+            let mut r = refusal_reply(&e);
             cors(&mut r);
             let _ = r.send(&mut conn.tcp, false, false, head.http10).await;
             return;

@@ -316,15 +316,11 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
         Route::Hls(r) => {
             let token = ListenToken::of(head);
             match may_listen(node, r.name(), token.value()) {
-                Ok(protected) => {
-                    // A token given in the query goes on in every URI of a playlist (a
-                    // player asks for those without it otherwise); only a checked one, for
-                    // a stream that needs a token.
-                    let query_token = token.in_query().filter(|_| protected);
-                    let peer = Peer::new(Role::Listener, remote.ip());
+                Ok(presented) => {
+                    let peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
                     let client =
                         crate::node::audience::client_key(remote.ip(), head.user_agent.as_deref());
-                    serve_hls(node, r, &peer, client, protected, query_token).await
+                    serve_hls(node, r, &peer, client, token.in_query()).await
                 }
                 Err(refusal) => refusal,
             }
@@ -334,8 +330,8 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
             let token = ListenToken::of(head);
             match may_listen(node, &name, token.value()) {
                 Err(refusal) => refusal,
-                Ok(_) => {
-                    let peer = Peer::new(Role::Listener, remote.ip());
+                Ok(presented) => {
+                    let peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
                     if crate::egress::http_ogg::is_live(node, &name, &peer).await {
                         let mut r = Reply::new(200, "audio/ogg", Bytes::new());
                         listen::ogg_headers(&mut r);
@@ -367,18 +363,20 @@ async fn serve_hls(
     r: hls::Resource,
     peer: &Peer,
     client: u64,
-    protected: bool,
     query_token: Option<&str>,
 ) -> Reply {
     let playlist = matches!(r, hls::Resource::Playlist { .. });
     match hls::serve(node, r, peer, client).await {
         Ok(reply) => {
+            // A token given in the query goes on in every URI of a playlist (a player asks
+            // for those without it otherwise); only a checked one, for a stream that needs
+            // a token.
             let body = match query_token {
-                Some(t) if playlist => playlist_with_token(&reply.body, t),
+                Some(t) if playlist && reply.private => playlist_with_token(&reply.body, t),
                 _ => reply.body,
             };
             // A stream that needs a token is for its holder only: no shared cache keeps it.
-            let cache = if protected {
+            let cache = if reply.private {
                 reply.cache_control.replace("public", "private")
             } else {
                 reply.cache_control.to_string()
