@@ -432,6 +432,25 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
             .unwrap();
         }
     }
+    // And the token files the secured examples name, made as the walkthrough makes them.
+    let made = Command::new("openssl")
+        .args(["rand", "-base64", "-out"])
+        .arg(certs.path().join("tokens-2026-12.key"))
+        .arg("48")
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let relay = Command::new(BIN)
+        .arg("token")
+        .arg("--key")
+        .arg(certs.path().join("tokens-2026-12.key"))
+        .args([
+            "--kid", "2026-12", "--role", "relay", "--path", "/", "--ttl", "31536000",
+        ])
+        .output()
+        .unwrap();
+    assert!(relay.status.success());
+    std::fs::write(certs.path().join("relay.token"), &relay.stdout).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for f in &files {
         let text = std::fs::read_to_string(f)

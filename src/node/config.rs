@@ -828,16 +828,47 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().path()),
         );
+        // The token files the secured examples name (check() reads them), made here; the
+        // certificates are read by the CLI's check (tests/cli.rs), not here.
+        let files = tempfile::tempdir().unwrap();
+        std::fs::write(files.path().join("tokens-2026-12.key"), "k".repeat(48)).unwrap();
+        std::fs::write(files.path().join("relay.token"), "a.b.c\n").unwrap();
+        let etc = format!("{}/", files.path().display());
+        let mut admins = std::collections::HashSet::new();
         for p in paths {
             if p.extension().is_some_and(|e| e == "toml") {
-                let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
+                let text = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("/etc/quicast/", &etc);
+                let a = NodeArgs::from_toml(&text, &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 let c = a.resolve();
                 c.check(c.is_relay())
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                // A shared publish secret beside token keys is a second way in: the
+                // walkthrough's secured tree must not ship one.
+                assert!(
+                    c.token_key.is_empty() || c.publish_token.is_none(),
+                    "{}: publish-token beside token-key",
+                    p.display()
+                );
+                // The walkthrough scrapes every node of the redundant tree: each has an
+                // admin port of its own.
+                if p.parent().is_some_and(|d| d.ends_with("redundant")) {
+                    let a = c
+                        .admin
+                        .unwrap_or_else(|| panic!("{}: no admin", p.display()));
+                    assert!(a.ip().is_loopback(), "{}: admin {a}", p.display());
+                    assert!(admins.insert(a.port()), "{}: admin {a} taken", p.display());
+                }
                 n += 1;
             }
         }
+        assert_eq!(
+            admins.len(),
+            7,
+            "the redundant tree's nodes each name an admin port"
+        );
         assert!(
             n >= 10,
             "expected the example configs in config/ and config/redundant/"
