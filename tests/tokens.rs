@@ -401,7 +401,14 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
         &c,
         &[&o],
         &[
-            &["--relay-token", rt, "--token-key", &k1_arg, "--token-key", &k2_arg][..],
+            &[
+                "--relay-token",
+                rt,
+                "--token-key",
+                &k1_arg,
+                "--token-key",
+                &k2_arg,
+            ][..],
             &http,
         ]
         .concat(),
@@ -424,13 +431,19 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
     // The keyless mid: nobody hears the protected stream, and is told why.
     let (code, body) = curl(&format!("http://{keyless_http}/paid/show.ogg"), &[], 10);
     let body = String::from_utf8_lossy(&body);
-    assert!(code == "500" && body.contains("no token key"), "{code} {body}");
+    assert!(
+        code == "500" && body.contains("no token key"),
+        "{code} {body}"
+    );
     let (code, _) = curl(
         &format!("http://{keyless_http}/paid/show.ogg?token={listen_tok}"),
         &[],
         10,
     );
-    assert_eq!(code, "500", "a token does not help a node that cannot check it");
+    assert_eq!(
+        code, "500",
+        "a token does not help a node that cannot check it"
+    );
     let (code, _) = curl(&format!("http://{keyless_http}/paid/show.m3u8"), &[], 10);
     assert_eq!(code, "500");
     let (ok, heard, log) = quic_listen(&c, &keyless.url("paid/show"), &listen_tok, &out, 2);
@@ -442,7 +455,11 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
         assert_eq!(code, "401", "{}", String::from_utf8_lossy(&body));
         let (code, body) = curl(&format!("http://{h}/paid/show.m3u8"), &[], 10);
         assert_eq!(code, "401", "{}", String::from_utf8_lossy(&body));
-        let (_, body) = curl(&format!("http://{h}/paid/show.ogg?token={listen_tok}"), &[], 2);
+        let (_, body) = curl(
+            &format!("http://{h}/paid/show.ogg?token={listen_tok}"),
+            &[],
+            2,
+        );
         assert!(body.starts_with(b"OggS"), "with its token on {h}");
         let (ok, heard, log) = quic_listen(&c, &edge.url("paid/show"), "", &out, 2);
         assert!(!ok && heard == 0 && log.contains("token required"), "{log}");
@@ -450,9 +467,16 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
         assert!(ok && heard > 20, "with its token over QUIC: {heard}; {log}");
     }
     // A key the edge holds but the origin does not name signs nothing for the stream.
-    let (code, body) = curl(&format!("http://{keyed_http}/paid/show.ogg?token={k2_tok}"), &[], 10);
+    let (code, body) = curl(
+        &format!("http://{keyed_http}/paid/show.ogg?token={k2_tok}"),
+        &[],
+        10,
+    );
     let body = String::from_utf8_lossy(&body);
-    assert!(code == "401" && body.contains("may not sign for this stream"), "{code} {body}");
+    assert!(
+        code == "401" && body.contains("may not sign for this stream"),
+        "{code} {body}"
+    );
     let (ok, _, log) = quic_listen(&c, &keyed.url("paid/show"), &k2_tok, &out, 2);
     assert!(!ok && log.contains("may not sign for this stream"), "{log}");
 
@@ -475,6 +499,132 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
         .collect();
     assert!(started.iter().all(|s| *s == started[0]), "{started:?}");
     assert!(!started[0].ends_with(" 0"), "{started:?}");
+}
+
+/// `/streams` of the node at `http`, once `ok` holds of it (the catalog comes down the
+/// tree every few seconds): polled, at most a minute.
+fn streams_when(http: &str, ok: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, body) = curl(&format!("http://{http}/streams"), &[], 5);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        if ok(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < until, "never: {v:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Issue 26, 2: every node knows what is live in its tree, not only what it carries. An
+/// edge two hops down with no listener lists both streams (carried: false) on `/streams`
+/// and its page; the page offers a player for the public one, asks for a token for the
+/// protected one, plays it with a good `?token=` and says why a bad one is refused. Once
+/// a listener comes, the edge carries it and lists its listener.
+#[test]
+fn an_edge_lists_the_trees_live_streams_before_anyone_listens_there() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let keys = Keys::new();
+    let k1 = keys.secret("k1");
+    let cfg = origin_config(work.path(), &[("k1", &k1)]);
+    let c = certs();
+    let o = origin_node(&c, &["--config", cfg.to_str().unwrap()]);
+    let publish = |stream: &str| {
+        let mut p = Proc::spawn(&[
+            "publish",
+            &o.url(stream),
+            "--input",
+            src.to_str().unwrap(),
+            "--loop",
+            "--token",
+            &good(&k1, "k1", Grant::Publish, "/"),
+            "--fingerprint",
+            &c.fp,
+        ]);
+        p.wait_line("publishing");
+        p
+    };
+    let _paid = publish("paid/show");
+    let _free = publish("free/news");
+    let relay_tok = keys.path("relay.token");
+    std::fs::write(&relay_tok, good(&k1, "k1", Grant::Relay, "/")).unwrap();
+    let rt = relay_tok.to_str().unwrap();
+    let k1_arg = format!("k1={}", k1.display());
+    let relay_args = ["--relay-token", rt, "--token-key", &k1_arg];
+    let mid = relay_node(&c, &[&o], &relay_args);
+    let mut edge = relay_node(
+        &c,
+        &[&mid],
+        &[&relay_args[..], &["--http", "127.0.0.1:0"]].concat(),
+    );
+    let http = edge.http_addr();
+
+    let v = streams_when(&http, |v| v.len() == 2);
+    let by = |name: &str| v.iter().find(|s| s["name"] == name).unwrap().clone();
+    let (free, paid) = (by("free/news"), by("paid/show"));
+    assert_eq!(free["carried"], false, "{free}");
+    assert_eq!(free["access"], "public");
+    assert_eq!(paid["access"], "token");
+    assert_eq!(paid["listeners"], 0);
+    assert!(paid["started_at"].as_u64().unwrap() > 1_600_000_000);
+
+    let page = |q: &str| {
+        let (code, body) = curl(&format!("http://{http}/{q}"), &[], 5);
+        assert_eq!(code, "200");
+        String::from_utf8(body).unwrap()
+    };
+    let item = |page: &str, name: &str| -> String {
+        let at = page
+            .find(&format!("<li data-name=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} on the page: {page}"));
+        page[at..at + page[at..].find("</li>").unwrap()].to_string()
+    };
+    let p = page("");
+    assert!(
+        item(&p, "free/news").contains("data-stream=\"free/news\""),
+        "{p}"
+    );
+    let paid_item = item(&p, "paid/show");
+    assert!(
+        !paid_item.contains("<audio") && paid_item.contains("name=\"token\""),
+        "{paid_item}"
+    );
+    let tok = good(&k1, "k1", Grant::Listen, "paid/show");
+    let p = page(&format!("?token={tok}"));
+    let paid_item = item(&p, "paid/show");
+    assert!(
+        paid_item.contains(&format!("data-token=\"{tok}\"")),
+        "{paid_item}"
+    );
+    let other = good(&k1, "k1", Grant::Listen, "paid/other");
+    let p = page(&format!("?token={other}"));
+    let paid_item = item(&p, "paid/show");
+    assert!(
+        !paid_item.contains("<audio") && paid_item.contains("token for another path"),
+        "{paid_item}"
+    );
+
+    // The player's URL, with the token, plays; the edge then carries the stream.
+    let (_, body) = curl(&format!("http://{http}/paid/show.ogg?token={tok}"), &[], 2);
+    assert!(body.starts_with(b"OggS"));
+    let out = work.path().join("heard.opus");
+    let _l = Proc::spawn(&[
+        "listen",
+        &edge.url("free/news"),
+        "--fingerprint",
+        &c.fp,
+        "--output",
+        out.to_str().unwrap(),
+        "--duration",
+        "30",
+    ]);
+    let v = streams_when(&http, |v| {
+        v.iter()
+            .any(|s| s["name"] == "free/news" && s["carried"] == true && s["listeners"] == 1)
+    });
+    let free = v.iter().find(|s| s["name"] == "free/news").unwrap();
+    assert_eq!(free["codec"], "opus", "{free}");
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //   played hands over to this one.
 // - Else progressive Ogg Opus: src = /NAME.ogg.
 //
+// A stream that needs a listen token has it in data-token (the node puts the page's own
+// `?token=` there once it has checked it): every URL asked for carries it.
+//
 // The path taken is in audio.dataset.path ('hls', 'mse' or 'ogg'); `?player=ogg` (or mse,
 // hls) on the page's address forces one. An element with class "behind" in the stream's
 // <li> shows, every second, how far behind live it plays.
@@ -38,6 +41,9 @@
   const REFRESH_MS = 10000;
 
   const sleep = ms => new Promise(r => setTimeout(r, ms));
+  /** `url` with the listen token, if the stream needs one (data-token: the page's ?token=). */
+  const withToken = (url, token) =>
+    token ? url + (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token) : url;
 
   function choose(audio) {
     const mse = !!window.MediaSource && MediaSource.isTypeSupported(MP4);
@@ -220,8 +226,9 @@
   // ---- The MSE player ----
 
   class Player {
-    constructor(audio, name) {
+    constructor(audio, name, token) {
       this.audio = audio;
+      this.token = token;
       this.url = new URL('/' + name + '.m3u8', document.baseURI).href;
       this.run = null;
       this.status = '';
@@ -365,7 +372,8 @@
     /** The playlist; with `at`, a blocking reload until that part exists. */
     async playlist(run, at) {
       const q = at ? '?_HLS_msn=' + at.seq + '&_HLS_part=' + (at.k || 0) : '';
-      const r = await this.fetchOk(run, this.url + q, at ? {} : { cache: 'no-cache' });
+      const url = withToken(this.url + q, this.token);
+      const r = await this.fetchOk(run, url, at ? {} : { cache: 'no-cache' });
       return parse(await r.text(), r.url || this.url);
     }
 
@@ -442,7 +450,7 @@
       let pending = [];
       let refreshed = performance.now();
       const request = pos => {
-        const url = this.dir + pos.seq + '.' + pos.k + '.m4s';
+        const url = withToken(this.dir + pos.seq + '.' + pos.k + '.m4s', this.token);
         const p = fetch(url, { signal: run.ac.signal })
           .then(async r => ({ pos, status: r.status, buf: r.ok ? await r.arrayBuffer() : null }));
         p.catch(() => {});
@@ -608,12 +616,13 @@
       audio.dataset.path = path;
       s.status = () => '';
       if (path === 'mse') {
-        const p = new Player(audio, name);
+        const p = new Player(audio, name, audio.dataset.token);
         s.behind = () => p.behind();
         s.status = () => p.status;
         return;
       }
-      audio.src = new URL('/' + name + (path === 'hls' ? '.m3u8' : '.ogg'), document.baseURI).href;
+      const src = new URL('/' + name + (path === 'hls' ? '.m3u8' : '.ogg'), document.baseURI).href;
+      audio.src = withToken(src, audio.dataset.token);
       s.behind = path === 'hls' ? () => nativeBehind(audio) : () => bufferedBehind(audio);
     };
     use(choose(audio));

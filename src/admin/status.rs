@@ -1,13 +1,17 @@
-//! What a node shows of itself: the live streams, as a page with a player for each and as
-//! JSON (`/streams`).
-
+//! What a node shows of itself: the live streams of its tree (those it carries now, and on
+//! a relay those its parents say are live: see `node::catalog`), as a page with a player for
+//! each and as JSON (`/streams`).
 
 use crate::model::Egress;
 use crate::node::Node;
+use crate::proto::StreamAccess;
 
 #[derive(serde::Serialize)]
 struct StreamInfo {
     name: String,
+    /// Whether this node carries it now (else its parents say it is live: a listener who
+    /// asks is served as quickly, the node fetches it).
+    carried: bool,
     /// Listeners here: QUIC listeners, child relays, HTTP Ogg listeners and HLS clients
     /// (those seen within their hold: see `node::audience`).
     listeners: usize,
@@ -17,46 +21,62 @@ struct StreamInfo {
     started_at: u64,
     /// Who may listen: `public`, or `token` (a listen token is needed here).
     access: &'static str,
+    /// The broadcast's instance (the same on every node).
+    instance: u64,
+    /// What only a node that carries it knows.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    here: Option<Carried>,
+    /// The rule, for the page.
+    #[serde(skip)]
+    rule: StreamAccess,
+}
+
+#[derive(serde::Serialize)]
+struct Carried {
     codec: &'static str,
     sample_rate: u32,
     channels: u8,
     /// Bits per second over the segments held.
     bitrate: u64,
-    /// The broadcast's instance (the same on every node).
-    instance: u64,
-    /// How often its listeners are sent new frames now, in ms (see `model::pacing`).
+    /// How often its listeners are sent new frames now, in ms (see `model::pacing`; on a
+    /// relay, the spacing of its parent's batches, which it passes on).
     delivery_interval_ms: u64,
     /// Where a relay takes the stream from now (`HOST:PORT` of its parents); empty on an origin.
     parents: Vec<String>,
 }
 
 fn live_streams(node: &Node) -> Vec<StreamInfo> {
-    node.registry
-        .list()
-        .into_iter()
-        .filter_map(|slot| {
-            let b = slot.broadcast()?;
-            Some(StreamInfo {
-                name: slot.path.clone(),
-                listeners: Egress::ALL.iter().map(|e| slot.subscribers_by(*e)).sum(),
+    node.catalog()
+        .into_values()
+        .map(|e| {
+            let slot = node.registry.get(&e.path);
+            let b = slot.as_ref().and_then(|s| s.broadcast());
+            let count = |eg: Egress| slot.as_ref().map_or(0, |s| s.subscribers_by(eg));
+            StreamInfo {
+                name: e.path.clone(),
+                carried: b.is_some(),
+                listeners: Egress::ALL.iter().map(|eg| count(*eg)).sum(),
                 by_egress: Egress::ALL
                     .iter()
-                    .map(|e| (e.label(), slot.subscribers_by(*e)))
+                    .map(|eg| (eg.label(), count(*eg)))
                     .collect(),
-                started_at: b.started_ms() / 1000,
-                access: if node.access().rule_for(&slot.path, &b.access).is_public() {
+                started_at: e.info.started_ms / 1000,
+                access: if e.info.access.is_public() {
                     "public"
                 } else {
                     "token"
                 },
-                codec: "opus",
-                sample_rate: b.codec.sample_rate,
-                channels: b.codec.channels,
-                bitrate: b.bitrate(),
-                instance: b.instance,
-                delivery_interval_ms: b.delivery_interval().as_millis() as u64,
-                parents: slot.parents(),
-            })
+                instance: e.instance,
+                here: b.map(|b| Carried {
+                    codec: "opus",
+                    sample_rate: b.codec.sample_rate,
+                    channels: b.codec.channels,
+                    bitrate: b.bitrate(),
+                    delivery_interval_ms: b.delivery_interval().as_millis() as u64,
+                    parents: slot.as_ref().map(|s| s.parents()).unwrap_or_default(),
+                }),
+                rule: e.info.access,
+            }
         })
         .collect()
 }
@@ -90,18 +110,54 @@ const fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 // Inside <script>, the first `</script` ends it.
 const _: () = assert!(!contains_ignore_case(PLAYER_JS, "</script"));
 
-/// `/`: a page listing the live streams, a player for each.
-pub(crate) fn page(node: &Node) -> String {
+/// `/`: a page listing the live streams of the tree, a player for each the visitor may
+/// play: a stream that needs a token plays with the page's `?token=` (checked here first),
+/// else the page asks for one.
+pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
     let streams = live_streams(node);
+    let access = node.access();
+    let presented = access.present(token.unwrap_or("").as_bytes());
     let mut items = String::new();
     for s in &streams {
-        // Stream names are restricted to [A-Za-z0-9._~-/]: nothing to escape. The `src` is
-        // for a browser without scripts; the player sets the best one for the browser.
+        // Stream names are restricted to [A-Za-z0-9._~-/] and tokens to base64url and '.'
+        // (`auth::query_token`): nothing to escape. The `src` is for a browser without
+        // scripts; the player sets the best one for the browser.
+        let about = match &s.here {
+            Some(c) => format!(
+                "{} listening here &middot; {} kbit/s",
+                s.listeners,
+                c.bitrate / 1000
+            ),
+            None => "live in the tree".to_string(),
+        };
+        let may = access.may_listen_to(&presented, &s.name, false, &s.rule);
+        let player = match (&may, s.rule.is_public(), token) {
+            (Ok(()), true, _) => format!(
+                "<audio controls preload=\"none\" data-stream=\"{n}\" src=\"/{n}.ogg\"></audio>",
+                n = s.name
+            ),
+            (Ok(()), false, Some(t)) => format!(
+                "<audio controls preload=\"none\" data-stream=\"{n}\" data-token=\"{t}\" src=\"/{n}.ogg?token={t}\"></audio>",
+                n = s.name
+            ),
+            (Err(why), _, given) => {
+                let said = if given.is_some() {
+                    format!("<span class=\"refused\">{}</span> ", html_escape(&why.to_string()))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "<form class=\"token\" method=\"get\" action=\"/\">{said}Needs a listen token: <input name=\"token\" size=\"24\" autocomplete=\"off\"> <button>Listen</button></form>"
+                )
+            }
+            // A stream that needs a token, let in by the bearer header the page cannot pass
+            // on to its player: ask for the token in the address.
+            (Ok(()), false, None) => "<form class=\"token\" method=\"get\" action=\"/\">Needs a listen token: <input name=\"token\" size=\"24\" autocomplete=\"off\"> <button>Listen</button></form>".to_string(),
+        };
         items += &format!(
-            "<li><h2>{n}</h2><p>{l} listening here &middot; {k} kbit/s<span class=\"behind\"></span></p><audio controls preload=\"none\" data-stream=\"{n}\" src=\"/{n}.ogg\"></audio></li>\n",
+            "<li data-name=\"{n}\" data-access=\"{a}\"><h2>{n}</h2><p>{about}<span class=\"behind\"></span></p>{player}</li>\n",
             n = s.name,
-            l = s.listeners,
-            k = s.bitrate / 1000
+            a = s.access,
         );
     }
     if streams.is_empty() {
@@ -111,7 +167,7 @@ pub(crate) fn page(node: &Node) -> String {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>quicast: {node}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}.behind{{color:#666}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}.behind{{color:#666}}.refused{{color:#a00}}</style>
 </head><body>
 <h1>Live on {node}</h1>
 <ul id="streams">
@@ -122,4 +178,20 @@ pub(crate) fn page(node: &Node) -> String {
 "#,
         node = node.name()
     )
+}
+
+/// `s` with HTML's special characters escaped (a refusal's reason quotes what it was given).
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -391,7 +391,7 @@ async fn run(
             Some(Event::Error { code, reason }) => {
                 return Err(Error::remote(ErrorCode::from_wire(code), reason))
             }
-            Some(Event::PublishOk { .. }) => {}
+            Some(Event::PublishOk { .. } | Event::Catalog { .. }) => {}
         }
     }
 }

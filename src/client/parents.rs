@@ -15,7 +15,7 @@ use crate::node::config::read_relay_token;
 use crate::node::{
     NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
-use crate::proto::{ErrorCode, QuicUrl, Role, Start};
+use crate::proto::{CatalogEntry, ErrorCode, QuicUrl, Role, Start};
 use crate::transport::{self, FrameReader, Trust};
 
 /// The parents of `NodeConfig::upstream`, trusted by its `ca` or `fingerprint`.
@@ -120,6 +120,11 @@ impl ParentLink for Link {
         }
         .boxed()
     }
+
+    fn catalog(&self, after: &str) -> BoxFuture<'_, Result<(Vec<CatalogEntry>, bool)>> {
+        let after = after.to_string();
+        async move { self.0.catalog(&after).await.map_err(|e| e.upstream()) }.boxed()
+    }
 }
 
 struct Sub(Subscription);
@@ -151,9 +156,9 @@ impl ParentSubscription for Sub {
                 Event::Error { code, reason } => {
                     ParentEvent::Refused(Error::remote(ErrorCode::from_wire(code), reason))
                 }
-                Event::PublishOk { .. } => {
-                    ParentEvent::Refused(Error::protocol("a publish answer to a subscription"))
-                }
+                Event::PublishOk { .. } | Event::Catalog { .. } => ParentEvent::Refused(
+                    Error::protocol("another request's answer on a subscription"),
+                ),
             })
         }
         .boxed()

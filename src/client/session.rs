@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::proto::{
-    check_path, Codec, ErrorCode, StreamInfo, Frame, Message, Role, SegmentHeader, Start, UniHeader, VERSION,
+    check_path, CatalogEntry, Codec, ErrorCode, Frame, Message, Role, SegmentHeader, Start,
+    StreamInfo, UniHeader, VERSION,
 };
 use crate::transport::{
     conn_error, varint, write_message, ControlReader, ControlWriter, FrameReader,
@@ -44,6 +45,11 @@ pub enum Event {
     PublishOk {
         instance: u64,
     },
+    /// A page of the node's catalog (see `Session::catalog`).
+    Catalog {
+        entries: Vec<CatalogEntry>,
+        more: bool,
+    },
 }
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Event>>>>;
@@ -58,6 +64,8 @@ pub struct Session {
     going_away: watch::Receiver<Option<Vec<String>>>,
     next_id: AtomicU64,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// One catalog request at a time.
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Session {
@@ -71,6 +79,11 @@ impl Drop for Session {
 
 /// The publish route uses this id (subscription ids start at 1).
 const PUBLISH_ROUTE: u64 = 0;
+/// The catalog's answers come on this one (no subscription id is this large: ids are
+/// varints, below 2^62).
+const CATALOG_ROUTE: u64 = u64::MAX;
+/// How long a catalog page may take.
+const CATALOG_WAIT: Duration = Duration::from_secs(5);
 
 fn lock(r: &Routes) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Event>>> {
     r.lock().unwrap_or_else(|e| e.into_inner())
@@ -143,6 +156,9 @@ impl Session {
                         Message::StreamEnd { id, last_seq } => (id, Event::End { last_seq }),
                         Message::PublishOk { instance } => {
                             (PUBLISH_ROUTE, Event::PublishOk { instance })
+                        }
+                        Message::Catalog { entries, more } => {
+                            (CATALOG_ROUTE, Event::Catalog { entries, more })
                         }
                         Message::GoAway { alternatives } => {
                             info!(?alternatives, "node is going away");
@@ -230,6 +246,7 @@ impl Session {
             going_away,
             next_id: AtomicU64::new(1),
             tasks: vec![reader_task.abort_handle(), uni_task.abort_handle()],
+            asking: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -288,6 +305,33 @@ impl Session {
             })
             .await?;
         Ok(sub)
+    }
+
+    /// A page of the node's catalog: the live streams after `after` (empty: from the
+    /// first), in path order, and whether more follow. A relay asks its parents.
+    pub async fn catalog(&self, after: &str) -> Result<(Vec<CatalogEntry>, bool)> {
+        let _one = self.asking.lock().await;
+        let (tx, mut rx) = mpsc::channel(1);
+        lock(&self.routes).insert(CATALOG_ROUTE, tx);
+        let asked = async {
+            self.ctl
+                .send(Message::CatalogRequest {
+                    after: after.to_string(),
+                })
+                .await?;
+            match tokio::time::timeout(CATALOG_WAIT, rx.recv()).await {
+                Err(_) => Err(Error::timeout("waiting for the node's catalog")),
+                Ok(None) => Err(Error::new(Kind::Closed, "the connection ended")),
+                Ok(Some(Event::Catalog { entries, more })) => Ok((entries, more)),
+                Ok(Some(Event::Error { code, reason })) => {
+                    Err(Error::remote(ErrorCode::from_wire(code), reason))
+                }
+                Ok(Some(_)) => Err(Error::protocol("unexpected answer to a catalog request")),
+            }
+        };
+        let r = asked.await;
+        lock(&self.routes).remove(&CATALOG_ROUTE);
+        r
     }
 
     /// Announces a broadcast on `path`; `broadcast` names it (the same for every origin a

@@ -21,6 +21,7 @@ use crate::proto::{ErrorCode, Role, Start};
 mod access;
 pub mod audience;
 mod auth;
+pub mod catalog;
 pub mod config;
 mod ingest;
 mod load;
@@ -80,6 +81,8 @@ pub struct Node {
     /// Streams whose fetch closed for want of subscribers, kept a while to resume (see
     /// `merge::Rests`).
     pub(crate) rests: merge::Rests,
+    /// What the parents say is live (a relay's: see `catalog`).
+    heard: catalog::Heard,
 }
 
 impl Drop for Node {
@@ -157,6 +160,7 @@ impl Node {
             logs: Logs::default(),
             audiences: Default::default(),
             rests: Default::default(),
+            heard: Default::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {
@@ -167,6 +171,7 @@ impl Node {
         }
         if let Some(u) = &node.upstream {
             u.reach_all();
+            tasks.push(tokio::spawn(catalog::refresh(Arc::downgrade(&node))).abort_handle());
         }
         if let Some(why) = node.cfg.fails_closed() {
             tracing::warn!("{why}");

@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::model::WireFrame;
-use crate::proto::{Codec, ErrorCode, Start, StreamInfo};
+use crate::proto::{CatalogEntry, Codec, ErrorCode, Start, StreamInfo};
 
 /// A relay's way to its parents.
 pub trait Parents: Send + Sync + 'static {
@@ -39,6 +39,8 @@ pub trait ParentLink: Send + Sync {
         path: &str,
         start: Start,
     ) -> BoxFuture<'_, Result<Box<dyn ParentSubscription>>>;
+    /// A page of the parent's catalog after `after`, and whether more follow.
+    fn catalog(&self, after: &str) -> BoxFuture<'_, Result<(Vec<CatalogEntry>, bool)>>;
 }
 
 /// What a subscription on a parent hears, in the order the parent sent it.
@@ -55,9 +57,7 @@ pub enum ParentEvent {
         frames: Box<dyn SegmentReader>,
     },
     /// The broadcast ended with segment `last_seq`.
-    End {
-        last_seq: u64,
-    },
+    End { last_seq: u64 },
     /// The parent refused the subscription, or reported an error.
     Refused(Error),
 }

@@ -98,7 +98,9 @@ pub enum Refusal {
     TooFarAhead { claim: &'static str, value: u64 },
     #[error("token header marks extensions critical ({0}); none is understood here")]
     Critical(String),
-    #[error("token signed with key {kid:?}, which may not sign for this stream (it takes {allowed})")]
+    #[error(
+        "token signed with key {kid:?}, which may not sign for this stream (it takes {allowed})"
+    )]
     KeyNotForStream { kid: String, allowed: String },
     /// The stream needs a token and this node holds no key to check one with: a node set
     /// up without `token-key` fails closed rather than open.

@@ -212,6 +212,19 @@ impl Upstream {
         }
     }
 
+    /// The links to parents open now (for the catalog).
+    pub(super) async fn links(&self) -> Vec<Arc<dyn ParentLink>> {
+        let mut v = Vec::new();
+        for p in self.each.iter() {
+            if let Some(l) = p.link.lock().await.as_ref() {
+                if !l.is_closed() {
+                    v.push(l.clone());
+                }
+            }
+        }
+        v
+    }
+
     /// Follows a link until it ends (the parent is lost) or the parent says it is going away.
     fn watch_link(self: Arc<Self>, i: usize, link: Arc<dyn ParentLink>) {
         let span = info_span!("parent", parent = %self.each[i].name);

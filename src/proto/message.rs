@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::access::StreamInfo;
+use super::catalog::{CatalogEntry, MAX_CATALOG_ENTRIES};
 use super::varint::{self, get_varint, put_varint};
 use super::{
     DecodeError, MAX_ALTERNATIVES, MAX_CODEC_HEADER, MAX_MESSAGE, MAX_NAME, MAX_PATH, MAX_REASON,
@@ -114,6 +115,17 @@ pub enum Message {
         code: u64,
         reason: String,
     },
+    /// Client (a relay) → server: the live streams of the tree, by path after `after`
+    /// (empty: from the first).
+    CatalogRequest {
+        after: String,
+    },
+    /// Server → client: a page of the catalog, in path order; `more`: ask again after the
+    /// last one.
+    Catalog {
+        entries: Vec<CatalogEntry>,
+        more: bool,
+    },
     /// Server → client: this node is draining; move elsewhere (to one of `alternatives`,
     /// `quic://` URLs, if any are named) before it closes the connection.
     GoAway {
@@ -133,6 +145,8 @@ mod ty {
     pub const STREAM_END: u64 = 0x09;
     pub const ERROR: u64 = 0x0a;
     pub const GO_AWAY: u64 = 0x0b;
+    pub const CATALOG_REQUEST: u64 = 0x0c;
+    pub const CATALOG: u64 = 0x0d;
 }
 
 fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
@@ -303,6 +317,19 @@ impl Message {
                 put_varint(&mut p, *id);
                 ty::UNSUBSCRIBE
             }
+            Message::CatalogRequest { after } => {
+                put_bytes(&mut p, after.as_bytes());
+                ty::CATALOG_REQUEST
+            }
+            Message::Catalog { entries, more } => {
+                let entries = &entries[..entries.len().min(MAX_CATALOG_ENTRIES)];
+                put_varint(&mut p, entries.len() as u64);
+                for e in entries {
+                    e.put(&mut p, put_bytes);
+                }
+                put_varint(&mut p, *more as u64);
+                ty::CATALOG
+            }
             Message::Publish {
                 path,
                 codec,
@@ -431,6 +458,38 @@ impl Message {
             ty::UNSUBSCRIBE => Message::Unsubscribe {
                 id: get_varint(&mut p)?,
             },
+            ty::CATALOG_REQUEST => {
+                let after = get_string(&mut p, "path", MAX_PATH)?;
+                if !after.is_empty() {
+                    check_path(&after)?;
+                }
+                Message::CatalogRequest { after }
+            }
+            ty::CATALOG => {
+                let n = get_varint(&mut p)?;
+                if n > MAX_CATALOG_ENTRIES as u64 {
+                    return Err(DecodeError::TooLarge {
+                        what: "catalog entries",
+                        len: n,
+                        max: MAX_CATALOG_ENTRIES,
+                    });
+                }
+                let mut entries = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    entries.push(CatalogEntry::get(&mut p, get_path)?);
+                }
+                let more = match get_varint(&mut p)? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            what: "catalog more",
+                            value: v,
+                        })
+                    }
+                };
+                Message::Catalog { entries, more }
+            }
             ty::PUBLISH => Message::Publish {
                 path: get_path(&mut p)?,
                 codec: get_codec(&mut p)?,

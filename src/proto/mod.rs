@@ -4,6 +4,7 @@
 //! Nothing here allocates more than the limits below allow, whatever the input says.
 
 mod access;
+mod catalog;
 mod code;
 mod error;
 mod frame;
@@ -14,6 +15,7 @@ mod url;
 pub mod varint;
 
 pub use access::{StreamAccess, StreamInfo, MAX_KEY_ID, MAX_KEY_IDS};
+pub use catalog::{CatalogEntry, CATALOG_PAGE_BYTES, MAX_CATALOG_ENTRIES};
 pub use code::ErrorCode;
 pub use error::DecodeError;
 pub use frame::{Frame, MAX_FRAME_DURATION};

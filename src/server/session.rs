@@ -444,6 +444,19 @@ impl Sessions {
                 s.pending.insert(id, Some(task.abort_handle()));
                 Ok(())
             }
+            Message::CatalogRequest { after } => {
+                // Child relays ask (every few seconds, a page at a time); a listener has the
+                // HTTP page and /streams.
+                if role != Role::Relay {
+                    return Err(Error::new(
+                        Kind::NotAllowed,
+                        "only a relay may ask for the catalog",
+                    ));
+                }
+                let (entries, more) = self.node.catalog_page(&after);
+                control(conn, s, &Message::Catalog { entries, more });
+                Ok(())
+            }
             Message::Unsubscribe { id } => {
                 if let Some(Some(task)) = s.pending.remove(&id) {
                     task.abort();

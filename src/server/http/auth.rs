@@ -65,11 +65,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
 /// Whether a listener with `token` may have stream `name` by this node's own policy:
 /// `Ok(what it presented)` (checked again with the rule the stream brings once it is
 /// here: `Node::may_have`), or the refusal to send (401 or 403, counted and logged).
-pub(super) fn may_listen(
-    node: &Node,
-    name: &str,
-    token: Option<&str>,
-) -> Result<Presented, Reply> {
+pub(super) fn may_listen(node: &Node, name: &str, token: Option<&str>) -> Result<Presented, Reply> {
     let access = node.access();
     let presented = access.present(token.unwrap_or("").as_bytes());
     match access.may_listen(&presented, name, false) {

@@ -311,7 +311,17 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
         Route::Options => {
             Reply::new(204, "text/plain", Bytes::new()).with("Access-Control-Max-Age", "86400")
         }
-        Route::Page => Reply::new(200, "text/html; charset=utf-8", status::page(node)),
+        Route::Page => {
+            // Only a query token (restricted to a token's characters: it is written into
+            // the page for the player).
+            let token = ListenToken::of(head);
+            let t = token.in_query();
+            let r = Reply::new(200, "text/html; charset=utf-8", status::page(node, t));
+            match t {
+                Some(_) => r.with("Cache-Control", "private, no-store"),
+                None => r,
+            }
+        }
         Route::Streams => Reply::new(200, "application/json", status::streams_json(node)),
         Route::Hls(r) => {
             let token = ListenToken::of(head);
