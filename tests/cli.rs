@@ -457,7 +457,7 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
             .unwrap()
             .replace("/etc/quicast/", &format!("{}/", certs.path().display()));
         let f = &dir.path().join(f.file_name().unwrap());
-        std::fs::write(f, text).unwrap();
+        std::fs::write(f, &text).unwrap();
         let out = Command::new(BIN)
             .arg("check-config")
             .arg(f)
@@ -470,10 +470,14 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
             f.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        let first = said.lines().next().unwrap_or_default();
         assert!(
-            said.trim_end().ends_with("ok (origin)") || said.trim_end().ends_with("ok (relay)"),
+            first.ends_with("ok (origin)") || first.ends_with("ok (relay)"),
             "{said}"
         );
+        // A relay with no token key is told it will refuse protected streams' listeners.
+        let keyless_relay = first.ends_with("ok (relay)") && !text.contains("token-key");
+        assert_eq!(said.contains("note: this relay has no token-key"), keyless_relay, "{said}");
     }
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();

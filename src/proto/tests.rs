@@ -103,6 +103,39 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
                 }),
             },
         ),
+        ("catalog_request", Message::CatalogRequest { after: "".into() }),
+        (
+            "catalog_request_after",
+            Message::CatalogRequest {
+                after: "free/news".into(),
+            },
+        ),
+        (
+            "catalog",
+            Message::Catalog {
+                entries: vec![
+                    CatalogEntry {
+                        path: "free/news".into(),
+                        instance: 0x1234,
+                        info: StreamInfo {
+                            started_ms: 1_796_622_041_000,
+                            access: StreamAccess::Public,
+                        },
+                    },
+                    CatalogEntry {
+                        path: "paid/show".into(),
+                        instance: 7,
+                        info: StreamInfo {
+                            started_ms: 1_796_622_041_000,
+                            access: StreamAccess::Token {
+                                kids: vec!["k1".into()],
+                            },
+                        },
+                    },
+                ],
+                more: false,
+            },
+        ),
         (
             "hello_relay_v2",
             Message::Hello {
