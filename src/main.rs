@@ -1,6 +1,5 @@
 //! The `quicast` binary: the CLI's edge. Library errors become `anyhow` here.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 mod cli;
 
 use cli::ops::{check_config, hangup, hangups, identity, mint_token, reload};
+use cli::output::Output;
 use cli::{demo, loadgen};
 
 #[derive(Parser)]
@@ -338,11 +338,9 @@ async fn run_listen(
         ),
         None => None,
     };
-    let mut out: Box<dyn Write + Send> = if output == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(std::fs::File::create(&output).with_context(|| format!("cannot create {output}"))?)
-    };
+    // Checked now, created (or truncated) only when audio arrives: a refused listen leaves
+    // no empty file, and an existing one as it was.
+    let mut out = Output::new(&output)?;
     let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
     let mut nodes = Vec::new();
     for u in &urls {
@@ -359,12 +357,12 @@ async fn run_listen(
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
     let report = listen_any(&nodes, &opts, |ev| {
-        let bytes = match ev {
+        let (bytes, audio) = match ev {
             ListenEvent::Header { codec, .. } if !started => {
                 started = true;
-                writer.headers(&codec.header)
+                (writer.headers(&codec.header), false)
             }
-            ListenEvent::Frames(frames) => writer.frames(frames),
+            ListenEvent::Frames(frames) => (writer.frames(frames), !frames.is_empty()),
             ListenEvent::Skipped(seq) => {
                 tracing::warn!(seq, "fell behind: the node skipped us forward");
                 return Ok(());
@@ -379,8 +377,7 @@ async fn run_listen(
             }
             _ => return Ok(()),
         };
-        out.write_all(&bytes)?;
-        out.flush()?;
+        out.write(&bytes, audio)?;
         Ok(())
     })
     .await;
@@ -389,8 +386,7 @@ async fn run_listen(
         client.close().await;
     }
     let report = report?;
-    out.write_all(&writer.finish())?;
-    out.flush()?;
+    out.finish(&writer.finish())?;
     info!(
         frames = report.frames,
         segments = report.segments,

@@ -268,6 +268,107 @@ fn a_bad_config_file_is_refused_at_start_naming_the_key() {
 }
 
 #[test]
+fn a_refused_listen_leaves_no_file_and_an_existing_one_as_it_was() {
+    let work = tempfile::tempdir().unwrap();
+    let c = certs();
+    let key = work.path().join("k1.key");
+    std::fs::write(&key, format!("{}\n", "s".repeat(48))).unwrap();
+    let key_arg = format!("k1={}", key.display());
+    let o = Node::spawn(
+        &c,
+        &[
+            "origin",
+            "--unannounced-wait-secs",
+            "1",
+            "--token-key",
+            &key_arg,
+            "--listen-policy",
+            "paid/=token",
+        ],
+    );
+    let listen = |url: &str, out: &std::path::Path, fp: &str, token: &str| {
+        let o = Command::new(BIN)
+            .args([
+                "listen",
+                url,
+                "--fingerprint",
+                fp,
+                "--output",
+                out.to_str().unwrap(),
+                "--token",
+                token,
+                "--duration",
+                "20",
+            ])
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{url}: a refused listen exits 1");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let other_fp = "ab".repeat(32);
+    let cases = [
+        (
+            "an untrusted node",
+            o.url("free/x"),
+            other_fp.as_str(),
+            "",
+            "not pinned",
+        ),
+        (
+            "no such stream",
+            o.url("free/nobody"),
+            c.fp.as_str(),
+            "",
+            "not_found",
+        ),
+        (
+            "a malformed token",
+            o.url("paid/x"),
+            c.fp.as_str(),
+            "garbage",
+            "malformed token",
+        ),
+        (
+            "no token",
+            o.url("paid/x"),
+            c.fp.as_str(),
+            "",
+            "listen token required",
+        ),
+    ];
+    for (case, url, fp, token, why) in &cases {
+        let fresh = work.path().join("fresh.opus");
+        let e = listen(url, &fresh, fp, token);
+        assert!(e.contains(why), "{case}: {e}");
+        assert!(
+            !fresh.exists(),
+            "{case}: a refused listen left {}",
+            fresh.display()
+        );
+        let kept = work.path().join("kept.opus");
+        std::fs::write(&kept, b"an earlier recording").unwrap();
+        listen(url, &kept, fp, token);
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"an earlier recording",
+            "{case}: a refused listen touched an existing file"
+        );
+    }
+    // An output nowhere to be written is refused before connecting.
+    let e = listen(
+        &o.url("free/x"),
+        &work.path().join("no/such/dir/x.opus"),
+        &c.fp,
+        "",
+    );
+    assert!(
+        e.contains("--output") && e.contains("no such directory"),
+        "{e}"
+    );
+}
+
+#[test]
 fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
     // Killed on drop, so a failing assertion does not leave the demo running.
     let mut demo = Killed(
