@@ -265,6 +265,24 @@ fn a_bad_config_file_is_refused_at_start_naming_the_key() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("segment-ms"));
+    // A TOML syntax error: the file, line and column, and the key of the line.
+    std::fs::write(&bad, "segment-ms = 500\nlisten = \"127.0.0.1:0\n").unwrap();
+    for args in [
+        vec!["origin", "--config", bad.to_str().unwrap()],
+        vec!["check-config", bad.to_str().unwrap()],
+    ] {
+        let o = Command::new(BIN)
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains(&format!("error: {}:2:", bad.display())) && e.contains("`listen`"),
+            "{args:?}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -114,25 +114,36 @@ macro_rules! keys {
             }
 
             /// The settings of a TOML file; an unknown key or a bad value is refused by name.
+            /// A TOML syntax error names the file, line and column (and the key of that line);
+            /// a bad key or value names the key, and where it is.
             pub fn from_toml(text: &str, path: &Path) -> Result<NodeArgs, ConfigError> {
-                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: e.message().to_string(),
-                })?;
+                let table: std::collections::BTreeMap<String, toml::Spanned<toml::Value>> =
+                    toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+                // In the file's order: the first wrong key is the one reported.
+                let mut entries: Vec<_> = table.into_iter().collect();
+                entries.sort_by_key(|(_, v)| v.span().start);
                 let mut args = NodeArgs::default();
-                for (key, value) in table {
+                for (key, value) in entries {
+                    let (line, col) = line_col(text, value.span().start);
+                    let at = format!("{}:{line}:{col}", path.display());
                     let field = key.replace('-', "_");
                     let known = !key.contains('_') && KEYS.iter().any(|(k, _)| *k == field);
                     if !known {
                         return Err(invalid(&key, format!(
-                            "unknown key in {} (see `quicast relay --help` for the keys)",
-                            path.display()
+                            "unknown key ({at}; see `quicast origin --help` and `quicast relay --help` for the keys)"
                         )));
                     }
+                    let value = value.into_inner();
                     $(
                         if field == stringify!($field) {
+                            let is_list = matches!(stringify!($mode), "list");
+                            if is_list && !value.is_array() {
+                                return Err(invalid(&key, format!(
+                                    "a list, written [\"...\", \"...\"] ({at})"
+                                )));
+                            }
                             args.$field = Some(value.try_into().map_err(|e: toml::de::Error| {
-                                invalid(&key, e.message().trim().to_string())
+                                invalid(&key, format!("{} ({at})", e.message().trim()))
                             })?);
                             continue;
                         }
@@ -142,6 +153,43 @@ macro_rules! keys {
             }
         }
     };
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// A TOML syntax error: the file, line and column, what is wrong, and the key of that line
+/// when it has one.
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().trim_end_matches('.').to_string();
+    let Some(span) = e.span() else {
+        return ConfigError::Parse {
+            path: path.display().to_string(),
+            message: format!("not valid TOML: {message}"),
+        };
+    };
+    let (line, col) = line_col(text, span.start);
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ConfigError::Parse {
+        path: format!("{}:{line}:{col}", path.display()),
+        message: match key {
+            Some(k) => format!("not valid TOML, at key `{k}`: {message}"),
+            None => format!("not valid TOML: {message}"),
+        },
+    }
 }
 
 /// A key's help: its doc as one paragraph, and its default when it has one.
@@ -486,7 +534,7 @@ macro_rules! bounded {
 
         impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for $t<LO, HI> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let v = i64::deserialize(d)?;
+                let v = d.deserialize_i64(WholeNumber)?;
                 let v = u64::try_from(v)
                     .map_err(|_| serde::de::Error::custom(format!("{v} is negative")))?;
                 Self::checked(v).map_err(serde::de::Error::custom)
@@ -505,6 +553,22 @@ macro_rules! bounded {
             }
         }
     };
+}
+
+/// A TOML integer, or the words for what else was given ("expected a whole number").
+struct WholeNumber;
+
+impl<'de> serde::de::Visitor<'de> for WholeNumber {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+    }
 }
 
 bounded!(Secs, " s");
@@ -758,6 +822,37 @@ mod tests {
         assert!(e.starts_with("fingerprint"), "{e}");
         let e = parse("announce = [\"a/../b\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("announce"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_line_column_and_key() {
+        let e = parse("listen = \"127.0.0.1:1\"\nsegment-ms = 500\nhttp = \"127.0.0.1:80\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.toml:3:"), "{e}");
+        assert!(e.contains("at key `http`"), "{e}");
+        let e = parse("segment-ms = 500\nsegment-ms 600\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.toml:2:"), "{e}");
+        let e = parse("segment-ms = 500\n[oops\n").unwrap_err().to_string();
+        assert!(e.starts_with("node.toml:2:"), "{e}");
+        // A bad value: the key first, and where it is.
+        let e = parse("listen = \"127.0.0.1:1\"\nsegment-ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("segment-ms: ") && e.ends_with("(node.toml:2:14)"),
+            "{e}"
+        );
+        let e = parse("segment-ms = \"500\"\n").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number"), "{e}");
+        assert!(!e.contains("i64"), "{e}");
+        let e = parse("upstream = \"quic://a:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("upstream: a list"), "{e}");
+        assert!(!e.contains("sequence"), "{e}");
     }
 
     #[test]
