@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use quicast::client::{
     listen_any, publish, Client, Input, ListenEvent, ListenOptions, OggReader, Origin,
     PublishOptions,
 };
 use quicast::media::OggOpusWriter;
-use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
+use quicast::node::config::{invalid, ConfigError, Count, Fingerprint, ROLES};
 use quicast::node::Grant;
 use quicast::proto::QuicUrl;
 use quicast::{new_node, AdminServer, HttpServer, NodeArgs, QuicServer, Trust};
@@ -181,6 +181,23 @@ enum Cmd {
     },
 }
 
+/// The command line: `origin` and `relay` each show only the flags they take (the others
+/// stay parsed, hidden, so that one given is refused by name rather than as unknown).
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for (sub, relay) in [("origin", false), ("relay", true)] {
+        cmd = cmd.mut_subcommand(sub, |mut c| {
+            for (field, role) in ROLES {
+                if !role.takes(relay) {
+                    c = c.mut_arg(*field, |a| a.hide(true));
+                }
+            }
+            c
+        });
+    }
+    cmd
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -254,7 +271,7 @@ fn descriptor_budget() -> u64 {
 
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     let mut hups = hangups();
-    let mut cfg = args.clone().load()?.resolve();
+    let mut cfg = args.clone().load(relay)?.resolve();
     cfg.check(relay)?;
     if cfg.max_http_connections.is_none() {
         cfg.max_http_connections = Some(Count::new(descriptor_budget()));
@@ -625,7 +642,7 @@ async fn run_loadgen(
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     init_logs(cli.log_format);
     let r = match cli.cmd {
         Cmd::Origin(a) => run_node(a, false).await,

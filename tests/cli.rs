@@ -286,6 +286,96 @@ fn a_bad_config_file_is_refused_at_start_naming_the_key() {
 }
 
 #[test]
+fn origin_and_relay_each_show_and_take_only_their_own_flags() {
+    let help = |cmd: &str| {
+        let o = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (origin, relay) = (help("origin"), help("relay"));
+    for flag in [
+        "--upstream ",
+        "--hedge ",
+        "--relay-token ",
+        "--linger-secs ",
+        "--ca ",
+    ] {
+        assert!(!origin.contains(flag), "origin --help lists {flag}");
+        assert!(relay.contains(flag), "relay --help lacks {flag}");
+    }
+    for flag in [
+        "--publish-token ",
+        "--source-password ",
+        "--publisher-grace-secs ",
+    ] {
+        assert!(origin.contains(flag), "origin --help lacks {flag}");
+        assert!(!relay.contains(flag), "relay --help lists {flag}");
+    }
+    for both in ["--listen ", "--http ", "--cache-mib ", "--token-key "] {
+        assert!(origin.contains(both) && relay.contains(both), "{both}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let fp = "ab".repeat(32);
+    let e = fails(&["origin", "--listen", "127.0.0.1:0", "--hedge", "on"]);
+    assert!(e.contains("error: --hedge: only a relay takes this"), "{e}");
+    let e = fails(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "quic://127.0.0.1:1",
+        "--fingerprint",
+        &fp,
+        "--source-timeout-ms",
+        "500",
+    ]);
+    assert!(
+        e.contains("error: --source-timeout-ms: only an origin takes this"),
+        "{e}"
+    );
+    // In a file: the key, and the file.
+    let f = dir.path().join("origin.toml");
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\nparent-timeout-ms = 500\n").unwrap();
+    let e = fails(&["origin", "--config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: parent-timeout-ms: only a relay takes this")
+            && e.contains("origin.toml"),
+        "{e}"
+    );
+    let e = fails(&["check-config", f.to_str().unwrap(), "--role", "origin"]);
+    assert!(
+        e.contains("error: parent-timeout-ms: only a relay takes this"),
+        "{e}"
+    );
+    let f = dir.path().join("relay.toml");
+    std::fs::write(
+        &f,
+        format!("upstream = [\"quic://127.0.0.1:1\"]\nfingerprint = [\"{fp}\"]\npublisher-grace-secs = 5\n"),
+    )
+    .unwrap();
+    let e = fails(&["relay", "--config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: publisher-grace-secs: only an origin takes this"),
+        "{e}"
+    );
+    let e = fails(&["check-config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: publisher-grace-secs: only an origin takes this"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_refused_listen_leaves_no_file_and_an_existing_one_as_it_was() {
     let work = tempfile::tempdir().unwrap();
     let c = certs();

@@ -19,13 +19,15 @@ pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
 /// `quicast check-config FILE`: what `origin`/`relay --config FILE` would refuse at start.
 pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-    let cfg = NodeArgs::from_toml(&text, file)?.resolve();
+    let args = NodeArgs::from_toml(&text, file)?;
+    let cfg = args.clone().resolve();
     let relay = match role {
         None => cfg.is_relay(),
         Some("origin") => false,
         Some("relay") => true,
         Some(other) => bail!("--role is origin or relay, not {other:?}"),
     };
+    args.check_role(relay, Some(file))?;
     cfg.check(relay)?;
     // The files it names, read as start reads them: a missing, garbage or mismatched
     // certificate or key, or an unusable CA, is refused here, not by a service manager
@@ -102,7 +104,7 @@ pub fn reload(
     node: &quicast::Node,
     server: &QuicServer,
 ) -> Result<String, ConfigError> {
-    let cfg = args.clone().load()?.resolve();
+    let cfg = args.clone().load(relay)?.resolve();
     cfg.check(relay)?;
     let access = Access::from_config(&cfg)?;
     // A generated certificate is kept: a new one would break every fingerprint pin.

@@ -68,8 +68,40 @@ macro_rules! merge {
     };
 }
 
+/// Which nodes take a key: every node, or only an origin or only a relay (`for origin`,
+/// `for relay` after its default in `keys!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Any,
+    Origin,
+    Relay,
+}
+
+impl Role {
+    /// Whether a node of this kind (`relay` or not) takes the key.
+    pub fn takes(self, relay: bool) -> bool {
+        match self {
+            Role::Any => true,
+            Role::Origin => !relay,
+            Role::Relay => relay,
+        }
+    }
+}
+
+macro_rules! role_of {
+    () => {
+        Role::Any
+    };
+    (origin) => {
+        Role::Origin
+    };
+    (relay) => {
+        Role::Relay
+    };
+}
+
 macro_rules! keys {
-    ($( $(#[doc = $doc:literal])+ $field:ident : $mode:ident $ty:ty = $default:literal ; )*) => {
+    ($( $(#[doc = $doc:literal])+ $field:ident : $mode:ident $ty:ty = $default:literal $(for $role:ident)? ; )*) => {
         /// The node's settings as given: flags, or a file's keys, each maybe absent.
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct NodeArgs {
@@ -98,6 +130,9 @@ macro_rules! keys {
         /// Every key, as it is written in a file (kebab-case), with its doc.
         pub const KEYS: &[(&str, &str)] = &[ $( (stringify!($field), concat!($($doc),+)), )* ];
 
+        /// Every key (its field's name) and the nodes that take it.
+        pub const ROLES: &[(&str, Role)] = &[ $( (stringify!($field), role_of!($($role)?)), )* ];
+
         impl NodeArgs {
             /// The file's settings, overridden by the flags given.
             pub fn overridden_by(self, flags: NodeArgs) -> NodeArgs {
@@ -105,6 +140,13 @@ macro_rules! keys {
                     config: flags.config,
                     $( $field: flags.$field.or(self.$field), )*
                 }
+            }
+
+            /// The keys given (field names).
+            pub fn given(&self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( if self.$field.is_some() { v.push(stringify!($field)); } )*
+                v
             }
 
             /// Every key given, over the defaults.
@@ -213,15 +255,15 @@ keys! {
     /// UDP address to serve QUIC on.
     listen: one SocketAddr = "127.0.0.1:4433";
     /// Parent node, quic://HOST:PORT (repeat, in priority order). Makes this node a relay.
-    upstream: list Vec<QuicUrl> = "";
+    upstream: list Vec<QuicUrl> = "" for relay;
     /// TLS certificate chain (PEM). Without cert and key a self-signed one is generated.
     cert: opt PathBuf = "";
     /// TLS private key (PEM).
     key: opt PathBuf = "";
     /// CA certificate(s) (PEM) to trust for parents.
-    ca: opt PathBuf = "";
+    ca: opt PathBuf = "" for relay;
     /// SHA-256 fingerprint of a parent's certificate to pin (repeat for several parents).
-    fingerprint: list Vec<Fingerprint> = "";
+    fingerprint: list Vec<Fingerprint> = "" for relay;
     /// TCP address for HTTP: listeners (GET /STREAM.ogg, the page at /) and, on an origin,
     /// Icecast sources (PUT or SOURCE /STREAM). Off unless given.
     http: opt SocketAddr = "";
@@ -230,7 +272,7 @@ keys! {
     admin: opt SocketAddr = "";
     /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
     /// HTTP ingest is off.
-    source_password: opt Secret = "";
+    source_password: opt Secret = "" for origin;
     /// Seconds an HTTP listener may wait for a stream that has not started, then 404.
     http_wait_secs: one Secs<0, 3600> = "30";
     /// How often an HTTP Ogg listener's socket is written, in ms: the pages of the
@@ -245,7 +287,7 @@ keys! {
     /// one segment.
     http_burst_ms: one Millis<0, 30000> = "6000";
     /// Token publishers must present (origin). Without one, anyone may publish.
-    publish_token: opt Secret = "";
+    publish_token: opt Secret = "" for origin;
     /// A key signed tokens are checked with, KID=FILE (repeat: several at once let keys
     /// rotate): an HMAC-SHA256 secret (at least 32 bytes) or an ECDSA P-256 public key (PEM,
     /// ES256). With keys, publishers and child relays need a signed token. Re-read on SIGHUP.
@@ -255,7 +297,7 @@ keys! {
     listen_policy: list Vec<ListenRule> = "";
     /// File holding the relay token (role relay) this relay presents to its parents; read
     /// at each connection to a parent, so a new one is taken without a restart.
-    relay_token: opt PathBuf = "";
+    relay_token: opt PathBuf = "" for relay;
     /// Target segment duration in milliseconds (origin).
     segment_ms: one Millis<20, 10_000> = "1000";
     /// Delivery interval in ms (origin), fixed for every stream: listeners are sent new
@@ -308,16 +350,16 @@ keys! {
     unannounced_wait_secs: one Secs<0, 604_800> = "30";
     /// A publisher or source that sends no audio for this many ms is lost: its grace
     /// period starts.
-    source_timeout_ms: one Millis<100, 600_000> = "3000";
+    source_timeout_ms: one Millis<100, 600_000> = "3000" for origin;
     /// How far ahead of real time an Icecast source may send, in ms (origin): its audio is
     /// taken no faster than the wall clock since it began plus this much (an encoder's
     /// start-up burst, a network's hiccup); beyond, it is not read until due (TCP holds it
     /// back), never dropped. 0: not ahead at all.
-    source_burst_ms: one Millis<0, 600_000> = "5000";
+    source_burst_ms: one Millis<0, 600_000> = "5000" for origin;
     /// Seconds a relay keeps an upstream subscription after its last subscriber left.
-    linger_secs: one Secs<0, 3600> = "5";
+    linger_secs: one Secs<0, 3600> = "5" for relay;
     /// Seconds an origin waits for a lost publisher to come back before ending the stream.
-    publisher_grace_secs: one Secs<0, 3600> = "10";
+    publisher_grace_secs: one Secs<0, 3600> = "10" for origin;
     /// Most connections served at once, QUIC and HTTP together.
     max_connections: one Count<1, 10_000_000> = "100000";
     /// QUIC connections one IP address may hold with nothing to do (no subscription, no
@@ -349,26 +391,26 @@ keys! {
     /// thread by connection ID [default: one per core the process may run on].
     quic_threads: opt Count<1, 255> = "";
     /// How long a relay waits for a parent's handshake before trying the next, in ms.
-    connect_timeout_ms: one Millis<100, 60_000> = "3000";
+    connect_timeout_ms: one Millis<100, 60_000> = "3000" for relay;
     /// How long a client may take to open its control stream and say hello, in ms.
     hello_timeout_ms: one Millis<100, 60_000> = "10000";
     /// How long a relay's parent has to say a name is live before the relay counts it as
     /// a waiting room, in ms.
-    probe_ms: one Millis<0, 60_000> = "2000";
+    probe_ms: one Millis<0, 60_000> = "2000" for relay;
     /// Seconds a relay remembers that its parent refused a name (not found, overloaded).
-    refusal_memory_secs: one Secs<0, 3600> = "5";
+    refusal_memory_secs: one Secs<0, 3600> = "5" for relay;
     /// How a relay picks each stream's parent: `hash` (rendezvous hashing of the stream's
     /// name over the parents: every relay with the same parents picks the same one for a
     /// stream, the same fallbacks after it, and a tier's streams spread over its nodes),
     /// `ordered` (the first parent listed that is up), or `auto` (hash with two parents or
     /// more).
-    parent_choice: one ParentChoice = "auto";
+    parent_choice: one ParentChoice = "auto" for relay;
     /// Keep a standby subscription on each stream's second parent, merged by position, so
     /// that losing a parent costs no stall (one more upstream subscription per stream):
     /// `on`, `off`, or `auto` (on with two parents or more).
-    hedge: one Switch = "auto";
+    hedge: one Switch = "auto" for relay;
     /// A parent that sends nothing (no audio, no keep-alive) for this long is lost, in ms.
-    parent_timeout_ms: one Millis<50, 60_000> = "300";
+    parent_timeout_ms: one Millis<50, 60_000> = "300" for relay;
     /// On SIGTERM: how long to wait for listeners and child relays to move (told to go away,
     /// and to the alternates) before closing, in seconds.
     drain_secs: one Secs<0, 3600> = "10";
@@ -377,8 +419,10 @@ keys! {
 }
 
 impl NodeArgs {
-    /// The file named by `--config` (if any), overridden by the flags given.
-    pub fn load(self) -> Result<NodeArgs, ConfigError> {
+    /// The file named by `--config` (if any), overridden by the flags given; a key the role
+    /// (`relay` or an origin) does not take is refused, as a flag or in the file.
+    pub fn load(self, relay: bool) -> Result<NodeArgs, ConfigError> {
+        self.check_role(relay, None)?;
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -387,7 +431,34 @@ impl NodeArgs {
             error: e,
         })?;
         let file = NodeArgs::from_toml(&text, &path)?;
+        file.check_role(relay, Some(&path))?;
         Ok(file.overridden_by(self))
+    }
+
+    /// Refuses a key given that only the other role takes, naming it as it was given: the
+    /// flag (`file` None), or the key in `file`.
+    pub fn check_role(&self, relay: bool, file: Option<&Path>) -> Result<(), ConfigError> {
+        for field in self.given() {
+            let role = ROLES
+                .iter()
+                .find(|(k, _)| *k == field)
+                .map_or(Role::Any, |(_, r)| *r);
+            if role.takes(relay) {
+                continue;
+            }
+            let key = field.replace('_', "-");
+            let (name, place) = match file {
+                None => (format!("--{key}"), String::new()),
+                Some(p) => (key, format!(" (in {})", p.display())),
+            };
+            let why = if relay {
+                "only an origin takes this; a relay takes no publishers or sources, its streams come from its parents (see `quicast relay --help`)"
+            } else {
+                "only a relay takes this; an origin has no parents (did you mean `quicast relay`? see `quicast origin --help`)"
+            };
+            return Err(invalid(&name, format!("{why}{place}")));
+        }
+        Ok(())
     }
 }
 
@@ -856,6 +927,32 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_the_other_role_is_refused_as_a_flag_and_in_a_file() {
+        let file = parse("hedge = \"on\"\nsegment-ms = 500\n").unwrap();
+        let e = file
+            .check_role(false, Some(Path::new("node.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("hedge: only a relay takes this"), "{e}");
+        assert!(e.contains("node.toml"), "{e}");
+        file.check_role(true, Some(Path::new("node.toml"))).unwrap();
+        let flags = NodeArgs {
+            publisher_grace_secs: Some(Secs::new(5)),
+            ..Default::default()
+        };
+        let e = flags.check_role(true, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--publisher-grace-secs: only an origin takes this"),
+            "{e}"
+        );
+        flags.check_role(false, None).unwrap();
+        // Keys of every node pass both.
+        let both = parse("listen = \"127.0.0.1:1\"\ncache-mib = 64\n").unwrap();
+        both.check_role(true, None).unwrap();
+        both.check_role(false, None).unwrap();
+    }
+
+    #[test]
     fn flags_win_over_file() {
         let file =
             parse("listen = \"127.0.0.1:1000\"\nsegment-ms = 500\nupstream = [\"quic://a:1\"]\n")
@@ -916,7 +1013,9 @@ mod tests {
             if p.extension().is_some_and(|e| e == "toml") {
                 let a = NodeArgs::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                let c = a.resolve();
+                let c = a.clone().resolve();
+                a.check_role(c.is_relay(), Some(&p))
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 c.check(c.is_relay())
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 n += 1;
