@@ -477,6 +477,91 @@ fn a_refused_listen_leaves_no_file_and_an_existing_one_as_it_was() {
 }
 
 #[test]
+fn library_errors_reach_the_operator_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        for leak in [
+            "Base64",
+            "base64 error",
+            "os error",
+            "Asn1",
+            "BadEncoding",
+            "symbol",
+            "expected one of",
+            "i64",
+        ] {
+            assert!(!e.contains(leak), "{args:?}: {e}");
+        }
+        e
+    };
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let bad_pub = w(
+        "bad.pub",
+        "-----BEGIN PUBLIC KEY-----\nnot base64 at all!\n-----END PUBLIC KEY-----\n",
+    );
+    let cfg = w("keys.toml", &format!("token-key = [\"k1={bad_pub}\"]\n"));
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: token-key:") && e.contains("not a usable ECDSA P-256 public key"),
+        "{e}"
+    );
+    let bad_priv = w("bad.pem", "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgt\n-----END PRIVATE KEY-----\n");
+    let e = run(&[
+        "token", "--key", &bad_priv, "--kid", "k", "--role", "listen", "--path", "/", "--ttl", "60",
+    ]);
+    assert!(e.contains("not a usable ECDSA P-256 private key"), "{e}");
+    let e = run(&[
+        "token",
+        "--key",
+        "/nonexistent/k",
+        "--kid",
+        "k",
+        "--role",
+        "listen",
+        "--path",
+        "/",
+        "--ttl",
+        "60",
+    ]);
+    assert!(
+        e.contains("/nonexistent/k: cannot read it (no such file)"),
+        "{e}"
+    );
+    let cert = w(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    let cfg = w(
+        "cert.toml",
+        &format!("cert = \"{cert}\"\nkey = \"{bad_priv}\"\n"),
+    );
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: cert:") && e.contains("not a valid PEM file"),
+        "{e}"
+    );
+    let cfg = w("type.toml", "segment-ms = \"500\"\n");
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: segment-ms:") && e.contains("a whole number"),
+        "{e}"
+    );
+    let e = run(&["check-config", "/nonexistent/node.toml"]);
+    assert!(e.contains("cannot read it (no such file)"), "{e}");
+}
+
+#[test]
 fn the_demo_prints_listen_commands_that_play_and_stops_on_ctrl_c() {
     // Killed on drop, so a failing assertion does not leave the demo running.
     let mut demo = Killed(

@@ -236,6 +236,7 @@ fn the_token_matrix_over_quic_and_http_and_a_key_rotation() {
             "bad token signature",
             "401",
         ),
+        ("malformed", "garbage".to_string(), "malformed token", "401"),
     ];
     let mut refused = auth_refusals(&admin);
     for (case, tok, why, status) in &cases {

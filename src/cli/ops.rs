@@ -1,7 +1,7 @@
 //! The node's operations beyond running: its identity from the config, `check-config`,
 //! `token`, and the SIGHUP reload.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use quicast::node::config::{invalid, ConfigError};
 use quicast::node::{mint, Access, Claims, Grant};
 use quicast::{Identity, NodeArgs, NodeConfig, QuicServer};
@@ -18,7 +18,13 @@ pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
 
 /// `quicast check-config FILE`: what `origin`/`relay --config FILE` would refuse at start.
 pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot read it ({})",
+            file.display(),
+            quicast::io_reason(&e)
+        )
+    })?;
     let args = NodeArgs::from_toml(&text, file)?;
     let cfg = args.clone().resolve();
     let relay = match role {

@@ -22,7 +22,7 @@ pub use super::token::TokenKey;
 /// A configuration key that cannot be taken: which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read it: {error}")]
+    #[error("{path}: cannot read it ({})", crate::error::io_reason(.error))]
     Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -542,8 +542,16 @@ impl NodeConfig {
 
 /// The relay token in `file`: its one line, bounded; refused naming `relay-token`.
 pub fn read_relay_token(file: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read(file)
-        .map_err(|e| invalid("relay-token", format!("{}: {e}", file.display())))?;
+    let text = std::fs::read(file).map_err(|e| {
+        invalid(
+            "relay-token",
+            format!(
+                "{}: cannot read it ({})",
+                file.display(),
+                crate::error::io_reason(&e)
+            ),
+        )
+    })?;
     let t = String::from_utf8_lossy(&text).trim().to_string();
     if t.is_empty() || t.len() > super::token::MAX_TOKEN || t.contains(char::is_whitespace) {
         return Err(invalid(

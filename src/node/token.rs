@@ -176,7 +176,14 @@ pub fn check_kid(kid: &str) -> Result<(), String> {
 
 /// A key file's contents, bounded.
 fn read_key(file: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let unreadable = |e: std::io::Error| {
+        format!(
+            "{}: cannot read it ({})",
+            file.display(),
+            crate::error::io_reason(&e)
+        )
+    };
+    let meta = std::fs::metadata(file).map_err(unreadable)?;
     if meta.len() > MAX_KEY_FILE {
         return Err(format!(
             "{}: {} bytes is too large for a key",
@@ -184,7 +191,7 @@ fn read_key(file: &Path) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
-    std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))
+    std::fs::read(file).map_err(unreadable)
 }
 
 /// An HMAC secret: the file's bytes without trailing whitespace (a newline an editor or
@@ -232,9 +239,13 @@ impl KeySet {
             let bytes = read_key(&k.file).map_err(|e| invalid("token-key", e))?;
             let key = if is_pem(&bytes, "PUBLIC KEY") {
                 let key = DecodingKey::from_ec_pem(&bytes).map_err(|e| {
+                    tracing::debug!(file = %k.file.display(), "token key not read: {e}");
                     invalid(
                         "token-key",
-                        format!("{}: not an ECDSA P-256 public key: {e}", k.file.display()),
+                        format!(
+                            "{}: not a usable ECDSA P-256 public key (a PEM `BEGIN PUBLIC KEY`, as `openssl pkey -pubout` writes it)",
+                            k.file.display()
+                        ),
                     )
                 })?;
                 (Algorithm::ES256, key)
@@ -285,9 +296,15 @@ impl KeySet {
                 token.len()
             )));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if token.split('.').count() != 3 {
+            return Err(Refusal::Malformed(
+                "not a JWT (three base64url parts joined by dots)".into(),
+            ));
+        }
+        // The header read on its own first: `crit`, and an algorithm named in words.
         refuse_critical(token)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(unreadable(&e)))?;
         let kid = header.kid.unwrap_or_default();
         let (alg, key) = self
             .keys
@@ -307,7 +324,7 @@ impl KeySet {
         let mut claims = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::BadSignature,
-                _ => Refusal::Malformed(e.to_string()),
+                _ => Refusal::Malformed(unreadable(&e)),
             })?
             .claims;
         if claims.path.is_empty() {
@@ -332,9 +349,40 @@ fn refuse_critical(token: &str) -> Result<(), Refusal> {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or_else(|| Refusal::Malformed("its header is not a JSON object".into()))?;
-    match fields.get("crit") {
-        Some(crit) => Err(Refusal::Critical(crit.to_string())),
-        None => Ok(()),
+    if let Some(crit) = fields.get("crit") {
+        return Err(Refusal::Critical(crit.to_string()));
+    }
+    match fields.get("alg").and_then(|a| a.as_str()) {
+        Some("HS256" | "ES256") => Ok(()),
+        Some(alg) => Err(Refusal::Malformed(format!(
+            "signed with {alg:?}; quicast takes HS256 or ES256"
+        ))),
+        None => Err(Refusal::Malformed("its header names no algorithm".into())),
+    }
+}
+
+/// Why a token could not be read, in words (the library's detail at debug level).
+fn unreadable(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    tracing::debug!("token not read: {e}");
+    match e.kind() {
+        K::InvalidToken => "not a JWT (three base64url parts joined by dots)".into(),
+        K::Base64(_) => "a part of it is not base64url".into(),
+        K::Utf8(_) => "a part of it is not UTF-8 text".into(),
+        K::Json(j) => {
+            let text = j.to_string();
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
+                Some(claim) => format!("no `{claim}` claim"),
+                None => "its claims are not quicast's: role (publish, listen or relay), path, and exp and nbf in Unix seconds".into(),
+            }
+        }
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+            "signed with an algorithm quicast does not take (HS256 or ES256)".into()
+        }
+        _ => "not a token quicast can read".into(),
     }
 }
 
@@ -370,8 +418,9 @@ pub fn mint(key_file: &Path, kid: &str, claims: &Claims) -> Result<String, Strin
     let bytes = read_key(key_file)?;
     let (alg, key) = if is_pem(&bytes, "PRIVATE KEY") || is_pem(&bytes, "EC PRIVATE KEY") {
         let key = EncodingKey::from_ec_pem(&bytes).map_err(|e| {
+            tracing::debug!(file = %key_file.display(), "signing key not read: {e}");
             format!(
-                "{}: not an ECDSA P-256 private key (PKCS#8 PEM): {e}",
+                "{}: not a usable ECDSA P-256 private key (PKCS#8 PEM, as `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes it)",
                 key_file.display()
             )
         })?;
@@ -389,7 +438,18 @@ pub fn mint(key_file: &Path, kid: &str, claims: &Claims) -> Result<String, Strin
     };
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_string());
-    let token = jsonwebtoken::encode(&header, claims, &key).map_err(|e| e.to_string())?;
+    let token = jsonwebtoken::encode(&header, claims, &key).map_err(|e| {
+        tracing::debug!(file = %key_file.display(), "signing failed: {e}");
+        format!(
+            "{}: cannot sign with this key ({alg:?} needs {})",
+            key_file.display(),
+            if alg == Algorithm::ES256 {
+                "an ECDSA P-256 private key"
+            } else {
+                "an HMAC secret"
+            }
+        )
+    })?;
     if token.len() > MAX_TOKEN {
         return Err(format!(
             "the token is {} bytes, more than a peer may present ({MAX_TOKEN}): use a shorter path or key id",
@@ -559,6 +619,102 @@ mod tests {
         // Whatever it lists, even nothing.
         let t = signed(serde_json::json!({"alg": "HS256", "kid": "k1", "crit": []}));
         assert!(matches!(keys.verify(&t, now), Err(Refusal::Critical(_))));
+    }
+
+    #[test]
+    fn unreadable_tokens_and_keys_are_refused_in_words_not_the_library_s() {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = hmac_file(dir.path(), "k1", &"a".repeat(40));
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = dir.path().join("ec.pem");
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        let public = dir.path().join("ec.pub.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let keys = KeySet::load(&[
+            TokenKey::from_str(&format!("k1={}", k1.display())).unwrap(),
+            TokenKey::from_str(&format!("ec={}", public.display())).unwrap(),
+        ])
+        .unwrap();
+        let now = unix_now();
+        let good = mint(&k1, "k1", &claims(Grant::Listen, "/", now + 60, 0)).unwrap();
+        let (_, rest) = good.split_once('.').unwrap();
+        // An ES256 token whose last character changed: bits past the signature's end (the
+        // base64 crate's "Invalid last symbol 116").
+        let mangled = {
+            let t = mint(&private, "ec", &claims(Grant::Listen, "/", now + 60, 0)).unwrap();
+            let last = if t.ends_with('t') { 'v' } else { 't' };
+            format!("{}{last}", &t[..t.len() - 1])
+        };
+        let none_alg = format!("{}.{rest}", b64(r#"{"alg":"none","kid":"k1"}"#));
+        let hs512 = format!("{}.{rest}", b64(r#"{"alg":"HS512","kid":"k1"}"#));
+        let no_role = {
+            let body = b64(&format!(r#"{{"path":"/","exp":{}}}"#, now + 60));
+            let head = good.split('.').next().unwrap();
+            let msg = format!("{head}.{body}");
+            let key = EncodingKey::from_secret("a".repeat(40).as_bytes());
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        for (token, says) in [
+            ("garbage", "not a JWT"),
+            ("a.b", "not a JWT"),
+            // Its last character changed: bits past the signature's end (the base64
+            // crate's "Invalid last symbol 116").
+            (&mangled as &str, "not base64url"),
+            (
+                &format!("{}.x.y", b64(r#"{"alg":"ES256","kid":"ec"}"#)) as &str,
+                "not base64url",
+            ),
+            ("x.y.z", "header is not a JSON object"),
+            (
+                &none_alg,
+                "signed with \"none\"; quicast takes HS256 or ES256",
+            ),
+            (
+                &hs512,
+                "signed with \"HS512\"; quicast takes HS256 or ES256",
+            ),
+            (&no_role, "no `role` claim"),
+        ] {
+            let e = keys.verify(token, now).unwrap_err();
+            assert!(matches!(e, Refusal::Malformed(_)), "{token}: {e}");
+            let e = e.to_string();
+            assert!(
+                e.starts_with("malformed token: ") && e.contains(says),
+                "{token}: {e}"
+            );
+            for leak in ["Base64", "Json", "symbol", "expected one of", "variant"] {
+                assert!(!e.contains(leak), "{token}: {e}");
+            }
+        }
+        // A public key file that is not one, a private key that cannot sign.
+        let bad_pub = dir.path().join("bad.pub");
+        std::fs::write(
+            &bad_pub,
+            "-----BEGIN PUBLIC KEY-----\nnot base64 at all!\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let e = KeySet::load(&[TokenKey::from_str(&format!("k={}", bad_pub.display())).unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("token-key: ") && e.contains("not a usable ECDSA P-256 public key"),
+            "{e}"
+        );
+        let bad_priv = dir.path().join("bad.pem");
+        std::fs::write(&bad_priv, "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgt\n-----END PRIVATE KEY-----\n").unwrap();
+        let e = mint(&bad_priv, "k", &claims(Grant::Listen, "/", now + 60, 0)).unwrap_err();
+        assert!(e.contains("not a usable ECDSA P-256 private key"), "{e}");
+        let e = mint(
+            &dir.path().join("absent"),
+            "k",
+            &claims(Grant::Listen, "/", now + 60, 0),
+        )
+        .unwrap_err();
+        assert!(e.ends_with("cannot read it (no such file)"), "{e}");
+        assert!(!e.contains("os error"), "{e}");
     }
 
     #[test]
