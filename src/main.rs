@@ -169,9 +169,18 @@ enum Cmd {
         /// The stream path it is for, a prefix ending in /, or / for every stream.
         #[arg(long)]
         path: String,
-        /// Seconds it is valid for, from now.
-        #[arg(long)]
-        ttl: u64,
+        /// Seconds it is valid for, from its start (now, or --not-before).
+        #[arg(long, required_unless_present = "expires", conflicts_with = "expires")]
+        ttl: Option<u64>,
+        /// When it starts to be valid: an RFC 3339 time (2026-12-24T18:00:00Z), or a
+        /// duration from now, + or - (+1h, -30m; s, m, h, d) [default: now; with an
+        /// --expires already past, no start].
+        #[arg(long, allow_hyphen_values = true)]
+        not_before: Option<String>,
+        /// When it stops being valid, instead of --ttl: an RFC 3339 time, or a duration from
+        /// now, + or - (+1h; -1h mints one that has expired already, to test a refusal).
+        #[arg(long, allow_hyphen_values = true)]
+        expires: Option<String>,
     },
     /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
     Demo {
@@ -681,7 +690,17 @@ async fn main() -> std::process::ExitCode {
             role,
             path,
             ttl,
-        } => mint_token(&key, &kid, role, path, ttl),
+            not_before,
+            expires,
+        } => mint_token(
+            &key,
+            &kid,
+            role,
+            path,
+            ttl,
+            not_before.as_deref(),
+            expires.as_deref(),
+        ),
         Cmd::CheckConfig { file, role } => check_config(&file, role.as_deref()),
         Cmd::Loadgen {
             urls,

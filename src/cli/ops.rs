@@ -3,8 +3,9 @@
 
 use anyhow::bail;
 use quicast::node::config::{invalid, ConfigError};
-use quicast::node::{mint, Access, Claims, Grant};
+use quicast::node::{mint, parse_when, Access, Claims, Grant};
 use quicast::{Identity, NodeArgs, NodeConfig, QuicServer};
+use tracing::{info, warn};
 
 /// The server's identity: from `cert` and `key`, or generated.
 pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
@@ -52,19 +53,20 @@ pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
-/// `quicast token`: one signed token on stdout.
+/// `quicast token`: one signed token on stdout, valid from `not_before` (default now) for
+/// `ttl` seconds or until `expires` (either may be in the past: a token a node refuses, to
+/// test that it does).
 pub fn mint_token(
     key: &std::path::Path,
     kid: &str,
     role: Grant,
     path: String,
-    ttl: u64,
+    ttl: Option<u64>,
+    not_before: Option<&str>,
+    expires: Option<&str>,
 ) -> anyhow::Result<()> {
     // No longer than a node takes (see `MAX_AHEAD_SECS`).
     const MAX_TTL: u64 = quicast::node::MAX_AHEAD_SECS;
-    if ttl == 0 || ttl > MAX_TTL {
-        bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
-    }
     // A stream, a prefix ending in /, or / alone for every stream.
     if path != "/" {
         let name = path.strip_prefix('/').unwrap_or(&path);
@@ -74,11 +76,44 @@ pub fn mint_token(
         })?;
     }
     let now = quicast::node::unix_now();
+    let when = |flag: &str, s: &str| -> anyhow::Result<i64> {
+        let t = parse_when(s, now).map_err(|e| anyhow::anyhow!("--{flag} {e}"))?;
+        if t < 0 {
+            bail!("--{flag} {s:?} is before 1970");
+        }
+        Ok(t)
+    };
+    let start = not_before.map(|s| when("not-before", s)).transpose()?;
+    let exp = match (ttl, expires) {
+        (Some(ttl), None) => {
+            if ttl == 0 || ttl > MAX_TTL {
+                bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
+            }
+            start.unwrap_or(now as i64) + ttl as i64
+        }
+        (None, Some(s)) => when("expires", s)?,
+        // clap takes exactly one of them.
+        _ => bail!("give --ttl SECONDS or --expires WHEN"),
+    };
+    // From now; one that has expired already, from the start of time (no `nbf`).
+    let nbf = start.unwrap_or(if exp <= now as i64 { 0 } else { now as i64 });
+    if exp <= nbf {
+        bail!("it would expire ({exp}) before it starts (--not-before, {nbf}): no node would ever take it");
+    }
+    let horizon = (now + MAX_TTL) as i64;
+    if exp > horizon || nbf > horizon {
+        bail!("more than ten years ahead: a node refuses such a token (mint shorter ones, and rotate)");
+    }
+    if exp <= now as i64 {
+        warn!("this token has expired already: a node refuses it (`token expired`)");
+    } else if nbf > now as i64 {
+        info!("this token is not valid yet: until then a node refuses it (`token not valid yet`)");
+    }
     let claims = Claims {
         role,
         path,
-        exp: now + ttl,
-        nbf: now,
+        exp: exp as u64,
+        nbf: nbf as u64,
         kid: kid.to_string(),
     };
     let token = mint(key, kid, &claims).map_err(|e| anyhow::anyhow!("{e}"))?;

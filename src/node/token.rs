@@ -404,6 +404,106 @@ pub fn check_times(claims: &Claims, now: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A moment as `quicast token` takes it (`--not-before`, `--expires`), in Unix seconds: an
+/// RFC 3339 time (`2026-12-24T18:00:00Z`, `2026-12-24T19:00:00+01:00`), or a duration from
+/// `now`, before or after it (`+1h`, `-30m`, `90s`, `2d`: s, m, h or d).
+pub fn parse_when(s: &str, now: u64) -> Result<i64, String> {
+    let s = s.trim();
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let relative = unsigned.starts_with(|c: char| c.is_ascii_digit())
+        && unsigned.bytes().all(|b| b.is_ascii_alphanumeric());
+    if relative {
+        let (sign, rest) = match s.strip_prefix('-') {
+            Some(r) => (-1, r),
+            None => (1, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let unit_at = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (n, unit) = rest.split_at(unit_at);
+        let scale: i64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "" => return Err(format!("{s:?}: give a unit, s, m, h or d (e.g. +1h, -30m)")),
+            _ => return Err(format!("{s:?}: the unit is s, m, h or d (e.g. +1h, -30m)")),
+        };
+        let n: i64 = n
+            .parse()
+            .ok()
+            .filter(|n| *n <= 100 * 366 * 86_400)
+            .ok_or_else(|| format!("{s:?}: not a number of {unit} this side of a century"))?;
+        return Ok(now as i64 + sign * n * scale);
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("{s:?}: not a time (RFC 3339, e.g. 2026-12-24T18:00:00Z) nor a duration from now (e.g. +1h, -30m)")
+    })
+}
+
+/// Unix seconds of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`, maybe a fraction (dropped),
+/// then `Z` or `+HH:MM` / `-HH:MM`.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = s.get(from..from + len)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let days_in = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (oh, om) = (num(s.len() - 5, 2)?, num(s.len() - 2, 2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to y-mo-d (proleptic Gregorian; Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -715,6 +815,41 @@ mod tests {
         .unwrap_err();
         assert!(e.ends_with("cannot read it (no such file)"), "{e}");
         assert!(!e.contains("os error"), "{e}");
+    }
+
+    #[test]
+    fn token_times_parse_as_rfc3339_or_a_duration_from_now() {
+        let now = 1_000_000;
+        assert_eq!(parse_when("+1h", now), Ok(1_003_600));
+        assert_eq!(parse_when("-30m", now), Ok(998_200));
+        assert_eq!(parse_when("90s", now), Ok(1_000_090));
+        assert_eq!(parse_when("2d", now), Ok(1_172_800));
+        assert_eq!(parse_when("1970-01-01T00:00:00Z", now), Ok(0));
+        // `date -u -d 2026-12-24T18:00:00Z +%s`
+        assert_eq!(parse_when("2026-12-24T18:00:00Z", now), Ok(1_798_135_200));
+        assert_eq!(
+            parse_when("2026-12-24T19:00:00.250+01:00", now),
+            Ok(1_798_135_200)
+        );
+        assert_eq!(
+            parse_when("2024-02-29T00:00:00-02:30", now),
+            Ok(1_709_173_800)
+        );
+        for bad in [
+            "",
+            "1h30m",
+            "3600",
+            "+1w",
+            "tomorrow",
+            "2026-02-30T00:00:00Z",
+            "2026-12-24T18:00:00",
+            "2026-12-24T18:00:00+1",
+            "2026-13-01T00:00:00Z",
+            "+99999999999d",
+        ] {
+            let e = parse_when(bad, now).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]
