@@ -32,7 +32,7 @@ pub mod proto;
 mod server;
 mod transport;
 
-pub use error::{Error, Kind as ErrorKind, Result, Side};
+pub use error::{io_reason, Error, Kind as ErrorKind, Result, Side};
 pub use node::{Node, NodeArgs, NodeConfig, Peer};
 /// For the fuzz target (`fuzz/`): a request head parsed and routed as the HTTP server does.
 #[doc(hidden)]

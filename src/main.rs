@@ -1,17 +1,16 @@
 //! The `quicast` binary: the CLI's edge. Library errors become `anyhow` here.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use quicast::client::{
     listen_any, publish, Client, Input, ListenEvent, ListenOptions, OggReader, Origin,
     PublishOptions,
 };
 use quicast::media::OggOpusWriter;
-use quicast::node::config::{invalid, ConfigError, Count, Fingerprint};
+use quicast::node::config::{invalid, ConfigError, Count, Fingerprint, ROLES};
 use quicast::node::Grant;
 use quicast::proto::QuicUrl;
 use quicast::{new_node, AdminServer, HttpServer, NodeArgs, QuicServer, Trust};
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 mod cli;
 
 use cli::ops::{check_config, hangup, hangups, identity, mint_token, reload};
+use cli::output::Output;
 use cli::{demo, loadgen};
 
 #[derive(Parser)]
@@ -169,9 +169,18 @@ enum Cmd {
         /// The stream path it is for, a prefix ending in /, or / for every stream.
         #[arg(long)]
         path: String,
-        /// Seconds it is valid for, from now.
-        #[arg(long)]
-        ttl: u64,
+        /// Seconds it is valid for, from its start (now, or --not-before).
+        #[arg(long, required_unless_present = "expires", conflicts_with = "expires")]
+        ttl: Option<u64>,
+        /// When it starts to be valid: an RFC 3339 time (2026-12-24T18:00:00Z), or a
+        /// duration from now, + or - (+1h, -30m; s, m, h, d) [default: now; with an
+        /// --expires already past, no start].
+        #[arg(long, allow_hyphen_values = true)]
+        not_before: Option<String>,
+        /// When it stops being valid, instead of --ttl: an RFC 3339 time, or a duration from
+        /// now, + or - (+1h; -1h mints one that has expired already, to test a refusal).
+        #[arg(long, allow_hyphen_values = true)]
+        expires: Option<String>,
     },
     /// An origin, a mid-tier relay and two edge relays on loopback, playing a sample in a loop.
     Demo {
@@ -179,6 +188,23 @@ enum Cmd {
         #[arg(long, default_value_t = 4700)]
         base_port: u16,
     },
+}
+
+/// The command line: `origin` and `relay` each show only the flags they take (the others
+/// stay parsed, hidden, so that one given is refused by name rather than as unknown).
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for (sub, relay) in [("origin", false), ("relay", true)] {
+        cmd = cmd.mut_subcommand(sub, |mut c| {
+            for (field, role) in ROLES {
+                if !role.takes(relay) {
+                    c = c.mut_arg(*field, |a| a.hide(true));
+                }
+            }
+            c
+        });
+    }
+    cmd
 }
 
 fn init_logs(format: LogFormat) {
@@ -254,7 +280,7 @@ fn descriptor_budget() -> u64 {
 
 async fn run_node(args: NodeArgs, relay: bool) -> anyhow::Result<()> {
     let mut hups = hangups();
-    let mut cfg = args.clone().load()?.resolve();
+    let mut cfg = args.clone().load(relay)?.resolve();
     cfg.check(relay)?;
     if cfg.max_http_connections.is_none() {
         cfg.max_http_connections = Some(Count::new(descriptor_budget()));
@@ -338,11 +364,9 @@ async fn run_listen(
         ),
         None => None,
     };
-    let mut out: Box<dyn Write + Send> = if output == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(std::fs::File::create(&output).with_context(|| format!("cannot create {output}"))?)
-    };
+    // Checked now, created (or truncated) only when audio arrives: a refused listen leaves
+    // no empty file, and an existing one as it was.
+    let mut out = Output::new(&output)?;
     let trust = client_trust(trust.ca.as_deref(), &trust.fingerprint)?;
     let mut nodes = Vec::new();
     for u in &urls {
@@ -359,12 +383,12 @@ async fn run_listen(
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
     let report = listen_any(&nodes, &opts, |ev| {
-        let bytes = match ev {
+        let (bytes, audio) = match ev {
             ListenEvent::Header { codec, .. } if !started => {
                 started = true;
-                writer.headers(&codec.header)
+                (writer.headers(&codec.header), false)
             }
-            ListenEvent::Frames(frames) => writer.frames(frames),
+            ListenEvent::Frames(frames) => (writer.frames(frames), !frames.is_empty()),
             ListenEvent::Skipped(seq) => {
                 tracing::warn!(seq, "fell behind: the node skipped us forward");
                 return Ok(());
@@ -379,8 +403,7 @@ async fn run_listen(
             }
             _ => return Ok(()),
         };
-        out.write_all(&bytes)?;
-        out.flush()?;
+        out.write(&bytes, audio)?;
         Ok(())
     })
     .await;
@@ -389,8 +412,7 @@ async fn run_listen(
         client.close().await;
     }
     let report = report?;
-    out.write_all(&writer.finish())?;
-    out.flush()?;
+    out.finish(&writer.finish())?;
     info!(
         frames = report.frames,
         segments = report.segments,
@@ -629,7 +651,7 @@ async fn run_loadgen(
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     init_logs(cli.log_format);
     let r = match cli.cmd {
         Cmd::Origin(a) => run_node(a, false).await,
@@ -668,7 +690,17 @@ async fn main() -> std::process::ExitCode {
             role,
             path,
             ttl,
-        } => mint_token(&key, &kid, role, path, ttl),
+            not_before,
+            expires,
+        } => mint_token(
+            &key,
+            &kid,
+            role,
+            path,
+            ttl,
+            not_before.as_deref(),
+            expires.as_deref(),
+        ),
         Cmd::CheckConfig { file, role } => check_config(&file, role.as_deref()),
         Cmd::Loadgen {
             urls,

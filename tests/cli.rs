@@ -265,6 +265,300 @@ fn a_bad_config_file_is_refused_at_start_naming_the_key() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("segment-ms"));
+    // A TOML syntax error: the file, line and column, and the key of the line.
+    std::fs::write(&bad, "segment-ms = 500\nlisten = \"127.0.0.1:0\n").unwrap();
+    for args in [
+        vec!["origin", "--config", bad.to_str().unwrap()],
+        vec!["check-config", bad.to_str().unwrap()],
+    ] {
+        let o = Command::new(BIN)
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains(&format!("error: {}:2:", bad.display())) && e.contains("`listen`"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn origin_and_relay_each_show_and_take_only_their_own_flags() {
+    let help = |cmd: &str| {
+        let o = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (origin, relay) = (help("origin"), help("relay"));
+    for flag in [
+        "--upstream ",
+        "--hedge ",
+        "--relay-token ",
+        "--linger-secs ",
+        "--ca ",
+    ] {
+        assert!(!origin.contains(flag), "origin --help lists {flag}");
+        assert!(relay.contains(flag), "relay --help lacks {flag}");
+    }
+    for flag in [
+        "--publish-token ",
+        "--source-password ",
+        "--publisher-grace-secs ",
+    ] {
+        assert!(origin.contains(flag), "origin --help lacks {flag}");
+        assert!(!relay.contains(flag), "relay --help lists {flag}");
+    }
+    for both in ["--listen ", "--http ", "--cache-mib ", "--token-key "] {
+        assert!(origin.contains(both) && relay.contains(both), "{both}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let fp = "ab".repeat(32);
+    let e = fails(&["origin", "--listen", "127.0.0.1:0", "--hedge", "on"]);
+    assert!(e.contains("error: --hedge: only a relay takes this"), "{e}");
+    let e = fails(&[
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "quic://127.0.0.1:1",
+        "--fingerprint",
+        &fp,
+        "--source-timeout-ms",
+        "500",
+    ]);
+    assert!(
+        e.contains("error: --source-timeout-ms: only an origin takes this"),
+        "{e}"
+    );
+    // In a file: the key, and the file.
+    let f = dir.path().join("origin.toml");
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\nparent-timeout-ms = 500\n").unwrap();
+    let e = fails(&["origin", "--config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: parent-timeout-ms: only a relay takes this")
+            && e.contains("origin.toml"),
+        "{e}"
+    );
+    let e = fails(&["check-config", f.to_str().unwrap(), "--role", "origin"]);
+    assert!(
+        e.contains("error: parent-timeout-ms: only a relay takes this"),
+        "{e}"
+    );
+    let f = dir.path().join("relay.toml");
+    std::fs::write(
+        &f,
+        format!("upstream = [\"quic://127.0.0.1:1\"]\nfingerprint = [\"{fp}\"]\npublisher-grace-secs = 5\n"),
+    )
+    .unwrap();
+    let e = fails(&["relay", "--config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: publisher-grace-secs: only an origin takes this"),
+        "{e}"
+    );
+    let e = fails(&["check-config", f.to_str().unwrap()]);
+    assert!(
+        e.contains("error: publisher-grace-secs: only an origin takes this"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_refused_listen_leaves_no_file_and_an_existing_one_as_it_was() {
+    let work = tempfile::tempdir().unwrap();
+    let c = certs();
+    let key = work.path().join("k1.key");
+    std::fs::write(&key, format!("{}\n", "s".repeat(48))).unwrap();
+    let key_arg = format!("k1={}", key.display());
+    let o = Node::spawn(
+        &c,
+        &[
+            "origin",
+            "--unannounced-wait-secs",
+            "1",
+            "--token-key",
+            &key_arg,
+            "--listen-policy",
+            "paid/=token",
+        ],
+    );
+    let listen = |url: &str, out: &std::path::Path, fp: &str, token: &str| {
+        let o = Command::new(BIN)
+            .args([
+                "listen",
+                url,
+                "--fingerprint",
+                fp,
+                "--output",
+                out.to_str().unwrap(),
+                "--token",
+                token,
+                "--duration",
+                "20",
+            ])
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{url}: a refused listen exits 1");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let other_fp = "ab".repeat(32);
+    let cases = [
+        (
+            "an untrusted node",
+            o.url("free/x"),
+            other_fp.as_str(),
+            "",
+            "not pinned",
+        ),
+        (
+            "no such stream",
+            o.url("free/nobody"),
+            c.fp.as_str(),
+            "",
+            "not_found",
+        ),
+        (
+            "a malformed token",
+            o.url("paid/x"),
+            c.fp.as_str(),
+            "garbage",
+            "malformed token",
+        ),
+        (
+            "no token",
+            o.url("paid/x"),
+            c.fp.as_str(),
+            "",
+            "listen token required",
+        ),
+    ];
+    for (case, url, fp, token, why) in &cases {
+        let fresh = work.path().join("fresh.opus");
+        let e = listen(url, &fresh, fp, token);
+        assert!(e.contains(why), "{case}: {e}");
+        assert!(
+            !fresh.exists(),
+            "{case}: a refused listen left {}",
+            fresh.display()
+        );
+        let kept = work.path().join("kept.opus");
+        std::fs::write(&kept, b"an earlier recording").unwrap();
+        listen(url, &kept, fp, token);
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"an earlier recording",
+            "{case}: a refused listen touched an existing file"
+        );
+    }
+    // An output nowhere to be written is refused before connecting.
+    let e = listen(
+        &o.url("free/x"),
+        &work.path().join("no/such/dir/x.opus"),
+        &c.fp,
+        "",
+    );
+    assert!(
+        e.contains("--output") && e.contains("no such directory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn library_errors_reach_the_operator_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        for leak in [
+            "Base64",
+            "base64 error",
+            "os error",
+            "Asn1",
+            "BadEncoding",
+            "symbol",
+            "expected one of",
+            "i64",
+        ] {
+            assert!(!e.contains(leak), "{args:?}: {e}");
+        }
+        e
+    };
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let bad_pub = w(
+        "bad.pub",
+        "-----BEGIN PUBLIC KEY-----\nnot base64 at all!\n-----END PUBLIC KEY-----\n",
+    );
+    let cfg = w("keys.toml", &format!("token-key = [\"k1={bad_pub}\"]\n"));
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: token-key:") && e.contains("not a usable ECDSA P-256 public key"),
+        "{e}"
+    );
+    let bad_priv = w("bad.pem", "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgt\n-----END PRIVATE KEY-----\n");
+    let e = run(&[
+        "token", "--key", &bad_priv, "--kid", "k", "--role", "listen", "--path", "/", "--ttl", "60",
+    ]);
+    assert!(e.contains("not a usable ECDSA P-256 private key"), "{e}");
+    let e = run(&[
+        "token",
+        "--key",
+        "/nonexistent/k",
+        "--kid",
+        "k",
+        "--role",
+        "listen",
+        "--path",
+        "/",
+        "--ttl",
+        "60",
+    ]);
+    assert!(
+        e.contains("/nonexistent/k: cannot read it (no such file)"),
+        "{e}"
+    );
+    let cert = w(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    let cfg = w(
+        "cert.toml",
+        &format!("cert = \"{cert}\"\nkey = \"{bad_priv}\"\n"),
+    );
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: cert:") && e.contains("not a valid PEM file"),
+        "{e}"
+    );
+    let cfg = w("type.toml", "segment-ms = \"500\"\n");
+    let e = run(&["check-config", &cfg]);
+    assert!(
+        e.contains("error: segment-ms:") && e.contains("a whole number"),
+        "{e}"
+    );
+    let e = run(&["check-config", "/nonexistent/node.toml"]);
+    assert!(e.contains("cannot read it (no such file)"), "{e}");
 }
 
 #[test]

@@ -236,6 +236,7 @@ fn the_token_matrix_over_quic_and_http_and_a_key_rotation() {
             "bad token signature",
             "401",
         ),
+        ("malformed", "garbage".to_string(), "malformed token", "401"),
     ];
     let mut refused = auth_refusals(&admin);
     for (case, tok, why, status) in &cases {
@@ -769,4 +770,119 @@ fn sighup_with_a_new_certificate_serves_it_to_newcomers_and_keeps_old_listeners(
     // The listener from before heard one unbroken run all along.
     assert!(early.wait_exit().success());
     assert_one_run(&before, &src_crcs, 250);
+}
+
+/// `quicast token` with `extra` flags: the token it prints.
+fn cli_token(key: &Path, extra: &[&str]) -> String {
+    let o = Command::new(BIN)
+        .args(["token", "--key", key.to_str().unwrap(), "--kid", "k1"])
+        .args(["--role", "listen", "--path", "paid/"])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A token's (nbf, exp), read from its claims.
+fn times(token: &str) -> (i64, i64) {
+    use base64::Engine as _;
+    let body = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    (v["nbf"].as_i64().unwrap(), v["exp"].as_i64().unwrap())
+}
+
+#[test]
+fn the_token_command_mints_not_yet_valid_and_expired_tokens_that_nodes_refuse() {
+    let work = tempfile::tempdir().unwrap();
+    let src = make_opus(work.path(), 3);
+    let keys = Keys::new();
+    let k1 = keys.secret("k1");
+    let cfg = origin_config(work.path(), &[("k1", &k1)]);
+    let c = certs();
+    let mut o = origin_node(
+        &c,
+        &["--config", cfg.to_str().unwrap(), "--http", "127.0.0.1:0"],
+    );
+    let http = o.http_addr();
+    let mut publisher = Proc::spawn(&[
+        "publish",
+        &o.url("paid/show"),
+        "--input",
+        src.to_str().unwrap(),
+        "--loop",
+        "--token",
+        &good(&k1, "k1", Grant::Publish, "paid/"),
+        "--fingerprint",
+        &c.fp,
+    ]);
+    publisher.wait_line("publishing");
+
+    let now = unix_now() as i64;
+    let later = cli_token(&k1, &["--not-before", "+1h", "--ttl", "3600"]);
+    let (nbf, exp) = times(&later);
+    assert!((nbf - (now + 3600)).abs() <= 5, "nbf {nbf}");
+    assert_eq!(exp, nbf + 3600, "--ttl counts from --not-before");
+    let expired = cli_token(&k1, &["--not-before", "-2h", "--expires", "-1h"]);
+    let (nbf, exp) = times(&expired);
+    assert!((nbf - (now - 7200)).abs() <= 5 && (exp - (now - 3600)).abs() <= 5);
+    let at = cli_token(
+        &k1,
+        &[
+            "--not-before",
+            "2030-01-01T00:00:00Z",
+            "--expires",
+            "2030-01-01T02:00:00+01:00",
+        ],
+    );
+    assert_eq!(times(&at), (1_893_456_000, 1_893_456_000 + 3600));
+    // A window that is open now, written both ways.
+    let open = cli_token(&k1, &["--not-before", "-1m", "--expires", "+10m"]);
+
+    let out = work.path().join("heard.opus");
+    for (case, tok, why) in [
+        ("not yet valid", &later, "token not valid yet"),
+        ("expired", &expired, "token expired"),
+    ] {
+        let (ok, heard, log) = quic_listen(&c, &o.url("paid/show"), tok, &out, 3);
+        assert!(!ok && heard == 0, "QUIC, {case}: let in");
+        assert!(log.contains(why), "QUIC, {case}: {log}");
+        let (code, body) = curl(&format!("http://{http}/paid/show.ogg?token={tok}"), &[], 5);
+        assert_eq!(code, "401", "HTTP, {case}");
+        assert!(String::from_utf8_lossy(&body).contains(why), "HTTP, {case}");
+    }
+    let (ok, heard, log) = quic_listen(&c, &o.url("paid/show"), &open, &out, 3);
+    assert!(ok && heard > 50, "a token open now: {heard}; {log}");
+
+    // What the command refuses, by flag.
+    let refuse = |extra: &[&str], says: &str| {
+        let o = Command::new(BIN)
+            .args(["token", "--key", k1.to_str().unwrap(), "--kid", "k1"])
+            .args(["--role", "listen", "--path", "paid/"])
+            .args(extra)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && e.contains(says), "{extra:?}: {e}");
+    };
+    refuse(
+        &["--not-before", "tomorrow", "--ttl", "60"],
+        "--not-before \"tomorrow\"",
+    );
+    refuse(&["--expires", "3600"], "give a unit");
+    refuse(
+        &["--not-before", "+2h", "--expires", "+1h"],
+        "before it starts",
+    );
+    refuse(&["--ttl", "60", "--expires", "+1h"], "cannot be used with");
+    refuse(&["--not-before", "+1h"], "--ttl");
 }

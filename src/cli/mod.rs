@@ -6,3 +6,6 @@ pub mod loadgen;
 mod loadgen_engine;
 pub mod loadgen_http;
 pub mod ops;
+pub mod output;
+
+pub use quicast::io_reason;

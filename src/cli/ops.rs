@@ -1,10 +1,11 @@
 //! The node's operations beyond running: its identity from the config, `check-config`,
 //! `token`, and the SIGHUP reload.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use quicast::node::config::{invalid, ConfigError};
-use quicast::node::{mint, Access, Claims, Grant};
+use quicast::node::{mint, parse_when, Access, Claims, Grant};
 use quicast::{Identity, NodeArgs, NodeConfig, QuicServer};
+use tracing::{info, warn};
 
 /// The server's identity: from `cert` and `key`, or generated.
 pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
@@ -18,14 +19,22 @@ pub fn identity(cfg: &NodeConfig) -> Result<Identity, ConfigError> {
 
 /// `quicast check-config FILE`: what `origin`/`relay --config FILE` would refuse at start.
 pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-    let cfg = NodeArgs::from_toml(&text, file)?.resolve();
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot read it ({})",
+            file.display(),
+            quicast::io_reason(&e)
+        )
+    })?;
+    let args = NodeArgs::from_toml(&text, file)?;
+    let cfg = args.clone().resolve();
     let relay = match role {
         None => cfg.is_relay(),
         Some("origin") => false,
         Some("relay") => true,
         Some(other) => bail!("--role is origin or relay, not {other:?}"),
     };
+    args.check_role(relay, Some(file))?;
     cfg.check(relay)?;
     // The files it names, read as start reads them: a missing, garbage or mismatched
     // certificate or key, or an unusable CA, is refused here, not by a service manager
@@ -49,19 +58,20 @@ pub fn check_config(file: &std::path::Path, role: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
-/// `quicast token`: one signed token on stdout.
+/// `quicast token`: one signed token on stdout, valid from `not_before` (default now) for
+/// `ttl` seconds or until `expires` (either may be in the past: a token a node refuses, to
+/// test that it does).
 pub fn mint_token(
     key: &std::path::Path,
     kid: &str,
     role: Grant,
     path: String,
-    ttl: u64,
+    ttl: Option<u64>,
+    not_before: Option<&str>,
+    expires: Option<&str>,
 ) -> anyhow::Result<()> {
     // No longer than a node takes (see `MAX_AHEAD_SECS`).
     const MAX_TTL: u64 = quicast::node::MAX_AHEAD_SECS;
-    if ttl == 0 || ttl > MAX_TTL {
-        bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
-    }
     // A stream, a prefix ending in /, or / alone for every stream.
     if path != "/" {
         let name = path.strip_prefix('/').unwrap_or(&path);
@@ -71,11 +81,44 @@ pub fn mint_token(
         })?;
     }
     let now = quicast::node::unix_now();
+    let when = |flag: &str, s: &str| -> anyhow::Result<i64> {
+        let t = parse_when(s, now).map_err(|e| anyhow::anyhow!("--{flag} {e}"))?;
+        if t < 0 {
+            bail!("--{flag} {s:?} is before 1970");
+        }
+        Ok(t)
+    };
+    let start = not_before.map(|s| when("not-before", s)).transpose()?;
+    let exp = match (ttl, expires) {
+        (Some(ttl), None) => {
+            if ttl == 0 || ttl > MAX_TTL {
+                bail!("--ttl must be between 1 and {MAX_TTL} seconds (ten years)");
+            }
+            start.unwrap_or(now as i64) + ttl as i64
+        }
+        (None, Some(s)) => when("expires", s)?,
+        // clap takes exactly one of them.
+        _ => bail!("give --ttl SECONDS or --expires WHEN"),
+    };
+    // From now; one that has expired already, from the start of time (no `nbf`).
+    let nbf = start.unwrap_or(if exp <= now as i64 { 0 } else { now as i64 });
+    if exp <= nbf {
+        bail!("it would expire ({exp}) before it starts (--not-before, {nbf}): no node would ever take it");
+    }
+    let horizon = (now + MAX_TTL) as i64;
+    if exp > horizon || nbf > horizon {
+        bail!("more than ten years ahead: a node refuses such a token (mint shorter ones, and rotate)");
+    }
+    if exp <= now as i64 {
+        warn!("this token has expired already: a node refuses it (`token expired`)");
+    } else if nbf > now as i64 {
+        info!("this token is not valid yet: until then a node refuses it (`token not valid yet`)");
+    }
     let claims = Claims {
         role,
         path,
-        exp: now + ttl,
-        nbf: now,
+        exp: exp as u64,
+        nbf: nbf as u64,
         kid: kid.to_string(),
     };
     let token = mint(key, kid, &claims).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -107,7 +150,7 @@ pub fn reload(
     node: &quicast::Node,
     server: &QuicServer,
 ) -> Result<String, ConfigError> {
-    let cfg = args.clone().load()?.resolve();
+    let cfg = args.clone().load(relay)?.resolve();
     cfg.check(relay)?;
     let access = Access::from_config(&cfg)?;
     // A generated certificate is kept: a new one would break every fingerprint pin.

@@ -22,7 +22,7 @@ pub use super::token::TokenKey;
 /// A configuration key that cannot be taken: which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read it: {error}")]
+    #[error("{path}: cannot read it ({})", crate::error::io_reason(.error))]
     Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -68,8 +68,40 @@ macro_rules! merge {
     };
 }
 
+/// Which nodes take a key: every node, or only an origin or only a relay (`for origin`,
+/// `for relay` after its default in `keys!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Any,
+    Origin,
+    Relay,
+}
+
+impl Role {
+    /// Whether a node of this kind (`relay` or not) takes the key.
+    pub fn takes(self, relay: bool) -> bool {
+        match self {
+            Role::Any => true,
+            Role::Origin => !relay,
+            Role::Relay => relay,
+        }
+    }
+}
+
+macro_rules! role_of {
+    () => {
+        Role::Any
+    };
+    (origin) => {
+        Role::Origin
+    };
+    (relay) => {
+        Role::Relay
+    };
+}
+
 macro_rules! keys {
-    ($( $(#[doc = $doc:literal])+ $field:ident : $mode:ident $ty:ty = $default:literal ; )*) => {
+    ($( $(#[doc = $doc:literal])+ $field:ident : $mode:ident $ty:ty = $default:literal $(for $role:ident)? ; )*) => {
         /// The node's settings as given: flags, or a file's keys, each maybe absent.
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct NodeArgs {
@@ -98,6 +130,9 @@ macro_rules! keys {
         /// Every key, as it is written in a file (kebab-case), with its doc.
         pub const KEYS: &[(&str, &str)] = &[ $( (stringify!($field), concat!($($doc),+)), )* ];
 
+        /// Every key (its field's name) and the nodes that take it.
+        pub const ROLES: &[(&str, Role)] = &[ $( (stringify!($field), role_of!($($role)?)), )* ];
+
         impl NodeArgs {
             /// The file's settings, overridden by the flags given.
             pub fn overridden_by(self, flags: NodeArgs) -> NodeArgs {
@@ -107,6 +142,13 @@ macro_rules! keys {
                 }
             }
 
+            /// The keys given (field names).
+            pub fn given(&self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( if self.$field.is_some() { v.push(stringify!($field)); } )*
+                v
+            }
+
             /// Every key given, over the defaults.
             pub fn resolve(self) -> NodeConfig {
                 let d = NodeConfig::default();
@@ -114,25 +156,36 @@ macro_rules! keys {
             }
 
             /// The settings of a TOML file; an unknown key or a bad value is refused by name.
+            /// A TOML syntax error names the file, line and column (and the key of that line);
+            /// a bad key or value names the key, and where it is.
             pub fn from_toml(text: &str, path: &Path) -> Result<NodeArgs, ConfigError> {
-                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: e.message().to_string(),
-                })?;
+                let table: std::collections::BTreeMap<String, toml::Spanned<toml::Value>> =
+                    toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+                // In the file's order: the first wrong key is the one reported.
+                let mut entries: Vec<_> = table.into_iter().collect();
+                entries.sort_by_key(|(_, v)| v.span().start);
                 let mut args = NodeArgs::default();
-                for (key, value) in table {
+                for (key, value) in entries {
+                    let (line, col) = line_col(text, value.span().start);
+                    let at = format!("{}:{line}:{col}", path.display());
                     let field = key.replace('-', "_");
                     let known = !key.contains('_') && KEYS.iter().any(|(k, _)| *k == field);
                     if !known {
                         return Err(invalid(&key, format!(
-                            "unknown key in {} (see `quicast relay --help` for the keys)",
-                            path.display()
+                            "unknown key ({at}; see `quicast origin --help` and `quicast relay --help` for the keys)"
                         )));
                     }
+                    let value = value.into_inner();
                     $(
                         if field == stringify!($field) {
+                            let is_list = matches!(stringify!($mode), "list");
+                            if is_list && !value.is_array() {
+                                return Err(invalid(&key, format!(
+                                    "a list, written [\"...\", \"...\"] ({at})"
+                                )));
+                            }
                             args.$field = Some(value.try_into().map_err(|e: toml::de::Error| {
-                                invalid(&key, e.message().trim().to_string())
+                                invalid(&key, format!("{} ({at})", e.message().trim()))
                             })?);
                             continue;
                         }
@@ -142,6 +195,43 @@ macro_rules! keys {
             }
         }
     };
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// A TOML syntax error: the file, line and column, what is wrong, and the key of that line
+/// when it has one.
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().trim_end_matches('.').to_string();
+    let Some(span) = e.span() else {
+        return ConfigError::Parse {
+            path: path.display().to_string(),
+            message: format!("not valid TOML: {message}"),
+        };
+    };
+    let (line, col) = line_col(text, span.start);
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ConfigError::Parse {
+        path: format!("{}:{line}:{col}", path.display()),
+        message: match key {
+            Some(k) => format!("not valid TOML, at key `{k}`: {message}"),
+            None => format!("not valid TOML: {message}"),
+        },
+    }
 }
 
 /// A key's help: its doc as one paragraph, and its default when it has one.
@@ -165,15 +255,15 @@ keys! {
     /// UDP address to serve QUIC on.
     listen: one SocketAddr = "127.0.0.1:4433";
     /// Parent node, quic://HOST:PORT (repeat, in priority order). Makes this node a relay.
-    upstream: list Vec<QuicUrl> = "";
+    upstream: list Vec<QuicUrl> = "" for relay;
     /// TLS certificate chain (PEM). Without cert and key a self-signed one is generated.
     cert: opt PathBuf = "";
     /// TLS private key (PEM).
     key: opt PathBuf = "";
     /// CA certificate(s) (PEM) to trust for parents.
-    ca: opt PathBuf = "";
+    ca: opt PathBuf = "" for relay;
     /// SHA-256 fingerprint of a parent's certificate to pin (repeat for several parents).
-    fingerprint: list Vec<Fingerprint> = "";
+    fingerprint: list Vec<Fingerprint> = "" for relay;
     /// TCP address for HTTP: listeners (GET /STREAM.ogg, the page at /) and, on an origin,
     /// Icecast sources (PUT or SOURCE /STREAM). Off unless given.
     http: opt SocketAddr = "";
@@ -182,7 +272,7 @@ keys! {
     admin: opt SocketAddr = "";
     /// Password Icecast sources give as basic auth `source:PASSWORD` (origin). Without it,
     /// HTTP ingest is off.
-    source_password: opt Secret = "";
+    source_password: opt Secret = "" for origin;
     /// Seconds an HTTP listener may wait for a stream that has not started, then 404.
     http_wait_secs: one Secs<0, 3600> = "30";
     /// How often an HTTP Ogg listener's socket is written, in ms: the pages of the
@@ -197,7 +287,7 @@ keys! {
     /// one segment.
     http_burst_ms: one Millis<0, 30000> = "6000";
     /// Token publishers must present (origin). Without one, anyone may publish.
-    publish_token: opt Secret = "";
+    publish_token: opt Secret = "" for origin;
     /// A key signed tokens are checked with, KID=FILE (repeat: several at once let keys
     /// rotate): an HMAC-SHA256 secret (at least 32 bytes) or an ECDSA P-256 public key (PEM,
     /// ES256). With keys, publishers and child relays need a signed token. Re-read on SIGHUP.
@@ -207,7 +297,7 @@ keys! {
     listen_policy: list Vec<ListenRule> = "";
     /// File holding the relay token (role relay) this relay presents to its parents; read
     /// at each connection to a parent, so a new one is taken without a restart.
-    relay_token: opt PathBuf = "";
+    relay_token: opt PathBuf = "" for relay;
     /// Target segment duration in milliseconds (origin).
     segment_ms: one Millis<20, 10_000> = "1000";
     /// Delivery interval in ms (origin), fixed for every stream: listeners are sent new
@@ -260,16 +350,16 @@ keys! {
     unannounced_wait_secs: one Secs<0, 604_800> = "30";
     /// A publisher or source that sends no audio for this many ms is lost: its grace
     /// period starts.
-    source_timeout_ms: one Millis<100, 600_000> = "3000";
+    source_timeout_ms: one Millis<100, 600_000> = "3000" for origin;
     /// How far ahead of real time an Icecast source may send, in ms (origin): its audio is
     /// taken no faster than the wall clock since it began plus this much (an encoder's
     /// start-up burst, a network's hiccup); beyond, it is not read until due (TCP holds it
     /// back), never dropped. 0: not ahead at all.
-    source_burst_ms: one Millis<0, 600_000> = "5000";
+    source_burst_ms: one Millis<0, 600_000> = "5000" for origin;
     /// Seconds a relay keeps an upstream subscription after its last subscriber left.
-    linger_secs: one Secs<0, 3600> = "5";
+    linger_secs: one Secs<0, 3600> = "5" for relay;
     /// Seconds an origin waits for a lost publisher to come back before ending the stream.
-    publisher_grace_secs: one Secs<0, 3600> = "10";
+    publisher_grace_secs: one Secs<0, 3600> = "10" for origin;
     /// Most connections served at once, QUIC and HTTP together.
     max_connections: one Count<1, 10_000_000> = "100000";
     /// QUIC connections one IP address may hold with nothing to do (no subscription, no
@@ -301,26 +391,26 @@ keys! {
     /// thread by connection ID [default: one per core the process may run on].
     quic_threads: opt Count<1, 255> = "";
     /// How long a relay waits for a parent's handshake before trying the next, in ms.
-    connect_timeout_ms: one Millis<100, 60_000> = "3000";
+    connect_timeout_ms: one Millis<100, 60_000> = "3000" for relay;
     /// How long a client may take to open its control stream and say hello, in ms.
     hello_timeout_ms: one Millis<100, 60_000> = "10000";
     /// How long a relay's parent has to say a name is live before the relay counts it as
     /// a waiting room, in ms.
-    probe_ms: one Millis<0, 60_000> = "2000";
+    probe_ms: one Millis<0, 60_000> = "2000" for relay;
     /// Seconds a relay remembers that its parent refused a name (not found, overloaded).
-    refusal_memory_secs: one Secs<0, 3600> = "5";
+    refusal_memory_secs: one Secs<0, 3600> = "5" for relay;
     /// How a relay picks each stream's parent: `hash` (rendezvous hashing of the stream's
     /// name over the parents: every relay with the same parents picks the same one for a
     /// stream, the same fallbacks after it, and a tier's streams spread over its nodes),
     /// `ordered` (the first parent listed that is up), or `auto` (hash with two parents or
     /// more).
-    parent_choice: one ParentChoice = "auto";
+    parent_choice: one ParentChoice = "auto" for relay;
     /// Keep a standby subscription on each stream's second parent, merged by position, so
     /// that losing a parent costs no stall (one more upstream subscription per stream):
     /// `on`, `off`, or `auto` (on with two parents or more).
-    hedge: one Switch = "auto";
+    hedge: one Switch = "auto" for relay;
     /// A parent that sends nothing (no audio, no keep-alive) for this long is lost, in ms.
-    parent_timeout_ms: one Millis<50, 60_000> = "300";
+    parent_timeout_ms: one Millis<50, 60_000> = "300" for relay;
     /// On SIGTERM: how long to wait for listeners and child relays to move (told to go away,
     /// and to the alternates) before closing, in seconds.
     drain_secs: one Secs<0, 3600> = "10";
@@ -329,8 +419,10 @@ keys! {
 }
 
 impl NodeArgs {
-    /// The file named by `--config` (if any), overridden by the flags given.
-    pub fn load(self) -> Result<NodeArgs, ConfigError> {
+    /// The file named by `--config` (if any), overridden by the flags given; a key the role
+    /// (`relay` or an origin) does not take is refused, as a flag or in the file.
+    pub fn load(self, relay: bool) -> Result<NodeArgs, ConfigError> {
+        self.check_role(relay, None)?;
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -339,7 +431,34 @@ impl NodeArgs {
             error: e,
         })?;
         let file = NodeArgs::from_toml(&text, &path)?;
+        file.check_role(relay, Some(&path))?;
         Ok(file.overridden_by(self))
+    }
+
+    /// Refuses a key given that only the other role takes, naming it as it was given: the
+    /// flag (`file` None), or the key in `file`.
+    pub fn check_role(&self, relay: bool, file: Option<&Path>) -> Result<(), ConfigError> {
+        for field in self.given() {
+            let role = ROLES
+                .iter()
+                .find(|(k, _)| *k == field)
+                .map_or(Role::Any, |(_, r)| *r);
+            if role.takes(relay) {
+                continue;
+            }
+            let key = field.replace('_', "-");
+            let (name, place) = match file {
+                None => (format!("--{key}"), String::new()),
+                Some(p) => (key, format!(" (in {})", p.display())),
+            };
+            let why = if relay {
+                "only an origin takes this; a relay takes no publishers or sources, its streams come from its parents (see `quicast relay --help`)"
+            } else {
+                "only a relay takes this; an origin has no parents (did you mean `quicast relay`? see `quicast origin --help`)"
+            };
+            return Err(invalid(&name, format!("{why}{place}")));
+        }
+        Ok(())
     }
 }
 
@@ -434,8 +553,16 @@ impl NodeConfig {
 
 /// The relay token in `file`: its one line, bounded; refused naming `relay-token`.
 pub fn read_relay_token(file: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read(file)
-        .map_err(|e| invalid("relay-token", format!("{}: {e}", file.display())))?;
+    let text = std::fs::read(file).map_err(|e| {
+        invalid(
+            "relay-token",
+            format!(
+                "{}: cannot read it ({})",
+                file.display(),
+                crate::error::io_reason(&e)
+            ),
+        )
+    })?;
     let t = String::from_utf8_lossy(&text).trim().to_string();
     if t.is_empty() || t.len() > super::token::MAX_TOKEN || t.contains(char::is_whitespace) {
         return Err(invalid(
@@ -497,7 +624,7 @@ macro_rules! bounded {
 
         impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for $t<LO, HI> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let v = i64::deserialize(d)?;
+                let v = d.deserialize_i64(WholeNumber)?;
                 let v = u64::try_from(v)
                     .map_err(|_| serde::de::Error::custom(format!("{v} is negative")))?;
                 Self::checked(v).map_err(serde::de::Error::custom)
@@ -516,6 +643,22 @@ macro_rules! bounded {
             }
         }
     };
+}
+
+/// A TOML integer, or the words for what else was given ("expected a whole number").
+struct WholeNumber;
+
+impl<'de> serde::de::Visitor<'de> for WholeNumber {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+    }
 }
 
 bounded!(Secs, " s");
@@ -772,6 +915,63 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_names_the_file_line_column_and_key() {
+        let e = parse("listen = \"127.0.0.1:1\"\nsegment-ms = 500\nhttp = \"127.0.0.1:80\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.toml:3:"), "{e}");
+        assert!(e.contains("at key `http`"), "{e}");
+        let e = parse("segment-ms = 500\nsegment-ms 600\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.toml:2:"), "{e}");
+        let e = parse("segment-ms = 500\n[oops\n").unwrap_err().to_string();
+        assert!(e.starts_with("node.toml:2:"), "{e}");
+        // A bad value: the key first, and where it is.
+        let e = parse("listen = \"127.0.0.1:1\"\nsegment-ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("segment-ms: ") && e.ends_with("(node.toml:2:14)"),
+            "{e}"
+        );
+        let e = parse("segment-ms = \"500\"\n").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number"), "{e}");
+        assert!(!e.contains("i64"), "{e}");
+        let e = parse("upstream = \"quic://a:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("upstream: a list"), "{e}");
+        assert!(!e.contains("sequence"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_the_other_role_is_refused_as_a_flag_and_in_a_file() {
+        let file = parse("hedge = \"on\"\nsegment-ms = 500\n").unwrap();
+        let e = file
+            .check_role(false, Some(Path::new("node.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("hedge: only a relay takes this"), "{e}");
+        assert!(e.contains("node.toml"), "{e}");
+        file.check_role(true, Some(Path::new("node.toml"))).unwrap();
+        let flags = NodeArgs {
+            publisher_grace_secs: Some(Secs::new(5)),
+            ..Default::default()
+        };
+        let e = flags.check_role(true, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--publisher-grace-secs: only an origin takes this"),
+            "{e}"
+        );
+        flags.check_role(false, None).unwrap();
+        // Keys of every node pass both.
+        let both = parse("listen = \"127.0.0.1:1\"\ncache-mib = 64\n").unwrap();
+        both.check_role(true, None).unwrap();
+        both.check_role(false, None).unwrap();
+    }
+
+    #[test]
     fn flags_win_over_file() {
         let file =
             parse("listen = \"127.0.0.1:1000\"\nsegment-ms = 500\nupstream = [\"quic://a:1\"]\n")
@@ -842,7 +1042,9 @@ mod tests {
                     .replace("/etc/quicast/", &etc);
                 let a = NodeArgs::from_toml(&text, &p)
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                let c = a.resolve();
+                let c = a.clone().resolve();
+                a.check_role(c.is_relay(), Some(&p))
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 c.check(c.is_relay())
                     .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 // A shared publish secret beside token keys is a second way in: the

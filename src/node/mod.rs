@@ -45,7 +45,7 @@ pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc};
 pub use stats::{Stats, Timings};
 pub use token::{
-    mint, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_AHEAD_SECS, MAX_TOKEN,
+    mint, parse_when, unix_now, Claims, Grant, KeySet, Refusal, TokenKey, MAX_AHEAD_SECS, MAX_TOKEN,
 };
 
 pub(crate) use logs::{Logs, PEER_MISTAKES};

@@ -185,7 +185,14 @@ pub fn check_kid(kid: &str) -> Result<(), String> {
 
 /// A key file's contents, bounded.
 fn read_key(file: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let unreadable = |e: std::io::Error| {
+        format!(
+            "{}: cannot read it ({})",
+            file.display(),
+            crate::error::io_reason(&e)
+        )
+    };
+    let meta = std::fs::metadata(file).map_err(unreadable)?;
     if meta.len() > MAX_KEY_FILE {
         return Err(format!(
             "{}: {} bytes is too large for a key",
@@ -193,7 +200,7 @@ fn read_key(file: &Path) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
-    std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))
+    std::fs::read(file).map_err(unreadable)
 }
 
 /// An HMAC secret: the file's bytes without trailing whitespace (a newline an editor or
@@ -241,9 +248,13 @@ impl KeySet {
             let bytes = read_key(&k.file).map_err(|e| invalid("token-key", e))?;
             let key = if is_pem(&bytes, "PUBLIC KEY") {
                 let key = DecodingKey::from_ec_pem(&bytes).map_err(|e| {
+                    tracing::debug!(file = %k.file.display(), "token key not read: {e}");
                     invalid(
                         "token-key",
-                        format!("{}: not an ECDSA P-256 public key: {e}", k.file.display()),
+                        format!(
+                            "{}: not a usable ECDSA P-256 public key (a PEM `BEGIN PUBLIC KEY`, as `openssl pkey -pubout` writes it)",
+                            k.file.display()
+                        ),
                     )
                 })?;
                 (Algorithm::ES256, key)
@@ -306,9 +317,15 @@ impl KeySet {
                 token.len()
             )));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if token.split('.').count() != 3 {
+            return Err(Refusal::Malformed(
+                "not a JWT (three base64url parts joined by dots)".into(),
+            ));
+        }
+        // The header read on its own first: `crit`, and an algorithm named in words.
         refuse_critical(token)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Malformed(unreadable(&e)))?;
         let kid = header.kid.unwrap_or_default();
         let (alg, key) = self
             .keys
@@ -328,7 +345,7 @@ impl KeySet {
         let mut claims = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::BadSignature,
-                _ => Refusal::Malformed(e.to_string()),
+                _ => Refusal::Malformed(unreadable(&e)),
             })?
             .claims;
         if claims.path.is_empty() {
@@ -353,9 +370,40 @@ fn refuse_critical(token: &str) -> Result<(), Refusal> {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or_else(|| Refusal::Malformed("its header is not a JSON object".into()))?;
-    match fields.get("crit") {
-        Some(crit) => Err(Refusal::Critical(crit.to_string())),
-        None => Ok(()),
+    if let Some(crit) = fields.get("crit") {
+        return Err(Refusal::Critical(crit.to_string()));
+    }
+    match fields.get("alg").and_then(|a| a.as_str()) {
+        Some("HS256" | "ES256") => Ok(()),
+        Some(alg) => Err(Refusal::Malformed(format!(
+            "signed with {alg:?}; quicast takes HS256 or ES256"
+        ))),
+        None => Err(Refusal::Malformed("its header names no algorithm".into())),
+    }
+}
+
+/// Why a token could not be read, in words (the library's detail at debug level).
+fn unreadable(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    tracing::debug!("token not read: {e}");
+    match e.kind() {
+        K::InvalidToken => "not a JWT (three base64url parts joined by dots)".into(),
+        K::Base64(_) => "a part of it is not base64url".into(),
+        K::Utf8(_) => "a part of it is not UTF-8 text".into(),
+        K::Json(j) => {
+            let text = j.to_string();
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
+                Some(claim) => format!("no `{claim}` claim"),
+                None => "its claims are not quicast's: role (publish, listen or relay), path, and exp and nbf in Unix seconds".into(),
+            }
+        }
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+            "signed with an algorithm quicast does not take (HS256 or ES256)".into()
+        }
+        _ => "not a token quicast can read".into(),
     }
 }
 
@@ -377,6 +425,106 @@ pub fn check_times(claims: &Claims, now: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A moment as `quicast token` takes it (`--not-before`, `--expires`), in Unix seconds: an
+/// RFC 3339 time (`2026-12-24T18:00:00Z`, `2026-12-24T19:00:00+01:00`), or a duration from
+/// `now`, before or after it (`+1h`, `-30m`, `90s`, `2d`: s, m, h or d).
+pub fn parse_when(s: &str, now: u64) -> Result<i64, String> {
+    let s = s.trim();
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let relative = unsigned.starts_with(|c: char| c.is_ascii_digit())
+        && unsigned.bytes().all(|b| b.is_ascii_alphanumeric());
+    if relative {
+        let (sign, rest) = match s.strip_prefix('-') {
+            Some(r) => (-1, r),
+            None => (1, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let unit_at = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (n, unit) = rest.split_at(unit_at);
+        let scale: i64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "" => return Err(format!("{s:?}: give a unit, s, m, h or d (e.g. +1h, -30m)")),
+            _ => return Err(format!("{s:?}: the unit is s, m, h or d (e.g. +1h, -30m)")),
+        };
+        let n: i64 = n
+            .parse()
+            .ok()
+            .filter(|n| *n <= 100 * 366 * 86_400)
+            .ok_or_else(|| format!("{s:?}: not a number of {unit} this side of a century"))?;
+        return Ok(now as i64 + sign * n * scale);
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("{s:?}: not a time (RFC 3339, e.g. 2026-12-24T18:00:00Z) nor a duration from now (e.g. +1h, -30m)")
+    })
+}
+
+/// Unix seconds of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`, maybe a fraction (dropped),
+/// then `Z` or `+HH:MM` / `-HH:MM`.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = s.get(from..from + len)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let days_in = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (oh, om) = (num(s.len() - 5, 2)?, num(s.len() - 2, 2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to y-mo-d (proleptic Gregorian; Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -391,8 +539,9 @@ pub fn mint(key_file: &Path, kid: &str, claims: &Claims) -> Result<String, Strin
     let bytes = read_key(key_file)?;
     let (alg, key) = if is_pem(&bytes, "PRIVATE KEY") || is_pem(&bytes, "EC PRIVATE KEY") {
         let key = EncodingKey::from_ec_pem(&bytes).map_err(|e| {
+            tracing::debug!(file = %key_file.display(), "signing key not read: {e}");
             format!(
-                "{}: not an ECDSA P-256 private key (PKCS#8 PEM): {e}",
+                "{}: not a usable ECDSA P-256 private key (PKCS#8 PEM, as `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes it)",
                 key_file.display()
             )
         })?;
@@ -410,7 +559,18 @@ pub fn mint(key_file: &Path, kid: &str, claims: &Claims) -> Result<String, Strin
     };
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_string());
-    let token = jsonwebtoken::encode(&header, claims, &key).map_err(|e| e.to_string())?;
+    let token = jsonwebtoken::encode(&header, claims, &key).map_err(|e| {
+        tracing::debug!(file = %key_file.display(), "signing failed: {e}");
+        format!(
+            "{}: cannot sign with this key ({alg:?} needs {})",
+            key_file.display(),
+            if alg == Algorithm::ES256 {
+                "an ECDSA P-256 private key"
+            } else {
+                "an HMAC secret"
+            }
+        )
+    })?;
     if token.len() > MAX_TOKEN {
         return Err(format!(
             "the token is {} bytes, more than a peer may present ({MAX_TOKEN}): use a shorter path or key id",
@@ -580,6 +740,137 @@ mod tests {
         // Whatever it lists, even nothing.
         let t = signed(serde_json::json!({"alg": "HS256", "kid": "k1", "crit": []}));
         assert!(matches!(keys.verify(&t, now), Err(Refusal::Critical(_))));
+    }
+
+    #[test]
+    fn unreadable_tokens_and_keys_are_refused_in_words_not_the_library_s() {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = hmac_file(dir.path(), "k1", &"a".repeat(40));
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = dir.path().join("ec.pem");
+        std::fs::write(&private, pair.serialize_pem()).unwrap();
+        let public = dir.path().join("ec.pub.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let keys = KeySet::load(&[
+            TokenKey::from_str(&format!("k1={}", k1.display())).unwrap(),
+            TokenKey::from_str(&format!("ec={}", public.display())).unwrap(),
+        ])
+        .unwrap();
+        let now = unix_now();
+        let good = mint(&k1, "k1", &claims(Grant::Listen, "/", now + 60, 0)).unwrap();
+        let (_, rest) = good.split_once('.').unwrap();
+        // An ES256 token whose last character changed: bits past the signature's end (the
+        // base64 crate's "Invalid last symbol 116").
+        let mangled = {
+            let t = mint(&private, "ec", &claims(Grant::Listen, "/", now + 60, 0)).unwrap();
+            let last = if t.ends_with('t') { 'v' } else { 't' };
+            format!("{}{last}", &t[..t.len() - 1])
+        };
+        let none_alg = format!("{}.{rest}", b64(r#"{"alg":"none","kid":"k1"}"#));
+        let hs512 = format!("{}.{rest}", b64(r#"{"alg":"HS512","kid":"k1"}"#));
+        let no_role = {
+            let body = b64(&format!(r#"{{"path":"/","exp":{}}}"#, now + 60));
+            let head = good.split('.').next().unwrap();
+            let msg = format!("{head}.{body}");
+            let key = EncodingKey::from_secret("a".repeat(40).as_bytes());
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        for (token, says) in [
+            ("garbage", "not a JWT"),
+            ("a.b", "not a JWT"),
+            // Its last character changed: bits past the signature's end (the base64
+            // crate's "Invalid last symbol 116").
+            (&mangled as &str, "not base64url"),
+            (
+                &format!("{}.x.y", b64(r#"{"alg":"ES256","kid":"ec"}"#)) as &str,
+                "not base64url",
+            ),
+            ("x.y.z", "header is not a JSON object"),
+            (
+                &none_alg,
+                "signed with \"none\"; quicast takes HS256 or ES256",
+            ),
+            (
+                &hs512,
+                "signed with \"HS512\"; quicast takes HS256 or ES256",
+            ),
+            (&no_role, "no `role` claim"),
+        ] {
+            let e = keys.verify(token, now).unwrap_err();
+            assert!(matches!(e, Refusal::Malformed(_)), "{token}: {e}");
+            let e = e.to_string();
+            assert!(
+                e.starts_with("malformed token: ") && e.contains(says),
+                "{token}: {e}"
+            );
+            for leak in ["Base64", "Json", "symbol", "expected one of", "variant"] {
+                assert!(!e.contains(leak), "{token}: {e}");
+            }
+        }
+        // A public key file that is not one, a private key that cannot sign.
+        let bad_pub = dir.path().join("bad.pub");
+        std::fs::write(
+            &bad_pub,
+            "-----BEGIN PUBLIC KEY-----\nnot base64 at all!\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let e = KeySet::load(&[TokenKey::from_str(&format!("k={}", bad_pub.display())).unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("token-key: ") && e.contains("not a usable ECDSA P-256 public key"),
+            "{e}"
+        );
+        let bad_priv = dir.path().join("bad.pem");
+        std::fs::write(&bad_priv, "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgt\n-----END PRIVATE KEY-----\n").unwrap();
+        let e = mint(&bad_priv, "k", &claims(Grant::Listen, "/", now + 60, 0)).unwrap_err();
+        assert!(e.contains("not a usable ECDSA P-256 private key"), "{e}");
+        let e = mint(
+            &dir.path().join("absent"),
+            "k",
+            &claims(Grant::Listen, "/", now + 60, 0),
+        )
+        .unwrap_err();
+        assert!(e.ends_with("cannot read it (no such file)"), "{e}");
+        assert!(!e.contains("os error"), "{e}");
+    }
+
+    #[test]
+    fn token_times_parse_as_rfc3339_or_a_duration_from_now() {
+        let now = 1_000_000;
+        assert_eq!(parse_when("+1h", now), Ok(1_003_600));
+        assert_eq!(parse_when("-30m", now), Ok(998_200));
+        assert_eq!(parse_when("90s", now), Ok(1_000_090));
+        assert_eq!(parse_when("2d", now), Ok(1_172_800));
+        assert_eq!(parse_when("1970-01-01T00:00:00Z", now), Ok(0));
+        // `date -u -d 2026-12-24T18:00:00Z +%s`
+        assert_eq!(parse_when("2026-12-24T18:00:00Z", now), Ok(1_798_135_200));
+        assert_eq!(
+            parse_when("2026-12-24T19:00:00.250+01:00", now),
+            Ok(1_798_135_200)
+        );
+        assert_eq!(
+            parse_when("2024-02-29T00:00:00-02:30", now),
+            Ok(1_709_173_800)
+        );
+        for bad in [
+            "",
+            "1h30m",
+            "3600",
+            "+1w",
+            "tomorrow",
+            "2026-02-30T00:00:00Z",
+            "2026-12-24T18:00:00",
+            "2026-12-24T18:00:00+1",
+            "2026-13-01T00:00:00Z",
+            "+99999999999d",
+        ] {
+            let e = parse_when(bad, now).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

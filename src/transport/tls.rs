@@ -65,8 +65,17 @@ fn file_error(key: &'static str, path: &Path, problem: impl Into<String>) -> Fil
     }
 }
 
+/// A PEM file that cannot be read as one.
+const BAD_PEM: &str = "not a valid PEM file (a BEGIN/END section is damaged or cut short)";
+
 fn read_file(key: &'static str, path: &Path) -> std::result::Result<Vec<u8>, FileError> {
-    std::fs::read(path).map_err(|e| file_error(key, path, format!("cannot read it: {e}")))
+    std::fs::read(path).map_err(|e| {
+        file_error(
+            key,
+            path,
+            format!("cannot read it ({})", crate::error::io_reason(&e)),
+        )
+    })
 }
 
 /// The certificates of a PEM file (at least one), each checked to be a certificate.
@@ -77,17 +86,21 @@ fn read_certs(
     let pem = read_file(key, path)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| file_error(key, path, format!("not a valid PEM file: {e}")))?;
+        .map_err(|e| {
+            tracing::debug!(file = %path.display(), "PEM not read: {e}");
+            file_error(key, path, BAD_PEM)
+        })?;
     if certs.is_empty() {
         return Err(file_error(key, path, "no CERTIFICATE in this PEM file"));
     }
     for (i, c) in certs.iter().enumerate() {
         rustls::server::ParsedCertificate::try_from(c).map_err(|e| {
+            tracing::debug!(file = %path.display(), "certificate {} not parsed: {e}", i + 1);
             file_error(
                 key,
                 path,
                 format!(
-                    "certificate {} is not a valid X.509 certificate: {e}",
+                    "certificate {} in it is not a valid X.509 certificate",
                     i + 1
                 ),
             )
@@ -154,16 +167,20 @@ impl Identity {
                 ))
             }
             Ok(None) => return Err(file_error("key", key, "no PRIVATE KEY in this PEM file")),
-            Err(e) => return Err(file_error("key", key, format!("not a valid PEM file: {e}"))),
+            Err(e) => {
+                tracing::debug!(file = %key.display(), "PEM not read: {e}");
+                return Err(file_error("key", key, BAD_PEM));
+            }
         };
         let signing = provider()
             .key_provider
             .load_private_key(der.clone_key())
             .map_err(|e| {
+                tracing::debug!(file = %key.display(), "private key not usable: {e}");
                 file_error(
                     "key",
                     key,
-                    format!("unusable private key ({e}): quicast takes ECDSA P-256 or P-384, Ed25519, or RSA of 2048 bits or more"),
+                    "unusable private key: quicast takes ECDSA P-256 or P-384, Ed25519, or RSA of 2048 bits or more",
                 )
             })?;
         match rustls::sign::CertifiedKey::new(certs.clone(), signing).keys_match() {
@@ -178,7 +195,14 @@ impl Identity {
                     ),
                 ))
             }
-            Err(e) => return Err(file_error("cert", cert, e.to_string())),
+            Err(e) => {
+                tracing::debug!(file = %cert.display(), "key not checked against the certificate: {e}");
+                return Err(file_error(
+                    "cert",
+                    cert,
+                    "cannot check that the key belongs to this certificate",
+                ));
+            }
         }
         let fingerprint = sha256_hex(&certs[0]);
         Ok(Identity {
@@ -203,10 +227,15 @@ impl Trust {
     pub fn from_ca_file(path: &Path) -> std::result::Result<Trust, FileError> {
         let certs = read_certs("ca", path)?;
         let mut roots = rustls::RootCertStore::empty();
-        for c in &certs {
-            roots
-                .add(c.clone())
-                .map_err(|e| file_error("ca", path, format!("not a usable CA certificate: {e}")))?;
+        for (i, c) in certs.iter().enumerate() {
+            roots.add(c.clone()).map_err(|e| {
+                tracing::debug!(file = %path.display(), "CA certificate {} not taken: {e}", i + 1);
+                file_error(
+                    "ca",
+                    path,
+                    format!("certificate {} in it cannot serve as a CA", i + 1),
+                )
+            })?;
         }
         Ok(Trust::Ca(certs))
     }
