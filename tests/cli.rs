@@ -771,7 +771,11 @@ fn check_config_passes_every_example_and_names_the_key_of_a_broken_file() {
         );
         // A relay with no token key is told it will refuse protected streams' listeners.
         let keyless_relay = first.ends_with("ok (relay)") && !text.contains("token-key");
-        assert_eq!(said.contains("note: this relay has no token-key"), keyless_relay, "{said}");
+        assert_eq!(
+            said.contains("note: this relay has no token-key"),
+            keyless_relay,
+            "{said}"
+        );
     }
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();

@@ -345,8 +345,9 @@ fn sighup(n: &Node) {
 /// Issue 26, 1: a stream's access rule travels with it. The origin says `paid/` needs a
 /// token signed with its key `k1`; relays whose own configuration says nothing of it (no
 /// listen policy; one with no key at all) still refuse listeners without a good token, over
-/// QUIC, Ogg and HLS. A relay with no key fails closed, and says so as it starts; a token
-/// signed with a key the relay holds but the origin does not name is refused.
+/// QUIC, Ogg and HLS. A relay with no key fails closed (its listeners and the relays below
+/// it are refused the stream) and says so as it starts; a token signed with a key the
+/// relay holds but the origin does not name is refused.
 #[test]
 fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
     let work = tempfile::tempdir().unwrap();
@@ -451,7 +452,25 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
     assert!(!ok && heard == 0 && log.contains("no token key"), "{log}");
 
     // Edges with the key and no policy: the origin's rule holds, through a keyless mid too.
-    for (edge, h) in [(&below, &below_http), (&keyed, &keyed_http)] {
+    // Under the keyless mid: it cannot check that whoever says "relay" is one, so it
+    // hands the protected stream to no relay either; the edge's listeners are told why.
+    let (code, body) = curl(
+        &format!("http://{below_http}/paid/show.ogg?token={listen_tok}"),
+        &[],
+        10,
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        code == "403" && body.contains("no token key"),
+        "{code} {body}"
+    );
+    let (_, body) = curl(&format!("http://{below_http}/free/news.ogg"), &[], 2);
+    assert!(
+        body.starts_with(b"OggS"),
+        "the public stream still plays below it"
+    );
+
+    for (edge, h) in [(&keyed, &keyed_http)] {
         let (code, body) = curl(&format!("http://{h}/paid/show.ogg"), &[], 10);
         assert_eq!(code, "401", "{}", String::from_utf8_lossy(&body));
         let (code, body) = curl(&format!("http://{h}/paid/show.m3u8"), &[], 10);
@@ -483,23 +502,29 @@ fn a_protected_stream_stays_protected_on_relays_whose_config_forgot_it() {
 
     // /streams says who may listen, the broadcast's start at the origin and the interval
     // its listeners are sent frames at (a relay passes on its parent's), alike on every node.
-    let started: Vec<String> = [&origin_http, &keyless_http, &below_http, &keyed_http]
-        .iter()
-        .map(|h| {
-            let (_, body) = curl(&format!("http://{h}/streams"), &[], 5);
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let s = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["name"] == "paid/show")
-                .unwrap_or_else(|| panic!("paid/show in {v}"));
-            assert_eq!(s["access"], "token", "{s}");
-            format!("{} {}", s["started_at"], s["delivery_interval_ms"])
-        })
-        .collect();
-    assert!(started.iter().all(|s| *s == started[0]), "{started:?}");
-    assert!(!started[0].ends_with(" 0"), "{started:?}");
+    let started: Vec<(serde_json::Value, serde_json::Value)> =
+        [&origin_http, &keyless_http, &below_http, &keyed_http]
+            .iter()
+            .map(|h| {
+                let (_, body) = curl(&format!("http://{h}/streams"), &[], 5);
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let s = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == "paid/show")
+                    .unwrap_or_else(|| panic!("paid/show in {v}"));
+                assert_eq!(s["access"], "token", "{s}");
+                (s["started_at"].clone(), s["delivery_interval_ms"].clone())
+            })
+            .collect();
+    assert!(started.iter().all(|s| s.0 == started[0].0), "{started:?}");
+    // Where it is carried (the origin, the edge with its key): the same interval.
+    let (o_iv, keyed_iv) = (&started[0].1, &started[3].1);
+    assert!(
+        o_iv.as_u64().unwrap() > 0 && o_iv == keyed_iv,
+        "{started:?}"
+    );
 }
 
 /// `/streams` of the node at `http`, once `ok` holds of it (the catalog comes down the

@@ -47,7 +47,8 @@ struct Carried {
 
 fn live_streams(node: &Node) -> Vec<StreamInfo> {
     node.catalog()
-        .into_values()
+        .values()
+        .cloned()
         .map(|e| {
             let slot = node.registry.get(&e.path);
             let b = slot.as_ref().and_then(|s| s.broadcast());
@@ -140,6 +141,11 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
                 "<audio controls preload=\"none\" data-stream=\"{n}\" data-token=\"{t}\" src=\"/{n}.ogg?token={t}\"></audio>",
                 n = s.name
             ),
+            // No token can help: say why (the operator's to mend).
+            (Err(why @ crate::node::Refusal::CannotCheck { .. }), _, _) => format!(
+                "<p class=\"refused\">{}</p>",
+                html_escape(&why.to_string())
+            ),
             (Err(why), _, given) => {
                 let said = if given.is_some() {
                     format!("<span class=\"refused\">{}</span> ", html_escape(&why.to_string()))
@@ -176,7 +182,7 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
 <script>{PLAYER_JS}</script>
 </body></html>
 "#,
-        node = node.name()
+        node = html_escape(node.name())
     )
 }
 

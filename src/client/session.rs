@@ -47,6 +47,7 @@ pub enum Event {
     },
     /// A page of the node's catalog (see `Session::catalog`).
     Catalog {
+        after: String,
         entries: Vec<CatalogEntry>,
         more: bool,
     },
@@ -157,9 +158,18 @@ impl Session {
                         Message::PublishOk { instance } => {
                             (PUBLISH_ROUTE, Event::PublishOk { instance })
                         }
-                        Message::Catalog { entries, more } => {
-                            (CATALOG_ROUTE, Event::Catalog { entries, more })
-                        }
+                        Message::Catalog {
+                            after,
+                            entries,
+                            more,
+                        } => (
+                            CATALOG_ROUTE,
+                            Event::Catalog {
+                                after,
+                                entries,
+                                more,
+                            },
+                        ),
                         Message::GoAway { alternatives } => {
                             info!(?alternatives, "node is going away");
                             let _ = away.send(Some(alternatives));
@@ -319,14 +329,25 @@ impl Session {
                     after: after.to_string(),
                 })
                 .await?;
-            match tokio::time::timeout(CATALOG_WAIT, rx.recv()).await {
-                Err(_) => Err(Error::timeout("waiting for the node's catalog")),
-                Ok(None) => Err(Error::new(Kind::Closed, "the connection ended")),
-                Ok(Some(Event::Catalog { entries, more })) => Ok((entries, more)),
-                Ok(Some(Event::Error { code, reason })) => {
-                    Err(Error::remote(ErrorCode::from_wire(code), reason))
+            let deadline = tokio::time::Instant::now() + CATALOG_WAIT;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return Err(Error::timeout("waiting for the node's catalog")),
+                    Ok(None) => return Err(Error::new(Kind::Closed, "the connection ended")),
+                    Ok(Some(Event::Catalog {
+                        after: a,
+                        entries,
+                        more,
+                    })) if a == after => return Ok((entries, more)),
+                    // A late answer to an earlier request (it timed out): not this one's.
+                    Ok(Some(Event::Catalog { .. })) => continue,
+                    Ok(Some(Event::Error { code, reason })) => {
+                        return Err(Error::remote(ErrorCode::from_wire(code), reason))
+                    }
+                    Ok(Some(_)) => {
+                        return Err(Error::protocol("unexpected answer to a catalog request"))
+                    }
                 }
-                Ok(Some(_)) => Err(Error::protocol("unexpected answer to a catalog request")),
             }
         };
         let r = asked.await;

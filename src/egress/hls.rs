@@ -223,7 +223,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
         }
     };
     let head = OpusHead::parse(&b.codec.header)?;
-    let private = !node.access().rule_for(name, &b.access).is_public();
+    let private = !node.access().rule_for(name, &b.access()).is_public();
     match r {
         Resource::Playlist { block, .. } => {
             // A broadcast is announced before its first frame, and a relay that just began

@@ -567,15 +567,29 @@ pub(crate) async fn listen(
 /// Whether `name` is live here (for HEAD, as GET would answer): a relay that does not
 /// hold the stream yet asks its parent, briefly, so a player probing with HEAD is not
 /// turned away.
-pub(crate) async fn is_live(node: &Arc<Node>, name: &str, peer: &Peer) -> bool {
+/// Refused (`Err`) as GET would be: the stream's rule is the listener's too.
+pub(crate) async fn is_live(node: &Arc<Node>, name: &str, peer: &Peer) -> Result<bool> {
     match node.registry.get(name).and_then(|s| s.broadcast()) {
-        Some(_) => true,
+        Some(b) => node.may_have(peer, name, &b).map(|_| true),
         None if node.is_relay() => {
             let wait = node.cfg.http_wait_secs.get().min(Duration::from_secs(5));
             let peer = &peer.served_as(Egress::HttpOgg);
-            node.subscribe(name, Start::Live, wait, peer).await.is_ok()
+            match node.subscribe(name, Start::Live, wait, peer).await {
+                Ok(_) => Ok(true),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        crate::error::Kind::Unauthorized
+                            | crate::error::Kind::NotAllowed
+                            | crate::error::Kind::Local
+                    ) =>
+                {
+                    Err(e)
+                }
+                Err(_) => Ok(false),
+            }
         }
-        None => false,
+        None => Ok(false),
     }
 }
 

@@ -44,8 +44,9 @@ pub struct Broadcast {
     /// When it began at its origin (a relay has it from its parent).
     pub started: SystemTime,
     /// Who may listen, as the broadcast came (an origin's: public; its own policy is
-    /// applied on top, see `node::Access::rule_for`).
-    pub access: StreamAccess,
+    /// applied on top, see `node::Access::rule_for`). Only ever made stricter (a second
+    /// parent, a parent's later word).
+    access: Mutex<StreamAccess>,
     state: Mutex<BState>,
     /// Bumped whenever subscribers have something new to take.
     changed: watch::Sender<u64>,
@@ -178,7 +179,7 @@ impl Broadcast {
             local: LOCAL.fetch_add(1, Ordering::Relaxed),
             codec,
             started: from.started,
-            access: from.access,
+            access: Mutex::new(from.access),
             state: Mutex::new(BState::default()),
             changed: watch::Sender::new(0),
             eager: watch::Sender::new(0),
@@ -291,12 +292,6 @@ impl Broadcast {
     /// Wakes subscribers for frames appended quietly: at once, or, with a coalescing interval,
     /// at most once per interval (a wake-up due later is scheduled, never lost).
     pub fn flush(&self) {
-        if self.pacing.mode == super::PaceMode::PassThrough {
-            self.arrivals
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .batch(tokio::time::Instant::now());
-        }
         let interval = self.interval();
         if interval.is_zero() {
             return self.notify();
@@ -378,6 +373,32 @@ impl Broadcast {
             s.ended = true;
         }
         self.notify();
+    }
+
+    /// Who may listen, as the broadcast came.
+    pub fn access(&self) -> StreamAccess {
+        self.access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes the rule the stricter of what it is and `other` (never looser).
+    pub fn tighten(&self, other: &StreamAccess) {
+        let mut a = self.access.lock().unwrap_or_else(|e| e.into_inner());
+        let s = a.stricter(other);
+        if s != *a {
+            tracing::info!(path = %self.path, was = %*a, now = %s, "who may listen is now stricter");
+            *a = s;
+        }
+    }
+
+    /// A batch of frames came from the parent (a relay's; for `delivery_interval`).
+    pub fn arrived(&self, now: tokio::time::Instant) {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .batch(now);
     }
 
     /// When it began at its origin, in milliseconds since the Unix epoch.

@@ -213,16 +213,24 @@ impl Access {
         as_relay: bool,
         stream: &StreamAccess,
     ) -> Result<(), Refusal> {
+        let protected = self.need(path) == Need::Token || !stream.is_public();
         if as_relay {
             if self.keys.is_empty() {
-                return Ok(());
+                // A peer's role is its own word: without a key to check a relay token
+                // with, a protected stream goes to no one who says "relay" either.
+                return match protected {
+                    false => Ok(()),
+                    true => Err(Refusal::NoKeyForRelays {
+                        path: path.to_string(),
+                    }),
+                };
             }
             return match p {
                 Presented::Signed(r) => covered(self.role(r, Grant::Relay)?, path),
                 _ => Err(Refusal::Missing(Grant::Relay)),
             };
         }
-        if self.need(path) == Need::Public && stream.is_public() {
+        if !protected {
             return Ok(());
         }
         if self.keys.is_empty() {

@@ -4,7 +4,7 @@
 //! page and `/streams`, and told to child relays in turn.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -20,30 +20,46 @@ const KEEP: Duration = Duration::from_secs(10);
 pub const MAX_STREAMS: usize = 10_000;
 /// Pages asked of one parent at most in one refresh.
 const MAX_PAGES: usize = MAX_STREAMS / 8;
+/// Pages a child may ask for in one `REFRESH` (twice what a whole catalog takes).
+pub const MAX_PAGES_PER_REFRESH: usize = 2 * MAX_PAGES;
 
-/// What the parents last said.
+/// What the parents last said, and the catalog as last built (a page, `/streams` and every
+/// child's request read one snapshot, made again at most every `SNAPSHOT`).
 #[derive(Default)]
 pub struct Heard {
     inner: Mutex<(BTreeMap<String, CatalogEntry>, Option<Instant>)>,
+    snapshot: Mutex<Option<(Instant, Arc<BTreeMap<String, CatalogEntry>>)>>,
 }
 
+/// How long a built catalog is served before it is made again.
+const SNAPSHOT: Duration = Duration::from_secs(1);
+
 impl Node {
-    /// The live streams of the tree as this node knows them, by path: its own (with the
-    /// rule it passes on) over what its parents said.
-    pub fn catalog(&self) -> BTreeMap<String, CatalogEntry> {
-        let mut all = {
-            let g = self.heard.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match g.1 {
-                Some(at) if at.elapsed() <= KEEP => g.0.clone(),
-                _ => BTreeMap::new(),
+    /// The live streams of the tree as this node knows them, by path: its own over what its
+    /// parents said, each with the rule this node passes on (the stricter of the stream's
+    /// and its own policy). At most a second old.
+    pub fn catalog(&self) -> Arc<BTreeMap<String, CatalogEntry>> {
+        let mut snap = self
+            .heard
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((at, c)) = snap.as_ref() {
+            if at.elapsed() < SNAPSHOT {
+                return c.clone();
             }
-        };
+        }
+        let c = Arc::new(self.build_catalog());
+        *snap = Some((Instant::now(), c.clone()));
+        c
+    }
+
+    fn build_catalog(&self) -> BTreeMap<String, CatalogEntry> {
         let access = self.access();
+        let mut all = BTreeMap::new();
+        // Its own first: a catalog full of what parents said never hides what is here.
         for slot in self.registry.list() {
             if let Some(b) = slot.broadcast() {
-                if all.len() >= MAX_STREAMS && !all.contains_key(&slot.path) {
-                    continue;
-                }
                 all.insert(
                     slot.path.clone(),
                     CatalogEntry {
@@ -51,10 +67,24 @@ impl Node {
                         instance: b.instance,
                         info: StreamInfo {
                             started_ms: b.started_ms(),
-                            access: access.rule_for(&slot.path, &b.access),
+                            access: access.rule_for(&slot.path, &b.access()),
                         },
                     },
                 );
+            }
+        }
+        let heard = self.heard.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if heard.1.is_some_and(|at| at.elapsed() <= KEEP) {
+            for (path, e) in heard.0.iter() {
+                if all.len() >= MAX_STREAMS {
+                    break;
+                }
+                if all.contains_key(path) {
+                    continue;
+                }
+                let mut e = e.clone();
+                e.info.access = access.rule_for(path, &e.info.access);
+                all.insert(path.clone(), e);
             }
         }
         all
@@ -64,11 +94,10 @@ impl Node {
     /// and whether more follow.
     pub fn catalog_page(&self, after: &str) -> (Vec<CatalogEntry>, bool) {
         let all = self.catalog();
-        let from = std::ops::Bound::Excluded(after.to_string());
         let range = if after.is_empty() {
             all.range::<String, _>(..)
         } else {
-            all.range((from, std::ops::Bound::Unbounded))
+            all.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
         };
         let (mut page, mut bytes) = (Vec::new(), 0);
         for (_, e) in range {
@@ -80,6 +109,16 @@ impl Node {
             page.push(e.clone());
         }
         (page, false)
+    }
+
+    /// A parent's word on a broadcast this node carries: its rule holds too (a policy
+    /// made stricter upstream reaches the relays that already carry the stream).
+    fn heard_of(&self, e: &CatalogEntry) {
+        if let Some(b) = self.registry.get(&e.path).and_then(|s| s.broadcast()) {
+            if b.instance == e.instance {
+                b.tighten(&e.info.access);
+            }
+        }
     }
 }
 
@@ -100,12 +139,13 @@ pub(super) async fn refresh(node: Weak<Node>) {
                         answered = true;
                         let last = entries.last().map(|e| e.path.clone());
                         for e in entries {
+                            n.heard_of(&e);
                             if heard.len() < MAX_STREAMS {
                                 heard.entry(e.path.clone()).or_insert(e);
                             }
                         }
                         match last {
-                            Some(l) if more && l > after => after = l,
+                            Some(l) if more && l > after && heard.len() < MAX_STREAMS => after = l,
                             _ => break,
                         }
                     }

@@ -161,7 +161,9 @@ impl Merge {
         let mut s = self.state();
         if let Some(r) = s.resumed.take() {
             if s.b.is_none() && r.b.instance == instance && !r.b.is_finished() {
-                // The broadcast it rested with: on from where it was.
+                // The broadcast it rested with: on from where it was (its parent's rule now
+                // holds too).
+                r.b.tighten(&info.access);
                 s.b = Some(r.b.clone());
                 s.open = r.open;
                 s.sealed_through = r.sealed_through;
@@ -173,6 +175,8 @@ impl Merge {
         }
         if let Some(b) = &s.b {
             if b.instance == instance && !b.is_finished() {
+                // Another leg's parent: its rule holds as well.
+                b.tighten(&info.access);
                 return Ok(());
             }
             if !b.is_finished() {
@@ -290,6 +294,10 @@ impl Merge {
                         i += 1;
                     }
                     self.node.stats.received(taken, bytes);
+                    if taken > 0 {
+                        // New audio (not the other leg's copy): its spacing is the interval.
+                        b.arrived(tokio::time::Instant::now());
+                    }
                     // One wake-up per batch: what the parent sent together goes on together.
                     b.flush();
                     if i >= seg.len() && !*caught.borrow() {

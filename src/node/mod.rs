@@ -452,7 +452,7 @@ impl Node {
     pub fn may_have(&self, peer: &Peer, path: &str, b: &crate::model::Broadcast) -> Result<()> {
         let access = self.access();
         access
-            .may_listen_to(&peer.presented, path, peer.role == Role::Relay, &b.access)
+            .may_listen_to(&peer.presented, path, peer.role == Role::Relay, &b.access())
             .map_err(|why| {
                 self.refused_auth(&format!("a listener of {path}"), &why);
                 why.into_error()

@@ -106,6 +106,11 @@ pub enum Refusal {
     /// up without `token-key` fails closed rather than open.
     #[error("{path} needs a listen token and this node holds no token key to check one with: it cannot serve it (the operator must give it a token-key)")]
     CannotCheck { path: String },
+    /// The same, asked by a peer that says it is a relay: without a key, its relay token
+    /// cannot be checked either, so the stream goes to no one (refused for good: the
+    /// relay tells its own listeners at once).
+    #[error("{path} needs a listen token and this node holds no token key: it hands it to no relay (the operator must give it a token-key)")]
+    NoKeyForRelays { path: String },
 }
 
 impl Refusal {
@@ -113,7 +118,9 @@ impl Refusal {
     /// (`not_allowed`) when it is known and may not do this.
     pub fn into_error(self) -> Error {
         let kind = match self {
-            Refusal::WrongRole { .. } | Refusal::WrongPath { .. } => Kind::NotAllowed,
+            Refusal::WrongRole { .. }
+            | Refusal::WrongPath { .. }
+            | Refusal::NoKeyForRelays { .. } => Kind::NotAllowed,
             Refusal::CannotCheck { .. } => Kind::Local,
             _ => Kind::Unauthorized,
         };
@@ -288,15 +295,12 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// The key ids held, sorted; none when there are more than the wire names
-    /// (`proto::MAX_KEY_IDS`).
+    /// The key ids held, sorted, at most the wire names (`proto::MAX_KEY_IDS`).
     pub fn kids(&self) -> Vec<String> {
-        if self.keys.len() > crate::proto::MAX_KEY_IDS {
-            // More than the wire names: any key this node holds (told as none named).
-            return Vec::new();
-        }
+        // More than the wire names: the first ones only (fewer keys may sign, never more).
         let mut k: Vec<String> = self.keys.keys().cloned().collect();
         k.sort();
+        k.truncate(crate::proto::MAX_KEY_IDS);
         k
     }
 

@@ -11,6 +11,10 @@ use super::DecodeError;
 pub const MAX_KEY_IDS: usize = 16;
 pub const MAX_KEY_ID: usize = 64;
 
+/// A key id no key can have (`~` is not in a key id's characters): a token rule naming only
+/// it lets no token in.
+pub const NO_KEY: &str = "~none";
+
 /// Whether listening needs a token, and signed with which keys.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StreamAccess {
@@ -35,17 +39,42 @@ impl StreamAccess {
         }
     }
 
+    /// The stricter of this rule and `other` (two parents of one broadcast may say
+    /// different things: both hold). Two token rules keep the key ids both allow; none in
+    /// common: no key may sign (named by an id no key can have).
+    pub fn stricter(&self, other: &StreamAccess) -> StreamAccess {
+        match (self, other) {
+            (StreamAccess::Public, o) | (o, StreamAccess::Public) => o.clone(),
+            (StreamAccess::Token { kids: a }, StreamAccess::Token { kids: b }) => {
+                if a.is_empty() {
+                    return other.clone();
+                }
+                if b.is_empty() {
+                    return self.clone();
+                }
+                let mut both: Vec<String> = a.iter().filter(|k| b.contains(k)).cloned().collect();
+                if both.is_empty() {
+                    both.push(NO_KEY.to_string());
+                }
+                StreamAccess::Token { kids: both }
+            }
+        }
+    }
+
     pub(super) fn put(&self, buf: &mut BytesMut) {
         match self {
             StreamAccess::Public => put_varint(buf, 0),
             StreamAccess::Token { kids } => {
                 put_varint(buf, 1);
-                let kids = &kids[..kids.len().min(MAX_KEY_IDS)];
+                // Key ids are checked where they are made (`node::check_kid`, at most 64
+                // bytes, at most 16 told); any beyond would be refused by the peer.
+                debug_assert!(
+                    kids.len() <= MAX_KEY_IDS && kids.iter().all(|k| k.len() <= MAX_KEY_ID)
+                );
                 put_varint(buf, kids.len() as u64);
                 for k in kids {
-                    let k = &k.as_bytes()[..k.len().min(MAX_KEY_ID)];
                     put_varint(buf, k.len() as u64);
-                    buf.put_slice(k);
+                    buf.put_slice(k.as_bytes());
                 }
             }
         }

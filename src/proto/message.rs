@@ -120,9 +120,11 @@ pub enum Message {
     CatalogRequest {
         after: String,
     },
-    /// Server → client: a page of the catalog, in path order; `more`: ask again after the
-    /// last one.
+    /// Server → client: a page of the catalog after `after` (the request's, said again so
+    /// that an answer is never taken for another request's), in path order; `more`: ask
+    /// again after the last one.
     Catalog {
+        after: String,
         entries: Vec<CatalogEntry>,
         more: bool,
     },
@@ -321,7 +323,12 @@ impl Message {
                 put_bytes(&mut p, after.as_bytes());
                 ty::CATALOG_REQUEST
             }
-            Message::Catalog { entries, more } => {
+            Message::Catalog {
+                after,
+                entries,
+                more,
+            } => {
+                put_bytes(&mut p, after.as_bytes());
                 let entries = &entries[..entries.len().min(MAX_CATALOG_ENTRIES)];
                 put_varint(&mut p, entries.len() as u64);
                 for e in entries {
@@ -466,6 +473,10 @@ impl Message {
                 Message::CatalogRequest { after }
             }
             ty::CATALOG => {
+                let after = get_string(&mut p, "path", MAX_PATH)?;
+                if !after.is_empty() {
+                    check_path(&after)?;
+                }
                 let n = get_varint(&mut p)?;
                 if n > MAX_CATALOG_ENTRIES as u64 {
                     return Err(DecodeError::TooLarge {
@@ -488,7 +499,11 @@ impl Message {
                         })
                     }
                 };
-                Message::Catalog { entries, more }
+                Message::Catalog {
+                    after,
+                    entries,
+                    more,
+                }
             }
             ty::PUBLISH => Message::Publish {
                 path: get_path(&mut p)?,

@@ -103,7 +103,10 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
                 }),
             },
         ),
-        ("catalog_request", Message::CatalogRequest { after: "".into() }),
+        (
+            "catalog_request",
+            Message::CatalogRequest { after: "".into() },
+        ),
         (
             "catalog_request_after",
             Message::CatalogRequest {
@@ -113,6 +116,7 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
         (
             "catalog",
             Message::Catalog {
+                after: "".into(),
                 entries: vec![
                     CatalogEntry {
                         path: "free/news".into(),

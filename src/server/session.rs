@@ -113,6 +113,8 @@ pub(super) struct Session {
     peer: Option<Peer>,
     /// The protocol version the peer said (what it is sent is in that version).
     version: u64,
+    /// Catalog pages asked for since when (bounded per `catalog::REFRESH`).
+    catalog_window: (Instant, usize),
     /// The credential a publisher proved (see `PublisherClaim`).
     credential: Option<[u8; 32]>,
     pub(super) subs: HashMap<u64, Sub>,
@@ -178,6 +180,7 @@ impl App for Sessions {
             hello: None,
             peer: None,
             version: proto::VERSION,
+            catalog_window: (Instant::now(), 0),
             credential: None,
             subs: HashMap::new(),
             pending: HashMap::new(),
@@ -453,8 +456,29 @@ impl Sessions {
                         "only a relay may ask for the catalog",
                     ));
                 }
+                // Paged from a snapshot made at most once a second; a relay asks a page at
+                // a time, a few times a minute: one asking far more often is cut off.
+                let now_s = Instant::now();
+                if now_s.duration_since(s.catalog_window.0) > crate::node::catalog::REFRESH {
+                    s.catalog_window = (now_s, 0);
+                }
+                s.catalog_window.1 += 1;
+                if s.catalog_window.1 > crate::node::catalog::MAX_PAGES_PER_REFRESH {
+                    return Err(Error::new(
+                        Kind::Overloaded,
+                        "the catalog asked for too often",
+                    ));
+                }
                 let (entries, more) = self.node.catalog_page(&after);
-                control(conn, s, &Message::Catalog { entries, more });
+                control(
+                    conn,
+                    s,
+                    &Message::Catalog {
+                        after,
+                        entries,
+                        more,
+                    },
+                );
                 Ok(())
             }
             Message::Unsubscribe { id } => {
@@ -816,7 +840,7 @@ pub(super) fn subscribed(
             // broadcast came with and this node's own policy.
             let info = (s.version >= 2).then(|| proto::StreamInfo {
                 started_ms: b.started_ms(),
-                access: node.access().rule_for(&b.path, &b.access),
+                access: node.access().rule_for(&b.path, &b.access()),
             });
             let msg = Message::Subscribed {
                 id,

@@ -26,7 +26,7 @@ use crate::error::{Error, Kind, Result};
 use crate::node::{HttpAdmission, Node, Peer};
 use crate::proto::Role;
 
-use auth::{may_listen, playlist_with_token, ListenToken};
+use auth::{may_listen, playlist_with_token, refusal_reply, ListenToken};
 use body::Conn;
 use head::{Method, NoHead, RequestHead};
 pub use reply::Reply;
@@ -342,12 +342,15 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
                 Err(refusal) => refusal,
                 Ok(presented) => {
                     let peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
-                    if crate::egress::http_ogg::is_live(node, &name, &peer).await {
-                        let mut r = Reply::new(200, "audio/ogg", Bytes::new());
-                        listen::ogg_headers(&mut r);
-                        r
-                    } else {
-                        Reply::text(404, format!("stream {name} is not live"))
+                    match crate::egress::http_ogg::is_live(node, &name, &peer).await {
+                        Ok(true) => {
+                            let mut r = Reply::new(200, "audio/ogg", Bytes::new());
+                            listen::ogg_headers(&mut r);
+                            r
+                        }
+                        Ok(false) => Reply::text(404, format!("stream {name} is not live")),
+                        // As GET would be refused.
+                        Err(e) => refusal_reply(&e),
                     }
                 }
             }
@@ -395,8 +398,15 @@ async fn serve_hls(
         }
         Err(e) => {
             debug!("HLS request refused: {e}");
-            // Not there yet, or no more: a cache asks again soon, not at once.
-            Reply::text(status_for(&e), e.to_string()).with("Cache-Control", "public, max-age=1")
+            match status_for(&e) {
+                // This client's refusal (its token, or a node that cannot check one): no
+                // shared cache may hand it to another.
+                401 | 403 | 500 => refusal_reply(&e).with("Cache-Control", "private, no-store"),
+                // Not there yet, or no more: a cache asks again soon, not at once.
+                status => {
+                    Reply::text(status, e.to_string()).with("Cache-Control", "public, max-age=1")
+                }
+            }
         }
     }
 }
