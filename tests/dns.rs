@@ -3,7 +3,8 @@
 //! in another namespace, whose `/etc/netns/NAME/resolv.conf` points at that server, has one
 //! upstream, `quic://mids.test:4433`, and takes each address the name has as a parent.
 //! Adding a third mid to the records moves the streams that hash to it, and removing one
-//! moves its streams off it: every listener's audio stays one run, no frame lost.
+//! moves its streams off it: every listener's audio stays one run, no frame lost, on an
+//! edge that hedges (each stream from two parents) and on one that does not.
 //!
 //! Namespaces need root; without it the test says so and does nothing.
 //!
@@ -166,9 +167,9 @@ fn metric(admin: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// What the edge should take each stream from with `mids` as its parents: the first two of
-/// the stream's rendezvous order (hedged), as every relay computes it.
-fn expected(mids: &[&str], streams: &[String]) -> BTreeMap<String, Vec<String>> {
+/// What an edge should take each stream from with `mids` as its parents: the first `k` of
+/// the stream's rendezvous order (two when hedged), as every relay computes it.
+fn expected(mids: &[&str], streams: &[String], k: usize) -> BTreeMap<String, Vec<String>> {
     let named: Vec<(&str, u32)> = mids.iter().map(|m| (*m, 1)).collect();
     streams
         .iter()
@@ -176,7 +177,7 @@ fn expected(mids: &[&str], streams: &[String]) -> BTreeMap<String, Vec<String>> 
             let order = quicast::node::hash_order(&named, s);
             (
                 s.clone(),
-                order.iter().take(2).map(|i| mids[*i].to_string()).collect(),
+                order.iter().take(k).map(|i| mids[*i].to_string()).collect(),
             )
         })
         .collect()
@@ -233,7 +234,10 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
     let src_crcs = packet_crcs(&src);
     let c = certs();
     let (mc, ca) = mid_certs();
-    let (mut net, ns) = Net::new(4, &["dns", "origin", "mid-a", "mid-b", "mid-c", "edge"]);
+    let (mut net, ns) = Net::new(
+        4,
+        &["dns", "origin", "mid-a", "mid-b", "mid-c", "edge", "solo"],
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,6 +256,7 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
         NONE,
     );
     net.resolv_conf(&ns[5], &ns[0].host);
+    net.resolv_conf(&ns[6], &ns[0].host);
 
     let origin = node_in(&ns[1], &c, &["origin", "--segment-ms", "500"]);
     // Each mid: its parent the origin (by a proxy), and the address the records give for it
@@ -277,13 +282,13 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
     let host_of = |n: &str| n.split(':').next().unwrap().to_string();
     set_records(&dns, &hosts, &[&host_of(a), &host_of(b)]);
 
-    let e = &ns[5];
-    let (http, admin) = (format!("{}:8000", e.addr), format!("{}:9100", e.addr));
+    // Two edges with the one upstream: one hedged (the default: each stream from its first
+    // two parents), one not (`--hedge off`: a stream moves by starting its new leg and
+    // stopping the old once the new one has caught up).
     let ca_s = ca.to_str().unwrap().to_string();
-    let mut edge = node_in(
-        e,
-        &c,
-        &[
+    let edge_in = |e: &Ns, extra: &[&str]| {
+        let (http, admin) = (format!("{}:8000", e.addr), format!("{}:9100", e.addr));
+        let mut args = vec![
             "relay",
             "--ca",
             &ca_s,
@@ -293,9 +298,14 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
             &http,
             "--admin",
             &admin,
-        ],
-    );
-    edge.p.wait_line("parent's name resolved");
+        ];
+        args.extend_from_slice(extra);
+        let mut n = node_in(e, &c, &args);
+        n.p.wait_lines(&["parent's name resolved"]);
+        (n, http, admin)
+    };
+    let (mut edge, http, admin) = edge_in(&ns[5], &[]);
+    let (mut solo, solo_http, solo_admin) = edge_in(&ns[6], &["--hedge", "off"]);
 
     // Streams chosen so that each change moves some and leaves others: two that hash first
     // to mid-c, two first to mid-a (of the three), one first to mid-b.
@@ -326,24 +336,53 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
         .iter()
         .map(|s| work.path().join(format!("{s}.opus")))
         .collect();
+    let solo_outs: Vec<_> = streams
+        .iter()
+        .map(|s| work.path().join(format!("{s}-solo.opus")))
+        .collect();
     let mut ls: Vec<Proc> = streams
         .iter()
         .zip(&outs)
         .map(|(s, out)| listen(&c, &[&edge], s, out, SECS))
+        .chain(
+            streams
+                .iter()
+                .zip(&solo_outs)
+                .map(|(s, out)| listen(&c, &[&solo], s, out, SECS)),
+        )
         .collect();
 
     // Two mids in the records: each stream from its two, in its order.
-    await_parents(&mut edge, &http, &expected(&[a, b], &streams), "mids a, b");
+    await_parents(
+        &mut edge,
+        &http,
+        &expected(&[a, b], &streams, 2),
+        "mids a, b",
+    );
+    await_parents(
+        &mut solo,
+        &solo_http,
+        &expected(&[a, b], &streams, 1),
+        "mids a, b",
+    );
     assert_eq!(metric(&admin, "quicast_parents"), Some(2.0));
 
     // A third joins: the streams that rank it first move to it; the others keep their first.
     drain(&mut edge);
-    let mark = edge.p.log.len();
-    let before = expected(&[a, b], &streams);
+    drain(&mut solo);
+    let (mark, solo_mark) = (edge.p.log.len(), solo.p.log.len());
+    let before = expected(&[a, b], &streams, 2);
     set_records(&dns, &hosts, &[&host_of(a), &host_of(b), &host_of(cc)]);
-    let with_c = expected(&[a, b, cc], &streams);
+    let with_c = expected(&[a, b, cc], &streams, 2);
     await_parents(&mut edge, &http, &with_c, "mid-c added");
+    await_parents(
+        &mut solo,
+        &solo_http,
+        &expected(&[a, b, cc], &streams, 1),
+        "mid-c added, not hedged",
+    );
     assert_eq!(metric(&admin, "quicast_parents"), Some(3.0));
+    assert_eq!(metric(&solo_admin, "quicast_parents"), Some(3.0));
     let moved: Vec<&String> = streams
         .iter()
         .filter(|s| with_c[*s][0] != before[*s][0])
@@ -353,31 +392,41 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
         "the streams that move are those that hash first to mid-c: {moved:?}"
     );
     drain(&mut edge);
+    drain(&mut solo);
     let stay: BTreeMap<String, String> = streams
         .iter()
         .filter(|s| !moved.contains(s))
         .map(|s| (s.clone(), before[s][0].clone()))
         .collect();
     assert_stayed(&edge.p.log, mark, &stay, "mid-c added");
+    assert_stayed(&solo.p.log, solo_mark, &stay, "mid-c added, not hedged");
 
     // mid-a leaves the records (a graceful scale-down: it still runs): its streams move to
     // their next choice; the others keep their first.
-    let mark = edge.p.log.len();
+    let (mark, solo_mark) = (edge.p.log.len(), solo.p.log.len());
     set_records(&dns, &hosts, &[&host_of(b), &host_of(cc)]);
-    let without_a = expected(&[b, cc], &streams);
+    let without_a = expected(&[b, cc], &streams, 2);
     await_parents(&mut edge, &http, &without_a, "mid-a removed");
+    await_parents(
+        &mut solo,
+        &solo_http,
+        &expected(&[b, cc], &streams, 1),
+        "mid-a removed, not hedged",
+    );
     assert_eq!(metric(&admin, "quicast_parents"), Some(2.0));
     let off_a: Vec<&String> = streams.iter().filter(|s| with_c[*s][0] == a).collect();
     assert_eq!(off_a.len(), 2);
-    edge.p
-        .wait_line("every stream left the parent that left the set: link closed");
-    drain(&mut edge);
+    for n in [&mut edge, &mut solo] {
+        n.p.wait_line("every stream left the parent that left the set: link closed");
+        drain(n);
+    }
     let stay: BTreeMap<String, String> = streams
         .iter()
         .filter(|s| !off_a.contains(s))
         .map(|s| (s.clone(), with_c[s][0].clone()))
         .collect();
     assert_stayed(&edge.p.log, mark, &stay, "mid-a removed");
+    assert_stayed(&solo.p.log, solo_mark, &stay, "mid-a removed, not hedged");
 
     // The name server goes away: resolutions fail, are counted, and the parents stay.
     dns.child.kill().unwrap();
@@ -401,7 +450,7 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
             "a listener ended before the moves were done: make SECS longer"
         );
     }
-    for (l, out) in ls.iter_mut().zip(&outs) {
+    for (l, out) in ls.iter_mut().zip(outs.iter().chain(&solo_outs)) {
         assert!(l.wait_exit().success(), "{}", l.log.join("\n"));
         eprintln!("listener: {}", l.log.join("\n"));
         assert_one_run(out, &src_crcs, (SECS as usize - 1) * 50);
