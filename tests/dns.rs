@@ -265,11 +265,9 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
     let mut mid_names = Vec::new();
     for m in &ns[2..5] {
         let up = format!("quic://{}", proxy(&rt, &m.host, target(&origin), NONE));
-        let mid = node_in(
-            m,
-            &mc,
-            &["relay", "--fingerprint", &c.fp, "--upstream", &up],
-        );
+        let mut args = vec!["relay", "--fingerprint", &c.fp, "--upstream", &up];
+        args.extend_from_slice(SLOW_BUILD);
+        let mid = node_in(m, &mc, &args);
         let name = proxy_at(&rt, &format!("{}:4433", m.host), target(&mid), NONE);
         mid_names.push(name);
         mids.push(mid);
@@ -300,6 +298,7 @@ fn a_tier_scaled_by_dns_moves_only_the_streams_it_must_without_a_gap() {
             &admin,
         ];
         args.extend_from_slice(extra);
+        args.extend_from_slice(SLOW_BUILD);
         let mut n = node_in(e, &c, &args);
         n.p.wait_lines(&["parent's name resolved"]);
         (n, http, admin)

@@ -42,16 +42,6 @@ struct Deployment {
     edges: Vec<Node>,
 }
 
-/// `cargo test` runs debug builds of the nodes (and of the proxies, in this process) on a
-/// loaded CI machine: there the default 300 ms parent timeout once saw a debug node or
-/// proxy stall past it (a false failover in the healthy minute). Debug builds get 600 ms;
-/// release builds (`cargo test --release`) run the default, which the claim is about.
-const SLOW_BUILD: &[&str] = if cfg!(debug_assertions) {
-    &["--parent-timeout-ms", "600"]
-} else {
-    &[]
-};
-
 /// The tree above, every node-to-node link through an impaired proxy.
 fn deploy(t: u8, c: &Certs, imp: Impair) -> Deployment {
     let (net, ns) = Net::new(t, &["origin", "mid-a", "mid-b", "edge-1", "edge-2"]);
