@@ -222,7 +222,18 @@ impl Collector for NodeCollector {
                 "Parents neither known down nor draining.",
                 up as u64,
             )?;
-            gauge(&mut e, "quicast_parents", "Parents configured.", all as u64)?;
+            gauge(
+                &mut e,
+                "quicast_parents",
+                "Parents now: as listed, a name with several addresses counting one per address.",
+                all as u64,
+            )?;
+            counter(
+                &mut e,
+                "quicast_upstream_resolve_failures",
+                "Resolutions of a parent's DNS name that failed (the last good addresses kept).",
+                n.resolve_failures(),
+            )?;
         }
         // Per stream: its subscribers here, and (on a relay) where it comes from.
         let slots = n.registry.list();

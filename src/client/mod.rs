@@ -15,6 +15,7 @@ use crate::transport::{self, Trust};
 mod listen;
 mod parents;
 mod publish;
+pub mod resolve;
 mod session;
 
 pub use listen::{listen, listen_any, ListenEvent, ListenOptions, ListenReport};
@@ -95,6 +96,22 @@ impl Client {
     /// Connects to the node at `url` and says hello as `role`.
     pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
         Session::start(self.connect_raw(url).await?, role, token).await
+    }
+
+    /// A session with the node at `addr`, one address of `url`'s host: TLS verifies the
+    /// certificate against the host's name, as if it had been resolved to `addr`.
+    pub async fn connect_to(
+        &self,
+        url: &QuicUrl,
+        addr: std::net::SocketAddr,
+        role: Role,
+        token: &str,
+    ) -> Result<Arc<Session>> {
+        let conn = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, &url.host)?
+            .await?;
+        Session::start(conn, role, token).await
     }
 
     /// A bare QUIC connection (TLS done, nothing said yet): for tools and tests that speak

@@ -1,30 +1,38 @@
 //! A relay's way to its parents over QUIC: the node's `Parents`, made of this client's
 //! sessions and subscriptions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use tokio::sync::watch;
 
+use super::resolve::{Dns, MembersTx};
 use super::session::{Event, Session, Subscription};
 use super::Client;
 use crate::error::{Error, Kind, Result};
 use crate::model::WireFrame;
 use crate::node::config::read_relay_token;
 use crate::node::{
-    NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
+    Member, NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead,
+    SegmentReader,
 };
-use crate::proto::{CatalogEntry, ErrorCode, QuicUrl, Role, Start};
+use crate::proto::{CatalogEntry, ErrorCode, Role, Start};
 use crate::transport::{self, FrameReader, Trust};
 
-/// The parents of `NodeConfig::upstream`, trusted by its `ca` or `fingerprint`.
+/// The parents of `NodeConfig::upstream`, trusted by its `ca` or `fingerprint`; a name with
+/// several addresses is a parent per address (see `resolve`).
 pub struct QuicParents {
-    parents: Vec<QuicUrl>,
+    members: MembersTx,
     client: Client,
     connect_timeout: Duration,
     /// The file holding the relay token presented to parents (read at each connection).
     relay_token: Option<std::path::PathBuf>,
+    resolve_failures: Arc<AtomicU64>,
+    /// The names' resolution (its tasks end with it).
+    _dns: Option<Dns>,
 }
 
 impl QuicParents {
@@ -36,50 +44,51 @@ impl QuicParents {
         // A parent sends every stream this relay carries over one connection: room for all.
         let streams = (cfg.max_streams.get() + cfg.max_waiting.get()) as u64;
         let bind = transport::unspecified_for_host(cfg.upstream.first().map_or("", |p| &p.host));
+        let resolve_failures = Arc::new(AtomicU64::new(0));
+        let (members, dns) = Dns::start(&cfg.upstream, resolve_failures.clone());
         Ok(QuicParents {
-            parents: cfg.upstream.clone(),
+            members,
             client: Client::with_config(
                 bind,
                 transport::upstream_config(&trust, streams, cfg.parent_timeout_ms.get())?,
             )?,
             connect_timeout: cfg.connect_timeout_ms.get(),
             relay_token: cfg.relay_token.clone(),
+            resolve_failures,
+            _dns: dns,
         })
     }
 }
 
 impl Parents for QuicParents {
-    fn count(&self) -> usize {
-        self.parents.len()
+    fn members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.members.subscribe()
     }
 
-    fn describe(&self, i: usize) -> String {
-        self.parents
-            .get(i)
-            .map(|p| p.authority())
-            .unwrap_or_default()
+    fn resolve_failures(&self) -> u64 {
+        self.resolve_failures.load(Ordering::Relaxed)
     }
 
-    fn weight(&self, i: usize) -> u32 {
-        self.parents.get(i).map_or(1, |p| p.weight)
-    }
-
-    fn connect(&self, i: usize) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>> {
+    fn connect(&self, parent: &Member) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>> {
+        let parent = parent.clone();
         async move {
-            let url = self
-                .parents
-                .get(i)
-                .ok_or_else(|| Error::local("no such parent"))?;
             let token = match &self.relay_token {
                 Some(f) => read_relay_token(f).map_err(|e| Error::local(e.to_string()))?,
                 None => String::new(),
             };
-            let s = tokio::time::timeout(
-                self.connect_timeout,
-                self.client.connect(url, Role::Relay, &token),
-            )
-            .await
-            .map_err(|_| Error::timeout("connecting to parent"))??;
+            let connect = async {
+                match parent.addr {
+                    Some(addr) => {
+                        self.client
+                            .connect_to(&parent.url, addr, Role::Relay, &token)
+                            .await
+                    }
+                    None => self.client.connect(&parent.url, Role::Relay, &token).await,
+                }
+            };
+            let s = tokio::time::timeout(self.connect_timeout, connect)
+                .await
+                .map_err(|_| Error::timeout("connecting to parent"))??;
             Ok(Arc::new(Link(s)) as Arc<dyn ParentLink>)
         }
         .boxed()

@@ -128,7 +128,7 @@ pub(super) async fn refresh(node: Weak<Node>) {
     loop {
         let Some(n) = node.upgrade() else { return };
         let Some(up) = n.upstream.clone() else { return };
-        let links = up.links().await;
+        let links = up.links();
         let mut heard = BTreeMap::new();
         let mut answered = false;
         for link in links {

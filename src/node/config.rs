@@ -745,26 +745,6 @@ impl FromStr for Switch {
 }
 from_toml_str!(Switch);
 
-impl NodeConfig {
-    /// Whether a relay spreads its streams over its parents by hashing.
-    pub fn hashes_parents(&self) -> bool {
-        match self.parent_choice {
-            ParentChoice::Hash => true,
-            ParentChoice::Ordered => false,
-            ParentChoice::Auto => self.upstream.len() > 1,
-        }
-    }
-
-    /// Whether a relay keeps a standby subscription on each stream's second parent.
-    pub fn hedges(&self) -> bool {
-        match self.hedge {
-            Switch::On => self.upstream.len() > 1,
-            Switch::Off => false,
-            Switch::Auto => self.upstream.len() > 1,
-        }
-    }
-}
-
 /// A node's name: 1 to 128 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(pub String);

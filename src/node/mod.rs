@@ -39,7 +39,7 @@ pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
 pub use parents::{
-    ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
+    Member, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
 };
 pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc};
@@ -130,7 +130,7 @@ impl Node {
         );
         let upstream = match (cfg.is_relay(), parents) {
             (false, _) => None,
-            (true, Some(p)) => Some(Upstream::new(p, cfg.hashes_parents(), cfg.hedges())),
+            (true, Some(p)) => Some(Upstream::new(p, cfg.parent_choice, cfg.hedge)),
             (true, None) => {
                 return Err(Error::local(
                     "a relay needs a way to its parents (the QUIC client)",
@@ -314,6 +314,11 @@ impl Node {
     /// on an origin.
     pub fn parents_up(&self) -> Option<(usize, usize)> {
         self.upstream.as_ref().map(|u| u.parents_up())
+    }
+
+    /// Resolutions of a parent's DNS name that failed (0 on an origin).
+    pub fn resolve_failures(&self) -> u64 {
+        self.upstream.as_ref().map_or(0, |u| u.resolve_failures())
     }
 
     /// Parents this relay lost or saw drain, each moving its streams (0 on an origin).

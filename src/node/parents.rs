@@ -1,28 +1,55 @@
 //! A relay's way to its parents, as the node sees it: traits the transport implements
 //! (`client::QuicParents` over QUIC), so the node holds no transport of its own.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::model::WireFrame;
-use crate::proto::{CatalogEntry, Codec, ErrorCode, Start, StreamInfo};
+use crate::proto::{CatalogEntry, Codec, ErrorCode, QuicUrl, Start, StreamInfo};
+
+/// One parent, as the transport names it: a listed `quic://HOST:PORT`, or one address of a
+/// listed name that resolves to several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// How it is named in logs and in the hash that spreads streams (every relay must name a
+    /// parent alike): `HOST:PORT` as listed, or `IP:PORT` for each address of a name with
+    /// several.
+    pub name: String,
+    /// How many streams it takes, relative to the others (its URL's `weight`).
+    pub weight: u32,
+    /// The listed parent it comes from (its host is the TLS server name).
+    pub url: QuicUrl,
+    /// The address to connect to; `None`: the URL's host, resolved as the connection is made.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Member {
+    /// A listed parent as it is (a literal address, or a name taken as one parent).
+    pub fn listed(url: &QuicUrl) -> Member {
+        Member {
+            name: url.authority(),
+            weight: url.weight.max(1),
+            url: url.clone(),
+            addr: None,
+        }
+    }
+}
 
 /// A relay's way to its parents.
 pub trait Parents: Send + Sync + 'static {
-    /// How many parents there are.
-    fn count(&self) -> usize;
-    /// How parent `i` is named: in logs, and in the hash that spreads streams (every relay
-    /// must name a parent alike: its `HOST:PORT`).
-    fn describe(&self, i: usize) -> String;
-    /// How many streams parent `i` takes, relative to the others.
-    fn weight(&self, i: usize) -> u32 {
-        let _ = i;
-        1
+    /// The parents now, in priority order (as listed; a name's addresses in address order),
+    /// and every change of them (their DNS records changed).
+    fn members(&self) -> watch::Receiver<Arc<Vec<Member>>>;
+    /// DNS resolutions of a parent's name that failed (the last good addresses kept).
+    fn resolve_failures(&self) -> u64 {
+        0
     }
-    /// A new connection to parent `i`.
-    fn connect(&self, i: usize) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>>;
+    /// A new connection to `parent`.
+    fn connect(&self, parent: &Member) -> BoxFuture<'_, Result<Arc<dyn ParentLink>>>;
 }
 
 /// One connection to a parent.

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod media;
+pub mod netns;
 pub mod procs;
 
 use std::sync::Arc;

@@ -14,11 +14,17 @@
 //! stopped for another once the other has caught up, so a parent that comes back takes its
 //! streams back without a frame lost.
 //!
+//! The parents are a set that may change while streams flow (a name whose DNS records list
+//! a tier's nodes, see `set`): each stream's order is made again from the new set, and a
+//! stream whose wanted parents changed moves the same way, by the same merge, with no gap.
+//!
 //! The node knows nothing of the transport: a relay's way to its parents is the `Parents`
 //! trait, which the QUIC client implements (`client::QuicParents`).
 
+mod set;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -26,46 +32,19 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::config::{ParentChoice, Switch};
 use super::merge::Merge;
-use super::parents::{ParentEvent, ParentLink, Parents};
-use super::rendezvous::hash_order;
+use super::parents::{ParentEvent, Parents};
 use super::{inc, Node};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind};
 use crate::model::Slot;
 use crate::proto::{ErrorCode, Start};
 
-/// What a parent is now, as every stream sees it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Health {
-    /// Its link failed, and no new one could be made yet.
-    down: bool,
-    /// It said it is going away.
-    draining: bool,
-    /// A task is trying to connect to it again.
-    probing: bool,
-    /// A link to it was made at least once (until then it is not counted up: a relay whose
-    /// parents never answered is not ready).
-    reached: bool,
-}
-
-struct Parent {
-    /// The one connection to it, shared by every stream it carries.
-    link: tokio::sync::Mutex<Option<Arc<dyn ParentLink>>>,
-    health: Mutex<Health>,
-    /// Its name, and its hash identity.
-    name: String,
-    weight: u32,
-    /// Legs on it now, across streams (a draining parent's link is closed when none is left).
-    users: watch::Sender<usize>,
-}
-
 pub(super) struct Upstream {
     parents: Arc<dyn Parents>,
-    each: Vec<Parent>,
-    /// Bumped whenever a parent goes down, comes back or starts draining.
+    set: set::Parents,
+    /// Bumped whenever a parent goes down, comes back, starts draining, joins or leaves.
     changed: watch::Sender<u64>,
-    hash: bool,
-    hedge: bool,
     /// Parents lost (closed or silent) or draining, each moving its streams elsewhere.
     failovers: std::sync::atomic::AtomicU64,
 }
@@ -75,225 +54,28 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
 impl Upstream {
-    pub(super) fn new(parents: Arc<dyn Parents>, hash: bool, hedge: bool) -> Arc<Upstream> {
-        let each = (0..parents.count())
-            .map(|i| Parent {
-                link: tokio::sync::Mutex::new(None),
-                health: Mutex::default(),
-                name: parents.describe(i),
-                weight: parents.weight(i).max(1),
-                users: watch::Sender::new(0),
-            })
-            .collect();
+    /// A relay's way to `parents`, each stream's parents chosen by `choice` and hedged as
+    /// `hedge` says (both decided again whenever the number of parents changes).
+    pub(super) fn new(
+        parents: Arc<dyn Parents>,
+        choice: ParentChoice,
+        hedge: Switch,
+    ) -> Arc<Upstream> {
         Arc::new(Upstream {
             parents,
-            each,
+            set: set::Parents::new(choice, hedge),
             changed: watch::Sender::new(0),
-            hash,
-            hedge,
             failovers: Default::default(),
         })
-    }
-
-    /// Parents reached, and neither down since nor draining, of how many.
-    pub(super) fn parents_up(&self) -> (usize, usize) {
-        let up = (0..self.each.len())
-            .filter(|&i| {
-                let h = self.health(i);
-                h.reached && !h.down && !h.draining
-            })
-            .count();
-        (up, self.each.len())
     }
 
     pub(super) fn failovers(&self) -> u64 {
         self.failovers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn health(&self, i: usize) -> Health {
-        *self.each[i]
-            .health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_health(&self, i: usize, f: impl FnOnce(&mut Health)) {
-        let changed = {
-            let mut h = self.each[i]
-                .health
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let before = (h.down, h.draining);
-            f(&mut h);
-            before != (h.down, h.draining)
-        };
-        if changed {
-            self.changed.send_modify(|v| *v = v.wrapping_add(1));
-        }
-    }
-
-    /// The parents of `path`, in the order it tries them.
-    pub(super) fn order(&self, path: &str) -> Vec<usize> {
-        if !self.hash {
-            return (0..self.each.len()).collect();
-        }
-        let named: Vec<(&str, u32)> = self.each.iter().map(|p| (&*p.name, p.weight)).collect();
-        hash_order(&named, path)
-    }
-
-    /// The parents a stream with `order` is to take it from now: the first (with hedging,
-    /// two) that are neither down nor draining; the first of its order if none is.
-    fn wanted(&self, order: &[usize]) -> Vec<usize> {
-        let k = if self.hedge { 2 } else { 1 };
-        let mut up: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|i| {
-                let h = self.health(*i);
-                !h.down && !h.draining
-            })
-            .take(k)
-            .collect();
-        if up.is_empty() {
-            up.extend(order.first());
-        }
-        up
-    }
-
-    /// The connection to parent `i`: the one it has, or a new one. A parent that cannot be
-    /// reached is marked down, and a task tries it again until it comes back.
-    /// Drops the connection to parent `i` (its next use connects again).
-    async fn forget_link(&self, i: usize) {
-        if let Some(e) = self.each.get(i) {
-            *e.link.lock().await = None;
-        }
-    }
-
-    async fn link(self: &Arc<Self>, i: usize) -> Result<Arc<dyn ParentLink>> {
-        let mut g = self.each[i].link.lock().await;
-        if let Some(l) = g.as_ref() {
-            if !l.is_closed() {
-                return Ok(l.clone());
-            }
-            *g = None;
-        }
-        match self.parents.connect(i).await {
-            Ok(l) => {
-                *g = Some(l.clone());
-                drop(g);
-                self.set_health(i, |h| {
-                    *h = Health {
-                        reached: true,
-                        ..Health::default()
-                    }
-                });
-                info!(parent = %self.each[i].name, node = %l.name(), "connected to parent");
-                self.clone().watch_link(i, l.clone());
-                Ok(l)
-            }
-            Err(e) => {
-                drop(g);
-                warn!(side = "upstream", parent = %self.each[i].name, "cannot connect: {e}");
-                self.lost(i);
-                Err(e.upstream())
-            }
-        }
-    }
-
-    /// Connects to every parent now, not when a stream is first asked for: the node's
-    /// readiness and `quicast_parents_up` say from the start whether any answers. One that
-    /// does not is tried again with backoff until it does (see `lost`).
-    pub(super) fn reach_all(self: &Arc<Self>) {
-        for i in 0..self.each.len() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.link(i).await;
-            });
-        }
-    }
-
-    /// The links to parents open now (for the catalog).
-    pub(super) async fn links(&self) -> Vec<Arc<dyn ParentLink>> {
-        let mut v = Vec::new();
-        for p in self.each.iter() {
-            if let Some(l) = p.link.lock().await.as_ref() {
-                if !l.is_closed() {
-                    v.push(l.clone());
-                }
-            }
-        }
-        v
-    }
-
-    /// Follows a link until it ends (the parent is lost) or the parent says it is going away.
-    fn watch_link(self: Arc<Self>, i: usize, link: Arc<dyn ParentLink>) {
-        let span = info_span!("parent", parent = %self.each[i].name);
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    e = link.closed() => {
-                        inc(&self.failovers);
-                        self.lost(i);
-                        warn!(side = "upstream", "parent lost: {e}");
-                    }
-                    _ = link.going_away() => {
-                        // Marked (and counted) before it is said, so what is said is true.
-                        self.set_health(i, |h| h.draining = true);
-                        inc(&self.failovers);
-                        info!("parent is draining: its streams move to other parents");
-                        // Once every stream has moved, this relay leaves it too.
-                        let mut users = self.each[i].users.subscribe();
-                        tokio::select! {
-                            _ = async { users.wait_for(|n| *n == 0).await.map(|_| ()) } => {
-                                let mut g = self.each[i].link.lock().await;
-                                if g.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                                    *g = None;
-                                }
-                                drop(g);
-                                drop(link);
-                                info!("every stream left the draining parent: link closed");
-                            }
-                            e = link.closed() => debug!("draining parent closed: {e}"),
-                        }
-                        self.lost(i);
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Parent `i` is lost: marked down, and tried again (with backoff) until it comes back.
-    fn lost(self: &Arc<Self>, i: usize) {
-        let mut start = false;
-        self.set_health(i, |h| {
-            h.down = true;
-            start = !h.probing;
-            h.probing = true;
-        });
-        if !start {
-            return;
-        }
-        let me = self.clone();
-        let span = info_span!("parent", parent = %self.each[i].name);
-        tokio::spawn(
-            async move {
-                let mut wait = FIRST_RETRY;
-                loop {
-                    tokio::time::sleep(wait).await;
-                    let g = me.each[i].link.lock().await;
-                    let alive = g.as_ref().is_some_and(|l| !l.is_closed());
-                    drop(g);
-                    if alive || me.link(i).await.is_ok() {
-                        info!("parent is back");
-                        me.set_health(i, |h| h.probing = false);
-                        return;
-                    }
-                    wait = (wait * 2).min(LAST_RETRY);
-                }
-            }
-            .instrument(span),
-        );
+    /// Resolutions of a parent's DNS name that failed.
+    pub(super) fn resolve_failures(&self) -> u64 {
+        self.parents.resolve_failures()
     }
 
     /// Starts the stream's one fetch from the parents (its leader; later subscribers follow
@@ -309,11 +91,15 @@ impl Upstream {
     /// the stream has had no subscriber for `linger-secs`.
     async fn fetch(self: Arc<Self>, node: Arc<Node>, slot: Arc<Slot>, start: Start) {
         let merge = Arc::new(Merge::new(node.clone(), slot.clone(), start));
-        let order = self.order(&slot.path);
-        let mut legs: HashMap<usize, Leg> = HashMap::new();
-        let mut running: FuturesUnordered<tokio::task::JoinHandle<(usize, LegEnd)>> =
+        // The stream's order of parents, made again whenever the set changes.
+        let mut set = self.set();
+        let mut order = self.order(&set, &slot.path);
+        // Legs and rests by parent name (a parent that leaves the set and comes back is the
+        // same one).
+        let mut legs: HashMap<String, Leg> = HashMap::new();
+        let mut running: FuturesUnordered<tokio::task::JoinHandle<(String, LegEnd)>> =
             FuturesUnordered::new();
-        let mut retry: HashMap<usize, (Instant, Duration)> = HashMap::new();
+        let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
         let mut health = self.changed.subscribe();
         let mut subs = slot.watch_subscribers();
         let linger = node.cfg.linger_secs.get();
@@ -322,54 +108,63 @@ impl Upstream {
         let probe = tokio::time::sleep(node.cfg.probe_ms.get());
         tokio::pin!(probe);
         let mut probing = true;
-        let mut shown: Vec<usize> = Vec::new();
+        let mut shown: Vec<String> = Vec::new();
         loop {
             health.borrow_and_update();
+            let now_set = self.set();
+            if !Arc::ptr_eq(&now_set, &set) {
+                set = now_set;
+                order = self.order(&set, &slot.path);
+                // Rests of parents that left are forgotten (bounded by the set).
+                retry.retain(|name, _| set.iter().any(|p| p.name() == name));
+            }
             let now = Instant::now();
             let wanted = self.wanted(&order);
+            let is_wanted = |name: &str| wanted.iter().any(|p| p.name() == name);
             // Start a leg on each wanted parent that has none (and is not resting).
-            for &p in &wanted {
-                if legs.contains_key(&p) || retry.get(&p).is_some_and(|(at, _)| *at > now) {
+            for p in &wanted {
+                let name = p.name();
+                if legs.contains_key(name) || retry.get(name).is_some_and(|(at, _)| *at > now) {
                     continue;
                 }
                 let (caught_tx, caught) = watch::channel(false);
                 let task = tokio::spawn(
                     self.clone()
-                        .leg(merge.clone(), p, caught_tx)
-                        .instrument(info_span!("leg", parent = %self.each[p].name)),
+                        .leg(merge.clone(), p.clone(), caught_tx)
+                        .instrument(info_span!("leg", parent = %name)),
                 );
                 legs.insert(
-                    p,
+                    name.to_string(),
                     Leg {
+                        parent: p.clone(),
                         caught,
                         abort: task.abort_handle(),
                     },
                 );
                 running.push(task);
             }
-            // Stop a leg nobody wants any more, once a wanted one has caught up (or at once if
-            // its parent is gone anyway): never a gap for the change of parent.
+            // Stop a leg nobody wants any more (its parent is no longer among the stream's
+            // first, or left the set), once a wanted one has caught up (or at once if its
+            // parent is gone anyway): never a gap for the change of parent.
             // (Each leg's catching up is marked seen here, so that only a change wakes us.)
             let mut ready = false;
             for (p, l) in legs.iter_mut() {
                 let caught = *l.caught.borrow_and_update();
-                ready |= caught && wanted.contains(p);
+                ready |= caught && is_wanted(p);
             }
             legs.retain(|p, leg| {
-                let keep = wanted.contains(p) || (!ready && !self.health(*p).down);
+                let keep = is_wanted(p) || (!ready && !leg.parent.health().down);
                 if !keep {
-                    info!(parent = %self.each[*p].name, "leaving parent: another one carries the stream");
+                    info!(parent = %p, "leaving parent: another one carries the stream");
                     leg.abort.abort();
                 }
                 keep
             });
-            let mut now_from: Vec<usize> = legs.keys().copied().collect();
-            now_from.sort();
-            if now_from != shown {
-                let names: Vec<String> = now_from
-                    .iter()
-                    .map(|p| self.each[*p].name.clone())
-                    .collect();
+            // Shown in the stream's order: the first is the one it prefers now.
+            let rank = |name: &str| order.iter().position(|p| p.name() == name);
+            let mut names: Vec<String> = legs.keys().cloned().collect();
+            names.sort_by_key(|n| (rank(n).unwrap_or(usize::MAX), n.clone()));
+            if names != shown {
                 if names.is_empty() {
                     // Between a parent's loss and its successor's leg (or while every parent
                     // rests after failures): `/streams` shows no parent too.
@@ -380,8 +175,8 @@ impl Upstream {
                 } else {
                     info!(parents = ?names, "stream comes from");
                 }
-                slot.set_parents(names);
-                shown = now_from;
+                slot.set_parents(names.clone());
+                shown = names;
             }
             let next_retry = retry
                 .values()
@@ -413,7 +208,7 @@ impl Upstream {
                     // the parent's keys changed): connect again, presenting the token file's
                     // current one; the subscription is tried again as after a loss.
                     if matches!(&end, LegEnd::Refused(e) if e.kind() == Kind::Unauthorized) {
-                        self.forget_link(p).await;
+                        self.forget_link(&leg.parent).await;
                     }
                     match end {
                         LegEnd::Refused(e) if merge.is_waiting() && refusal_is_final(e.kind()) => {
@@ -435,7 +230,7 @@ impl Upstream {
                             // `upstream` code) rather than at the end of their wait. (With
                             // another parent up, it is tried first.) The name is not
                             // remembered: the next listener asks again.
-                            warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused this relay: {}", e.reason());
+                            warn!(side = "upstream", parent = %p, code = %e.code(), "parent refused this relay: {}", e.reason());
                             slot.fail(
                                 ErrorCode::Upstream,
                                 format!("the parent refused this relay: {}", e.reason()),
@@ -451,12 +246,12 @@ impl Upstream {
                                 Some((_, w)) if !was_caught => (*w * 2).min(LAST_RETRY),
                                 _ => FIRST_RETRY,
                             };
-                            retry.insert(p, (Instant::now() + wait, wait));
+                            retry.insert(p.clone(), (Instant::now() + wait, wait));
                             match end {
-                                LegEnd::Lost(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "upstream subscription lost: {e}"),
-                                LegEnd::Refused(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused the stream: {e}"),
-                                LegEnd::Rejected(e) => warn!(side = "upstream", parent = %self.each[p].name, code = %e.code(), "parent refused this relay: {e}"),
-                                LegEnd::Mismatch(why) => warn!(side = "upstream", parent = %self.each[p].name, "parent serves another broadcast: {why}"),
+                                LegEnd::Lost(e) => warn!(side = "upstream", parent = %p, code = %e.code(), "upstream subscription lost: {e}"),
+                                LegEnd::Refused(e) => warn!(side = "upstream", parent = %p, code = %e.code(), "parent refused the stream: {e}"),
+                                LegEnd::Rejected(e) => warn!(side = "upstream", parent = %p, code = %e.code(), "parent refused this relay: {e}"),
+                                LegEnd::Mismatch(why) => warn!(side = "upstream", parent = %p, "parent serves another broadcast: {why}"),
                             }
                         }
                     }
@@ -488,12 +283,12 @@ impl Upstream {
     async fn leg(
         self: Arc<Self>,
         merge: Arc<Merge>,
-        p: usize,
+        p: Arc<set::Parent>,
         caught: watch::Sender<bool>,
-    ) -> (usize, LegEnd) {
-        let _user = User::new(&self.each[p].users);
+    ) -> (String, LegEnd) {
+        let _user = User::new(&p.users);
         let end = async {
-            let link = match self.link(p).await {
+            let link = match self.link(&p).await {
                 Ok(l) => l,
                 Err(e) if matches!(e.kind(), Kind::Unauthorized | Kind::NotAllowed) => {
                     return LegEnd::Rejected(e)
@@ -553,7 +348,7 @@ impl Upstream {
                 let _ = caught.send(false);
             }
         };
-        (p, end.await)
+        (p.name().to_string(), end.await)
     }
 }
 
@@ -576,11 +371,12 @@ impl Drop for User<'_> {
 /// A leg the fetch runs: whether it has caught up with the stream's position, and how to
 /// stop it.
 struct Leg {
+    parent: Arc<set::Parent>,
     caught: watch::Receiver<bool>,
     abort: tokio::task::AbortHandle,
 }
 
-fn stop(legs: &HashMap<usize, Leg>) {
+fn stop(legs: &HashMap<String, Leg>) {
     for l in legs.values() {
         l.abort.abort();
     }
