@@ -28,8 +28,11 @@ pub const MAX_PAGES_PER_REFRESH: usize = 2 * MAX_PAGES;
 #[derive(Default)]
 pub struct Heard {
     inner: Mutex<(BTreeMap<String, CatalogEntry>, Option<Instant>)>,
-    snapshot: Mutex<Option<(Instant, Arc<BTreeMap<String, CatalogEntry>>)>>,
+    snapshot: Mutex<Option<(Instant, Snapshot)>>,
 }
+
+/// The catalog as built, by path.
+pub type Snapshot = Arc<BTreeMap<String, CatalogEntry>>;
 
 /// How long a built catalog is served before it is made again.
 const SNAPSHOT: Duration = Duration::from_secs(1);
@@ -38,7 +41,7 @@ impl Node {
     /// The live streams of the tree as this node knows them, by path: its own over what its
     /// parents said, each with the rule this node passes on (the stricter of the stream's
     /// and its own policy). At most a second old.
-    pub fn catalog(&self) -> Arc<BTreeMap<String, CatalogEntry>> {
+    pub fn catalog(&self) -> Snapshot {
         let mut snap = self
             .heard
             .snapshot
