@@ -174,7 +174,8 @@ impl Node {
             tasks.push(tokio::spawn(catalog::refresh(Arc::downgrade(&node))).abort_handle());
         }
         if let Some(why) = node.cfg.fails_closed() {
-            tracing::warn!("{why}");
+            // Said, not warned: a tree with no protected stream is set up just so.
+            tracing::info!("{why}");
         }
         *node.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(node)
