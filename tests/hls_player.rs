@@ -22,6 +22,11 @@ async fn http(s: &Server) -> HttpServer {
 /// `/report?...` how it went: the path the player took, how long it took to start, how far
 /// `currentTime` moved in six seconds of the wall clock, and how far behind live it said.
 fn test_page(edge: &str, stream: &str) -> String {
+    test_page_asking(edge, stream, "")
+}
+
+/// The same, with `query` on the page's address (and the first playlist's): `?token=T`.
+fn test_page_asking(edge: &str, stream: &str, query: &str) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
 const node = 'http://{edge}/';
@@ -33,8 +38,8 @@ window.addEventListener('error', e => report('error=' + encodeURIComponent('scri
 async function load() {{
   for (let i = 0; i < 40; i++) {{
     // An edge holds a stream once someone asks for it: the playlist waits until it is live.
-    await fetch(node + '{stream}.m3u8').catch(() => {{}});
-    const html = await (await fetch(node)).text();
+    await fetch(node + '{stream}.m3u8{query}').catch(() => {{}});
+    const html = await (await fetch(node + '{query}')).text();
     if (html.includes('data-stream="{stream}"')) return html;
     await new Promise(r => setTimeout(r, 250));
   }}
@@ -134,6 +139,95 @@ async fn chromium_plays_the_page_through_media_source_from_an_edge() {
         field(&report, "label").is_some_and(|l| l.contains("behind%20live")),
         "the page shows how far behind live it plays ({report})"
     );
+}
+
+/// A stream that needs a listen token plays from the page opened with `?token=`: the
+/// node checks the token, puts it on the stream's player, and the player carries it on
+/// every request (playlist and parts over Media Source Extensions). Without it, the page
+/// asks for a token and has no player for the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_protected_stream_from_the_page_given_its_token() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k1");
+    let secret: String = (0..48)
+        .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+        .collect();
+    std::fs::write(&key, secret).unwrap();
+    let o = origin_with(NodeConfig {
+        segment_ms: Millis::new(1000),
+        ..test_config()
+    })
+    .await;
+    // The edge's own policy protects `paid/` (the origin is open): its page and player.
+    let r = relay_with(
+        &[&o],
+        NodeConfig {
+            token_key: vec![format!("k1={}", key.display()).parse().unwrap()],
+            listen_policy: vec!["paid/=token".parse().unwrap()],
+            ..test_config()
+        },
+    )
+    .await;
+    let edge = http(&r).await;
+    let publisher = publish_sample(&o, "paid/show");
+    wait_live(&o, "paid/show").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tok = quicast::node::mint(
+        &key,
+        "k1",
+        &quicast::node::Claims {
+            role: quicast::node::Grant::Listen,
+            path: "paid/show".into(),
+            exp: quicast::node::unix_now() + 600,
+            nbf: 0,
+            kid: "k1".into(),
+        },
+    )
+    .unwrap();
+    // The edge lists the stream once its parent has told it (every few seconds).
+    let listed = async {
+        loop {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "--max-time", "5", &format!("http://{}/", edge.addr)])
+                .output()
+                .await
+                .unwrap();
+            let page = String::from_utf8(out.stdout).unwrap();
+            if page.contains("data-name=\"paid/show\"") {
+                break page;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let page = tokio::time::timeout(Duration::from_secs(30), listed)
+        .await
+        .expect("the edge's page lists the stream");
+    assert!(
+        page.contains("data-name=\"paid/show\"") && !page.contains("data-stream=\"paid/show\""),
+        "without a token, no player: {page}"
+    );
+    let query = format!("?token={tok}");
+    let (page_addr, mut rx) = page_server(test_page_asking(
+        &edge.addr.to_string(),
+        "paid/show",
+        &query,
+    ))
+    .await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = headless(&format!("http://{page_addr}/"), profile.path());
+    let report = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the page reported")
+        .unwrap();
+    let _ = browser.kill().await;
+    publisher.abort();
+    eprintln!("page reported {report}");
+    assert_eq!(field(&report, "path"), Some("mse"), "{report}");
+    let t: f64 = field(&report, "t")
+        .unwrap_or_else(|| panic!("page reported {report}"))
+        .parse()
+        .unwrap();
+    assert!(t >= 3.0, "played only {t} s in 6 s ({report})");
 }
 
 /// The page's Ogg fallback (`?player=ogg`: progressive Ogg Opus in an `<audio>` element)
