@@ -122,8 +122,11 @@ fn a_mids_links_cut_mid_stream_cost_no_frame() {
     let mut ls: Vec<Proc> = (0..2)
         .map(|i| listen(&c, &[&d.edges[i]], "talk", &outs[i], 8))
         .collect();
+    // The mid the first edge prefers for the stream. Each edge ranks its parents by its own
+    // names for them (its proxies' addresses), so the other may prefer the other mid: it
+    // hedges over both, holds a link to each, and loses this one all the same.
     let victim = mid_behind(&mut d.edges[0]);
-    assert_eq!(victim, mid_behind(&mut d.edges[1]), "the edges agree");
+    let _ = mid_behind(&mut d.edges[1]);
     std::thread::sleep(Duration::from_secs(3));
     // The cut: the victim's only link goes down, both ways, for good.
     ip(&["link", "set", &d.ns[1 + victim].host_if, "down"]);

@@ -93,6 +93,26 @@ impl Node {
         all
     }
 
+    /// Who may listen to `path`, as far as the catalog knows before the stream is fetched
+    /// (public if it does not know it): the door turns away a listener it would refuse
+    /// anyway, before a relay fetches the stream for it.
+    /// The rule is the one the stream brought (from its parent), not this node's own
+    /// policy, which the check applies itself as it is now (a reload counts at once).
+    pub fn known_rule(&self, path: &str) -> crate::proto::StreamAccess {
+        if let Some(b) = self.registry.get(path).and_then(|s| s.broadcast()) {
+            return b.access();
+        }
+        let heard = self.heard.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match heard.1 {
+            Some(at) if at.elapsed() <= KEEP => heard
+                .0
+                .get(path)
+                .map(|e| e.info.access.clone())
+                .unwrap_or_default(),
+            _ => Default::default(),
+        }
+    }
+
     /// A page of the catalog after `after` (in path order), within one message's bound;
     /// and whether more follow.
     pub fn catalog_page(&self, after: &str) -> (Vec<CatalogEntry>, bool) {

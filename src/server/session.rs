@@ -391,10 +391,11 @@ impl Sessions {
                     control(conn, s, &Message::SubscribeError { id, code, reason });
                     return Ok(());
                 }
+                let known = self.node.known_rule(&path);
                 if let Err(why) =
                     self.node
                         .access()
-                        .may_listen(presented, &path, role == Role::Relay)
+                        .may_listen_to(presented, &path, role == Role::Relay, &known)
                 {
                     self.node
                         .refused_auth(&format!("a subscription to {path}"), &why);

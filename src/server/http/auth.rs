@@ -62,13 +62,13 @@ fn query_token(query: Option<&str>) -> Option<String> {
     ok.then(|| t.to_string())
 }
 
-/// Whether a listener with `token` may have stream `name` by this node's own policy:
-/// `Ok(what it presented)` (checked again with the rule the stream brings once it is
-/// here: `Node::may_have`), or the refusal to send (401 or 403, counted and logged).
+/// Whether a listener with `token` may have stream `name` by this node's own policy and
+/// the rule the catalog knows for it: `Ok(what it presented)` (checked again with the rule
+/// the stream brings once it is here: `Node::may_have`), or the refusal to send (401 or 403, counted and logged).
 pub(super) fn may_listen(node: &Node, name: &str, token: Option<&str>) -> Result<Presented, Reply> {
     let access = node.access();
     let presented = access.present(token.unwrap_or("").as_bytes());
-    match access.may_listen(&presented, name, false) {
+    match access.may_listen_to(&presented, name, false, &node.known_rule(name)) {
         Ok(()) => Ok(presented),
         Err(why) => {
             node.refused_auth(&format!("an HTTP listener of {name}"), &why);
