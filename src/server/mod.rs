@@ -4,6 +4,8 @@
 
 mod admin;
 mod control;
+mod delivery;
+mod hello;
 pub mod http;
 mod quic;
 mod session;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::session::{self, Sessions};
+use super::delivery;
+use super::session::Sessions;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{since_epoch, Broadcast};
@@ -405,7 +406,7 @@ fn apply(
             let mut joined = None;
             engine.with(conn, |c, s| {
                 if s.uid == uid {
-                    joined = session::subscribed(&node, c, s, id, low_latency, sub);
+                    joined = delivery::subscribed(&node, c, s, id, low_latency, sub);
                 }
             });
             if let Some((b, eager)) = joined {
@@ -464,7 +465,7 @@ fn apply(
         }
         Cmd::GoAway(alternatives) => {
             engine.app().away = Some(alternatives.clone());
-            engine.for_each(|c, s| session::go_away(c, s, alternatives.clone()));
+            engine.for_each(|c, s| delivery::go_away(c, s, alternatives.clone()));
         }
         Cmd::Config(cfg) => engine.set_server_config(cfg),
         Cmd::Stop => return false,
@@ -529,7 +530,7 @@ fn serve_slice(engine: &mut Engine<Sessions>, wakes: &mut Wakes) -> bool {
                 if let Some(sub) = s.subs.get_mut(&id) {
                     sub.queued = false;
                 }
-                session::step(&node, c, s, id);
+                delivery::step(&node, c, s, id);
             }
         });
     }

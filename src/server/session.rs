@@ -11,19 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId, VarInt};
+use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::control::{close, control, flush_control, refuse, refuse_quietly};
+use super::delivery::{settle, step_each};
 use super::quic::{Cmd, HandshakeRate};
-use crate::egress::quic::{step as deliver, Sub};
+use crate::egress::quic::Sub;
 use crate::engine::{read_stream, Admit, App, Offered, Read};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
-use crate::node::{credential, dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
+use crate::node::{dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
-use crate::transport;
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
 /// and uid, and what is due.
@@ -102,40 +102,40 @@ impl Sessions {
 /// One connection.
 pub(super) struct Session {
     pub(super) uid: u64,
-    handle: usize,
+    pub(super) handle: usize,
     pub(super) remote: SocketAddr,
     pub(super) ctl: Option<StreamId>,
-    ctl_in: BytesMut,
+    pub(super) ctl_in: BytesMut,
     /// Control messages not yet taken by the stream (flow control).
     pub(super) ctl_out: Vec<Bytes>,
     /// Who the peer said it is, and the token it showed (after its hello).
-    hello: Option<(Role, Presented)>,
-    peer: Option<Peer>,
+    pub(super) hello: Option<(Role, Presented)>,
+    pub(super) peer: Option<Peer>,
     /// The protocol version the peer said (what it is sent is in that version).
-    version: u64,
+    pub(super) version: u64,
     /// Catalog pages asked for since when (bounded per `catalog::REFRESH`).
-    catalog_window: (Instant, usize),
+    pub(super) catalog_window: (Instant, usize),
     /// The credential a publisher proved (see `PublisherClaim`).
-    credential: Option<[u8; 32]>,
+    pub(super) credential: Option<[u8; 32]>,
     pub(super) subs: HashMap<u64, Sub>,
     /// Subscriptions being made (the node may be waiting for the stream to start): an
     /// unsubscribe, or the connection's end, calls them off.
-    pending: HashMap<u64, Option<tokio::task::AbortHandle>>,
-    ingest: Option<Ingest>,
+    pub(super) pending: HashMap<u64, Option<tokio::task::AbortHandle>>,
+    pub(super) ingest: Option<Ingest>,
     /// A `Due::Pace` deadline is pending for its ingest.
-    paced: bool,
-    published: bool,
+    pub(super) paced: bool,
+    pub(super) published: bool,
     /// The peer finished its control stream while publishing: closed once its frames are in.
-    closing: bool,
-    told: bool,
-    started: Instant,
-    subscribed: u64,
+    pub(super) closing: bool,
+    pub(super) told: bool,
+    pub(super) started: Instant,
+    pub(super) subscribed: u64,
     /// Why it ended, when it did not end well.
     pub(super) why: Option<String>,
     /// Counted among its address's idle connections (no subscription, no publish).
-    idle: bool,
+    pub(super) idle: bool,
     /// Since when it has been idle.
-    idle_since: Instant,
+    pub(super) idle_since: Instant,
 }
 
 impl App for Sessions {
@@ -537,88 +537,6 @@ impl Sessions {
         }
     }
 
-    /// The hello: who the peer is and what token it holds, checked before anything else is
-    /// taken from it.
-    fn hello(
-        &mut self,
-        conn: &mut Connection,
-        s: &mut Session,
-        version: u64,
-        role: Role,
-        token: &[u8],
-    ) -> Result<()> {
-        if !(proto::MIN_VERSION..=proto::VERSION).contains(&version) {
-            return Err(Error::new(
-                Kind::Version,
-                format!(
-                    "protocol version {version} is not supported (this node speaks {} to {})",
-                    proto::MIN_VERSION,
-                    proto::VERSION
-                ),
-            ));
-        }
-        if role == Role::Relay && version < proto::VERSION {
-            // A relay enforces who may listen to what it carries: it must hear the rule.
-            return Err(Error::new(
-                Kind::Version,
-                format!(
-                    "a relay must speak protocol version {} (streams carry who may listen); \
-                     this one says {version}: upgrade it",
-                    proto::VERSION
-                ),
-            ));
-        }
-        if role == Role::Publisher && self.node.is_relay() {
-            return Err(Error::new(
-                Kind::NotAllowed,
-                "a relay takes no publishers; publish to the origin",
-            ));
-        }
-        let access = self.node.access();
-        let presented = access.present(token);
-        let checked = match role {
-            Role::Publisher => access.publisher(&presented),
-            Role::Relay => access.relay(&presented),
-            // A listener's token is checked against each path it asks for.
-            Role::Listener => Ok(()),
-        };
-        if let Err(why) = checked {
-            inc(&self.node.stats.auth_refused_total);
-            return Err(why.into_error());
-        }
-        debug!(remote = %s.remote, ?role, "hello");
-        match role {
-            // A publisher gets its one frame stream; nobody else may open any (a stream the
-            // node never reads would hold its receive window for the connection's life).
-            Role::Publisher => conn.set_max_concurrent_streams(Dir::Uni, VarInt::from_u32(1)),
-            // A child relay carries many streams at once: room for all of them in flight.
-            Role::Relay => conn.set_send_window(transport::RELAY_WINDOW),
-            Role::Listener => {}
-        }
-        // A signed token's path proves the right to take a lost publisher's place there.
-        s.credential = match (&presented, role) {
-            (Presented::Secret, Role::Publisher) => access
-                .publish_secret()
-                .map(|t| credential(t.expose().as_bytes())),
-            (Presented::Signed(Ok(c)), Role::Publisher) => {
-                Some(credential(format!("signed:{}", c.path).as_bytes()))
-            }
-            _ => None,
-        };
-        s.peer = Some(Peer::new(role, s.remote.ip()).presenting(presented.clone()));
-        s.hello = Some((role, presented));
-        s.version = version;
-        let ok = Message::HelloOk {
-            version,
-            node: self.node.name().to_string(),
-        };
-        control(conn, s, &ok);
-        if let Some(alternatives) = self.away.clone() {
-            go_away(conn, s, alternatives);
-        }
-        Ok(())
-    }
-
     /// Takes the publisher's frame stream, once it publishes and has opened it.
     fn open_frames(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
         let Some(ingest) = s.ingest.as_mut() else {
@@ -767,103 +685,6 @@ impl Sessions {
                 "a newer publisher with the same credentials took this stream over",
             );
             refuse_quietly(conn, s, &e);
-        }
-    }
-}
-
-/// Tells a peer (past its hello) to go, and where: once.
-pub(super) fn go_away(conn: &mut Connection, s: &mut Session, alternatives: Vec<String>) {
-    if s.hello.is_some() && !s.told {
-        s.told = true;
-        control(conn, s, &Message::GoAway { alternatives });
-    }
-}
-
-/// Delivers what subscription `id` has due (see `egress::quic`); once its broadcast is over,
-/// tells the subscriber.
-pub(super) fn step(node: &Node, conn: &mut Connection, s: &mut Session, id: u64) {
-    let Some(sub) = s.subs.get_mut(&id) else {
-        return;
-    };
-    if let Some(last) = deliver(node, conn, sub, id) {
-        s.subs.remove(&id);
-        debug!(id, last, "broadcast ended");
-        control(conn, s, &Message::StreamEnd { id, last_seq: last });
-        settle(node, conn, s);
-    }
-}
-
-/// Counts `s` among its address's idle connections while it has nothing to do (no
-/// subscription, made or being made, and no publish); see `Due::Idle` for what becomes of
-/// one idle too long.
-fn settle(node: &Node, conn: &mut Connection, s: &mut Session) {
-    let idle = s.subs.is_empty() && s.pending.is_empty() && s.ingest.is_none();
-    if idle == s.idle || conn.is_closed() {
-        return;
-    }
-    s.idle = idle;
-    node.set_idle(s.remote.ip(), idle);
-    if idle {
-        s.idle_since = Instant::now();
-    }
-}
-
-/// Steps every subscription of `s` that `wants` (those a stream's credit was waiting for).
-fn step_each(node: &Node, conn: &mut Connection, s: &mut Session, wants: impl Fn(&Sub) -> bool) {
-    let ids: Vec<u64> = s
-        .subs
-        .iter()
-        .filter(|(_, sub)| wants(sub))
-        .map(|(k, _)| *k)
-        .collect();
-    for id in ids {
-        step(node, conn, s, id);
-    }
-}
-
-/// A subscription the node made (or refused) for `s`: it is told, and delivery starts.
-/// Returns its broadcast when it joined, and whether it is a low-latency one (woken at
-/// every frame).
-pub(super) fn subscribed(
-    node: &Node,
-    conn: &mut Connection,
-    s: &mut Session,
-    id: u64,
-    low_latency: bool,
-    sub: Result<crate::node::Subscriber>,
-) -> Option<(Arc<crate::model::Broadcast>, bool)> {
-    // Called off meanwhile: nothing to do.
-    s.pending.remove(&id)?;
-    match sub {
-        Ok(sub) => {
-            let b = sub.cursor.broadcast().clone();
-            // Who may listen, as this node passes it on: the stricter of the rule the
-            // broadcast came with and this node's own policy.
-            let info = (s.version >= 2).then(|| proto::StreamInfo {
-                started_ms: b.started_ms(),
-                access: node.access().rule_for(&b.path, &b.access()),
-            });
-            let msg = Message::Subscribed {
-                id,
-                instance: b.instance,
-                codec: b.codec.clone(),
-                info,
-            };
-            control(conn, s, &msg);
-            s.subs.insert(id, Sub::start(sub, id, low_latency));
-            step(node, conn, s, id);
-            // Still on (not over at once): woken from now on.
-            s.subs.contains_key(&id).then_some((b, low_latency))
-        }
-        Err(e) => {
-            let msg = Message::SubscribeError {
-                id,
-                code: e.code().as_u64(),
-                reason: e.reason().to_string(),
-            };
-            control(conn, s, &msg);
-            settle(node, conn, s);
-            None
         }
     }
 }
