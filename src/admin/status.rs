@@ -23,15 +23,19 @@ struct StreamInfo {
     access: &'static str,
     /// The broadcast's instance (the same on every node).
     instance: u64,
-    /// What only a node that carries it knows.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    here: Option<Carried>,
+    /// What only a node that carries it knows (zeros and no parents where it does not: every
+    /// entry has every field, for the scripts that read them).
+    #[serde(flatten)]
+    here: Carried,
+    /// Whether this node carries it (`carried`, for the page).
+    #[serde(skip)]
+    carried_here: bool,
     /// The rule, for the page.
     #[serde(skip)]
     rule: StreamAccess,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Default)]
 struct Carried {
     codec: &'static str,
     sample_rate: u32,
@@ -68,14 +72,22 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                     "token"
                 },
                 instance: e.instance,
-                here: b.map(|b| Carried {
-                    codec: "opus",
-                    sample_rate: b.codec.sample_rate,
-                    channels: b.codec.channels,
-                    bitrate: b.bitrate(),
-                    delivery_interval_ms: b.delivery_interval().as_millis() as u64,
-                    parents: slot.as_ref().map(|s| s.parents()).unwrap_or_default(),
-                }),
+                carried_here: b.is_some(),
+                here: match b {
+                    Some(b) => Carried {
+                        codec: "opus",
+                        sample_rate: b.codec.sample_rate,
+                        channels: b.codec.channels,
+                        bitrate: b.bitrate(),
+                        delivery_interval_ms: b.delivery_interval().as_millis() as u64,
+                        parents: slot.as_ref().map(|s| s.parents()).unwrap_or_default(),
+                    },
+                    // The wire carries Opus only (version 2).
+                    None => Carried {
+                        codec: "opus",
+                        ..Carried::default()
+                    },
+                },
                 rule: e.info.access,
             }
         })
@@ -123,13 +135,13 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
         // Stream names are restricted to [A-Za-z0-9._~-/] and tokens to base64url and '.'
         // (`auth::query_token`): nothing to escape. The `src` is for a browser without
         // scripts; the player sets the best one for the browser.
-        let about = match &s.here {
-            Some(c) => format!(
+        let about = match s.carried_here {
+            true => format!(
                 "{} listening here &middot; {} kbit/s",
                 s.listeners,
-                c.bitrate / 1000
+                s.here.bitrate / 1000
             ),
-            None => "live in the tree".to_string(),
+            false => "live in the tree".to_string(),
         };
         let may = access.may_listen_to(&presented, &s.name, false, &s.rule);
         let player = match (&may, s.rule.is_public(), token) {
