@@ -226,7 +226,8 @@ fn predicted(parents: &[&Node]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `/streams` of a node: stream → (listeners, parents).
+/// `/streams` of a node, the streams it carries (it lists the tree's): stream →
+/// (listeners, parents).
 fn streams_json(http: &str) -> BTreeMap<String, (u64, Vec<String>)> {
     let out = std::process::Command::new("curl")
         .args(["-sf", &format!("http://{http}/streams")])
@@ -237,6 +238,7 @@ fn streams_json(http: &str) -> BTreeMap<String, (u64, Vec<String>)> {
     v.as_array()
         .unwrap()
         .iter()
+        .filter(|s| s["carried"] == true)
         .map(|s| {
             let parents = s["parents"]
                 .as_array()
