@@ -2,11 +2,9 @@
 //! (`CATALOG_REQUEST`, `CATALOG`). Paged by path so that a message stays within its bound
 //! whatever the number of streams.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::access::StreamInfo;
-use super::message::{get_path, put_bytes};
-use super::varint::{get_varint, put_varint};
 use super::DecodeError;
 
 /// Entries one `CATALOG` message may carry.
@@ -23,16 +21,19 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
-    pub(super) fn put(&self, buf: &mut BytesMut) {
+    pub(super) fn put(&self, buf: &mut BytesMut, put_bytes: impl Fn(&mut BytesMut, &[u8])) {
         put_bytes(buf, self.path.as_bytes());
-        put_varint(buf, self.instance);
+        super::varint::put_varint(buf, self.instance);
         self.info.put(buf);
     }
 
-    pub(super) fn get(buf: &mut Bytes) -> Result<CatalogEntry, DecodeError> {
+    pub(super) fn get(
+        buf: &mut Bytes,
+        get_path: impl Fn(&mut Bytes) -> Result<String, DecodeError>,
+    ) -> Result<CatalogEntry, DecodeError> {
         Ok(CatalogEntry {
             path: get_path(buf)?,
-            instance: get_varint(buf)?,
+            instance: super::varint::get_varint(buf)?,
             info: StreamInfo::get(buf)?,
         })
     }
@@ -40,7 +41,10 @@ impl CatalogEntry {
     /// Its size on the wire (to fill a page).
     pub fn encoded_len(&self) -> usize {
         let mut b = BytesMut::new();
-        self.put(&mut b);
-        b.len()
+        self.put(&mut b, |b, s| {
+            super::varint::put_varint(b, s.len() as u64);
+            bytes::BufMut::put_slice(b, s);
+        });
+        b.remaining()
     }
 }
