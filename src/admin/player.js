@@ -8,12 +8,15 @@
 //   navigator.userAgentData) this player comes first. A native player that fails before it
 //   played hands over to this one.
 // - Else progressive Ogg Opus: src = /NAME.ogg.
+// Before all of these: WebTransport + WebCodecs where the browser has both and the node
+// takes it (webtransport.js, inlined before this file); it hands over to the first of the
+// others that fits if it cannot play.
 //
 // A stream that needs a listen token has it in data-token (the node puts the page's own
 // `?token=` there once it has checked it): every URL asked for carries it.
 //
-// The path taken is in audio.dataset.path ('hls', 'mse' or 'ogg'); `?player=ogg` (or mse,
-// hls) on the page's address forces one. An element with class "behind" in the stream's
+// The path taken is in audio.dataset.path ('wt', 'hls', 'mse' or 'ogg'); `?player=ogg` (or
+// mse, hls, wt) on the page's address forces one. An element with class "behind" in the stream's
 // <li> shows, every second, how far behind live it plays.
 //
 // The MSE player follows the live edge of the LL-HLS playlist: it starts from the newest
@@ -625,6 +628,24 @@
       audio.src = withToken(src, audio.dataset.token);
       s.behind = path === 'hls' ? () => nativeBehind(audio) : () => bufferedBehind(audio);
     };
+    const forced = new URLSearchParams(location.search).get('player');
+    const wt = window.QuicastWt && QuicastWt.where();
+    if (wt && window.WebTransport && window.AudioDecoder && window.AudioWorkletNode && (!forced || forced === 'wt')) {
+      // WebTransport + WebCodecs first, where the browser has them; if it cannot (no Opus
+      // decoder, no node reached before it played), the next best way, at once.
+      audio.dataset.path = 'wt';
+      const p = new QuicastWt.Player(audio, name, audio.dataset.token, wt);
+      audio.quicast = p;
+      s.behind = () => p.behind();
+      s.status = () => p.status;
+      p.onFallback = () => {
+        delete audio.dataset.path;
+        use(choose(audio));
+        audio.play().catch(() => {});
+      };
+      shown.push(s);
+      return;
+    }
     use(choose(audio));
     if (audio.dataset.path === 'hls') {
       // A browser that says it plays HLS but cannot play this: the next best way.

@@ -102,6 +102,8 @@ pub(crate) fn streams_json(node: &Node) -> String {
 /// The page's player: native HLS, or LL-HLS over Media Source Extensions, or Ogg (see the
 /// file). Inlined into the page, so the page needs no route of its own for it.
 const PLAYER_JS: &str = include_str!("player.js");
+/// Its WebTransport + WebCodecs player, tried first where the browser has both.
+const WEBTRANSPORT_JS: &str = include_str!("webtransport.js");
 
 /// Whether `hay` contains `needle`, ASCII case-insensitively (in a const context).
 const fn contains_ignore_case(hay: &str, needle: &str) -> bool {
@@ -122,6 +124,34 @@ const fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 
 // Inside <script>, the first `</script` ends it.
 const _: () = assert!(!contains_ignore_case(PLAYER_JS, "</script"));
+const _: () = assert!(!contains_ignore_case(WEBTRANSPORT_JS, "</script"));
+
+/// `<body>`'s attributes that tell the player where this node takes WebTransport: its QUIC
+/// port (on the page's own host), the hashes of the certificates it makes for browsers
+/// (none where a CA signed its identity), and its alternates' addresses.
+fn webtransport_attrs(node: &Node) -> String {
+    let Some(door) = node.web.get() else {
+        return String::new();
+    };
+    let hashes = door.certs.as_ref().map(|c| c.hashes().join(",")).unwrap_or_default();
+    // Hosts are names or addresses and ports numbers (`QuicUrl`): nothing to escape but
+    // what a name could hold, which html_escape covers.
+    let alternates: Vec<String> = node
+        .cfg
+        .alternates
+        .iter()
+        .map(|u| {
+            let host = if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.clone() };
+            format!("https://{host}:{}/", u.port)
+        })
+        .collect();
+    format!(
+        " data-wt-port=\"{}\" data-wt-hashes=\"{}\" data-wt-alternates=\"{}\"",
+        door.port,
+        hashes,
+        html_escape(&alternates.join(","))
+    )
+}
 
 /// `/`: a page listing the live streams of the tree, a player for each the visitor may
 /// play: a stream that needs a token plays with the page's `?token=` (checked here first),
@@ -186,15 +216,17 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>quicast: {node}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}li{{list-style:none;margin:1em 0}}h2{{margin:0;font-size:1.1em}}audio{{width:100%}}.behind{{color:#666}}.refused{{color:#a00}}</style>
-</head><body>
+</head><body{wt}>
 <h1>Live on {node}</h1>
 <ul id="streams">
 {items}</ul>
 <p><small>Also as JSON: <a href="/streams">/streams</a>. Any player: <code>ffplay http://HOST:PORT/STREAM.ogg</code> or <code>http://HOST:PORT/STREAM.m3u8</code> (LL-HLS)</small></p>
+<script>{WEBTRANSPORT_JS}</script>
 <script>{PLAYER_JS}</script>
 </body></html>
 "#,
-        node = html_escape(node.name())
+        node = html_escape(node.name()),
+        wt = webtransport_attrs(node),
     )
 }
 

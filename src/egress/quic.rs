@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use quinn_proto::{Connection, Dir, StreamId};
+use quinn_proto::{Connection, Dir, StreamId, VarInt};
 use tracing::debug;
 
 use crate::model::{Batch, Form, Step};
@@ -14,11 +14,32 @@ use crate::node::{inc, Node, Subscriber};
 use crate::proto::{ErrorCode, SegmentHeader};
 use crate::transport::varint;
 
+/// What begins each segment stream a subscription opens, and the code its streams are
+/// reset with when the subscriber is moved forward: nothing and `skipped` on a native
+/// connection; WebTransport's stream type and the session, and `skipped` mapped, in a
+/// browser's session.
+#[derive(Clone, Debug)]
+pub(crate) struct Envelope {
+    pub(crate) prefix: Bytes,
+    pub(crate) skipped: VarInt,
+}
+
+impl Envelope {
+    pub(crate) fn native() -> Envelope {
+        Envelope {
+            prefix: Bytes::new(),
+            skipped: varint(ErrorCode::Skipped),
+        }
+    }
+}
+
 /// One subscription: its cursor, and where its segment stands on the wire.
 pub(crate) struct Sub {
     pub(crate) s: Subscriber,
     pub(crate) out: Option<StreamId>,
     pub(crate) header: Option<Bytes>,
+    /// How its segment streams begin and are given up (a native or a browser's connection).
+    envelope: Envelope,
     /// The segment that ended, its FIN not yet sent (it goes with the next one's frames).
     ended: Option<StreamId>,
     /// What the stream has not taken yet (flow control): the subscriber waits.
@@ -37,7 +58,7 @@ pub(crate) struct Sub {
 impl Sub {
     /// Starts delivering subscription `id` (`low_latency`: each frame as it comes, rather
     /// than a delivery interval's at a time).
-    pub(crate) fn start(mut s: Subscriber, id: u64, low_latency: bool) -> Sub {
+    pub(crate) fn start(mut s: Subscriber, id: u64, low_latency: bool, envelope: Envelope) -> Sub {
         if low_latency {
             s.cursor.eager();
         }
@@ -49,6 +70,7 @@ impl Sub {
             s,
             out: None,
             header: None,
+            envelope,
             ended: None,
             backlog: Vec::new(),
             last: None,
@@ -65,9 +87,7 @@ impl Sub {
     /// hear nothing more.
     pub(crate) fn close(&mut self, conn: &mut Connection, node: &Node) {
         if let Some(out) = self.out.take() {
-            let _ = conn
-                .send_stream(out)
-                .reset(varint(crate::proto::ErrorCode::Skipped));
+            let _ = conn.send_stream(out).reset(self.envelope.skipped);
         }
         finish_ended(conn, self);
         self.flush(node);
@@ -182,7 +202,7 @@ pub(crate) fn step(node: &Node, conn: &mut Connection, sub: &mut Sub, id: u64) -
                     if sent {
                         sub.ended = Some(out);
                     } else {
-                        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+                        let _ = conn.send_stream(out).reset(sub.envelope.skipped);
                     }
                 }
             }
@@ -223,7 +243,7 @@ fn skip(conn: &mut Connection, sub: &mut Sub) {
     sub.header = None;
     sub.backlog.clear();
     if let Some(out) = sub.out.take() {
-        let _ = conn.send_stream(out).reset(varint(ErrorCode::Skipped));
+        let _ = conn.send_stream(out).reset(sub.envelope.skipped);
     }
 }
 
@@ -278,7 +298,7 @@ fn begin(conn: &mut Connection, sub: &mut Sub, id: u64, seq: u64) -> bool {
             }
         }
     };
-    let mut hdr = BytesMut::new();
+    let mut hdr = BytesMut::from(&sub.envelope.prefix[..]);
     SegmentHeader { sub_id: id, seq }.encode(&mut hdr);
     sub.header = Some(hdr.freeze());
     sub.out = Some(s);

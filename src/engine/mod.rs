@@ -665,7 +665,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clients_get_through_a_retry_and_their_answers_from_a_server_engine() {
         let id = Identity::self_signed(&[]).unwrap();
-        let cfg = Arc::new(server_config(&id, Duration::from_millis(1000), 1200).unwrap());
+        let cfg = Arc::new(server_config(&id, None, Duration::from_millis(1000), 1200).unwrap());
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         let incomings = Arc::new(AtomicUsize::new(0));

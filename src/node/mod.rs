@@ -83,6 +83,16 @@ pub struct Node {
     pub(crate) rests: merge::Rests,
     /// What the parents say is live (a relay's: see `catalog`).
     heard: catalog::Heard,
+    /// Where browsers reach this node over WebTransport (set when its QUIC port opens).
+    pub web: std::sync::OnceLock<WebDoor>,
+}
+
+/// Where browsers reach a node over WebTransport: its QUIC port, and the hashes of the
+/// certificates it makes for them (none where a CA signed its identity).
+#[derive(Debug)]
+pub struct WebDoor {
+    pub port: u16,
+    pub certs: Option<Arc<crate::transport::WebCerts>>,
 }
 
 impl Drop for Node {
@@ -161,6 +171,7 @@ impl Node {
             audiences: Default::default(),
             rests: Default::default(),
             heard: Default::default(),
+            web: Default::default(),
         });
         let mut tasks = Vec::new();
         if !node.cfg.overload_lag_ms.get().is_zero() {

@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::control::control;
 use super::session::Session;
-use crate::egress::quic::{step as deliver, Sub};
+use crate::egress::quic::{step as deliver, Envelope, Sub};
 use crate::error::Result;
 use crate::node::Node;
 use crate::proto::{self, Message};
@@ -99,7 +99,8 @@ pub(super) fn subscribed(
                 info,
             };
             control(conn, s, &msg);
-            s.subs.insert(id, Sub::start(sub, id, low_latency));
+            let envelope = s.wt.as_ref().map_or_else(Envelope::native, |w| w.envelope.clone());
+            s.subs.insert(id, Sub::start(sub, id, low_latency, envelope));
             step(node, conn, s, id);
             // Still on (not over at once): woken from now on.
             s.subs.contains_key(&id).then_some((b, low_latency))

@@ -44,6 +44,13 @@ impl Sessions {
                 ),
             ));
         }
+        if s.wt.is_some() && role != Role::Listener {
+            // A browser's session listens; publishers and relays speak quicast's own ALPN.
+            return Err(Error::new(
+                Kind::NotAllowed,
+                "a WebTransport session may only listen",
+            ));
+        }
         if role == Role::Publisher && self.node.is_relay() {
             return Err(Error::new(
                 Kind::NotAllowed,
@@ -91,6 +98,10 @@ impl Sessions {
         control(conn, s, &ok);
         if let Some(alternatives) = self.away.clone() {
             go_away(conn, s, alternatives);
+        }
+        // Streams it opened before it said who it is: stopped, unless it may publish.
+        if s.wt.is_none() {
+            self.open_frames(conn, s, std::time::Instant::now());
         }
         Ok(())
     }

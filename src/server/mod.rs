@@ -9,6 +9,7 @@ mod hello;
 pub mod http;
 mod quic;
 mod session;
+mod webtransport;
 
 use std::sync::Arc;
 

@@ -32,6 +32,8 @@ pub struct QuicServer {
     pub addr: SocketAddr,
     pub fingerprint: String,
     shards: Vec<Shard>,
+    /// The certificates browsers get, where the node's identity is self-signed.
+    web: Option<Arc<transport::WebCerts>>,
 }
 
 impl Drop for QuicServer {
@@ -95,8 +97,19 @@ impl QuicServer {
         listen: SocketAddr,
         identity: &Identity,
     ) -> Result<QuicServer> {
+        // Browsers (WebTransport) take a self-signed certificate only if it is short-lived
+        // and named by its hash: made here, turned over before it ends.
+        let web = match identity.self_signed {
+            true => Some(transport::WebCerts::new(&[
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+            ])?),
+            false => None,
+        };
         let cfg = Arc::new(transport::server_config(
             identity,
+            web.as_ref(),
             node.cfg.ack_delay_ms.get(),
             node.cfg.max_packet_bytes.value() as u16,
         )?);
@@ -120,6 +133,13 @@ impl QuicServer {
             };
             shards.push(Shard::start(node.clone(), cfg.clone(), socket, cids).await?);
         }
+        if let Some(w) = &web {
+            tokio::spawn(turn_web_certs(Arc::downgrade(w)));
+        }
+        let _ = node.web.set(crate::node::WebDoor {
+            port: addr.port(),
+            certs: web.clone(),
+        });
         let role = if node.is_relay() { "relay" } else { "origin" };
         info!(%addr, role, node = %node.name(), threads = count, fingerprint = %identity.fingerprint, "listening (QUIC)");
         if !node.is_relay() && node.access().open_to_publishers() {
@@ -130,14 +150,17 @@ impl QuicServer {
             addr,
             fingerprint: identity.fingerprint.clone(),
             shards,
+            web,
         })
     }
 
     /// Serves new connections with `identity` (a reload: connections already in keep the
     /// certificate they were made with).
     pub fn set_identity(&self, identity: &Identity) -> Result<()> {
+        let web = self.web.as_ref().filter(|_| identity.self_signed);
         let cfg = Arc::new(transport::server_config(
             identity,
+            web,
             self.node.cfg.ack_delay_ms.get(),
             self.node.cfg.max_packet_bytes.value() as u16,
         )?);
@@ -249,6 +272,20 @@ impl Shard {
             .map_err(|_| Error::local("a QUIC thread ended at its start"))?
             .map_err(|e| Error::local(format!("cannot start a QUIC endpoint: {e}")))?;
         Ok(Shard { tx, done })
+    }
+}
+
+/// Turns the browsers' certificates over when due (checked hourly), while the server lives.
+async fn turn_web_certs(web: std::sync::Weak<transport::WebCerts>) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let Some(w) = web.upgrade() else { return };
+        match w.turn_if_due(std::time::SystemTime::now()) {
+            Ok(true) => info!(hashes = ?w.hashes(), "WebTransport certificate turned over"),
+            Ok(false) => {}
+            Err(e) => warn!("WebTransport certificate not turned over: {e}"),
+        }
     }
 }
 

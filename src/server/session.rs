@@ -11,19 +11,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId};
+use quinn_proto::{Connection, Dir, Event, Incoming, StreamEvent, StreamId, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::control::{close, control, flush_control, refuse, refuse_quietly};
 use super::delivery::{settle, step_each};
 use super::quic::{Cmd, HandshakeRate};
+use super::webtransport::{Next, Wt};
 use crate::egress::quic::Sub;
 use crate::engine::{read_stream, Admit, App, Offered, Read};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
 use crate::node::{dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
+use crate::transport::varint;
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
 /// and uid, and what is due.
@@ -136,6 +138,8 @@ pub(super) struct Session {
     pub(super) idle: bool,
     /// Since when it has been idle.
     pub(super) idle_since: Instant,
+    /// A browser's connection (ALPN `h3`): its HTTP/3 and WebTransport state.
+    pub(super) wt: Option<Box<Wt>>,
 }
 
 impl App for Sessions {
@@ -194,6 +198,7 @@ impl App for Sessions {
             why: None,
             idle: true,
             idle_since: Instant::now(),
+            wt: None,
         })
     }
 
@@ -223,6 +228,23 @@ impl App for Sessions {
                 self.deadlines
                     .push(Reverse((at, handle, s.uid, Due::Hello)));
                 self.deadlines.push(Reverse((at, handle, s.uid, Due::Idle)));
+                if chose_h3(conn) {
+                    s.wt = Wt::start(conn).map(Box::new);
+                    if s.wt.is_none() {
+                        close(conn, ErrorCode::Internal, "cannot begin HTTP/3");
+                    }
+                }
+            }
+            Event::Stream(StreamEvent::Opened { dir }) if s.wt.is_some() => {
+                let new = s.wt.as_mut().map(|w| w.opened(conn, dir)).unwrap_or_default();
+                for id in new {
+                    self.browser_stream(conn, s, id, now);
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id })
+                if s.wt.as_ref().is_some_and(|w| w.reads(id)) =>
+            {
+                self.browser_stream(conn, s, id, now);
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) if s.ctl.is_none() => {
                 if let Some(id) = conn.streams().accept(Dir::Bi) {
@@ -313,7 +335,34 @@ impl App for Sessions {
     }
 }
 
+/// Whether the peer chose HTTP/3 (a browser, for WebTransport) rather than quicast's own ALPN.
+fn chose_h3(conn: &Connection) -> bool {
+    conn.crypto_session()
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+        .is_some_and(|d| d.protocol.as_deref() == Some(crate::transport::H3))
+}
+
 impl Sessions {
+    /// One of a browser's streams has data: HTTP/3 until its session's control stream, which
+    /// is read as a native client's is.
+    fn browser_stream(&mut self, conn: &mut Connection, s: &mut Session, id: StreamId, now: Instant) {
+        let Some(wt) = s.wt.as_mut() else { return };
+        match wt.readable(conn, id) {
+            Next::Nothing => {}
+            Next::Control(id, rest) => {
+                s.ctl = Some(id);
+                s.ctl_in = rest;
+                self.read_control(conn, s, now);
+            }
+            Next::Close(code, why) => {
+                debug!(remote = %s.remote, "browser connection closed: {why}");
+                s.why = Some(why.clone());
+                conn.close(now, VarInt::from_u32(code), Bytes::from(why.into_bytes()));
+            }
+        }
+    }
+
     fn read_control(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
         let Some(id) = s.ctl else { return };
         let end = read_stream(conn, id, &mut s.ctl_in);
@@ -538,14 +587,23 @@ impl Sessions {
     }
 
     /// Takes the publisher's frame stream, once it publishes and has opened it.
-    fn open_frames(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
-        let Some(ingest) = s.ingest.as_mut() else {
-            return;
-        };
-        if ingest.stream.is_none() {
-            if let Some(id) = conn.streams().accept(Dir::Uni) {
-                ingest.stream = Some(id);
-                self.feed(conn, s, now);
+    /// Streams a native peer opens that it should not have (any but a publisher's one frame stream) are stopped unread.
+    pub(super) fn open_frames(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
+        if let Some(ingest) = s.ingest.as_mut() {
+            if ingest.stream.is_none() {
+                if let Some(id) = conn.streams().accept(Dir::Uni) {
+                    ingest.stream = Some(id);
+                    self.feed(conn, s, now);
+                }
+            }
+        }
+        // Before its hello a peer may be a publisher whose frame stream came first: it
+        // waits. After, a stream that is not the frame stream is not read.
+        let publishing = s.ingest.as_ref().is_some_and(|i| i.stream.is_none())
+            || (!s.published && s.hello.as_ref().is_some_and(|h| h.0 == Role::Publisher));
+        if s.hello.is_some() && !publishing {
+            while let Some(id) = conn.streams().accept(Dir::Uni) {
+                let _ = conn.recv_stream(id).stop(varint(ErrorCode::ProtocolViolation));
             }
         }
     }

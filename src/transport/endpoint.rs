@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
+use rustls::sign::CertifiedKey;
+
 use super::tls::{provider, Identity, PinnedVerifier, Trust};
+use super::webcert::{ByAlpn, WebCerts, H3};
 use crate::error::{Error, Result};
 use crate::proto::ALPN;
 
@@ -142,18 +145,30 @@ pub fn probe_once(t: &mut quinn::TransportConfig, max: u16) {
 /// to ACK every 10th ack-eliciting packet, or after `ack_delay`, and at once on any gap.
 /// Listeners get a packet per delivery interval and send only ACKs, so this halves the
 /// datagrams a node handles (needs the patch in vendor/README.md to ask for more than 25 ms).
+///
+/// Browsers ask for `h3` (WebTransport, see `server::webtransport`): they get the node's
+/// identity if a CA signed it, else a short-lived certificate of `web` (its page passes
+/// the hash).
 pub fn server_config(
     id: &Identity,
+    web: Option<&Arc<WebCerts>>,
     ack_delay: Duration,
     max_packet: u16,
 ) -> Result<quinn::ServerConfig> {
+    let signing = provider()
+        .key_provider
+        .load_private_key(id.key.clone_key())
+        .map_err(|e| Error::local(format!("TLS: {e}")))?;
+    let certs = ByAlpn {
+        native: Arc::new(CertifiedKey::new(id.certs.clone(), signing)),
+        web: web.cloned(),
+    };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::local(format!("TLS: {e}")))?
         .with_no_client_auth()
-        .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .map_err(|e| Error::local(format!("TLS: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+        .with_cert_resolver(Arc::new(certs));
+    tls.alpn_protocols = vec![ALPN.to_vec(), H3.to_vec()];
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::local(format!("TLS: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -167,10 +182,13 @@ pub fn server_config(
     let mut tokens = quinn::ValidationTokenConfig::default();
     tokens.sent(0);
     cfg.validation_token_config(tokens);
-    // Clients open one control stream, read as it comes; a publisher is granted its one
-    // frame stream after its hello, nobody else any (see `server::handle_connection`). 64 KiB
-    // is a second of the richest Opus stream: what a peer can make the node hold is small.
-    let mut t = transport(0, 64 * 1024, 128 * 1024);
+    // Clients open one control stream, read as it comes. Three unidirectional streams are
+    // granted before anyone is known, since HTTP/3 needs them at once (a browser's control
+    // and QPACK streams, see `server::webtransport`); a quicast client opens none but a
+    // publisher's frame stream, and any other is stopped unread (`server::session`). 64 KiB
+    // is a second of the richest Opus stream, and 128 KiB all of a connection's streams
+    // together: what a peer can make the node hold is small.
+    let mut t = transport(3, 64 * 1024, 128 * 1024);
     probe_once(&mut t, max_packet);
     if !ack_delay.is_zero() {
         let mut af = quinn::AckFrequencyConfig::default();

@@ -6,6 +6,7 @@ mod errors;
 mod io;
 pub mod shards;
 mod tls;
+mod webcert;
 
 use std::net::SocketAddr;
 
@@ -17,6 +18,7 @@ pub use endpoint::{
 pub use errors::{conn_error, varint};
 pub use io::{write_message, ControlReader, ControlWriter, FrameReader};
 pub use tls::{sha256_hex, FileError, Identity, Trust};
+pub use webcert::{WebCerts, H3};
 
 use crate::error::{Error, Result};
 use crate::proto::QuicUrl;

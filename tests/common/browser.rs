@@ -24,7 +24,15 @@ pub fn chromium() -> &'static str {
 /// Headless Chromium on `page` (autoplay allowed, muted), with its profile in `profile`;
 /// killed when dropped.
 pub fn headless(page: &str, profile: &std::path::Path) -> Child {
+    headless_with(page, profile, &[])
+}
+
+/// The same, with `extra` flags.
+#[allow(dead_code)]
+pub fn headless_with(page: &str, profile: &std::path::Path, extra: &[&str]) -> Child {
+    let log = std::env::var_os("QUICAST_CHROMIUM_LOG").is_some();
     Command::new(chromium())
+        .args(extra)
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -38,8 +46,11 @@ pub fn headless(page: &str, profile: &std::path::Path) -> Child {
             &format!("--user-data-dir={}", profile.display()),
             page,
         ])
+        // QUICAST_CHROMIUM_LOG=1: the browser's log (the page's console included) on stderr.
+        .args(log.then_some("--enable-logging=stderr"))
+        .args(log.then_some("--log-net-log=/tmp/chromium-netlog.json"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
         .kill_on_drop(true)
         .spawn()
         .unwrap()

@@ -1,0 +1,475 @@
+// The page's WebTransport player: the node's own listener protocol (proto/SPEC.md) over a
+// WebTransport session on its QUIC port, Opus frames decoded by WebCodecs' AudioDecoder
+// and played from a small jitter buffer in an AudioWorklet, into the <audio> element (its
+// srcObject), whose controls start and stop it.
+//
+// - The page's <body> says where: data-wt-port (the node's QUIC port, on the page's host),
+//   data-wt-hashes (SHA-256 of the short-lived certificates a self-signed node makes for
+//   browsers: serverCertificateHashes; none where a CA signed the node's) and
+//   data-wt-alternates (https://HOST:PORT of other nodes, tried in turn if this one is lost).
+// - One control stream: HELLO (version 2, listener, the page's token), SUBSCRIBE (live, or
+//   from the segment it was in after a reconnect; low latency). A segment per
+//   unidirectional stream, read in the order they come; frames carry the origin's receive
+//   time (wall_us): each decoded frame's latency from it is kept (p50/p99 in stats()).
+// - The jitter buffer holds about JITTER_MS; past MAX_MS it drops to JITTER_MS (skips ahead,
+//   counted); empty while playing, it plays silence until it holds JITTER_MS again
+//   (an underrun, counted).
+// - Lost: no frame for SILENCE_MS (or the session closed, or GOAWAY): it connects again, to
+//   the same node and then the alternates in turn, and resumes from the segment it was in,
+//   skipping the frames it has, as `quicast listen URL URL` does.
+(() => {
+  'use strict';
+  if (window.QuicastWt) return;
+
+  const JITTER_MS = 60;
+  /** Held past JITTER_MS + CATCH_UP_MS, it plays faster (drops a quantum in 8) to catch up;
+   * past MAX_MS, it drops to JITTER_MS at once. */
+  const CATCH_UP_MS = 150;
+  const MAX_MS = 2000;
+  /** A newcomer's first frames older than this are not played: it starts at the live edge. */
+  const STALE_MS = 150;
+  const SILENCE_MS = 700;
+  /** Latencies kept for the stats: the last minute of 20 ms frames. */
+  const KEEP = 3000;
+
+  // ---- The wire: QUIC variable-length integers, messages, frames ----
+
+  function varint(v) {
+    if (v < 0x40) return [v];
+    if (v < 0x4000) return [0x40 | (v >> 8), v & 0xff];
+    if (v < 0x40000000) return [0x80 | (v >>> 24), (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff];
+    const hi = Math.floor(v / 2 ** 32), lo = v >>> 0;
+    return [0xc0 | (hi >>> 24), (hi >> 16) & 0xff, (hi >> 8) & 0xff, hi & 0xff,
+      lo >>> 24, (lo >> 16) & 0xff, (lo >> 8) & 0xff, lo & 0xff];
+  }
+  const bytes = b => [...varint(b.length), ...b];
+  const utf8 = s => [...new TextEncoder().encode(s)];
+  const message = (type, payload) => new Uint8Array([...varint(type), ...varint(payload.length), ...payload]);
+
+  /** Bytes as they come on a stream, read from the front. */
+  class Reader {
+    constructor() { this.buf = new Uint8Array(0); this.at = 0; }
+    push(chunk) {
+      const rest = this.buf.subarray(this.at);
+      const b = new Uint8Array(rest.length + chunk.length);
+      b.set(rest);
+      b.set(chunk, rest.length);
+      this.buf = b;
+      this.at = 0;
+    }
+    /** A varint, or null if it has not all come (nothing taken). */
+    varint() {
+      if (this.at >= this.buf.length) return null;
+      const first = this.buf[this.at];
+      const len = 1 << (first >> 6);
+      if (this.at + len > this.buf.length) return null;
+      let v = first & 0x3f;
+      for (let i = 1; i < len; i++) v = v * 256 + this.buf[this.at + i];
+      this.at += len;
+      return v;
+    }
+    take(n) {
+      if (this.at + n > this.buf.length) return null;
+      const b = this.buf.subarray(this.at, this.at + n);
+      this.at += n;
+      return b;
+    }
+  }
+
+  /** One control message from `r`, or null (nothing taken) until it has all come. */
+  function nextMessage(r) {
+    const start = r.at;
+    const type = r.varint();
+    const len = type === null ? null : r.varint();
+    const payload = len === null ? null : r.take(len);
+    if (payload === null) { r.at = start; return null; }
+    const p = new Reader();
+    p.push(payload);
+    return { type, p };
+  }
+  const str = p => { const n = p.varint(); return new TextDecoder().decode(p.take(n)); };
+
+  // ---- The jitter buffer ----
+
+  const WORKLET = `
+class QuicastJitter extends AudioWorkletProcessor {
+  constructor(o) {
+    super();
+    const { channels, jitter, catchUp, max } = o.processorOptions;
+    this.ch = channels; this.jitter = jitter; this.catchUp = catchUp; this.max = max;
+    this.cap = sampleRate * 4;
+    this.ring = Array.from({ length: channels }, () => new Float32Array(this.cap));
+    this.r = 0; this.w = 0; this.level = 0;
+    this.playing = false; this.first = false;
+    this.underruns = 0; this.dropped = 0; this.played = 0;
+    this.port.onmessage = e => this.put(e.data);
+    this.tick = 0;
+  }
+  put(planes) {
+    const n = planes[0].length;
+    if (this.level + n > this.cap) { this.skip(this.level + n - this.cap); }
+    for (let c = 0; c < this.ch; c++) {
+      const src = planes[Math.min(c, planes.length - 1)];
+      for (let i = 0, w = this.w; i < n; i++, w = (w + 1) % this.cap) this.ring[c][w] = src[i];
+    }
+    this.w = (this.w + n) % this.cap;
+    this.level += n;
+    if (this.level > this.max) this.skip(this.level - this.jitter);
+  }
+  skip(n) { this.r = (this.r + n) % this.cap; this.level -= n; this.dropped += n; }
+  process(_in, outputs) {
+    const out = outputs[0];
+    const n = out[0].length;
+    if (!this.playing && this.level >= this.jitter) this.playing = true;
+    if (this.playing && this.level < n) { this.playing = false; this.underruns++; }
+    if (this.playing && this.level > this.jitter + this.catchUp + n && this.tick % 8 === 0) this.skip(n);
+    if (this.playing) {
+      for (let c = 0; c < out.length; c++) {
+        const ring = this.ring[Math.min(c, this.ch - 1)];
+        for (let i = 0, r = this.r; i < n; i++, r = (r + 1) % this.cap) out[c][i] = ring[r];
+      }
+      this.r = (this.r + n) % this.cap;
+      this.level -= n;
+      this.played += n;
+      if (!this.first) { this.first = true; this.port.postMessage({ first: currentTime }); }
+    }
+    if (++this.tick % 64 === 0) {
+      this.port.postMessage({ level: this.level, underruns: this.underruns, dropped: this.dropped, played: this.played });
+    }
+    return true;
+  }
+}
+registerProcessor('quicast-jitter', QuicastJitter);
+`;
+
+  const hexBytes = h => new Uint8Array(h.match(/../g).map(x => parseInt(x, 16)));
+  const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
+
+  /** Whether this browser can: WebTransport, AudioWorklet, and an AudioDecoder for Opus. */
+  async function supported() {
+    if (!window.WebTransport || !window.AudioDecoder || !window.AudioWorkletNode) return false;
+    try {
+      const s = await AudioDecoder.isConfigSupported({ codec: 'opus', sampleRate: 48000, numberOfChannels: 2 });
+      return !!s.supported;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  class Player {
+    constructor(audio, name, token, where) {
+      this.audio = audio;
+      this.name = name;
+      this.token = token || '';
+      this.nodes = [where.url, ...where.alternates];
+      this.hashes = where.hashes;
+      this.status = '';
+      this.lat = [];
+      this.gaps = 0;
+      this.reconnects = 0;
+      this.frames = 0;
+      this.decodeErrors = 0;
+      this.jit = { level: 0, underruns: 0, dropped: 0, played: 0 };
+      this.resume = null;
+      this.run = null;
+      audio.removeAttribute('src');
+      audio.addEventListener('play', () => { if (!this.gone) this.start(); });
+      audio.addEventListener('pause', () => { if (audio.paused && !this.gone) this.stop(); });
+    }
+
+    /** The audio graph: decoded frames into the jitter buffer, out through the element. */
+    async graph(channels) {
+      if (this.ctx && this.channels === channels) return;
+      if (this.ctx) this.ctx.close();
+      const ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+      this.ctx = ctx;
+      this.channels = channels;
+      const url = URL.createObjectURL(new Blob([WORKLET], { type: 'text/javascript' }));
+      await ctx.audioWorklet.addModule(url);
+      URL.revokeObjectURL(url);
+      const node = new AudioWorkletNode(ctx, 'quicast-jitter', {
+        numberOfInputs: 0,
+        outputChannelCount: [channels],
+        processorOptions: {
+          channels, jitter: Math.round(48 * JITTER_MS), catchUp: Math.round(48 * CATCH_UP_MS), max: Math.round(48 * MAX_MS),
+        },
+      });
+      node.port.onmessage = e => {
+        if (e.data.first !== undefined) this.firstSound = performance.now() - this.pressed;
+        else this.jit = e.data;
+      };
+      const dest = ctx.createMediaStreamDestination();
+      node.connect(dest);
+      this.node = node;
+      this.audio.srcObject = dest.stream;
+      this.audio.play().catch(() => {});
+      await ctx.resume();
+    }
+
+    start() {
+      if (this.run) return;
+      if (this.pressed === undefined) this.pressed = performance.now();
+      this.run = { stop: false };
+      this.status = 'connecting';
+      this.follow(this.run, 0);
+    }
+
+    stop() {
+      if (!this.run) return;
+      this.run.stop = true;
+      if (this.run.wt) this.run.wt.close();
+      this.run = null;
+      this.status = '';
+    }
+
+    /** Connects to node `k` (of the page's node and its alternates) and plays; when it is
+     * lost, the next one, from where it was. A browser that cannot, or that reaches no node
+     * before it ever played (UDP blocked), falls back (`onFallback`). */
+    async follow(run, k) {
+      if (!(await supported())) return this.fallback('no Opus decoder');
+      let failures = 0;
+      while (!run.stop) {
+        const url = this.nodes[k % this.nodes.length];
+        try {
+          await this.session(run, url);
+          failures = 0;
+        } catch (e) {
+          console.warn('quicast WebTransport:', url, String(e));
+          failures++;
+          if (e.fatal) { this.status = e.message; this.run = null; return; }
+          if (!this.played && failures >= this.nodes.length) return this.fallback(String(e));
+        }
+        if (run.stop) return;
+        this.reconnects++;
+        k++;
+        this.status = 'reconnecting';
+        if (failures >= this.nodes.length) await new Promise(r => setTimeout(r, Math.min(5000, 250 * failures)));
+      }
+    }
+
+    fallback(why) {
+      console.warn('quicast WebTransport: not here (' + why + '): the next way');
+      this.stop();
+      this.gone = true;
+      if (this.ctx) this.ctx.close();
+      this.audio.srcObject = null;
+      if (this.onFallback) this.onFallback(why);
+    }
+
+    /** One session: until it is lost or stopped. */
+    async session(run, url) {
+      const opts = {};
+      if (this.hashes.length) {
+        opts.serverCertificateHashes = this.hashes.map(h => ({ algorithm: 'sha-256', value: hexBytes(h) }));
+      }
+      const wt = new WebTransport(url, opts);
+      run.wt = wt;
+      const lost = new Promise(res => {
+        wt.closed.then(() => res('closed'), e => res(String(e)));
+      });
+      await wt.ready;
+      const ctl = await wt.createBidirectionalStream();
+      const w = ctl.writable.getWriter();
+      const token = utf8(this.token);
+      const start = this.resume ? [1, ...varint(this.resume.seq)] : [0];
+      await w.write(message(0x01, [...varint(2), 1, ...bytes(token)]));
+      await w.write(message(0x03, [1, ...bytes(utf8(this.name)), ...start, 1]));
+      const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, segments: [] };
+      const watch = new Promise(res => {
+        const t = setInterval(() => {
+          if (run.stop) { clearInterval(t); res('stopped'); }
+          else if (s.codec && !s.ended && performance.now() - s.heard > SILENCE_MS) { clearInterval(t); res('silent'); }
+        }, 100);
+      });
+      this.control(s, ctl.readable).catch(e => { s.failed = e; s.leave('refused: ' + e.message); });
+      this.segments(s, wt.incomingUnidirectionalStreams).catch(() => {});
+      const gone = new Promise(r => { s.leave = r; });
+      const why = await Promise.race([lost, watch, gone]);
+      try { wt.close(); } catch (e) { /* closed */ }
+      if (s.failed) throw s.failed;
+      if (!s.codec) throw new Error(why);
+      if (why !== 'stopped') console.warn('quicast WebTransport: session over:', why);
+    }
+
+    async control(s, readable) {
+      const r = new Reader();
+      const reader = readable.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) { s.leave('control stream ended'); return; }
+        r.push(value);
+        let m;
+        while ((m = nextMessage(r))) {
+          const p = m.p;
+          if (m.type === 0x04) {
+            p.varint();
+            const instance = p.varint();
+            const kind = p.varint(), rate = p.varint();
+            const channels = p.take(1)[0];
+            const head = p.take(p.varint());
+            if (kind !== 1) throw Object.assign(new Error('not Opus'), { fatal: true });
+            if (this.resume && this.resume.instance !== instance) this.resume = null;
+            s.instance = instance;
+            await this.decoder(s, rate, channels, head);
+            s.codec = { rate, channels };
+            this.played = true;
+            s.heard = performance.now();
+            this.status = '';
+            this.segmentsReady && this.segmentsReady();
+          } else if (m.type === 0x05 || m.type === 0x0a) {
+            if (m.type === 0x05) p.varint();
+            const code = p.varint();
+            const reason = str(p);
+            // Not allowed, not authorised: no other node says otherwise.
+            const fatal = code === 2 || code === 7;
+            throw Object.assign(new Error(reason), { fatal });
+          } else if (m.type === 0x09) {
+            // The broadcast ended: live again from its next one.
+            s.ended = true;
+            this.resume = null;
+            this.status = 'ended';
+            setTimeout(() => s.leave('ended'), 1000);
+          } else if (m.type === 0x0b) {
+            s.leave('going away');
+          }
+        }
+      }
+    }
+
+    async decoder(s, rate, channels, head) {
+      await this.graph(channels);
+      if (this.dec && this.dec.state !== 'closed') this.dec.close();
+      // The origin's receive stamps of the frames being decoded, in order (one output each).
+      const times = [];
+      this.times = times;
+      this.dec = new AudioDecoder({
+        output: d => {
+          while (times.length > 1 && times[0][0] < d.timestamp) times.shift();
+          const wall = times.length ? times.shift()[1] : undefined;
+          if (wall !== undefined) {
+            this.lat.push(nowUs() - wall);
+            if (this.lat.length > KEEP) this.lat.splice(0, this.lat.length - KEEP);
+            this.last = wall;
+          }
+          const planes = [];
+          for (let c = 0; c < d.numberOfChannels; c++) {
+            const a = new Float32Array(d.numberOfFrames);
+            d.copyTo(a, { planeIndex: c, format: 'f32-planar' });
+            planes.push(a);
+          }
+          d.close();
+          this.node.port.postMessage(planes, planes.map(a => a.buffer));
+        },
+        error: e => { this.decodeErrors++; console.warn('quicast decoder:', String(e)); },
+      });
+      this.dec.configure({ codec: 'opus', sampleRate: rate, numberOfChannels: channels, description: head });
+    }
+
+    /** Segment streams, read one after another in the order they came. */
+    async segments(s, incoming) {
+      const reader = incoming.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        s.segments.push(value);
+        if (!s.reading) this.drain(s);
+      }
+    }
+
+    async drain(s) {
+      s.reading = true;
+      while (s.segments.length) {
+        const st = s.segments.shift();
+        if (!s.codec) await new Promise(r => { this.segmentsReady = r; });
+        try {
+          await this.segment(s, st);
+        } catch (e) {
+          // Reset: the node moved this listener forward (whole segments, counted by seq).
+        }
+      }
+      s.reading = false;
+    }
+
+    async segment(s, stream) {
+      const r = new Reader();
+      const reader = stream.getReader();
+      let head = null;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        r.push(value);
+        if (!head) {
+          const at = r.at;
+          const type = r.varint(), id = type === null ? null : r.varint(), seq = id === null ? null : r.varint();
+          if (seq === null) { r.at = at; continue; }
+          head = { seq };
+          this.seq = seq;
+        }
+        for (;;) {
+          const at = r.at;
+          const len = r.varint();
+          const pts = len === null ? null : r.varint();
+          const dur = pts === null ? null : r.varint();
+          const wall = dur === null ? null : r.varint();
+          const payload = wall === null ? null : r.take(len);
+          if (payload === null) { r.at = at; break; }
+          this.frame(s, head.seq, pts, dur, wall, payload);
+        }
+      }
+    }
+
+    frame(s, seq, pts, dur, wall, payload) {
+      s.heard = performance.now();
+      const res = this.resume;
+      // A newcomer starts at the live edge: the burst of the segment so far is not played.
+      if (!res && nowUs() - wall > STALE_MS * 1000) { this.stale = (this.stale || 0) + 1; return; }
+      // After a reconnect: the frames it has already played are skipped.
+      if (res && res.instance === s.instance && pts <= res.pts) return;
+      if (res && res.instance === s.instance && pts > res.pts + res.dur) this.gaps++;
+      this.resume = { instance: s.instance, seq, pts, dur };
+      const rate = s.codec.rate;
+      const ts = Math.round(pts * 1e6 / rate);
+      this.times.push([ts, wall]);
+      if (this.times.length > 500) this.times.shift();
+      this.frames++;
+      try {
+        this.dec.decode(new EncodedAudioChunk({ type: 'key', timestamp: ts, duration: Math.round(dur * 1e6 / rate), data: payload }));
+      } catch (e) {
+        this.decodeErrors++;
+      }
+    }
+
+    /** Seconds behind live: the newest decoded frame's age, plus what the buffer holds. */
+    behind() {
+      if (!this.run || this.last === undefined) return null;
+      return (nowUs() - this.last) / 1e6 + this.jit.level / 48000;
+    }
+
+    /** What the player has done: latencies (ms, origin receive to decoded), gaps, etc. */
+    stats() {
+      const l = [...this.lat].sort((a, b) => a - b);
+      const q = f => l.length ? l[Math.min(l.length - 1, Math.floor(f * l.length))] / 1000 : null;
+      return {
+        frames: this.frames, p50: q(0.5), p99: q(0.99), max: q(1), gaps: this.gaps,
+        underruns: this.jit.underruns, dropped: this.jit.dropped, played: this.jit.played,
+        decodeErrors: this.decodeErrors, reconnects: this.reconnects, firstSound: this.firstSound,
+        stale: this.stale || 0,
+      };
+    }
+  }
+
+  /** Where this page's node takes WebTransport (from <body>), or null. */
+  function where() {
+    const d = document.body && document.body.dataset;
+    if (!d || !d.wtPort) return null;
+    const list = v => (v || '').split(',').filter(Boolean);
+    const host = location.hostname.includes(':') ? '[' + location.hostname + ']' : location.hostname;
+    return {
+      url: 'https://' + host + ':' + d.wtPort + '/',
+      hashes: list(d.wtHashes),
+      alternates: list(d.wtAlternates),
+    };
+  }
+
+  window.QuicastWt = { Player, supported, where };
+})();
