@@ -134,6 +134,7 @@ impl QuicServer {
             shards.push(Shard::start(node.clone(), cfg.clone(), socket, cids).await?);
         }
         if let Some(w) = &web {
+            info!(hashes = %w.hashes().join(","), "WebTransport: browsers get a short-lived certificate; its page passes these hashes (serverCertificateHashes)");
             tokio::spawn(turn_web_certs(Arc::downgrade(w)));
         }
         let _ = node.web.set(crate::node::WebDoor {
