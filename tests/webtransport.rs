@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::browser::{headless_with, page_server, publish_sample};
 use common::*;
-use quicast::{HttpServer, NodeConfig};
+use quicast::HttpServer;
 
 async fn http(s: &Server) -> HttpServer {
     HttpServer::start(s.node.clone(), "127.0.0.1:0".parse().unwrap())
@@ -31,13 +31,19 @@ fn play_secs() -> u64 {
 /// first (to hide what a browser may lack), then play pressed; after `secs` of playing it
 /// reports the path taken and the player's stats to `/report?...`.
 fn test_page(node: &str, stream: &str, before: &str, secs: u64) -> String {
+    test_page_then(node, stream, before, secs, 0)
+}
+
+/// The same; with `then` > 0 it goes on after its report: once the player has connected
+/// again (its node lost), it plays `then` seconds more and reports again.
+fn test_page_then(node: &str, stream: &str, before: &str, secs: u64, then: u64) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
 {before}
 const node = 'http://{node}/';
 const reportTo = location.origin + '/report?';
-let reported = false;
-const report = q => {{ if (!reported) {{ reported = true; fetch(reportTo + q); }} }};
+let reports = 0;
+const report = q => {{ if (reports++ < 2) fetch(reportTo + q); }};
 window.addEventListener('error', e => report('error=' + encodeURIComponent('script: ' + e.message)));
 async function load() {{
   for (let i = 0; i < 80; i++) {{
@@ -64,18 +70,28 @@ load().then(html => {{
   const stats = () => {{
     const s = a.quicast ? a.quicast.stats() : {{}};
     return 'path=' + a.dataset.path + '&' + Object.entries(s).map(([k, v]) => k + '=' + v).join('&') +
-      '&behind=' + a.dataset.behind;
+      '&behind=' + a.dataset.behind + '&ct=' + a.currentTime;
   }};
-  a.play().catch(e => report('error=' + encodeURIComponent(String(e)) + '&' + stats()));
+  // A play() the player's fallback interrupts (a new source) is not a failure.
+  a.play().catch(e => e.name === 'AbortError' || report('error=' + encodeURIComponent(String(e)) + '&' + stats()));
   const t0 = performance.now();
   const wait = () => {{
     const s = a.quicast ? a.quicast.stats() : null;
     const since = s && s.firstSound !== undefined ? performance.now() - t0 - s.firstSound : -1;
-    if (since >= {secs} * 1000 || (a.dataset.path !== 'wt' && a.currentTime > 2)) report(stats());
+    if (since >= {secs} * 1000 || (a.dataset.path !== 'wt' && a.currentTime > 2)) {{ report(stats()); if ({then} > 0) after(); }}
     else if (performance.now() - t0 > ({secs} + 30) * 1000) report('error=not+played&' + stats());
     else setTimeout(wait, 200);
   }};
   wait();
+  // After its node is lost: `then` seconds of playing after it connected again.
+  let back = null;
+  const after = () => {{
+    const s = a.quicast.stats();
+    if (back === null && s.reconnects > 0) back = performance.now();
+    if (back !== null && performance.now() - back >= {then} * 1000) report(stats());
+    else if (performance.now() - t0 > ({secs} + {then} + 60) * 1000) report('error=not+back&' + stats());
+    else setTimeout(after, 200);
+  }};
 }}).catch(e => report('error=' + encodeURIComponent(String(e))));
 </script></body></html>"#
     )
@@ -143,4 +159,127 @@ async fn chromium_plays_over_webtransport_two_hops_down_pinning_the_edges_certif
     let report = browse(test_page(&edge_http.addr.to_string(), "live", "", secs), &[]).await;
     publisher.abort();
     assert_played(&report, secs);
+}
+
+/// The page's order: WebTransport + WebCodecs where the browser has both, else LL-HLS (here
+/// Chromium's Media Source player). Hidden from the page, or an Opus decoder said to be
+/// unsupported (found only once play is pressed), the page plays the next way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_falls_back_to_ll_hls_without_webtransport_or_an_opus_decoder() {
+    let o = origin_with(test_config()).await;
+    let edge = relay(&[&o]).await;
+    let edge_http = http(&edge).await;
+    let publisher = publish_sample(&o, "live");
+    wait_live(&o, "live").await;
+    let node = edge_http.addr.to_string();
+    for hide in [
+        "delete window.WebTransport;",
+        "delete window.AudioDecoder;",
+        "AudioDecoder.isConfigSupported = async () => ({ supported: false });",
+    ] {
+        let report = browse(test_page(&node, "live", hide, 3), &[]).await;
+        assert_eq!(field(&report, "path"), Some("mse"), "{hide}: {report}");
+        assert!(field(&report, "error").is_none(), "{hide}: {report}");
+        assert!(num(&report, "ct") > 2.0, "{hide}: {report}");
+    }
+    publisher.abort();
+}
+
+/// A tree whose nodes hold a certificate from the operator's CA (here the test's own: in the
+/// browser's certificate store, and by flag, since Chromium's QUIC takes a root that is not
+/// a public one only for origins it is told of): the page passes no hash. The edge the page came from
+/// is killed (SIGKILL) while the page plays: the player finds the stream silent, connects
+/// to the alternate the page named, and resumes from the segment it was in, skipping what
+/// it had: no frame missing, none decoded twice, no decoder error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_trusting_the_operators_ca_fails_over_to_the_alternate_edge_when_its_edge_is_killed(
+) {
+    use common::media::make_opus;
+    use common::procs::{origin_node, publish, relay_node};
+    let work = tempfile::tempdir().unwrap();
+    let (c, ca, ca_spki) = ca_signed(work.path());
+    // The browser's own certificate store (NSS, under its HOME) trusts the test's CA.
+    let home = work.path().join("home");
+    let nss = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    for args in [
+        vec!["-N", "-d", &db, "--empty-password"],
+        vec!["-A", "-d", &db, "-t", "C,,", "-n", "quicast-test-ca", "-i", ca.to_str().unwrap()],
+    ] {
+        let st = std::process::Command::new("certutil")
+            .args(&args)
+            .status()
+            .expect("certutil is needed (.ci/run installs it: apt-get install -y libnss3-tools)");
+        assert!(st.success(), "certutil {args:?}");
+    }
+    let src = make_opus(work.path(), 3);
+    let o = origin_node(&c, &[]);
+    let b = relay_node(&c, &[&o], &[]);
+    let alternate = format!("quic://{}", b.addr);
+    let mut a = relay_node(
+        &c,
+        &[&o],
+        &["--http", "127.0.0.1:0", "--alternates", &alternate],
+    );
+    let page_from = a.http_addr();
+    let _publisher = publish(&c, &[&o], "talk", &src);
+    let secs = 4;
+    let (addr, mut rx) = page_server(test_page_then(&page_from, "talk", "", secs, 5)).await;
+    let profile = tempfile::tempdir().unwrap();
+    let spki = format!("--ignore-certificate-errors-spki-list={ca_spki}");
+    let quic = format!("--origin-to-force-quic-on={},{}", a.addr, b.addr);
+    let mut cmd = common::browser::headless_command(
+        &format!("http://{addr}/"),
+        profile.path(),
+        &[&spki, &quic],
+    );
+    cmd.env("HOME", &home);
+    let mut browser = cmd.spawn().unwrap();
+    let wait = Duration::from_secs(90);
+    let first = tokio::time::timeout(wait, rx.recv()).await.expect("the page reported").unwrap();
+    eprintln!("page reported {first}");
+    assert_played(&first, secs);
+    assert_eq!(num(&first, "reconnects"), 0.0, "{first}");
+    tokio::task::block_in_place(|| a.kill9());
+    let second = tokio::time::timeout(wait, rx.recv()).await.expect("the page reported again").unwrap();
+    let _ = browser.kill().await;
+    eprintln!("page reported {second}");
+    assert_played(&second, secs + 5);
+    assert!(num(&second, "reconnects") >= 1.0, "{second}");
+    assert!(num(&second, "frames") > num(&first, "frames") + 4.0 * 40.0, "{second}");
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost (the nodes' `--cert`):
+/// the nodes' certificates, the CA's PEM file, and its key's SPKI SHA-256 in base64.
+fn ca_signed(dir: &std::path::Path) -> (common::procs::Certs, std::path::PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "quicast test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "quicast test node");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let (cert, key, ca_pem) = (dir.join("node.pem"), dir.join("node.key"), dir.join("ca.pem"));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let c = common::procs::Certs {
+        _dir: tempfile::tempdir().unwrap(),
+        fp: quicast::sha256_hex(leaf.der()),
+        cert,
+        key,
+    };
+    let spki = ring::digest::digest(&ring::digest::SHA256, &ca_key.public_key_der());
+    use base64::Engine as _;
+    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    (c, ca_pem, spki)
 }

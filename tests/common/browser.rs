@@ -30,9 +30,15 @@ pub fn headless(page: &str, profile: &std::path::Path) -> Child {
 /// The same, with `extra` flags.
 #[allow(dead_code)]
 pub fn headless_with(page: &str, profile: &std::path::Path, extra: &[&str]) -> Child {
+    headless_command(page, profile, extra).spawn().unwrap()
+}
+
+/// The command `headless_with` runs (to add to: a HOME with its own certificate store).
+#[allow(dead_code)]
+pub fn headless_command(page: &str, profile: &std::path::Path, extra: &[&str]) -> Command {
     let log = std::env::var_os("QUICAST_CHROMIUM_LOG").is_some();
-    Command::new(chromium())
-        .args(extra)
+    let mut cmd = Command::new(chromium());
+    cmd.args(extra)
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -49,11 +55,11 @@ pub fn headless_with(page: &str, profile: &std::path::Path, extra: &[&str]) -> C
         // QUICAST_CHROMIUM_LOG=1: the browser's log (the page's console included) on stderr.
         .args(log.then_some("--enable-logging=stderr"))
         .args(log.then_some("--log-net-log=/tmp/chromium-netlog.json"))
+        .args(log.then_some("--net-log-capture-mode=Everything"))
         .stdout(Stdio::null())
         .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    cmd
 }
 
 /// The demo's sample, published to `o` as `path` in real time, looped, until aborted.
