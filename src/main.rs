@@ -531,6 +531,13 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
             h.addr
         );
     }
+    println!("A browser plays from an edge's page:");
+    for h in &demo.edge_http {
+        println!(
+            "  open http://{}/     (WebTransport + WebCodecs in Chromium, Edge, Firefox; else LL-HLS, else Ogg)",
+            h.addr
+        );
+    }
     println!("(or: cargo run --release -- listen ... ; add --duration 10 --output demo.opus to save 10 s)");
     println!("Ctrl-C stops the demo.");
     shutdown_signal().await;

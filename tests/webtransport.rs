@@ -283,3 +283,28 @@ fn ca_signed(dir: &std::path::Path) -> (common::procs::Certs, std::path::PathBuf
     let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
     (c, ca_pem, spki)
 }
+
+/// `quicast demo` prints a page address for each edge; that page plays over WebTransport in
+/// Chromium with no flag (the page passes the edge's certificate hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_page_plays_over_webtransport_with_no_flags() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = common::procs::Killed(
+        std::process::Command::new(common::procs::BIN)
+            .args(["demo", "--base-port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    let page = loop {
+        let l = lines.next().expect("the demo's output").unwrap();
+        if let Some(rest) = l.trim().strip_prefix("open http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let report = browse(test_page(&page, "demo", "", 3), &[]).await;
+    assert_played(&report, 3);
+}

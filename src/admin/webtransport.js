@@ -11,9 +11,10 @@
 //   from the segment it was in after a reconnect; low latency). A segment per
 //   unidirectional stream, read in the order they come; frames carry the origin's receive
 //   time (wall_us): each decoded frame's latency from it is kept (p50/p99 in stats()).
-// - The jitter buffer holds about JITTER_MS; past MAX_MS it drops to JITTER_MS (skips ahead,
-//   counted); empty while playing, it plays silence until it holds JITTER_MS again
-//   (an underrun, counted).
+// - The jitter buffer holds about JITTER_MS, more after each underrun (empty while playing:
+//   silence until it holds its target again, counted), less after a calm while; held far
+//   past its target it plays a little faster to catch up, past MAX_MS it skips to its
+//   target (counted).
 // - Lost: no frame for SILENCE_MS (or the session closed, or GOAWAY): it connects again, to
 //   the same node and then the alternates in turn, and resumes from the segment it was in,
 //   skipping the frames it has, as `quicast listen URL URL` does.
@@ -21,13 +22,23 @@
   'use strict';
   if (window.QuicastWt) return;
 
-  const JITTER_MS = 60;
+  /** What the jitter buffer holds to start with. Then: the spread of the frames' arrival
+   * (their latencies' range over the last 5 s: the tree delivers in batches, up to 200 ms by
+   * default, every frame for its low-latency streams) plus JITTER_MARGIN_MS, at least
+   * JITTER_MIN_MS; each underrun adds JITTER_STEP_MS on top (20 s without one takes half a
+   * step off); never more than JITTER_MAX_MS. */
+  const JITTER_MS = 120;
+  const JITTER_MARGIN_MS = 30;
+  const JITTER_MIN_MS = 40;
+  const JITTER_STEP_MS = 30;
+  const JITTER_MAX_MS = 400;
   /** Held past JITTER_MS + CATCH_UP_MS, it plays faster (drops a quantum in 8) to catch up;
    * past MAX_MS, it drops to JITTER_MS at once. */
   const CATCH_UP_MS = 150;
   const MAX_MS = 2000;
-  /** A newcomer's first frames older than this are not played: it starts at the live edge. */
-  const STALE_MS = 150;
+  /** A newcomer's first frames older than this are not played: it starts at the live edge,
+   * with the newest of the join's burst in its jitter buffer (it plays at once). */
+  const STALE_MS = JITTER_MS + 100;
   const SILENCE_MS = 700;
   /** Latencies kept for the stats: the last minute of 20 ms frames. */
   const KEEP = 3000;
@@ -95,14 +106,17 @@
 class QuicastJitter extends AudioWorkletProcessor {
   constructor(o) {
     super();
-    const { channels, jitter, catchUp, max } = o.processorOptions;
-    this.ch = channels; this.jitter = jitter; this.catchUp = catchUp; this.max = max;
+    const { channels, jitter, step, most, catchUp, max } = o.processorOptions;
+    this.ch = channels; this.base = jitter; this.extra = 0; this.jitter = jitter;
+    this.catchUp = catchUp; this.max = max; this.step = step; this.most = most; this.calm = 0;
     this.cap = sampleRate * 4;
     this.ring = Array.from({ length: channels }, () => new Float32Array(this.cap));
     this.r = 0; this.w = 0; this.level = 0;
     this.playing = false; this.first = false;
     this.underruns = 0; this.dropped = 0; this.played = 0;
-    this.port.onmessage = e => this.put(e.data);
+    this.port.onmessage = e => {
+      if (e.data.base !== undefined) { this.base = e.data.base; this.target(); } else this.put(e.data);
+    };
     this.tick = 0;
   }
   put(planes) {
@@ -116,12 +130,23 @@ class QuicastJitter extends AudioWorkletProcessor {
     this.level += n;
     if (this.level > this.max) this.skip(this.level - this.jitter);
   }
+  target() { this.jitter = Math.min(this.most, this.base + this.extra); }
   skip(n) { this.r = (this.r + n) % this.cap; this.level -= n; this.dropped += n; }
   process(_in, outputs) {
     const out = outputs[0];
     const n = out[0].length;
     if (!this.playing && this.level >= this.jitter) this.playing = true;
-    if (this.playing && this.level < n) { this.playing = false; this.underruns++; }
+    if (this.playing && this.level < n) {
+      this.playing = false;
+      this.underruns++;
+      this.extra += this.step;
+      this.target();
+      this.calm = 0;
+    } else if ((this.calm += n) > sampleRate * 20) {
+      this.calm = 0;
+      this.extra = Math.max(0, this.extra - this.step / 2);
+      this.target();
+    }
     if (this.playing && this.level > this.jitter + this.catchUp + n && this.tick % 8 === 0) this.skip(n);
     if (this.playing) {
       for (let c = 0; c < out.length; c++) {
@@ -134,7 +159,7 @@ class QuicastJitter extends AudioWorkletProcessor {
       if (!this.first) { this.first = true; this.port.postMessage({ first: currentTime }); }
     }
     if (++this.tick % 64 === 0) {
-      this.port.postMessage({ level: this.level, underruns: this.underruns, dropped: this.dropped, played: this.played });
+      this.port.postMessage({ level: this.level, underruns: this.underruns, dropped: this.dropped, played: this.played, jitter: this.jitter });
     }
     return true;
   }
@@ -179,11 +204,16 @@ registerProcessor('quicast-jitter', QuicastJitter);
 
     /** The audio graph: decoded frames into the jitter buffer, out through the element. */
     async graph(channels) {
-      if (this.ctx && this.channels === channels) return;
+      if (this.making && this.channels === channels) return this.making;
+      this.channels = channels;
+      this.making = this.build(channels);
+      return this.making;
+    }
+
+    async build(channels) {
       if (this.ctx) this.ctx.close();
       const ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
       this.ctx = ctx;
-      this.channels = channels;
       const url = URL.createObjectURL(new Blob([WORKLET], { type: 'text/javascript' }));
       await ctx.audioWorklet.addModule(url);
       URL.revokeObjectURL(url);
@@ -191,7 +221,8 @@ registerProcessor('quicast-jitter', QuicastJitter);
         numberOfInputs: 0,
         outputChannelCount: [channels],
         processorOptions: {
-          channels, jitter: Math.round(48 * JITTER_MS), catchUp: Math.round(48 * CATCH_UP_MS), max: Math.round(48 * MAX_MS),
+          channels, jitter: Math.round(48 * JITTER_MS), step: Math.round(48 * JITTER_STEP_MS), most: Math.round(48 * JITTER_MAX_MS),
+          catchUp: Math.round(48 * CATCH_UP_MS), max: Math.round(48 * MAX_MS),
         },
       });
       node.port.onmessage = e => {
@@ -211,6 +242,8 @@ registerProcessor('quicast-jitter', QuicastJitter);
       if (this.pressed === undefined) this.pressed = performance.now();
       this.run = { stop: false };
       this.status = 'connecting';
+      // The audio graph is made while the session connects (stereo until the stream says).
+      this.graph(this.channels || 2).catch(e => console.warn('quicast audio:', String(e)));
       this.follow(this.run, 0);
     }
 
@@ -252,6 +285,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.stop();
       this.gone = true;
       if (this.ctx) this.ctx.close();
+      this.making = null;
       this.audio.srcObject = null;
       if (this.onFallback) this.onFallback(why);
     }
@@ -274,11 +308,12 @@ registerProcessor('quicast-jitter', QuicastJitter);
       const start = this.resume ? [1, ...varint(this.resume.seq)] : [0];
       await w.write(message(0x01, [...varint(2), 1, ...bytes(token)]));
       await w.write(message(0x03, [1, ...bytes(utf8(this.name)), ...start, 1]));
-      const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, segments: [] };
+      const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, segments: [], ticks: 0 };
       const watch = new Promise(res => {
         const t = setInterval(() => {
           if (run.stop) { clearInterval(t); res('stopped'); }
           else if (s.codec && !s.ended && performance.now() - s.heard > SILENCE_MS) { clearInterval(t); res('silent'); }
+          else if (++s.ticks % 10 === 0) this.spread();
         }, 100);
       });
       this.control(s, ctl.readable).catch(e => { s.failed = e; s.leave('refused: ' + e.message); });
@@ -347,8 +382,11 @@ registerProcessor('quicast-jitter', QuicastJitter);
           while (times.length > 1 && times[0][0] < d.timestamp) times.shift();
           const wall = times.length ? times.shift()[1] : undefined;
           if (wall !== undefined) {
-            this.lat.push(nowUs() - wall);
-            if (this.lat.length > KEEP) this.lat.splice(0, this.lat.length - KEEP);
+            // The live stream's latency: the join's burst (older by design) is not counted.
+            if (this.firstSound !== undefined && performance.now() - this.pressed > this.firstSound + 1000) {
+              this.lat.push(nowUs() - wall);
+              if (this.lat.length > KEEP) this.lat.splice(0, this.lat.length - KEEP);
+            }
             this.last = wall;
           }
           const planes = [];
@@ -439,6 +477,15 @@ registerProcessor('quicast-jitter', QuicastJitter);
       }
     }
 
+    /** The jitter buffer's base from how spread the frames' arrival is (the last 5 s). */
+    spread() {
+      const l = this.lat.slice(-250);
+      if (l.length < 50 || !this.node) return;
+      const ms = (Math.max(...l) - Math.min(...l)) / 1000 + JITTER_MARGIN_MS;
+      const base = Math.min(JITTER_MAX_MS, Math.max(JITTER_MIN_MS, ms));
+      this.node.port.postMessage({ base: Math.round(48 * base) });
+    }
+
     /** Seconds behind live: the newest decoded frame's age, plus what the buffer holds. */
     behind() {
       if (!this.run || this.last === undefined) return null;
@@ -453,7 +500,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
         frames: this.frames, p50: q(0.5), p99: q(0.99), max: q(1), gaps: this.gaps,
         underruns: this.jit.underruns, dropped: this.jit.dropped, played: this.jit.played,
         decodeErrors: this.decodeErrors, reconnects: this.reconnects, firstSound: this.firstSound,
-        stale: this.stale || 0,
+        stale: this.stale || 0, jitterMs: (this.jit.jitter || 48 * JITTER_MS) / 48,
       };
     }
   }
