@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Seeds each fuzz target's corpus from the protocol's test vectors (proto/vectors.txt):
 # message vectors (valid and invalid) for `control`, frame vectors for `frames`, the segment
-# header for `uni_header`; and the demo's Ogg Opus sample for `ogg`.
+# header for `uni_header`, the WebTransport envelopes for `webtransport`; and the demo's Ogg Opus sample for `ogg`.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head
+mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head corpus/webtransport
 while read -r kind name hex; do
   case "$kind" in
     message|invalid_message) dir=control; prefix='\x00' ;;
     frame|invalid_frame) dir=frames; prefix='' ;;
     segment_header) dir=uni_header; prefix='' ;;
+    # The webtransport target's first byte: 1 = a unidirectional stream, 0 = bidirectional.
+    wt_segment) dir=webtransport; prefix='\x01' ;;
+    wt_control) dir=webtransport; prefix='\x00' ;;
     *) continue ;;
   esac
   # The control target reads its first byte as where to split the input: 0 = no split.

@@ -12,6 +12,7 @@ mod message;
 mod refusal;
 mod stream;
 mod url;
+pub mod webtransport;
 pub mod varint;
 
 pub use access::{StreamAccess, StreamInfo, MAX_KEY_ID, MAX_KEY_IDS};

@@ -517,3 +517,26 @@ fn print_vectors() {
     SegmentHeader { sub_id: 1, seq: 5 }.encode(&mut out);
     println!("segment_header segment_header {}", hex(&out));
 }
+
+#[test]
+fn webtransport_envelope_vectors() {
+    use crate::proto::webtransport::{preamble, segment_prefix, Preamble};
+    let vs = vectors();
+    let find = |kind: &str| vs.iter().find(|(k, ..)| k == kind).map(|v| v.2.clone()).unwrap();
+    // A segment stream: the envelope, then the segment header as on a native connection.
+    let seg = find("wt_segment");
+    let mut out = BytesMut::from(&segment_prefix(0)[..]);
+    SegmentHeader { sub_id: 1, seq: 5 }.encode(&mut out);
+    assert_eq!(hex(&out), hex(&seg));
+    // A control stream: the preamble read, then HELLO.
+    let ctl = find("wt_control");
+    let Preamble::Stream { session, used } = preamble(&ctl, false) else {
+        panic!("not a WebTransport stream: {ctl:?}");
+    };
+    assert_eq!(session, 0);
+    let mut rest = BytesMut::from(&ctl[used..]);
+    assert!(matches!(
+        Message::decode(&mut rest),
+        Ok(Some(Message::Hello { version: 1, role: Role::Listener, .. }))
+    ));
+}

@@ -21,6 +21,8 @@ use tracing::debug;
 use web_transport_proto as wtp;
 
 use crate::egress::quic::Envelope;
+use crate::proto::webtransport::{preamble, segment_prefix, wt_code, Preamble};
+use crate::proto::ErrorCode;
 use crate::engine::{read_stream, read_stream_at_most, Read};
 
 /// Most bytes a browser's stream may send before it says what it is (a CONNECT request's
@@ -38,13 +40,6 @@ pub(super) mod h3 {
     pub const STREAM_CREATION_ERROR: u32 = 0x103;
     pub const REQUEST_REJECTED: u32 = 0x10b;
     pub const MESSAGE_ERROR: u32 = 0x10e;
-}
-
-/// WebTransport's application error code `n`, as HTTP/3 carries it (RFC 9297 §4.4,
-/// draft-ietf-webtrans-http3 §4.3): codes in HTTP/3's space skip its reserved values.
-pub fn wt_code(n: u32) -> VarInt {
-    let n = u64::from(n);
-    VarInt::from_u64(0x52e4_a40f_a8db + n + n / 0x1e).unwrap_or(VarInt::from_u32(0))
 }
 
 /// One browser connection's HTTP/3 state.
@@ -150,54 +145,46 @@ impl Wt {
         let Some(buf) = self.opening.get(&id) else {
             return Next::Nothing;
         };
-        let mut r = &buf[..];
-        let Ok(kind) = wtp::VarInt::decode(&mut r) else {
+        let said = preamble(buf, id.dir() == Dir::Uni);
+        if said == Preamble::More {
+            return Next::Nothing;
+        }
+        let Some(mut buf) = self.opening.remove(&id) else {
             return Next::Nothing;
         };
-        let kind = kind.into_inner();
-        if id.dir() == Dir::Uni {
-            self.opening.remove(&id);
-            // 0: HTTP/3 control, 2 and 3: QPACK encoder and decoder. Anything else (a
-            // push, a browser's own WebTransport stream) is not wanted here.
-            if matches!(kind, 0x00 | 0x02 | 0x03) {
+        match said {
+            Preamble::More => Next::Nothing,
+            Preamble::Ignore => {
                 self.ignored.push(id);
-                let _ = self.readable(conn, id);
-            } else {
+                self.readable(conn, id)
+            }
+            Preamble::Refuse => {
                 let _ = conn
                     .recv_stream(id)
                     .stop(VarInt::from_u32(h3::STREAM_CREATION_ERROR));
+                Next::Nothing
             }
-            return Next::Nothing;
-        }
-        if kind == 0x41 {
-            // A WebTransport stream: its session, then the listener protocol.
-            let Ok(session) = wtp::VarInt::decode(&mut r) else {
-                return Next::Nothing;
-            };
-            let used = buf.len() - r.len();
-            let Some(mut buf) = self.opening.remove(&id) else {
-                return Next::Nothing;
-            };
-            if self.session.map(u64::from) != Some(session.into_inner()) || self.control {
-                let _ = conn.recv_stream(id).stop(wt_code(0));
-                let _ = conn.send_stream(id).reset(wt_code(0));
-                return Next::Nothing;
+            Preamble::Stream { session, used } => {
+                // The session's first stream is its control stream; it has only one.
+                if self.session.map(u64::from) != Some(session) || self.control {
+                    let _ = conn.recv_stream(id).stop(code(wt_code(0)));
+                    let _ = conn.send_stream(id).reset(code(wt_code(0)));
+                    return Next::Nothing;
+                }
+                self.control = true;
+                buf.advance(used);
+                Next::Control(id, buf)
             }
-            self.control = true;
-            buf.advance(used);
-            return Next::Control(id, buf);
+            Preamble::Request(request) => self.request(conn, id, request),
         }
-        // An HTTP/3 request: the session's CONNECT, once.
-        let mut whole = &buf[..];
-        let request = wtp::ConnectRequest::decode(&mut whole);
-        if let Err(wtp::ConnectError::UnexpectedEnd) = request {
-            return Next::Nothing;
-        }
-        self.opening.remove(&id);
+    }
+
+    /// An HTTP/3 request on stream `id`: the session's CONNECT, once.
+    fn request(&mut self, conn: &mut Connection, id: StreamId, request: Result<String, String>) -> Next {
         let status = match (&request, self.session) {
             (Ok(_), Some(_)) => http::StatusCode::TOO_MANY_REQUESTS,
-            (Ok(req), None) => {
-                debug!(url = %req.url, "WebTransport session");
+            (Ok(url), None) => {
+                debug!(%url, "WebTransport session");
                 http::StatusCode::OK
             }
             (Err(e), _) => {
@@ -216,30 +203,16 @@ impl Wt {
             return Next::Nothing;
         }
         self.session = Some(id);
-        let mut prefix = BytesMut::new();
-        wtp::VarInt::from_u32(0x54).encode(&mut prefix);
-        if let Ok(v) = wtp::VarInt::from_u64(u64::from(id)) {
-            v.encode(&mut prefix);
-        }
         self.envelope = Envelope {
-            prefix: prefix.freeze(),
-            skipped: wt_code(crate::proto::ErrorCode::Skipped.as_u64() as u32),
+            prefix: segment_prefix(u64::from(id)),
+            skipped: code(wt_code(ErrorCode::Skipped.as_u64() as u32)),
         };
         // What came after the request on its stream (capsules) is read from now on.
-        let _ = self.readable(conn, id);
-        Next::Nothing
+        self.readable(conn, id)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::wt_code;
-
-    #[test]
-    fn webtransport_codes_skip_http3s_reserved_values() {
-        assert_eq!(wt_code(0).into_inner(), 0x52e4_a40f_a8db);
-        assert_eq!(wt_code(5).into_inner(), 0x52e4_a40f_a8e0);
-        // 0x1e: the first that steps over a reserved value.
-        assert_eq!(wt_code(0x1e).into_inner(), 0x52e4_a40f_a8db + 0x1f);
-    }
+/// A WebTransport code as QUIC takes it (every one fits a varint).
+fn code(n: u64) -> VarInt {
+    VarInt::from_u64(n).unwrap_or(VarInt::from_u32(0))
 }
