@@ -29,6 +29,9 @@ fn test_page(edge: &str, stream: &str) -> String {
 fn test_page_asking(edge: &str, stream: &str, query: &str) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
+// These pages test LL-HLS: the player's first choice (WebTransport, tests/webtransport.rs)
+// is hidden from them.
+delete window.WebTransport;
 const node = 'http://{edge}/';
 const reportTo = location.origin + '/report?';
 let reported = false;

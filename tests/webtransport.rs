@@ -34,20 +34,26 @@ fn test_page(node: &str, stream: &str, before: &str, secs: u64) -> String {
     test_page_then(node, stream, before, secs, 0)
 }
 
+/// The same, the node's page asked for with `query` (`?token=T`).
+fn test_page_asking(node: &str, stream: &str, query: &str, secs: u64) -> String {
+    test_page_then(&format!("{node}/{query}"), stream, "", secs, 0)
+}
+
 /// The same; with `then` > 0 it goes on after its report: once the player has connected
 /// again (its node lost), it plays `then` seconds more and reports again.
 fn test_page_then(node: &str, stream: &str, before: &str, secs: u64, then: u64) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
 {before}
-const node = 'http://{node}/';
+const page = 'http://{node}';
+const node = new URL('/', page).href;
 const reportTo = location.origin + '/report?';
 let reports = 0;
 const report = q => {{ if (reports++ < 2) fetch(reportTo + q); }};
 window.addEventListener('error', e => report('error=' + encodeURIComponent('script: ' + e.message)));
 async function load() {{
   for (let i = 0; i < 80; i++) {{
-    const html = await (await fetch(node)).text();
+    const html = await (await fetch(page)).text();
     if (html.includes('data-stream="{stream}"')) return html;
     await new Promise(r => setTimeout(r, 250));
   }}
@@ -307,4 +313,47 @@ async fn the_demos_page_plays_over_webtransport_with_no_flags() {
     };
     let report = browse(test_page(&page, "demo", "", 3), &[]).await;
     assert_played(&report, 3);
+}
+
+/// A stream that needs a listen token plays over WebTransport from the page opened with
+/// `?token=`: the player says it in its HELLO, and the edge checks it as it does a native
+/// client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_stream_plays_over_webtransport_with_the_pages_token() {
+    use quicast::node::{mint, unix_now, Claims, Grant};
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k1");
+    let secret: String = (0..48)
+        .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+        .collect();
+    std::fs::write(&key, secret).unwrap();
+    let o = origin_with(test_config()).await;
+    let edge = relay_with(
+        &[&o],
+        quicast::NodeConfig {
+            token_key: vec![format!("k1={}", key.display()).parse().unwrap()],
+            listen_policy: vec!["paid/=token".parse().unwrap()],
+            ..test_config()
+        },
+    )
+    .await;
+    let edge_http = http(&edge).await;
+    let publisher = publish_sample(&o, "paid/show");
+    wait_live(&o, "paid/show").await;
+    let claims = |path: &str| Claims {
+        role: Grant::Listen,
+        path: path.into(),
+        exp: unix_now() + 600,
+        nbf: 0,
+        kid: "k1".into(),
+    };
+    let tok = mint(&key, "k1", &claims("paid/show")).unwrap();
+    let node = edge_http.addr.to_string();
+    let report = browse(
+        test_page_asking(&node, "paid/show", &format!("?token={tok}"), 3),
+        &[],
+    )
+    .await;
+    assert_played(&report, 3);
+    publisher.abort();
 }
