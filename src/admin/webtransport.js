@@ -249,6 +249,8 @@ registerProcessor('quicast-jitter', QuicastJitter);
 
     stop() {
       if (!this.run) return;
+      // Played again after a pause: from the live edge, not from where it was.
+      this.resume = null;
       this.run.stop = true;
       if (this.run.wt) this.run.wt.close();
       this.run = null;
@@ -261,8 +263,9 @@ registerProcessor('quicast-jitter', QuicastJitter);
     async follow(run, k) {
       if (!(await supported())) return this.fallback('no Opus decoder');
       let failures = 0;
+      this.k = k;
       while (!run.stop) {
-        const url = this.nodes[k % this.nodes.length];
+        const url = this.nodes[this.k % this.nodes.length];
         try {
           await this.session(run, url);
           failures = 0;
@@ -274,7 +277,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
         }
         if (run.stop) return;
         this.reconnects++;
-        k++;
+        this.k++;
         this.status = 'reconnecting';
         if (failures >= this.nodes.length) await new Promise(r => setTimeout(r, Math.min(5000, 250 * failures)));
       }
@@ -309,10 +312,11 @@ registerProcessor('quicast-jitter', QuicastJitter);
       await w.write(message(0x01, [...varint(2), 1, ...bytes(token)]));
       await w.write(message(0x03, [1, ...bytes(utf8(this.name)), ...start, 1]));
       const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, segments: [], ticks: 0 };
+      let timer;
       const watch = new Promise(res => {
-        const t = setInterval(() => {
-          if (run.stop) { clearInterval(t); res('stopped'); }
-          else if (s.codec && !s.ended && performance.now() - s.heard > SILENCE_MS) { clearInterval(t); res('silent'); }
+        timer = setInterval(() => {
+          if (run.stop) res('stopped');
+          else if (s.codec && !s.ended && performance.now() - s.heard > SILENCE_MS) res('silent');
           else if (++s.ticks % 10 === 0) this.spread();
         }, 100);
       });
@@ -320,6 +324,9 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.segments(s, wt.incomingUnidirectionalStreams).catch(() => {});
       const gone = new Promise(r => { s.leave = r; });
       const why = await Promise.race([lost, watch, gone]);
+      clearInterval(timer);
+      // What the old session's streams still deliver is not this player's any more.
+      s.over = true;
       try { wt.close(); } catch (e) { /* closed */ }
       if (s.failed) throw s.failed;
       if (!s.codec) throw new Error(why);
@@ -365,6 +372,14 @@ registerProcessor('quicast-jitter', QuicastJitter);
             this.status = 'ended';
             setTimeout(() => s.leave('ended'), 1000);
           } else if (m.type === 0x0b) {
+            // The node drains: the nodes it names (quic://HOST:PORT/...) come next.
+            const next = [];
+            for (let n = p.varint(); n > 0; n--) {
+              const u = /^quic:\/\/([^/]+)/.exec(str(p));
+              if (u) next.push('https://' + u[1] + '/');
+            }
+            this.nodes = [...new Set([...next, ...this.nodes])];
+            this.k = -1;
             s.leave('going away');
           }
         }
@@ -457,6 +472,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
     }
 
     frame(s, seq, pts, dur, wall, payload) {
+      if (s.over) return;
       s.heard = performance.now();
       const res = this.resume;
       // A newcomer starts at the live edge: the burst of the segment so far is not played.
