@@ -200,6 +200,18 @@ async fn the_page_falls_back_to_ll_hls_without_webtransport_or_an_opus_decoder()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_trusting_the_operators_ca_fails_over_to_the_alternate_edge_when_its_edge_is_killed(
 ) {
+    fail_over(true).await;
+}
+
+/// The same tree; the page's edge is drained (SIGTERM): it sends GOAWAY naming its
+/// alternate, and the player moves there before the edge goes, losing no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_edge_sends_its_browsers_to_its_alternate_with_no_frame_lost() {
+    fail_over(false).await;
+}
+
+/// The page plays from edge A (alternate: B), then A is killed (`kill`) or drained.
+async fn fail_over(kill: bool) {
     use common::media::make_opus;
     use common::procs::{origin_node, publish, relay_node};
     let work = tempfile::tempdir().unwrap();
@@ -226,7 +238,7 @@ async fn chromium_trusting_the_operators_ca_fails_over_to_the_alternate_edge_whe
     let mut a = relay_node(
         &c,
         &[&o],
-        &["--http", "127.0.0.1:0", "--alternates", &alternate],
+        &["--http", "127.0.0.1:0", "--alternates", &alternate, "--drain-secs", "20"],
     );
     let page_from = a.http_addr();
     let _publisher = publish(&c, &[&o], "talk", &src);
@@ -247,7 +259,11 @@ async fn chromium_trusting_the_operators_ca_fails_over_to_the_alternate_edge_whe
     eprintln!("page reported {first}");
     assert_played(&first, secs);
     assert_eq!(num(&first, "reconnects"), 0.0, "{first}");
-    tokio::task::block_in_place(|| a.kill9());
+    if kill {
+        tokio::task::block_in_place(|| a.kill9());
+    } else {
+        a.sigterm();
+    }
     let second = tokio::time::timeout(wait, rx.recv()).await.expect("the page reported again").unwrap();
     let _ = browser.kill().await;
     eprintln!("page reported {second}");
