@@ -412,6 +412,10 @@ impl Node {
         if waited {
             debug!("stream has not started: waiting room");
         }
+        // On an origin, a subscriber that asked before the stream was live is heard from its
+        // start, even if the publisher began between that look and this one (it is not put
+        // at the live edge of a broadcast it was waiting for).
+        let waited = waited || (!live && !self.is_relay());
         let wait = if guard.slot.announced {
             wait
         } else {
