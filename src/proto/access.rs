@@ -2,8 +2,9 @@
 //! the rule travels down the tree with the broadcast, so every node enforces the policy of
 //! the node that owns it, whatever its own configuration says.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
+use super::message::{get_string, put_bytes};
 use super::varint::{get_varint, put_varint};
 use super::DecodeError;
 
@@ -73,8 +74,7 @@ impl StreamAccess {
                 );
                 put_varint(buf, kids.len() as u64);
                 for k in kids {
-                    put_varint(buf, k.len() as u64);
-                    buf.put_slice(k.as_bytes());
+                    put_bytes(buf, k.as_bytes());
                 }
             }
         }
@@ -94,20 +94,13 @@ impl StreamAccess {
                 }
                 let mut kids = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    let len = get_varint(buf)?;
-                    if len == 0 || len > MAX_KEY_ID as u64 {
-                        return Err(DecodeError::TooLarge {
-                            what: "key id",
-                            len,
-                            max: MAX_KEY_ID,
+                    let k = get_string(buf, "key id", MAX_KEY_ID)?;
+                    if k.is_empty() {
+                        return Err(DecodeError::BadValue {
+                            what: "key id length",
+                            value: 0,
                         });
                     }
-                    if (buf.remaining() as u64) < len {
-                        return Err(DecodeError::Truncated);
-                    }
-                    let k = buf.split_to(len as usize);
-                    let k = String::from_utf8(k.to_vec())
-                        .map_err(|_| DecodeError::BadUtf8("key id"))?;
                     kids.push(k);
                 }
                 Ok(StreamAccess::Token { kids })

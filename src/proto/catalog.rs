@@ -2,9 +2,11 @@
 //! (`CATALOG_REQUEST`, `CATALOG`). Paged by path so that a message stays within its bound
 //! whatever the number of streams.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::access::StreamInfo;
+use super::message::{get_path, put_bytes};
+use super::varint::{get_varint, put_varint};
 use super::DecodeError;
 
 /// Entries one `CATALOG` message may carry.
@@ -21,19 +23,16 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
-    pub(super) fn put(&self, buf: &mut BytesMut, put_bytes: impl Fn(&mut BytesMut, &[u8])) {
+    pub(super) fn put(&self, buf: &mut BytesMut) {
         put_bytes(buf, self.path.as_bytes());
-        super::varint::put_varint(buf, self.instance);
+        put_varint(buf, self.instance);
         self.info.put(buf);
     }
 
-    pub(super) fn get(
-        buf: &mut Bytes,
-        get_path: impl Fn(&mut Bytes) -> Result<String, DecodeError>,
-    ) -> Result<CatalogEntry, DecodeError> {
+    pub(super) fn get(buf: &mut Bytes) -> Result<CatalogEntry, DecodeError> {
         Ok(CatalogEntry {
             path: get_path(buf)?,
-            instance: super::varint::get_varint(buf)?,
+            instance: get_varint(buf)?,
             info: StreamInfo::get(buf)?,
         })
     }
@@ -41,10 +40,7 @@ impl CatalogEntry {
     /// Its size on the wire (to fill a page).
     pub fn encoded_len(&self) -> usize {
         let mut b = BytesMut::new();
-        self.put(&mut b, |b, s| {
-            super::varint::put_varint(b, s.len() as u64);
-            bytes::BufMut::put_slice(b, s);
-        });
-        b.remaining()
+        self.put(&mut b);
+        b.len()
     }
 }

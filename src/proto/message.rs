@@ -151,7 +151,7 @@ mod ty {
     pub const CATALOG: u64 = 0x0d;
 }
 
-fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+pub(super) fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
     put_varint(buf, b.len() as u64);
     buf.put_slice(b);
 }
@@ -167,7 +167,11 @@ fn get_bytes(buf: &mut Bytes, what: &'static str, max: usize) -> Result<Bytes, D
     Ok(buf.split_to(len as usize))
 }
 
-fn get_string(buf: &mut Bytes, what: &'static str, max: usize) -> Result<String, DecodeError> {
+pub(super) fn get_string(
+    buf: &mut Bytes,
+    what: &'static str,
+    max: usize,
+) -> Result<String, DecodeError> {
     let b = get_bytes(buf, what, max)?;
     String::from_utf8(b.to_vec()).map_err(|_| DecodeError::BadUtf8(what))
 }
@@ -211,7 +215,7 @@ pub fn check_path(p: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn get_path(buf: &mut Bytes) -> Result<String, DecodeError> {
+pub(super) fn get_path(buf: &mut Bytes) -> Result<String, DecodeError> {
     let p = get_string(buf, "path", MAX_PATH)?;
     check_path(&p)?;
     Ok(p)
@@ -332,7 +336,7 @@ impl Message {
                 let entries = &entries[..entries.len().min(MAX_CATALOG_ENTRIES)];
                 put_varint(&mut p, entries.len() as u64);
                 for e in entries {
-                    e.put(&mut p, put_bytes);
+                    e.put(&mut p);
                 }
                 put_varint(&mut p, *more as u64);
                 ty::CATALOG
@@ -487,7 +491,7 @@ impl Message {
                 }
                 let mut entries = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    entries.push(CatalogEntry::get(&mut p, get_path)?);
+                    entries.push(CatalogEntry::get(&mut p)?);
                 }
                 let more = match get_varint(&mut p)? {
                     0 => false,
