@@ -313,6 +313,14 @@ async fn a_peer_can_make_the_node_hold_little_whatever_it_writes() {
             "a listener's stream is stopped (protocol_violation)"
         );
     }
+    // And none is granted again once they are gone (waited for as long as a round trip
+    // here takes many times over).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), conn.open_uni())
+            .await
+            .is_err(),
+        "a listener was granted a fourth stream"
+    );
     // A publisher gets its one frame stream, whose window is small: write 256 KiB that the
     // node never reads (no PUBLISH), and see how much it lets in.
     let (conn, _send, _recv) = hello(&o, Role::Publisher).await;

@@ -133,7 +133,7 @@ fn webtransport_attrs(node: &Node) -> String {
     let Some(door) = node.web.get() else {
         return String::new();
     };
-    let hashes = door.certs.as_ref().map(|c| c.hashes().join(",")).unwrap_or_default();
+    let hashes = door.hashes().join(",");
     // Hosts are names or addresses and ports numbers (`QuicUrl`): nothing to escape but
     // what a name could hold, which html_escape covers.
     let alternates: Vec<String> = node

@@ -92,7 +92,20 @@ pub struct Node {
 #[derive(Debug)]
 pub struct WebDoor {
     pub port: u16,
-    pub certs: Option<Arc<crate::transport::WebCerts>>,
+    /// Changed by a reload that changes the node's certificate.
+    pub certs: std::sync::RwLock<Option<Arc<crate::transport::WebCerts>>>,
+}
+
+impl WebDoor {
+    /// The hashes a page passes (none where a CA signed the node's certificate).
+    pub fn hashes(&self) -> Vec<String> {
+        self.certs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.hashes())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Node {

@@ -16,9 +16,10 @@ pub const WT_BIDI: u64 = 0x41;
 pub enum Preamble {
     /// Not all of it has come.
     More,
-    /// One of HTTP/3's own unidirectional streams (its control stream, QPACK's encoder and
-    /// decoder): read and let go.
-    Ignore,
+    /// One of HTTP/3's own unidirectional streams, by type (0: its control stream, 2 and 3:
+    /// QPACK's encoder and decoder): read and let go; one of each, open for the
+    /// connection's life.
+    Critical(u64),
     /// A unidirectional stream of a kind not taken here (a push, a WebTransport stream of
     /// the browser's own).
     Refuse,
@@ -39,7 +40,7 @@ pub fn preamble(buf: &[u8], uni: bool) -> Preamble {
     if uni {
         // 0: HTTP/3 control, 2 and 3: QPACK's encoder and decoder.
         return match kind {
-            0x00 | 0x02 | 0x03 => Preamble::Ignore,
+            0x00 | 0x02 | 0x03 => Preamble::Critical(kind),
             _ => Preamble::Refuse,
         };
     }
@@ -120,9 +121,9 @@ mod tests {
         for cut in 0..3 {
             assert_eq!(preamble(&ctl[..cut], false), Preamble::More, "{cut}");
         }
-        assert_eq!(preamble(&hex("00"), true), Preamble::Ignore);
-        assert_eq!(preamble(&hex("02"), true), Preamble::Ignore);
-        assert_eq!(preamble(&hex("03"), true), Preamble::Ignore);
+        assert_eq!(preamble(&hex("00"), true), Preamble::Critical(0));
+        assert_eq!(preamble(&hex("02"), true), Preamble::Critical(2));
+        assert_eq!(preamble(&hex("03"), true), Preamble::Critical(3));
         assert_eq!(preamble(&hex("01"), true), Preamble::Refuse);
         assert_eq!(preamble(&hex("405400"), true), Preamble::Refuse);
         assert_eq!(preamble(&[], true), Preamble::More);

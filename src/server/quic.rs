@@ -33,7 +33,7 @@ pub struct QuicServer {
     pub fingerprint: String,
     shards: Vec<Shard>,
     /// The certificates browsers get, where the node's identity is self-signed.
-    web: Option<Arc<transport::WebCerts>>,
+    web: std::sync::Mutex<Option<Arc<transport::WebCerts>>>,
 }
 
 impl Drop for QuicServer {
@@ -97,16 +97,7 @@ impl QuicServer {
         listen: SocketAddr,
         identity: &Identity,
     ) -> Result<QuicServer> {
-        // Browsers (WebTransport) take a self-signed certificate only if it is short-lived
-        // and named by its hash: made here, turned over before it ends.
-        let web = match identity.self_signed {
-            true => Some(transport::WebCerts::new(&[
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-                "::1".to_string(),
-            ])?),
-            false => None,
-        };
+        let web = browser_certs(identity, None)?;
         let cfg = Arc::new(transport::server_config(
             identity,
             web.as_ref(),
@@ -133,13 +124,9 @@ impl QuicServer {
             };
             shards.push(Shard::start(node.clone(), cfg.clone(), socket, cids).await?);
         }
-        if let Some(w) = &web {
-            info!(hashes = %w.hashes().join(","), "WebTransport: browsers get a short-lived certificate; its page passes these hashes (serverCertificateHashes)");
-            tokio::spawn(turn_web_certs(Arc::downgrade(w)));
-        }
         let _ = node.web.set(crate::node::WebDoor {
             port: addr.port(),
-            certs: web.clone(),
+            certs: std::sync::RwLock::new(web.clone()),
         });
         let role = if node.is_relay() { "relay" } else { "origin" };
         info!(%addr, role, node = %node.name(), threads = count, fingerprint = %identity.fingerprint, "listening (QUIC)");
@@ -151,23 +138,29 @@ impl QuicServer {
             addr,
             fingerprint: identity.fingerprint.clone(),
             shards,
-            web,
+            web: std::sync::Mutex::new(web),
         })
     }
 
     /// Serves new connections with `identity` (a reload: connections already in keep the
     /// certificate they were made with).
     pub fn set_identity(&self, identity: &Identity) -> Result<()> {
-        let web = self.web.as_ref().filter(|_| identity.self_signed);
+        let mut held = self.web.lock().unwrap_or_else(|p| p.into_inner());
+        let web = browser_certs(identity, held.clone())?;
         let cfg = Arc::new(transport::server_config(
             identity,
-            web,
+            web.as_ref(),
             self.node.cfg.ack_delay_ms.get(),
             self.node.cfg.max_packet_bytes.value() as u16,
         )?);
         for s in &self.shards {
             let _ = s.tx.send(Cmd::Config(cfg.clone()));
         }
+        // The page passes the hashes browsers now get (none once a CA signs the certificate).
+        if let Some(door) = self.node.web.get() {
+            *door.certs.write().unwrap_or_else(|p| p.into_inner()) = web.clone();
+        }
+        *held = web;
         Ok(())
     }
 
@@ -274,6 +267,36 @@ impl Shard {
             .map_err(|e| Error::local(format!("cannot start a QUIC endpoint: {e}")))?;
         Ok(Shard { tx, done })
     }
+}
+
+/// The certificates browsers get with `identity`: none if a CA signed it (browsers check it
+/// as any site's); else short-lived ones named by their hashes (`held`, if there are some
+/// already), made and turned over here. A self-signed certificate the operator gave
+/// (`--cert`) counts as self-signed: a browser takes it only by a hash, and only short-lived.
+fn browser_certs(
+    identity: &Identity,
+    held: Option<Arc<transport::WebCerts>>,
+) -> Result<Option<Arc<transport::WebCerts>>> {
+    let own = identity.self_signed
+        || identity
+            .certs
+            .first()
+            .is_some_and(|c| transport::self_issued(c));
+    if !own {
+        info!("WebTransport: browsers get the node's certificate (signed by a CA)");
+        return Ok(None);
+    }
+    if let Some(w) = held {
+        return Ok(Some(w));
+    }
+    let w = transport::WebCerts::new(&[
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    info!(hashes = %w.hashes().join(","), "WebTransport: browsers get a short-lived certificate; its page passes these hashes (serverCertificateHashes)");
+    tokio::spawn(turn_web_certs(Arc::downgrade(&w)));
+    Ok(Some(w))
 }
 
 /// Turns the browsers' certificates over when due (checked hourly), while the server lives.

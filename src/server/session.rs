@@ -233,6 +233,10 @@ impl App for Sessions {
                     if s.wt.is_none() {
                         close(conn, ErrorCode::Internal, "cannot begin HTTP/3");
                     }
+                } else {
+                    // A quicast client: no stream of its own beyond the three granted before
+                    // its ALPN was known (a publisher gets its one at its hello).
+                    conn.set_max_concurrent_streams(Dir::Uni, VarInt::from_u32(0));
                 }
             }
             Event::Stream(StreamEvent::Opened { dir }) if s.wt.is_some() => {

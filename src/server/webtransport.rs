@@ -38,6 +38,7 @@ const PEER_BI: u32 = 2;
 pub(super) mod h3 {
     pub const NO_ERROR: u32 = 0x100;
     pub const STREAM_CREATION_ERROR: u32 = 0x103;
+    pub const CLOSED_CRITICAL_STREAM: u32 = 0x104;
     pub const REQUEST_REJECTED: u32 = 0x10b;
     pub const MESSAGE_ERROR: u32 = 0x10e;
 }
@@ -46,8 +47,9 @@ pub(super) mod h3 {
 pub(super) struct Wt {
     /// The browser's streams whose first bytes have not yet said what they are.
     opening: HashMap<StreamId, BytesMut>,
-    /// Its streams read only to be let go (its HTTP/3 control stream, QPACK's).
-    ignored: Vec<StreamId>,
+    /// Its HTTP/3 control stream and QPACK's two (by type 0, 2, 3): read only to be let go,
+    /// one of each for the connection's life.
+    critical: [Option<StreamId>; 4],
     /// The session's CONNECT stream, once answered.
     session: Option<StreamId>,
     /// The session's control stream was taken.
@@ -80,7 +82,7 @@ impl Wt {
         conn.send_stream(id).write(&buf).ok()?;
         Some(Wt {
             opening: HashMap::new(),
-            ignored: Vec::new(),
+            critical: [None; 4],
             session: None,
             control: false,
             envelope: Envelope::native(),
@@ -99,14 +101,15 @@ impl Wt {
 
     /// Whether `id` is one of the browser's streams this state reads.
     pub(super) fn reads(&self, id: StreamId) -> bool {
-        self.opening.contains_key(&id) || self.ignored.contains(&id) || self.session == Some(id)
+        self.opening.contains_key(&id) || self.critical.contains(&Some(id)) || self.session == Some(id)
     }
 
     /// Stream `id` has data (or ended).
     pub(super) fn readable(&mut self, conn: &mut Connection, id: StreamId) -> Next {
-        if self.session == Some(id) || self.ignored.contains(&id) {
+        if self.session == Some(id) || self.critical.contains(&Some(id)) {
             // Capsules on the session (a close, maybe) and the browser's HTTP/3 and QPACK
-            // streams: read and let go. The session's end ends the connection.
+            // streams: read and let go. The session's end ends the connection; so does the
+            // end of a stream HTTP/3 keeps open for the connection's life.
             let mut sink = BytesMut::new();
             let end = read_stream(conn, id, &mut sink);
             return match end {
@@ -114,7 +117,10 @@ impl Wt {
                 _ if self.session == Some(id) => {
                     Next::Close(h3::NO_ERROR, "the browser closed its session".into())
                 }
-                _ => Next::Nothing,
+                _ => Next::Close(
+                    h3::CLOSED_CRITICAL_STREAM,
+                    "the browser closed an HTTP/3 control or QPACK stream".into(),
+                ),
             };
         }
         let Some(buf) = self.opening.get_mut(&id) else {
@@ -154,8 +160,15 @@ impl Wt {
         };
         match said {
             Preamble::More => Next::Nothing,
-            Preamble::Ignore => {
-                self.ignored.push(id);
+            Preamble::Critical(kind) => {
+                let slot = &mut self.critical[kind as usize & 3];
+                if slot.is_some() {
+                    return Next::Close(
+                        h3::STREAM_CREATION_ERROR,
+                        format!("a second HTTP/3 stream of type {kind}"),
+                    );
+                }
+                *slot = Some(id);
                 self.readable(conn, id)
             }
             Preamble::Refuse => {

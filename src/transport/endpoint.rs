@@ -189,6 +189,9 @@ pub fn server_config(
     // is a second of the richest Opus stream, and 128 KiB all of a connection's streams
     // together: what a peer can make the node hold is small.
     let mut t = transport(3, 64 * 1024, 128 * 1024);
+    // HTTP/3 datagrams are advertised (WebTransport needs the setting) but never read: a
+    // peer's are dropped past a packet's worth, not held.
+    t.datagram_receive_buffer_size(Some(1500));
     probe_once(&mut t, max_packet);
     if !ack_delay.is_zero() {
         let mut af = quinn::AckFrequencyConfig::default();

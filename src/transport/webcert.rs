@@ -65,10 +65,19 @@ impl WebCerts {
     /// Serves the next certificate once the served one has been served `TURN` (and makes
     /// the one after). Returns whether it moved.
     pub fn turn_if_due(&self, now: SystemTime) -> Result<bool> {
-        let due = {
+        let (due, lost) = {
             let g = self.now.read().unwrap_or_else(|p| p.into_inner());
-            now.duration_since(g.1.made).unwrap_or_default() >= TURN
+            // The clock jumped (set at boot, then by NTP): the served one may not be valid
+            // now; both are made again.
+            let lost = g.0.made > now + BACKDATE
+                || now.duration_since(g.0.made).unwrap_or_default() + TURN > LIFETIME + TURN / 2;
+            (now.duration_since(g.1.made).unwrap_or_default() >= TURN, lost)
         };
+        if lost {
+            let pair = (mint(&self.names, now)?, mint(&self.names, now)?);
+            *self.now.write().unwrap_or_else(|p| p.into_inner()) = pair;
+            return Ok(true);
+        }
         if !due {
             return Ok(false);
         }
@@ -105,6 +114,49 @@ fn mint(names: &[String], now: SystemTime) -> Result<Minted> {
     })
 }
 
+/// Whether a certificate (DER) names itself as its issuer: self-signed, so a browser takes
+/// it only by its hash, and only if it is short-lived (which the node's own, pinned by
+/// native clients for years, is not). Read from the DER: the issuer and subject `Name`s of
+/// the TBSCertificate, compared byte for byte.
+pub fn self_issued(der: &[u8]) -> bool {
+    /// One DER element: its tag, its contents, all of it, and what follows it.
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |l, &d| (l << 8) | d as usize);
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let head = b.len() - rest.len();
+        Some((tag, &rest[..len], &b[..head + len], &rest[len..]))
+    }
+    let names = || -> Option<bool> {
+        let (_, cert, _, _) = tlv(der)?;
+        let (_, tbs, _, _) = tlv(cert)?;
+        let mut rest = tbs;
+        // [0] version, if present.
+        if rest.first() == Some(&0xa0) {
+            rest = tlv(rest)?.3;
+        }
+        let rest = tlv(rest)?.3; // serial
+        let rest = tlv(rest)?.3; // signature algorithm
+        let (_, _, issuer, rest) = tlv(rest)?;
+        let rest = tlv(rest)?.3; // validity
+        let (_, _, subject, _) = tlv(rest)?;
+        Some(issuer == subject)
+    };
+    names().unwrap_or(false)
+}
+
 /// Picks the certificate by ALPN: browsers (`h3`) get the short-lived one where the node
 /// makes them; every other client, and browsers of a node with a CA-signed identity, the
 /// node's own.
@@ -116,7 +168,10 @@ pub(crate) struct ByAlpn {
 
 impl ResolvesServerCert for ByAlpn {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let browser = hello.alpn().is_some_and(|mut a| a.any(|p| p == H3));
+        // A client that offers quicast's own ALPN gets it (the server prefers it), and the
+        // certificate it pins.
+        let offered = |want: &[u8]| hello.alpn().is_some_and(|mut a| a.any(|p| p == want));
+        let browser = offered(H3) && !offered(crate::proto::ALPN);
         match &self.web {
             Some(w) if browser => Some(w.serving()),
             _ => Some(self.native.clone()),
@@ -146,6 +201,40 @@ mod tests {
         assert_eq!(after[0], before[1]);
         assert_ne!(after[1], before[1]);
         assert_eq!(sha256_hex(&w.serving().cert[0]), after[0]);
+    }
+
+    #[test]
+    fn self_issued_certificates_are_told_from_ca_signed_ones() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let own = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        assert!(self_issued(own.cert.der()));
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "a CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        assert!(!self_issued(leaf.der()));
+        assert!(self_issued(ca.der()));
+        // Not a certificate, or cut short: not taken for one.
+        assert!(!self_issued(b"not DER"));
+        assert!(!self_issued(&own.cert.der()[..100]));
+    }
+
+    #[test]
+    fn a_clock_that_jumped_makes_both_anew() {
+        let w = WebCerts::new(&["localhost".into()]).unwrap();
+        let before = w.hashes();
+        // A month on (the node started with its clock a month behind).
+        let later = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+        assert!(w.turn_if_due(later).unwrap());
+        let after = w.hashes();
+        assert!(!after.contains(&before[0]) && !after.contains(&before[1]));
     }
 
     /// The DER of a certificate's validity (`notBefore`, `notAfter` UTCTime) read back: the
