@@ -140,6 +140,8 @@ fn assert_played(report: &str, secs: u64) {
     assert!(frames >= (secs * 40) as f64, "{frames} frames in {secs} s: {report}");
     assert_eq!(num(report, "gaps"), 0.0, "frames missing: {report}");
     assert_eq!(num(report, "decodeErrors"), 0.0, "{report}");
+    // Decoded in order, none twice.
+    assert_eq!(num(report, "backwards"), 0.0, "{report}");
     assert!(num(report, "played") > 0.0, "{report}");
     eprintln!(
         "latency origin to decoded: p50 {} ms, p99 {} ms, max {} ms; play() to first sound {} ms; underruns {}",
@@ -168,8 +170,9 @@ async fn chromium_plays_over_webtransport_two_hops_down_pinning_the_edges_certif
 }
 
 /// The page's order: WebTransport + WebCodecs where the browser has both, else LL-HLS (here
-/// Chromium's Media Source player). Hidden from the page, or an Opus decoder said to be
-/// unsupported (found only once play is pressed), the page plays the next way.
+/// Chromium's Media Source player). Hidden from the page, an Opus decoder said to be
+/// unsupported (found only once play is pressed), or a node whose UDP never answers, the
+/// page plays the next way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_falls_back_to_ll_hls_without_webtransport_or_an_opus_decoder() {
     let o = origin_with(test_config()).await;
@@ -178,10 +181,18 @@ async fn the_page_falls_back_to_ll_hls_without_webtransport_or_an_opus_decoder()
     let publisher = publish_sample(&o, "live");
     wait_live(&o, "live").await;
     let node = edge_http.addr.to_string();
+    // A node whose UDP never answers (a firewall that drops it): the player waits a few
+    // seconds for the session, then takes LL-HLS over TCP.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dropped = format!(
+        "const Real = WebTransport; window.WebTransport = class extends Real {{ constructor(u, o) {{ super('https://127.0.0.1:{}/', o); }} }};",
+        silent.local_addr().unwrap().port()
+    );
     for hide in [
         "delete window.WebTransport;",
         "delete window.AudioDecoder;",
         "AudioDecoder.isConfigSupported = async () => ({ supported: false });",
+        dropped.as_str(),
     ] {
         let report = browse(test_page(&node, "live", hide, 3), &[]).await;
         assert_eq!(field(&report, "path"), Some("mse"), "{hide}: {report}");

@@ -16,8 +16,9 @@
 //   past its target it plays a little faster to catch up, past MAX_MS it skips to its
 //   target (counted).
 // - Lost: no frame for SILENCE_MS (or the session closed, or GOAWAY): it connects again, to
-//   the same node and then the alternates in turn, and resumes from the segment it was in,
-//   skipping the frames it has, as `quicast listen URL URL` does.
+//   the next of the page's node and its alternates (those a GOAWAY names first), and resumes
+//   from the segment it was in, skipping the frames it has, as `quicast listen URL URL`
+//   does; a round of them all failed, it waits (growing, jittered) before the next round.
 (() => {
   'use strict';
   if (window.QuicastWt) return;
@@ -39,7 +40,17 @@
   /** A newcomer's first frames older than this are not played: it starts at the live edge,
    * with the newest of the join's burst in its jitter buffer (it plays at once). */
   const STALE_MS = JITTER_MS + 100;
-  const SILENCE_MS = 700;
+  /** Silence after which the node is taken for lost (as `quicast listen`'s). */
+  const SILENCE_MS = 1500;
+  /** How long a segment whose header came waits for an earlier one (as the native client). */
+  const HOLD_MS = 200;
+  /** Segment streams held at most, waiting for their turn (as the native client). */
+  const MAX_HELD = 32;
+  /** Longest wait for a session before it has ever played (UDP blocked: the next way). */
+  const CONNECT_MS = 3000;
+  /** A newcomer's frames judged stale in a row past which its clock is taken to disagree with
+   * the origin's (they are all played from then on). */
+  const STALE_MAX = 100;
   /** Latencies kept for the stats: the last minute of 20 ms frames. */
   const KEEP = 3000;
 
@@ -187,6 +198,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.name = name;
       this.token = token || '';
       this.nodes = [where.url, ...where.alternates];
+      this.nodes0 = where.url;
       this.hashes = where.hashes;
       this.status = '';
       this.lat = [];
@@ -194,12 +206,20 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.reconnects = 0;
       this.frames = 0;
       this.decodeErrors = 0;
+      this.backwards = 0;
+      this.staleRun = 0;
       this.jit = { level: 0, underruns: 0, dropped: 0, played: 0 };
       this.resume = null;
+      this.staleRun = 0;
       this.run = null;
       audio.removeAttribute('src');
       audio.addEventListener('play', () => { if (!this.gone) this.start(); });
-      audio.addEventListener('pause', () => { if (audio.paused && !this.gone) this.stop(); });
+      audio.addEventListener('pause', () => {
+        if (!audio.paused || this.gone) return;
+        this.stop();
+        // Nothing plays while paused: the buffer is not drained into an underrun.
+        if (this.ctx) this.ctx.suspend().catch(() => {});
+      });
     }
 
     /** The audio graph: decoded frames into the jitter buffer, out through the element. */
@@ -240,6 +260,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
     start() {
       if (this.run) return;
       if (this.pressed === undefined) this.pressed = performance.now();
+      if (this.ctx) this.ctx.resume().catch(() => {});
       this.run = { stop: false };
       this.status = 'connecting';
       // The audio graph is made while the session connects (stereo until the stream says).
@@ -266,8 +287,9 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.k = k;
       while (!run.stop) {
         const url = this.nodes[this.k % this.nodes.length];
+        let why;
         try {
-          await this.session(run, url);
+          why = await this.session(run, url);
           failures = 0;
         } catch (e) {
           console.warn('quicast WebTransport:', url, String(e));
@@ -277,9 +299,15 @@ registerProcessor('quicast-jitter', QuicastJitter);
         }
         if (run.stop) return;
         this.reconnects++;
-        this.k++;
-        this.status = 'reconnecting';
-        if (failures >= this.nodes.length) await new Promise(r => setTimeout(r, Math.min(5000, 250 * failures)));
+        // A broadcast that ended: the next one from the same node. A node lost: the next.
+        if (why !== 'ended') this.k++;
+        this.status = why === 'ended' ? 'ended' : 'reconnecting';
+        // After a round of every node failed: waits growing to 10 s, each times a random
+        // factor (0.5 to 1.5) so that a crowd cut off together does not come back together.
+        if (failures >= this.nodes.length || why === 'ended') {
+          const base = Math.min(10000, 250 * 2 ** Math.min(6, Math.max(0, failures - this.nodes.length)));
+          await new Promise(r => setTimeout(r, base * (0.5 + Math.random())));
+        }
       }
     }
 
@@ -296,7 +324,9 @@ registerProcessor('quicast-jitter', QuicastJitter);
     /** One session: until it is lost or stopped. */
     async session(run, url) {
       const opts = {};
-      if (this.hashes.length) {
+      // The hashes are this page's node's: another node (an alternate) has its own, or a
+      // CA-signed certificate that a hash list would refuse.
+      if (this.hashes.length && url === this.nodes0) {
         opts.serverCertificateHashes = this.hashes.map(h => ({ algorithm: 'sha-256', value: hexBytes(h) }));
       }
       const wt = new WebTransport(url, opts);
@@ -304,14 +334,31 @@ registerProcessor('quicast-jitter', QuicastJitter);
       const lost = new Promise(res => {
         wt.closed.then(() => res('closed'), e => res(String(e)));
       });
-      await wt.ready;
+      if (this.played) {
+        await wt.ready;
+      } else {
+        // Not played yet: a node that does not answer soon is not waited for (UDP may be
+        // blocked here: LL-HLS over TCP is the next way).
+        let t;
+        const late = new Promise((_, no) => { t = setTimeout(() => no(new Error('no answer in ' + CONNECT_MS + ' ms')), CONNECT_MS); });
+        try {
+          await Promise.race([wt.ready, late]);
+        } catch (e) {
+          try { wt.close(); } catch (x) { /* not open */ }
+          throw e;
+        } finally {
+          clearTimeout(t);
+        }
+      }
       const ctl = await wt.createBidirectionalStream();
       const w = ctl.writable.getWriter();
       const token = utf8(this.token);
       const start = this.resume ? [1, ...varint(this.resume.seq)] : [0];
       await w.write(message(0x01, [...varint(2), 1, ...bytes(token)]));
       await w.write(message(0x03, [1, ...bytes(utf8(this.name)), ...start, 1]));
-      const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, segments: [], ticks: 0 };
+      const s = { wt, heard: performance.now(), ended: false, codec: null, instance: null, ticks: 0 };
+      // Resuming: the segment asked for comes first (a later one's header may come before it).
+      if (this.resume) s.lastSeq = this.resume.seq - 1;
       let timer;
       const watch = new Promise(res => {
         timer = setInterval(() => {
@@ -331,6 +378,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
       if (s.failed) throw s.failed;
       if (!s.codec) throw new Error(why);
       if (why !== 'stopped') console.warn('quicast WebTransport: session over:', why);
+      return why;
     }
 
     async control(s, readable) {
@@ -352,6 +400,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
             if (kind !== 1) throw Object.assign(new Error('not Opus'), { fatal: true });
             if (this.resume && this.resume.instance !== instance) this.resume = null;
             s.instance = instance;
+            this.instance = instance;
             await this.decoder(s, rate, channels, head);
             s.codec = { rate, channels };
             this.played = true;
@@ -370,7 +419,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
             s.ended = true;
             this.resume = null;
             this.status = 'ended';
-            setTimeout(() => s.leave('ended'), 1000);
+            s.leave('ended');
           } else if (m.type === 0x0b) {
             // The node drains: the nodes it names (quic://HOST:PORT/...) come next.
             const next = [];
@@ -394,6 +443,11 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.times = times;
       this.dec = new AudioDecoder({
         output: d => {
+          // Decoded in order, each frame once: a timestamp that does not move forward is
+          // counted (the test asserts none).
+          if (this.lastOut !== undefined && d.timestamp <= this.lastOut && this.lastInstance === this.instance) this.backwards++;
+          this.lastOut = d.timestamp;
+          this.lastInstance = this.instance;
           while (times.length > 1 && times[0][0] < d.timestamp) times.shift();
           const wall = times.length ? times.shift()[1] : undefined;
           if (wall !== undefined) {
@@ -418,24 +472,56 @@ registerProcessor('quicast-jitter', QuicastJitter);
       this.dec.configure({ codec: 'opus', sampleRate: rate, numberOfChannels: channels, description: head });
     }
 
-    /** Segment streams, read one after another in the order they came. */
+    /** Segment streams: each one's header read as it comes (side by side, so a slow one
+     * holds up no other), then the segments handed on in order of `seq`: the next one in
+     * order as soon as it is there, else the lowest waiting once it has waited HOLD_MS (the
+     * node moved this listener on: skipped segments). */
     async segments(s, incoming) {
       const reader = incoming.getReader();
+      s.waiting = [];
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) return;
-        s.segments.push(value);
-        if (!s.reading) this.drain(s);
+        if (done || s.over) return;
+        if (s.waiting.length >= MAX_HELD) { value.cancel().catch(() => {}); continue; }
+        this.header(s, value).catch(() => {});
+      }
+    }
+
+    async header(s, stream) {
+      const reader = stream.getReader();
+      const r = new Reader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || s.over) return;
+        r.push(value);
+        const type = r.varint(), id = type === null ? null : r.varint(), seq = id === null ? null : r.varint();
+        if (seq !== null) {
+          s.waiting.push({ seq, reader, r, at: performance.now() });
+          s.waiting.sort((x, y) => x.seq - y.seq);
+          if (!s.reading) this.drain(s);
+          return;
+        }
+        r.at = 0;
       }
     }
 
     async drain(s) {
       s.reading = true;
-      while (s.segments.length) {
-        const st = s.segments.shift();
+      while (s.waiting.length && !s.over) {
         if (!s.codec) await new Promise(r => { this.segmentsReady = r; });
+        const next = s.waiting[0];
+        const expected = s.lastSeq === undefined || next.seq === s.lastSeq + 1;
+        const held = performance.now() - next.at;
+        if (!expected && held < HOLD_MS) {
+          await new Promise(r => setTimeout(r, HOLD_MS - held));
+          continue;
+        }
+        s.waiting.shift();
+        if (s.lastSeq !== undefined && next.seq <= s.lastSeq) { next.reader.cancel().catch(() => {}); continue; }
+        s.lastSeq = next.seq;
+        this.seq = next.seq;
         try {
-          await this.segment(s, st);
+          await this.segment(s, next);
         } catch (e) {
           // Reset: the node moved this listener forward (whole segments, counted by seq).
         }
@@ -443,21 +529,9 @@ registerProcessor('quicast-jitter', QuicastJitter);
       s.reading = false;
     }
 
-    async segment(s, stream) {
-      const r = new Reader();
-      const reader = stream.getReader();
-      let head = null;
+    /** A segment's frames, as they come. */
+    async segment(s, { seq, reader, r }) {
       for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        r.push(value);
-        if (!head) {
-          const at = r.at;
-          const type = r.varint(), id = type === null ? null : r.varint(), seq = id === null ? null : r.varint();
-          if (seq === null) { r.at = at; continue; }
-          head = { seq };
-          this.seq = seq;
-        }
         for (;;) {
           const at = r.at;
           const len = r.varint();
@@ -466,8 +540,11 @@ registerProcessor('quicast-jitter', QuicastJitter);
           const wall = dur === null ? null : r.varint();
           const payload = wall === null ? null : r.take(len);
           if (payload === null) { r.at = at; break; }
-          this.frame(s, head.seq, pts, dur, wall, payload);
+          this.frame(s, seq, pts, dur, wall, payload);
         }
+        const { value, done } = await reader.read();
+        if (done || s.over) return;
+        r.push(value);
       }
     }
 
@@ -475,8 +552,14 @@ registerProcessor('quicast-jitter', QuicastJitter);
       if (s.over) return;
       s.heard = performance.now();
       const res = this.resume;
-      // A newcomer starts at the live edge: the burst of the segment so far is not played.
-      if (!res && nowUs() - wall > STALE_MS * 1000) { this.stale = (this.stale || 0) + 1; return; }
+      // A newcomer starts at the live edge: the burst of the segment so far is not played
+      // (unless every frame looks stale: then the clocks disagree, and all are played).
+      if (!res && !this.skewed && nowUs() - wall > STALE_MS * 1000) {
+        this.stale = (this.stale || 0) + 1;
+        if (++this.staleRun > STALE_MAX) this.skewed = true;
+        else return;
+      }
+      this.staleRun = 0;
       // After a reconnect: the frames it has already played are skipped.
       if (res && res.instance === s.instance && pts <= res.pts) return;
       if (res && res.instance === s.instance && pts > res.pts + res.dur) this.gaps++;
@@ -516,7 +599,7 @@ registerProcessor('quicast-jitter', QuicastJitter);
         frames: this.frames, p50: q(0.5), p99: q(0.99), max: q(1), gaps: this.gaps,
         underruns: this.jit.underruns, dropped: this.jit.dropped, played: this.jit.played,
         decodeErrors: this.decodeErrors, reconnects: this.reconnects, firstSound: this.firstSound,
-        stale: this.stale || 0, jitterMs: (this.jit.jitter || 48 * JITTER_MS) / 48,
+        stale: this.stale || 0, backwards: this.backwards, jitterMs: (this.jit.jitter || 48 * JITTER_MS) / 48,
       };
     }
   }
@@ -526,7 +609,8 @@ registerProcessor('quicast-jitter', QuicastJitter);
     const d = document.body && document.body.dataset;
     if (!d || !d.wtPort) return null;
     const list = v => (v || '').split(',').filter(Boolean);
-    const host = location.hostname.includes(':') ? '[' + location.hostname + ']' : location.hostname;
+    // An IPv6 host comes with its brackets.
+    const host = location.hostname;
     return {
       url: 'https://' + host + ':' + d.wtPort + '/',
       hashes: list(d.wtHashes),
