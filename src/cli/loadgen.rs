@@ -32,6 +32,9 @@ pub struct LoadOptions {
     pub ramp: Duration,
     /// Client endpoints (UDP sockets) to spread connections over.
     pub endpoints: usize,
+    /// Listeners speak WebTransport (ALPN `h3`, a CONNECT session) as browsers do, not the
+    /// native protocol; one node only.
+    pub webtransport: bool,
 }
 
 /// Millisecond buckets up to a minute.
@@ -323,12 +326,24 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
         .next()
         .ok_or_else(|| quicast::Error::local(format!("{} did not resolve", url.host)))?;
     let path = url.stream()?.to_string();
+    if opts.webtransport && opts.urls.len() > 1 {
+        return Err(quicast::Error::unsupported(
+            "WebTransport listeners go to one node (no failover between several)",
+        ));
+    }
     let stats = Arc::new(Stats::new(opts.listeners));
     let start = Instant::now();
     // One node: listeners on the engine (a loop per endpoint, no task per listener), so
     // one core of load drives far more of them. Several (failover): the client library.
     if opts.urls.len() == 1 {
-        let cfg = quicast::client::fresh_listener_config(&opts.trust)?;
+        let (cfg, webtransport) = if opts.webtransport {
+            (
+                quicast::client::fresh_webtransport_config(&opts.trust)?,
+                Some(super::loadgen_wt::session_url(&url)?),
+            )
+        } else {
+            (quicast::client::fresh_listener_config(&opts.trust)?, None)
+        };
         let threads = opts.endpoints.max(1).min(opts.listeners.max(1));
         let mut runs = Vec::new();
         for t in 0..threads {
@@ -343,6 +358,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                     .map(|i| opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64))
                     .collect(),
                 duration: opts.ramp + opts.duration,
+                webtransport: webtransport.clone(),
             };
             let stats = stats.clone();
             runs.push(tokio::task::spawn_blocking(move || {
