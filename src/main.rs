@@ -630,8 +630,8 @@ async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     };
     let r = loadgen::run(opts).await?;
     println!(
-        "listeners {}  connected {}  failed {}",
-        r.listeners, r.connected, r.failed
+        "listeners {}  connected {}  heard audio {}  failed {}",
+        r.listeners, r.connected, r.heard, r.failed
     );
     for (reason, n) in &r.failures {
         println!("  failed x{n}: {reason}");

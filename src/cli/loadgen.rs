@@ -91,6 +91,8 @@ pub(crate) struct Totals {
     pub(crate) connected: AtomicU64,
     /// Listeners whose join is settled: audio heard, or failed before any.
     settled: AtomicU64,
+    /// Listeners that heard audio (a frame or more).
+    heard: AtomicU64,
     frames: AtomicU64,
     gaps: AtomicU64,
     skips: AtomicU64,
@@ -136,6 +138,8 @@ pub struct Quantiles {
 pub struct LoadReport {
     pub listeners: usize,
     pub connected: u64,
+    /// Listeners that heard audio: a frame or more (all of them, in a run that went well).
+    pub heard: u64,
     pub failed: u64,
     /// Failure reasons and how many listeners each stopped.
     pub failures: Vec<(String, u64)>,
@@ -208,6 +212,7 @@ impl Stats {
         LoadReport {
             listeners: self.listeners,
             connected: t.connected.load(Ordering::Relaxed),
+            heard: t.heard.load(Ordering::Relaxed),
             failed,
             failures,
             frames: t.frames.load(Ordering::Relaxed),
@@ -261,6 +266,7 @@ impl<'a> Ear<'a> {
         if self.first {
             self.first = false;
             stats.join.record_us(self.t0.elapsed().as_micros() as u64);
+            totals.heard.fetch_add(1, Ordering::Relaxed);
             totals.settle(stats.listeners);
         }
         let now = now_us();
