@@ -12,6 +12,9 @@
 //!                              # to overload the relay with listeners the load generator can drive
 //!   QUICAST_BENCH_LOADGEN_BIN=/path/to/other/quicast ...  # A/B the load generator
 //!   QUICAST_BENCH_RELAY_CPUS=0,1 QUICAST_BENCH_RELAY_ARGS="--quic-threads 2" ...  # the relay on two cores
+//!   QUICAST_BENCH_WEBTRANSPORT=1 ...  # listeners over WebTransport (`loadgen --webtransport`,
+//!                                     # as browsers), to a self-signed relay pinned by the
+//!                                     # hash of the certificate it serves browsers
 //!
 //! For each N it reports the relay's CPU (% of one core, from /proc over a steady window after
 //! every listener joined), its RSS per listener (RSS growth over the idle relay / N), and what
@@ -41,15 +44,36 @@ fn origin_bin() -> String {
     std::env::var("QUICAST_BENCH_ORIGIN_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
-/// The relay's address once it listens; then, while it runs, the largest delivery-interval
-/// floor it logged (its load watch stretching intervals), in ms.
-fn relay_addr_and_floor(k: &mut Killed) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// Whether the listeners speak WebTransport (`QUICAST_BENCH_WEBTRANSPORT=1`).
+fn webtransport() -> bool {
+    std::env::var("QUICAST_BENCH_WEBTRANSPORT").is_ok_and(|v| v == "1")
+}
+
+/// What the relay logged as it started.
+struct Started {
+    addr: String,
+    /// The hash of the certificate it serves browsers (h3), if it logged one (a self-signed
+    /// relay: the first of its `hashes=`).
+    web_hash: Option<String>,
+    /// While it runs: the largest delivery-interval floor it logged (its load watch
+    /// stretching intervals), in ms.
+    floor: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Reads the relay's log until it listens, then goes on reading it in the background.
+fn relay_started(k: &mut Killed) -> Started {
     use std::sync::atomic::{AtomicU64, Ordering};
     let floor = std::sync::Arc::new(AtomicU64::new(0));
     let err = k.0.stderr.take().unwrap();
     let mut lines = BufReader::new(err).lines();
+    let mut web_hash = None;
     for l in lines.by_ref() {
         let l = l.unwrap();
+        // Logged before "listening (QUIC)".
+        if l.contains("WebTransport: browsers get") {
+            let hashes = support::field(&l, "hashes=");
+            web_hash = hashes.split(',').next().map(str::to_string);
+        }
         if l.contains("listening (QUIC)") {
             let at = support::field(&l, "addr=");
             let f = floor.clone();
@@ -64,7 +88,11 @@ fn relay_addr_and_floor(k: &mut Killed) -> (String, std::sync::Arc<std::sync::at
                     }
                 }
             });
-            return (at, floor);
+            return Started {
+                addr: at,
+                web_hash,
+                floor,
+            };
         }
     }
     panic!("relay exited before listening");
@@ -181,17 +209,28 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
         &up,
         "--fingerprint",
         &fp,
-        "--cert",
-        c,
-        "--key",
-        k,
         "--max-connections",
         &maxc,
     ];
+    // Over WebTransport the relay is self-signed, as one serving browsers with no CA is:
+    // they get its short-lived browser certificate (the load generator pins its hash).
+    if !webtransport() {
+        rargs.extend(["--cert", c, "--key", k]);
+    }
     rargs.extend(extra.split_whitespace());
     let cpus = std::env::var("QUICAST_BENCH_RELAY_CPUS").unwrap_or_else(|_| "0".into());
     let mut relay = spawn_bin(&relay_bin(), &rargs, Some(&cpus), LOG);
-    let (raddr, floor) = relay_addr_and_floor(&mut relay);
+    let Started {
+        addr: raddr,
+        web_hash,
+        floor,
+    } = relay_started(&mut relay);
+    let (listen_fp, lg_mode) = if webtransport() {
+        let hash = web_hash.expect("a self-signed relay logs its browser certificate's hash");
+        (hash, Some("--webtransport"))
+    } else {
+        (fp.clone(), None)
+    };
     // A busy loop sharing the relay's core, at a higher priority: the relay gets a fraction
     // of it (the overload run).
     let _hog = std::env::var("QUICAST_BENCH_HOG").ok().map(|nice| {
@@ -236,9 +275,10 @@ fn run_one(n: usize, secs: u64, dir: &Path) -> Row {
             "--ramp",
             &format!("{ramp}"),
             "--fingerprint",
-            &fp,
+            &listen_fp,
             "--json",
         ])
+        .args(lg_mode)
         .env("RUST_LOG", "error,quicast::cli::loadgen=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -409,7 +449,12 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let mut rows = Vec::new();
     for &n in &ns {
-        eprintln!("fanout: {n} listeners for {secs} s ...");
+        let over = if webtransport() {
+            "WebTransport"
+        } else {
+            "native QUIC"
+        };
+        eprintln!("fanout: {n} listeners over {over} for {secs} s ...");
         let r = run_one(n, secs, &out);
         eprintln!(
             "  cpu {:.1}%  loadgen {:.1}%  join ≈{:.0} µs  rss/listener {:.1} KiB  datagrams/listener/s {:.1}  floor {} ms  {}",
@@ -417,7 +462,12 @@ fn main() {
         );
         rows.push(r);
     }
-    let mut md = String::from(
+    let mut md = String::from(if webtransport() {
+        "Listeners over WebTransport (`QUICAST_BENCH_WEBTRANSPORT=1`).\n\n"
+    } else {
+        ""
+    });
+    md.push_str(
         "| listeners | connected | failed | relay CPU (% of 1 core) | loadgen CPU | relay CPU per join | datagrams / listener / s | relay RSS | RSS / listener | latency p50 / p99 ms | steady p50 / p99 ms | gaps | skips | join p99 ms | interval floor reached |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {

@@ -69,6 +69,39 @@ fn client_trust(
     }
 }
 
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    /// quic://HOST:PORT/STREAM (repeat: each listener falls back to the next nodes), or
+    /// one http://HOST:PORT/PATH: an HTTP crowd (each request read for the duration).
+    #[arg(required = true, num_args = 1..)]
+    urls: Vec<String>,
+    /// Listener connections to open (each its own QUIC connection and TLS handshake).
+    #[arg(long)]
+    listeners: usize,
+    /// Seconds to stay subscribed (after the ramp).
+    #[arg(long)]
+    duration: f64,
+    /// Seconds over which to spread the connection starts [default: as fast as possible].
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
+    /// Client UDP sockets to spread the connections over. With one node each is driven
+    /// by a thread of its own [default: one per core this process may run on]; with
+    /// several, by the client library [default: one per 2,000 listeners].
+    #[arg(long)]
+    endpoints: Option<usize>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Listeners speak WebTransport as browsers do (ALPN h3, an extended CONNECT
+    /// session carrying the listener protocol), not the native protocol. One quic://
+    /// node; a self-signed node serves h3 its browser certificate: pin the first of
+    /// the `hashes=` it logs.
+    #[arg(long)]
+    webtransport: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run an origin: takes publishers, serves listeners and relays.
@@ -120,31 +153,7 @@ enum Cmd {
         trust: TrustArgs,
     },
     /// Open many listener connections to one node and report what they heard.
-    Loadgen {
-        /// quic://HOST:PORT/STREAM (repeat: each listener falls back to the next nodes), or
-        /// one http://HOST:PORT/PATH: an HTTP crowd (each request read for the duration).
-        #[arg(required = true, num_args = 1..)]
-        urls: Vec<String>,
-        /// Listener connections to open (each its own QUIC connection and TLS handshake).
-        #[arg(long)]
-        listeners: usize,
-        /// Seconds to stay subscribed (after the ramp).
-        #[arg(long)]
-        duration: f64,
-        /// Seconds over which to spread the connection starts [default: as fast as possible].
-        #[arg(long, default_value_t = 0.0)]
-        ramp: f64,
-        /// Client UDP sockets to spread the connections over. With one node each is driven
-        /// by a thread of its own [default: one per core this process may run on]; with
-        /// several, by the client library [default: one per 2,000 listeners].
-        #[arg(long)]
-        endpoints: Option<usize>,
-        /// Print one JSON object as the last line of stdout.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        trust: TrustArgs,
-    },
+    Loadgen(LoadgenArgs),
     /// Check a node's config file without starting: the start-up checks of every key and of
     /// the keys together (exit 0 and "ok", or exit 1 naming the key and why).
     CheckConfig {
@@ -549,15 +558,17 @@ async fn run_demo(base_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_loadgen(
-    urls: Vec<String>,
-    listeners: usize,
-    duration: f64,
-    ramp: f64,
-    endpoints: Option<usize>,
-    json: bool,
-    trust: TrustArgs,
-) -> anyhow::Result<()> {
+async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    let LoadgenArgs {
+        urls,
+        listeners,
+        duration,
+        ramp,
+        endpoints,
+        json,
+        webtransport,
+        trust,
+    } = args;
     let secs = |what: &str, v: f64| -> anyhow::Result<Duration> {
         if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
             bail!("--{what} must be between 0 and 86400 seconds");
@@ -570,6 +581,9 @@ async fn run_loadgen(
     // An HTTP crowd: plain requests, each read for the duration.
     if let [url] = urls.as_slice() {
         if url.starts_with("http://") {
+            if webtransport {
+                bail!("--webtransport takes a quic:// node, not an HTTP crowd");
+            }
             let r = cli::loadgen_http::run(
                 url,
                 listeners,
@@ -619,11 +633,12 @@ async fn run_loadgen(
                 listeners / 2000 + 1
             })
             .clamp(1, 64),
+        webtransport,
     };
     let r = loadgen::run(opts).await?;
     println!(
-        "listeners {}  connected {}  failed {}",
-        r.listeners, r.connected, r.failed
+        "listeners {}  connected {}  heard audio {}  failed {}",
+        r.listeners, r.connected, r.heard, r.failed
     );
     for (reason, n) in &r.failures {
         println!("  failed x{n}: {reason}");
@@ -709,15 +724,7 @@ async fn main() -> std::process::ExitCode {
             expires.as_deref(),
         ),
         Cmd::CheckConfig { file, role } => check_config(&file, role.as_deref()),
-        Cmd::Loadgen {
-            urls,
-            listeners,
-            duration,
-            ramp,
-            endpoints,
-            json,
-            trust,
-        } => run_loadgen(urls, listeners, duration, ramp, endpoints, json, trust).await,
+        Cmd::Loadgen(args) => run_loadgen(args).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -32,6 +32,9 @@ pub struct LoadOptions {
     pub ramp: Duration,
     /// Client endpoints (UDP sockets) to spread connections over.
     pub endpoints: usize,
+    /// Listeners speak WebTransport (ALPN `h3`, a CONNECT session) as browsers do, not the
+    /// native protocol; one node only.
+    pub webtransport: bool,
 }
 
 /// Millisecond buckets up to a minute.
@@ -88,6 +91,8 @@ pub(crate) struct Totals {
     pub(crate) connected: AtomicU64,
     /// Listeners whose join is settled: audio heard, or failed before any.
     settled: AtomicU64,
+    /// Listeners that heard audio (a frame or more).
+    heard: AtomicU64,
     frames: AtomicU64,
     gaps: AtomicU64,
     skips: AtomicU64,
@@ -133,6 +138,8 @@ pub struct Quantiles {
 pub struct LoadReport {
     pub listeners: usize,
     pub connected: u64,
+    /// Listeners that heard audio: a frame or more (all of them, in a run that went well).
+    pub heard: u64,
     pub failed: u64,
     /// Failure reasons and how many listeners each stopped.
     pub failures: Vec<(String, u64)>,
@@ -205,6 +212,7 @@ impl Stats {
         LoadReport {
             listeners: self.listeners,
             connected: t.connected.load(Ordering::Relaxed),
+            heard: t.heard.load(Ordering::Relaxed),
             failed,
             failures,
             frames: t.frames.load(Ordering::Relaxed),
@@ -258,6 +266,7 @@ impl<'a> Ear<'a> {
         if self.first {
             self.first = false;
             stats.join.record_us(self.t0.elapsed().as_micros() as u64);
+            totals.heard.fetch_add(1, Ordering::Relaxed);
             totals.settle(stats.listeners);
         }
         let now = now_us();
@@ -323,12 +332,24 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
         .next()
         .ok_or_else(|| quicast::Error::local(format!("{} did not resolve", url.host)))?;
     let path = url.stream()?.to_string();
+    if opts.webtransport && opts.urls.len() > 1 {
+        return Err(quicast::Error::unsupported(
+            "WebTransport listeners go to one node (no failover between several)",
+        ));
+    }
     let stats = Arc::new(Stats::new(opts.listeners));
     let start = Instant::now();
     // One node: listeners on the engine (a loop per endpoint, no task per listener), so
     // one core of load drives far more of them. Several (failover): the client library.
     if opts.urls.len() == 1 {
-        let cfg = quicast::client::fresh_listener_config(&opts.trust)?;
+        let (cfg, webtransport) = if opts.webtransport {
+            (
+                quicast::client::fresh_webtransport_config(&opts.trust)?,
+                Some(super::loadgen_wt::session_url(&url)?),
+            )
+        } else {
+            (quicast::client::fresh_listener_config(&opts.trust)?, None)
+        };
         let threads = opts.endpoints.max(1).min(opts.listeners.max(1));
         let mut runs = Vec::new();
         for t in 0..threads {
@@ -343,6 +364,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport> {
                     .map(|i| opts.ramp.mul_f64(i as f64 / opts.listeners.max(1) as f64))
                     .collect(),
                 duration: opts.ramp + opts.duration,
+                webtransport: webtransport.clone(),
             };
             let stats = stats.clone();
             runs.push(tokio::task::spawn_blocking(move || {

@@ -1,6 +1,7 @@
 //! The load generator's listeners on the engine: one thread drives thousands of QUIC
 //! connections, each saying hello, subscribing to the live edge and reading its segments,
-//! with no task, waker or lock per listener.
+//! with no task, waker or lock per listener. With `--webtransport` each speaks the same
+//! inside a WebTransport session, as a browser does (the envelope: `loadgen_wt`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use quicast::proto::{Frame, Message, Role, Start, UniHeader};
 use quicast::Result;
 
 use super::loadgen::{Ear, Stats};
+use super::loadgen_wt::{self, Uni, WtClient};
 
 /// One thread's share of a run.
 pub(crate) struct Plan {
@@ -26,6 +28,8 @@ pub(crate) struct Plan {
     pub starts: Vec<Duration>,
     /// How long the run lasts, from its start.
     pub duration: Duration,
+    /// Listeners speak WebTransport, asking for a session at this URL (`cfg` offers `h3`).
+    pub webtransport: Option<url::Url>,
 }
 
 /// A listener: its account, its control stream, its segments in flight.
@@ -44,6 +48,8 @@ struct Listener<'a> {
     connected: bool,
     /// Why the connection was lost, as QUIC said.
     lost: Option<quinn_proto::ConnectionError>,
+    /// Its WebTransport session, once the handshake is done (with `--webtransport`).
+    wt: Option<WtClient>,
 }
 
 impl<'a> Listener<'a> {
@@ -59,6 +65,7 @@ impl<'a> Listener<'a> {
             done: false,
             connected: false,
             lost: None,
+            wt: None,
         }
     }
 }
@@ -66,6 +73,8 @@ impl<'a> Listener<'a> {
 struct Listeners<'a> {
     stats: &'a Stats,
     path: String,
+    /// The WebTransport session's URL, when listeners speak it.
+    webtransport: Option<url::Url>,
     /// Listeners refused or unanswered before their handshake, to try again when due
     /// (jittered: a refused crowd does not come back in one instant).
     again: Vec<(Instant, Ear<'a>)>,
@@ -105,41 +114,40 @@ impl<'a> App for Listeners<'a> {
             Event::Connected => {
                 l.connected = true;
                 self.stats.totals.connected.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = conn.streams().open(Dir::Bi) else {
-                    return fail(conn, l, "no control stream credit".into());
-                };
-                l.ctl = Some(id);
-                let mut hello = Message::Hello {
-                    version: quicast::proto::VERSION,
-                    role: Role::Listener,
-                    token: Default::default(),
-                }
-                .to_bytes()
-                .to_vec();
-                hello.extend_from_slice(
-                    &Message::Subscribe {
-                        id: 0,
-                        path: self.path.clone(),
-                        start: Start::Live,
-                        flags: 0,
-                    }
-                    .to_bytes(),
-                );
-                // A fresh stream takes a few dozen bytes: written whole, or the node is odd.
-                if conn.send_stream(id).write(&hello).ok() != Some(hello.len()) {
-                    fail(conn, l, "could not write hello".into());
+                match &self.webtransport {
+                    // The control stream once the session is up.
+                    Some(url) => match WtClient::start(conn, url) {
+                        Ok(wt) => l.wt = Some(wt),
+                        Err(e) => fail(conn, l, e.to_string()),
+                    },
+                    None => self.open_control(conn, l, &[]),
                 }
             }
             Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
                 while let Some(id) = conn.streams().accept(Dir::Uni) {
-                    l.segs.insert(id.index(), Seg::default());
+                    // Over WebTransport its preamble says first whether it is a segment's.
+                    let seg = Seg {
+                        enveloped: l.wt.is_none(),
+                        ..Seg::default()
+                    };
+                    l.segs.insert(id.index(), seg);
                     read_segment(conn, l, id);
                 }
             }
             Event::Stream(StreamEvent::Readable { id }) => {
                 if Some(id) == l.ctl {
                     read_control(conn, l);
-                } else if l.segs.contains_key(&id.index()) {
+                } else if let Some(wt) = l.wt.as_mut().filter(|wt| wt.reads(id)) {
+                    match wt.readable(conn, id).and_then(|up| match up {
+                        true => wt.control_preamble().map(Some),
+                        false => Ok(None),
+                    }) {
+                        Ok(Some(preamble)) => self.open_control(conn, l, &preamble),
+                        Ok(None) => {}
+                        Err(_) if l.done => {}
+                        Err(e) => fail(conn, l, e.to_string()),
+                    }
+                } else if id.dir() == Dir::Uni && l.segs.contains_key(&id.index()) {
                     read_segment(conn, l, id);
                 }
             }
@@ -167,6 +175,39 @@ impl<'a> App for Listeners<'a> {
                 (false, Some(why)) => Some(why),
                 (false, None) => Some("the connection ended".into()),
             });
+        }
+    }
+}
+
+impl Listeners<'_> {
+    /// Opens the listener's control stream, says hello and subscribes to the live edge;
+    /// `preamble` first (WebTransport's, saying the session).
+    fn open_control(&self, conn: &mut Connection, l: &mut Listener<'_>, preamble: &[u8]) {
+        let Some(id) = conn.streams().open(Dir::Bi) else {
+            return fail(conn, l, "no control stream credit".into());
+        };
+        l.ctl = Some(id);
+        let mut hello = preamble.to_vec();
+        hello.extend_from_slice(
+            &Message::Hello {
+                version: quicast::proto::VERSION,
+                role: Role::Listener,
+                token: Default::default(),
+            }
+            .to_bytes(),
+        );
+        hello.extend_from_slice(
+            &Message::Subscribe {
+                id: 0,
+                path: self.path.clone(),
+                start: Start::Live,
+                flags: 0,
+            }
+            .to_bytes(),
+        );
+        // A fresh stream takes a few dozen bytes: written whole, or the node is odd.
+        if conn.send_stream(id).write(&hello).ok() != Some(hello.len()) {
+            fail(conn, l, "could not write hello".into());
         }
     }
 }
@@ -213,6 +254,9 @@ fn read_control(conn: &mut Connection, l: &mut Listener<'_>) {
 #[derive(Default)]
 struct Seg {
     buf: BytesMut,
+    /// What comes before the segment stream is gone: WebTransport's preamble (none in the
+    /// native protocol).
+    enveloped: bool,
     headed: bool,
     /// Finished (`Ok`) or reset (`Err`: the node skipped us past the rest).
     end: Option<std::result::Result<(), ()>>,
@@ -230,8 +274,29 @@ fn read_segment(conn: &mut Connection, l: &mut Listener<'_>, id: StreamId) {
         Read::Finished => seg.end = Some(Ok(())),
         Read::Reset(_) => seg.end = Some(Err(())),
     }
+    if !seg.enveloped {
+        if let Some(wt) = l.wt.as_mut() {
+            match wt.uni_preamble(conn, id, &mut seg.buf) {
+                Ok(Uni::Segment) => seg.enveloped = true,
+                Ok(Uni::Pending) => {}
+                Ok(Uni::Other) => {
+                    l.segs.remove(&id.index());
+                }
+                Err(e) => return fail(conn, l, e.to_string()),
+            }
+        }
+    }
     while let Some(mut first) = l.segs.first_entry() {
         let seg = first.get_mut();
+        if !seg.enveloped {
+            // Its WebTransport preamble has not come: what it is, and the streams after
+            // it, wait (one that ended without saying is let go, as one without a header).
+            if seg.end.is_none() {
+                return;
+            }
+            first.remove();
+            continue;
+        }
         if !seg.headed {
             match UniHeader::decode(&mut seg.buf) {
                 Ok(Some(UniHeader::Segment(h))) => {
@@ -286,6 +351,7 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
         Listeners {
             stats,
             path: plan.path.clone(),
+            webtransport: plan.webtransport.clone(),
             again: Vec::new(),
         },
     )?;
@@ -349,7 +415,12 @@ pub(crate) fn run(plan: Plan, stats: &Stats) -> Result<()> {
     for (_, ear) in std::mem::take(&mut engine.app().again) {
         ear.end(Some("refused or unanswered until the run ended".into()));
     }
-    engine.close_all(Instant::now(), 0, b"bye");
+    // A WebTransport connection closes as HTTP/3 says "no error".
+    let code = match plan.webtransport {
+        Some(_) => loadgen_wt::H3_NO_ERROR,
+        None => 0,
+    };
+    engine.close_all(Instant::now(), code, b"bye");
     let drain = Instant::now() + Duration::from_secs(2);
     while engine.connections() > 0 && Instant::now() < drain {
         engine.turn(Duration::from_millis(10))?;

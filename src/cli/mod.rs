@@ -5,6 +5,7 @@ pub mod demo;
 pub mod loadgen;
 mod loadgen_engine;
 pub mod loadgen_http;
+mod loadgen_wt;
 pub mod ops;
 pub mod output;
 

@@ -36,6 +36,12 @@ pub fn fresh_listener_config(trust: &Trust) -> Result<quinn::ClientConfig> {
     transport::client_config_with(trust, false, transport::listener_transport())
 }
 
+/// `fresh_listener_config` for a WebTransport client (ALPN `h3`): the load generator's
+/// listeners as a browser connects.
+pub fn fresh_webtransport_config(trust: &Trust) -> Result<quinn::ClientConfig> {
+    transport::client_config_for(trust, false, transport::listener_transport(), transport::H3)
+}
+
 /// A UDP socket for connections to `target`: its address family, any port, large buffers.
 pub fn udp_socket_for(target: &SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(transport::udp_socket(

@@ -255,6 +255,17 @@ pub fn client_config_with(
     resume: bool,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig> {
+    client_config_for(trust, resume, transport, ALPN)
+}
+
+/// Like `client_config_with`, offering `alpn` (`H3`: a WebTransport client, served the
+/// node's browser certificate when its identity is self-signed).
+pub fn client_config_for(
+    trust: &Trust,
+    resume: bool,
+    transport: quinn::TransportConfig,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::local(format!("TLS: {e}")))?;
@@ -282,7 +293,7 @@ pub fn client_config_with(
                 .with_no_client_auth()
         }
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     if !resume {
         tls.resumption = rustls::client::Resumption::disabled();
     }

@@ -11,9 +11,9 @@ mod webcert;
 use std::net::SocketAddr;
 
 pub use endpoint::{
-    client_config, client_config_with, client_endpoint, listener_transport, publisher_transport,
-    server_config, udp_socket, unspecified_for, unspecified_for_host, upstream_config,
-    RELAY_WINDOW,
+    client_config, client_config_for, client_config_with, client_endpoint, listener_transport,
+    publisher_transport, server_config, udp_socket, unspecified_for, unspecified_for_host,
+    upstream_config, RELAY_WINDOW,
 };
 pub use errors::{conn_error, varint};
 pub use io::{write_message, ControlReader, ControlWriter, FrameReader};
