@@ -155,13 +155,13 @@ fn webtransport_listeners_hear_what_native_ones_do_and_report_alike() {
     );
 }
 
-/// A node given its certificate (`--cert/--key`, as a CA-signed one is) serves it to h3
-/// too: WebTransport listeners trust it as native ones do.
+/// A node given a CA-signed certificate (`--cert/--key`) serves it to h3 too: WebTransport
+/// listeners trust it by the CA, as native ones do.
 #[test]
-fn webtransport_listeners_trust_a_nodes_own_certificate_when_it_has_one() {
+fn webtransport_listeners_trust_a_nodes_ca_signed_certificate() {
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 2);
-    let c = certs();
+    let (c, ca, _) = ca_signed(work.path());
     let origin = origin_node(&c, &["--publish-token", "tok"]);
     let url = origin.url("live");
     let mut publisher = Proc::spawn(&[
@@ -180,7 +180,7 @@ fn webtransport_listeners_trust_a_nodes_own_certificate_when_it_has_one() {
         &url,
         5,
         "2",
-        &["--webtransport", "--fingerprint", &c.fp],
+        &["--webtransport", "--ca", ca.to_str().unwrap()],
     ));
     assert_all_heard(&v, 5, "WebTransport");
 }

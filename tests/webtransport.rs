@@ -226,7 +226,7 @@ async fn fail_over(kill: bool) {
     use common::media::make_opus;
     use common::procs::{origin_node, publish, relay_node};
     let work = tempfile::tempdir().unwrap();
-    let (c, ca, ca_spki) = ca_signed(work.path());
+    let (c, ca, ca_spki) = common::procs::ca_signed(work.path());
     // The browser's own certificate store (NSS, under its HOME) trusts the test's CA.
     let home = work.path().join("home");
     let nss = home.join(".pki/nssdb");
@@ -283,39 +283,6 @@ async fn fail_over(kill: bool) {
     assert!(num(&second, "frames") > num(&first, "frames") + 4.0 * 40.0, "{second}");
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost (the nodes' `--cert`):
-/// the nodes' certificates, the CA's PEM file, and its key's SPKI SHA-256 in base64.
-fn ca_signed(dir: &std::path::Path) -> (common::procs::Certs, std::path::PathBuf, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "quicast test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "quicast test node");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let (cert, key, ca_pem) = (dir.join("node.pem"), dir.join("node.key"), dir.join("ca.pem"));
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    let c = common::procs::Certs {
-        _dir: tempfile::tempdir().unwrap(),
-        fp: quicast::sha256_hex(leaf.der()),
-        cert,
-        key,
-    };
-    let spki = ring::digest::digest(&ring::digest::SHA256, &ca_key.public_key_der());
-    use base64::Engine as _;
-    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-    (c, ca_pem, spki)
-}
 
 /// `quicast demo` prints a page address for each edge; that page plays over WebTransport in
 /// Chromium with no flag (the page passes the edge's certificate hash).

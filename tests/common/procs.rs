@@ -165,6 +165,41 @@ pub struct Certs {
     pub fp: String,
 }
 
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost (the nodes' `--cert`):
+/// the nodes' certificates, the CA's PEM file, and its key's SPKI SHA-256 in base64.
+#[allow(dead_code)]
+pub fn ca_signed(dir: &Path) -> (Certs, PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "quicast test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "quicast test node");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let (cert, key, ca_pem) = (dir.join("node.pem"), dir.join("node.key"), dir.join("ca.pem"));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let c = Certs {
+        _dir: tempfile::tempdir().unwrap(),
+        fp: quicast::sha256_hex(leaf.der()),
+        cert,
+        key,
+    };
+    let spki = ring::digest::digest(&ring::digest::SHA256, &ca_key.public_key_der());
+    use base64::Engine as _;
+    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    (c, ca_pem, spki)
+}
+
 pub fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let ck =
