@@ -119,9 +119,14 @@ fn mint(names: &[String], now: SystemTime) -> Result<Minted> {
 /// native clients for years, is not). Read from the DER: the issuer and subject `Name`s of
 /// the TBSCertificate, compared byte for byte.
 pub fn self_issued(der: &[u8]) -> bool {
-    /// One DER element: its tag, its contents, all of it, and what follows it.
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
-        let (&tag, rest) = b.split_first()?;
+    /// One DER element: all of it, and what follows it.
+    struct Tlv<'a> {
+        whole: &'a [u8],
+        body: &'a [u8],
+        rest: &'a [u8],
+    }
+    fn tlv(b: &[u8]) -> Option<Tlv<'_>> {
+        let (_, rest) = b.split_first()?;
         let (&first, rest) = rest.split_first()?;
         let (len, rest) = if first < 0x80 {
             (first as usize, rest)
@@ -137,22 +142,25 @@ pub fn self_issued(der: &[u8]) -> bool {
             return None;
         }
         let head = b.len() - rest.len();
-        Some((tag, &rest[..len], &b[..head + len], &rest[len..]))
+        Some(Tlv {
+            whole: &b[..head + len],
+            body: &rest[..len],
+            rest: &rest[len..],
+        })
     }
     let names = || -> Option<bool> {
-        let (_, cert, _, _) = tlv(der)?;
-        let (_, tbs, _, _) = tlv(cert)?;
-        let mut rest = tbs;
+        let cert = tlv(der)?.body;
+        let mut rest = tlv(cert)?.body;
         // [0] version, if present.
         if rest.first() == Some(&0xa0) {
-            rest = tlv(rest)?.3;
+            rest = tlv(rest)?.rest;
         }
-        let rest = tlv(rest)?.3; // serial
-        let rest = tlv(rest)?.3; // signature algorithm
-        let (_, _, issuer, rest) = tlv(rest)?;
-        let rest = tlv(rest)?.3; // validity
-        let (_, _, subject, _) = tlv(rest)?;
-        Some(issuer == subject)
+        let rest = tlv(rest)?.rest; // serial
+        let rest = tlv(rest)?.rest; // signature algorithm
+        let issuer = tlv(rest)?;
+        let rest = tlv(issuer.rest)?.rest; // validity
+        let subject = tlv(rest)?;
+        Some(issuer.whole == subject.whole)
     };
     names().unwrap_or(false)
 }
