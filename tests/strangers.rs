@@ -445,3 +445,57 @@ async fn under_a_handshake_flood_newcomers_prove_their_address_and_still_get_in(
         "the publisher and the listener each proved their address"
     );
 }
+
+/// A stranger speaking HTTP/3 (ALPN `h3`, as browsers do) badly to a node's QUIC port: a
+/// second HTTP/3 control stream ends its connection (`H3_STREAM_CREATION_ERROR`), a
+/// request that is not a WebTransport CONNECT is answered 400, and a stream that says
+/// nothing readable in 16 KiB ends the connection (`H3_MESSAGE_ERROR`); a listener beside
+/// them hears every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_speaking_http3_badly_is_closed_and_costs_nobody_else() {
+    let o = origin().await;
+    let listener = tokio::spawn(hear(
+        session(&o, Role::Listener, "").await.unwrap(),
+        "talk",
+        None,
+    ));
+    subscribers(&o, "talk", 1).await;
+    let hash = o.node.web.get().unwrap().hashes()[0].clone();
+    let trust = quicast::Trust::pinned(&[hash.parse().unwrap()]);
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quicast::client::fresh_webtransport_config(&trust).unwrap());
+    let connect = || async { ep.connect(o.addr, "localhost").unwrap().await.unwrap() };
+    let closed_with = |e: quinn::ConnectionError| match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+        other => panic!("closed by {other:?}"),
+    };
+    // Two HTTP/3 control streams (type 0, an empty SETTINGS frame each).
+    let conn = connect().await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut u = conn.open_uni().await.unwrap();
+        u.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+        streams.push(u);
+    }
+    assert_eq!(closed_with(conn.closed().await), 0x103);
+    // A request that is not a WebTransport CONNECT: a HEADERS frame of one field line
+    // (`:method GET`, QPACK static index 17), answered 400 and finished.
+    let conn = connect().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0x01, 0x03, 0x00, 0x00, 0xd1]).await.unwrap();
+    let answer = recv.read_to_end(4096).await.unwrap();
+    let mut a = &answer[..];
+    match web_transport_proto::ConnectResponse::decode(&mut a) {
+        Err(web_transport_proto::ConnectError::WrongStatus(Some(s))) => assert_eq!(s, 400),
+        other => panic!("answered {other:?}"),
+    }
+    // A HEADERS frame that never ends within 16 KiB.
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(&[0x01, 0x7f, 0xff]).await;
+    let _ = send.write_all(&[0u8; 16 * 1024]).await;
+    assert_eq!(closed_with(conn.closed().await), 0x10e);
+    // The listener beside them heard the whole stream.
+    publish(&o, "talk", 30, MS20, 80).await.unwrap().unwrap();
+    let h = listener.await.unwrap().unwrap();
+    assert_frames(&h.frames, 0, 30, 80);
+}
