@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::browser::{headless, page_server, publish_sample};
+use common::browser::{headless, page_server, publish_sample, INSERT_PAGE_JS};
 use common::*;
 use quicast::node::config::Millis;
 use quicast::{HttpServer, NodeConfig};
@@ -29,6 +29,7 @@ fn test_page(edge: &str, stream: &str) -> String {
 fn test_page_asking(edge: &str, stream: &str, query: &str) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
+{INSERT_PAGE_JS}
 // These pages test LL-HLS: the player's first choice (WebTransport, tests/webtransport.rs)
 // is hidden from them.
 delete window.WebTransport;
@@ -49,19 +50,8 @@ async function load() {{
   throw new Error('the page never listed the stream');
 }}
 load().then(html => {{
-  const doc = new DOMParser().parseFromString(html, 'text/html');
-  const base = document.createElement('base');
-  base.href = node;
-  document.head.appendChild(base);
-  const root = document.getElementById('root');
-  root.innerHTML = doc.body.innerHTML;
+  insertPage(html, node);
   const inserted = performance.now();
-  // Scripts put in by innerHTML do not run: these run as they would have in the page.
-  for (const old of root.querySelectorAll('script')) {{
-    const s = document.createElement('script');
-    s.textContent = old.textContent;
-    old.replaceWith(s);
-  }}
   const a = document.querySelector('audio[data-stream="{stream}"]');
   const state = () => 'path=' + a.dataset.path + '&ready=' + a.readyState + '&ct=' + a.currentTime +
     '&buffered=' + [...Array(a.buffered.length).keys()].map(i => a.buffered.start(i).toFixed(2) + '-' + a.buffered.end(i).toFixed(2)).join(',');

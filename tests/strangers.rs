@@ -482,7 +482,9 @@ async fn a_stranger_speaking_http3_badly_is_closed_and_costs_nobody_else() {
     // (`:method GET`, QPACK static index 17), answered 400 and finished.
     let conn = connect().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0x01, 0x03, 0x00, 0x00, 0xd1]).await.unwrap();
+    send.write_all(&[0x01, 0x03, 0x00, 0x00, 0xd1])
+        .await
+        .unwrap();
     let answer = recv.read_to_end(4096).await.unwrap();
     let mut a = &answer[..];
     match web_transport_proto::ConnectResponse::decode(&mut a) {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::browser::{headless_with, page_server, publish_sample};
+use common::browser::{headless_with, page_server, publish_sample, INSERT_PAGE_JS};
 use common::*;
 use quicast::HttpServer;
 
@@ -44,6 +44,7 @@ fn test_page_asking(node: &str, stream: &str, query: &str, secs: u64) -> String 
 fn test_page_then(node: &str, stream: &str, before: &str, secs: u64, then: u64) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"></head><body><div id="root"></div><script>
+{INSERT_PAGE_JS}
 {before}
 const page = 'http://{node}';
 const node = new URL('/', page).href;
@@ -60,18 +61,7 @@ async function load() {{
   throw new Error('the page never listed the stream');
 }}
 load().then(html => {{
-  const doc = new DOMParser().parseFromString(html, 'text/html');
-  const base = document.createElement('base');
-  base.href = node;
-  document.head.appendChild(base);
-  for (const [k, v] of Object.entries(doc.body.dataset)) document.body.dataset[k] = v;
-  const root = document.getElementById('root');
-  root.innerHTML = doc.body.innerHTML;
-  for (const old of root.querySelectorAll('script')) {{
-    const s = document.createElement('script');
-    s.textContent = old.textContent;
-    old.replaceWith(s);
-  }}
+  insertPage(html, node);
   const a = document.querySelector('audio[data-stream="{stream}"]');
   const stats = () => {{
     const s = a.quicast ? a.quicast.stats() : {{}};
@@ -137,7 +127,10 @@ fn assert_played(report: &str, secs: u64) {
     assert!(field(report, "error").is_none(), "{report}");
     // 50 frames a second; what it played is at least most of that (startup aside).
     let frames = num(report, "frames");
-    assert!(frames >= (secs * 40) as f64, "{frames} frames in {secs} s: {report}");
+    assert!(
+        frames >= (secs * 40) as f64,
+        "{frames} frames in {secs} s: {report}"
+    );
     assert_eq!(num(report, "gaps"), 0.0, "frames missing: {report}");
     assert_eq!(num(report, "decodeErrors"), 0.0, "{report}");
     // Decoded in order, none twice.
@@ -164,7 +157,11 @@ async fn chromium_plays_over_webtransport_two_hops_down_pinning_the_edges_certif
     let publisher = publish_sample(&o, "live");
     wait_live(&o, "live").await;
     let secs = play_secs();
-    let report = browse(test_page(&edge_http.addr.to_string(), "live", "", secs), &[]).await;
+    let report = browse(
+        test_page(&edge_http.addr.to_string(), "live", "", secs),
+        &[],
+    )
+    .await;
     publisher.abort();
     assert_played(&report, secs);
 }
@@ -234,7 +231,17 @@ async fn fail_over(kill: bool) {
     let db = format!("sql:{}", nss.display());
     for args in [
         vec!["-N", "-d", &db, "--empty-password"],
-        vec!["-A", "-d", &db, "-t", "C,,", "-n", "quicast-test-ca", "-i", ca.to_str().unwrap()],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "quicast-test-ca",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
     ] {
         let st = std::process::Command::new("certutil")
             .args(&args)
@@ -249,7 +256,14 @@ async fn fail_over(kill: bool) {
     let mut a = relay_node(
         &c,
         &[&o],
-        &["--http", "127.0.0.1:0", "--alternates", &alternate, "--drain-secs", "20"],
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--alternates",
+            &alternate,
+            "--drain-secs",
+            "20",
+        ],
     );
     let page_from = a.http_addr();
     let _publisher = publish(&c, &[&o], "talk", &src);
@@ -266,7 +280,10 @@ async fn fail_over(kill: bool) {
     cmd.env("HOME", &home);
     let mut browser = cmd.spawn().unwrap();
     let wait = Duration::from_secs(90);
-    let first = tokio::time::timeout(wait, rx.recv()).await.expect("the page reported").unwrap();
+    let first = tokio::time::timeout(wait, rx.recv())
+        .await
+        .expect("the page reported")
+        .unwrap();
     eprintln!("page reported {first}");
     assert_played(&first, secs);
     assert_eq!(num(&first, "reconnects"), 0.0, "{first}");
@@ -275,14 +292,19 @@ async fn fail_over(kill: bool) {
     } else {
         a.sigterm();
     }
-    let second = tokio::time::timeout(wait, rx.recv()).await.expect("the page reported again").unwrap();
+    let second = tokio::time::timeout(wait, rx.recv())
+        .await
+        .expect("the page reported again")
+        .unwrap();
     let _ = browser.kill().await;
     eprintln!("page reported {second}");
     assert_played(&second, secs + 5);
     assert!(num(&second, "reconnects") >= 1.0, "{second}");
-    assert!(num(&second, "frames") > num(&first, "frames") + 4.0 * 40.0, "{second}");
+    assert!(
+        num(&second, "frames") > num(&first, "frames") + 4.0 * 40.0,
+        "{second}"
+    );
 }
-
 
 /// `quicast demo` prints a page address for each edge; that page plays over WebTransport in
 /// Chromium with no flag (the page passes the edge's certificate hash).

@@ -141,7 +141,11 @@ fn webtransport_attrs(node: &Node) -> String {
         .alternates
         .iter()
         .map(|u| {
-            let host = if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.clone() };
+            let host = if u.host.contains(':') {
+                format!("[{}]", u.host)
+            } else {
+                u.host.clone()
+            };
             format!("https://{host}:{}/", u.port)
         })
         .collect();

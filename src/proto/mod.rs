@@ -12,8 +12,8 @@ mod message;
 mod refusal;
 mod stream;
 mod url;
-pub mod webtransport;
 pub mod varint;
+pub mod webtransport;
 
 pub use access::{StreamAccess, StreamInfo, MAX_KEY_ID, MAX_KEY_IDS};
 pub use catalog::{CatalogEntry, CATALOG_PAGE_BYTES, MAX_CATALOG_ENTRIES};

@@ -522,7 +522,12 @@ fn print_vectors() {
 fn webtransport_envelope_vectors() {
     use crate::proto::webtransport::{preamble, segment_prefix, Preamble};
     let vs = vectors();
-    let find = |kind: &str| vs.iter().find(|(k, ..)| k == kind).map(|v| v.2.clone()).unwrap();
+    let find = |kind: &str| {
+        vs.iter()
+            .find(|(k, ..)| k == kind)
+            .map(|v| v.2.clone())
+            .unwrap()
+    };
     // A segment stream: the envelope, then the segment header as on a native connection.
     let seg = find("wt_segment");
     let mut out = BytesMut::from(&segment_prefix(0)[..]);
@@ -537,6 +542,10 @@ fn webtransport_envelope_vectors() {
     let mut rest = BytesMut::from(&ctl[used..]);
     assert!(matches!(
         Message::decode(&mut rest),
-        Ok(Some(Message::Hello { version: 1, role: Role::Listener, .. }))
+        Ok(Some(Message::Hello {
+            version: 1,
+            role: Role::Listener,
+            ..
+        }))
     ));
 }

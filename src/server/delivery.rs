@@ -99,8 +99,11 @@ pub(super) fn subscribed(
                 info,
             };
             control(conn, s, &msg);
-            let envelope = s.wt.as_ref().map_or_else(Envelope::native, |w| w.envelope.clone());
-            s.subs.insert(id, Sub::start(sub, id, low_latency, envelope));
+            let envelope =
+                s.wt.as_ref()
+                    .map_or_else(Envelope::native, |w| w.envelope.clone());
+            s.subs
+                .insert(id, Sub::start(sub, id, low_latency, envelope));
             step(node, conn, s, id);
             // Still on (not over at once): woken from now on.
             s.subs.contains_key(&id).then_some((b, low_latency))

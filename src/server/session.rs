@@ -240,7 +240,10 @@ impl App for Sessions {
                 }
             }
             Event::Stream(StreamEvent::Opened { dir }) if s.wt.is_some() => {
-                let new = s.wt.as_mut().map(|w| w.opened(conn, dir)).unwrap_or_default();
+                let new =
+                    s.wt.as_mut()
+                        .map(|w| w.opened(conn, dir))
+                        .unwrap_or_default();
                 for id in new {
                     self.browser_stream(conn, s, id, now);
                 }
@@ -343,14 +346,23 @@ impl App for Sessions {
 fn chose_h3(conn: &Connection) -> bool {
     conn.crypto_session()
         .handshake_data()
-        .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| {
+            d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                .ok()
+        })
         .is_some_and(|d| d.protocol.as_deref() == Some(crate::transport::H3))
 }
 
 impl Sessions {
     /// One of a browser's streams has data: HTTP/3 until its session's control stream, which
     /// is read as a native client's is.
-    fn browser_stream(&mut self, conn: &mut Connection, s: &mut Session, id: StreamId, now: Instant) {
+    fn browser_stream(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        id: StreamId,
+        now: Instant,
+    ) {
         let Some(wt) = s.wt.as_mut() else { return };
         match wt.readable(conn, id) {
             Next::Nothing => {}
@@ -607,7 +619,9 @@ impl Sessions {
             || (!s.published && s.hello.as_ref().is_some_and(|h| h.0 == Role::Publisher));
         if s.hello.is_some() && !publishing {
             while let Some(id) = conn.streams().accept(Dir::Uni) {
-                let _ = conn.recv_stream(id).stop(varint(ErrorCode::ProtocolViolation));
+                let _ = conn
+                    .recv_stream(id)
+                    .stop(varint(ErrorCode::ProtocolViolation));
             }
         }
     }

@@ -21,9 +21,9 @@ use tracing::debug;
 use web_transport_proto as wtp;
 
 use crate::egress::quic::Envelope;
+use crate::engine::{read_stream, read_stream_at_most, Read};
 use crate::proto::webtransport::{preamble, segment_prefix, wt_code, Preamble};
 use crate::proto::ErrorCode;
-use crate::engine::{read_stream, read_stream_at_most, Read};
 
 /// Most bytes a browser's stream may send before it says what it is (a CONNECT request's
 /// headers are a few hundred).
@@ -101,7 +101,9 @@ impl Wt {
 
     /// Whether `id` is one of the browser's streams this state reads.
     pub(super) fn reads(&self, id: StreamId) -> bool {
-        self.opening.contains_key(&id) || self.critical.contains(&Some(id)) || self.session == Some(id)
+        self.opening.contains_key(&id)
+            || self.critical.contains(&Some(id))
+            || self.session == Some(id)
     }
 
     /// Stream `id` has data (or ended).
@@ -131,16 +133,19 @@ impl Wt {
         let ended = !matches!(end, Read::More);
         let got = self.classify(conn, id);
         match got {
-            Next::Nothing if ended || self.opening.get(&id).is_some_and(|b| b.len() >= MAX_PREAMBLE) => {
+            Next::Nothing
+                if ended
+                    || self
+                        .opening
+                        .get(&id)
+                        .is_some_and(|b| b.len() >= MAX_PREAMBLE) =>
+            {
                 self.opening.remove(&id);
                 if ended {
                     debug!(?id, "a browser stream ended before it said what it is");
                     return Next::Nothing;
                 }
-                Next::Close(
-                    h3::MESSAGE_ERROR,
-                    "a stream's preamble is too long".into(),
-                )
+                Next::Close(h3::MESSAGE_ERROR, "a stream's preamble is too long".into())
             }
             other => other,
         }
@@ -193,7 +198,12 @@ impl Wt {
     }
 
     /// An HTTP/3 request on stream `id`: the session's CONNECT, once.
-    fn request(&mut self, conn: &mut Connection, id: StreamId, request: Result<String, String>) -> Next {
+    fn request(
+        &mut self,
+        conn: &mut Connection,
+        id: StreamId,
+        request: Result<String, String>,
+    ) -> Next {
         let status = match (&request, self.session) {
             (Ok(_), Some(_)) => http::StatusCode::TOO_MANY_REQUESTS,
             (Ok(url), None) => {
@@ -212,7 +222,9 @@ impl Wt {
         let _ = conn.send_stream(id).write(&out);
         if status != http::StatusCode::OK {
             let _ = conn.send_stream(id).finish();
-            let _ = conn.recv_stream(id).stop(VarInt::from_u32(h3::REQUEST_REJECTED));
+            let _ = conn
+                .recv_stream(id)
+                .stop(VarInt::from_u32(h3::REQUEST_REJECTED));
             return Next::Nothing;
         }
         self.session = Some(id);

@@ -41,7 +41,9 @@ pub struct WebCerts {
 
 impl std::fmt::Debug for WebCerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebCerts").field("hashes", &self.hashes()).finish()
+        f.debug_struct("WebCerts")
+            .field("hashes", &self.hashes())
+            .finish()
     }
 }
 
@@ -71,7 +73,10 @@ impl WebCerts {
             // now; both are made again.
             let lost = g.0.made > now + BACKDATE
                 || now.duration_since(g.0.made).unwrap_or_default() + TURN > LIFETIME + TURN / 2;
-            (now.duration_since(g.1.made).unwrap_or_default() >= TURN, lost)
+            (
+                now.duration_since(g.1.made).unwrap_or_default() >= TURN,
+                lost,
+            )
         };
         if lost {
             let pair = (mint(&self.names, now)?, mint(&self.names, now)?);
@@ -89,7 +94,12 @@ impl WebCerts {
     }
 
     fn serving(&self) -> Arc<CertifiedKey> {
-        self.now.read().unwrap_or_else(|p| p.into_inner()).0.key.clone()
+        self.now
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .key
+            .clone()
     }
 }
 
@@ -258,8 +268,7 @@ mod tests {
                     s.parse().unwrap()
                 };
                 let month = time::Month::try_from(d(2)).unwrap();
-                let date =
-                    time::Date::from_calendar_date(2000 + d(0) as i32, month, d(4)).unwrap();
+                let date = time::Date::from_calendar_date(2000 + d(0) as i32, month, d(4)).unwrap();
                 let p = date.with_hms(d(6), d(8), d(10)).unwrap();
                 times.push(p.assume_utc());
                 i += 15;

@@ -8,6 +8,29 @@ use tokio::process::{Child, Command};
 
 use super::{client, url, Server};
 
+/// A script for a test's page: `insertPage(html, node)` puts a node's page (its body, and
+/// `<body>`'s attributes, which tell the player where WebTransport is) into the test's page
+/// under `<div id="root">`, with the node as its base address so that the player's requests
+/// go there (every node answers with `Access-Control-Allow-Origin: *`), and runs its
+/// scripts as they would have run in the page (innerHTML does not run them).
+#[allow(dead_code)]
+pub const INSERT_PAGE_JS: &str = r#"
+function insertPage(html, node) {
+  const doc = new DOMParser().parseFromString(html, 'text/html');
+  const base = document.createElement('base');
+  base.href = node;
+  document.head.appendChild(base);
+  for (const [k, v] of Object.entries(doc.body.dataset)) document.body.dataset[k] = v;
+  const root = document.getElementById('root');
+  root.innerHTML = doc.body.innerHTML;
+  for (const old of root.querySelectorAll('script')) {
+    const s = document.createElement('script');
+    s.textContent = old.textContent;
+    old.replaceWith(s);
+  }
+}
+"#;
+
 /// Chromium, as installed (.ci/run installs it: apt-get install -y chromium).
 pub fn chromium() -> &'static str {
     ["chromium", "chromium-browser"]

@@ -184,7 +184,11 @@ pub fn ca_signed(dir: &Path) -> (Certs, PathBuf, String) {
         .distinguished_name
         .push(DnType::CommonName, "quicast test node");
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let (cert, key, ca_pem) = (dir.join("node.pem"), dir.join("node.key"), dir.join("ca.pem"));
+    let (cert, key, ca_pem) = (
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    );
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     std::fs::write(&cert, leaf.pem()).unwrap();
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
