@@ -7,6 +7,7 @@ mod control;
 mod delivery;
 mod hello;
 pub mod http;
+mod publishing;
 mod quic;
 mod session;
 mod webtransport;

@@ -18,14 +18,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::control::{close, control, flush_control, refuse, refuse_quietly};
 use super::delivery::{settle, step_each};
 use super::quic::{Cmd, HandshakeRate};
-use super::webtransport::{Next, Wt};
+use super::webtransport::{chose_h3, Wt};
 use crate::egress::quic::Sub;
 use crate::engine::{read_stream, Admit, App, Offered, Read};
 use crate::error::{Error, Kind, Result};
 use crate::ingress::quic::Ingest;
 use crate::node::{dec, inc, Node, NotAdmitted, Peer, Presented, Publishing};
 use crate::proto::{self, ErrorCode, Message, Role, SUBSCRIBE_LOW_LATENCY};
-use crate::transport::varint;
 
 /// What a connection waits for, by when (checked by the loop when due): its connection
 /// and uid, and what is due.
@@ -342,44 +341,8 @@ impl App for Sessions {
     }
 }
 
-/// Whether the peer chose HTTP/3 (a browser, for WebTransport) rather than quicast's own ALPN.
-fn chose_h3(conn: &Connection) -> bool {
-    conn.crypto_session()
-        .handshake_data()
-        .and_then(|d| {
-            d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
-                .ok()
-        })
-        .is_some_and(|d| d.protocol.as_deref() == Some(crate::transport::H3))
-}
-
 impl Sessions {
-    /// One of a browser's streams has data: HTTP/3 until its session's control stream, which
-    /// is read as a native client's is.
-    fn browser_stream(
-        &mut self,
-        conn: &mut Connection,
-        s: &mut Session,
-        id: StreamId,
-        now: Instant,
-    ) {
-        let Some(wt) = s.wt.as_mut() else { return };
-        match wt.readable(conn, id) {
-            Next::Nothing => {}
-            Next::Control(id, rest) => {
-                s.ctl = Some(id);
-                s.ctl_in = rest;
-                self.read_control(conn, s, now);
-            }
-            Next::Close(code, why) => {
-                debug!(remote = %s.remote, "browser connection closed: {why}");
-                s.why = Some(why.clone());
-                conn.close(now, VarInt::from_u32(code), Bytes::from(why.into_bytes()));
-            }
-        }
-    }
-
-    fn read_control(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
+    pub(super) fn read_control(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
         let Some(id) = s.ctl else { return };
         let end = read_stream(conn, id, &mut s.ctl_in);
         loop {
@@ -602,82 +565,6 @@ impl Sessions {
         }
     }
 
-    /// Takes the publisher's frame stream, once it publishes and has opened it.
-    /// Streams a native peer opens that it should not have (any but a publisher's one frame stream) are stopped unread.
-    pub(super) fn open_frames(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
-        if let Some(ingest) = s.ingest.as_mut() {
-            if ingest.stream.is_none() {
-                if let Some(id) = conn.streams().accept(Dir::Uni) {
-                    ingest.stream = Some(id);
-                    self.feed(conn, s, now);
-                }
-            }
-        }
-        // Before its hello a peer may be a publisher whose frame stream came first: it
-        // waits. After, a stream that is not the frame stream is not read.
-        let publishing = s.ingest.as_ref().is_some_and(|i| i.stream.is_none())
-            || (!s.published && s.hello.as_ref().is_some_and(|h| h.0 == Role::Publisher));
-        if s.hello.is_some() && !publishing {
-            while let Some(id) = conn.streams().accept(Dir::Uni) {
-                let _ = conn
-                    .recv_stream(id)
-                    .stop(varint(ErrorCode::ProtocolViolation));
-            }
-        }
-    }
-
-    fn feed(&mut self, conn: &mut Connection, s: &mut Session, now: Instant) {
-        let Some(ingest) = s.ingest.as_mut() else {
-            return;
-        };
-        match ingest.feed(&self.node, conn, now) {
-            Ok(false) => {
-                // Ahead of real time: read again when due (once: `paced` is the one pending).
-                if let Some(at) = ingest.paced_until(now) {
-                    if !std::mem::replace(&mut s.paced, true) {
-                        self.deadlines
-                            .push(Reverse((at, s.handle, s.uid, Due::Pace)));
-                    }
-                }
-            }
-            Ok(true) => {
-                if let Some(i) = s.ingest.take() {
-                    i.publishing.finish();
-                }
-                if s.closing {
-                    close(conn, ErrorCode::NoError, "bye");
-                }
-            }
-            Err(e) => self.publisher_failed(conn, s, e),
-        }
-    }
-
-    /// The publish ended badly: the peer is told (unless it is gone, or ended it), and the
-    /// broadcast waits out its grace period for the publisher's return.
-    fn publisher_failed(&mut self, conn: &mut Connection, s: &mut Session, e: Error) {
-        let Some(i) = s.ingest.take() else { return };
-        if e.is_gone() || e.remote_code().is_some() {
-            warn!(side = "downstream", remote = %s.remote, "publisher lost: {e}");
-        } else if e.kind() == Kind::Timeout {
-            let silence_ms = self.node.cfg.source_timeout_ms.get().as_millis() as u64;
-            warn!(side = "downstream", remote = %s.remote, silence_ms, "publisher lost: {e}");
-            refuse_quietly(conn, s, &e);
-        } else {
-            warn!(side = "downstream", code = %e.code(), remote = %s.remote, "publisher refused: {e}");
-            refuse_quietly(conn, s, &e);
-        }
-        i.publishing.lost();
-        if s.closing {
-            close(conn, ErrorCode::NoError, "bye");
-        }
-    }
-
-    fn watch_silence(&mut self, s: &Session, now: Instant) {
-        let at = now + self.node.cfg.source_timeout_ms.get();
-        self.deadlines
-            .push(Reverse((at, s.handle, s.uid, Due::Silence)));
-    }
-
     /// A deadline of `s` came: a hello not said in time, a publisher silent too long, or
     /// one ahead of real time due to be read again. Returns when to look again, if ever.
     pub(super) fn due(
@@ -750,17 +637,5 @@ impl Sessions {
         };
         self.publisher_failed(conn, s, Error::timeout(what));
         None
-    }
-
-    /// A newer publisher with the same credentials took this one's stream over.
-    pub(super) fn displaced(&mut self, conn: &mut Connection, s: &mut Session) {
-        if s.ingest.take().is_some() {
-            info!(remote = %s.remote, "a publisher with the same credentials took over: leaving");
-            let e = Error::new(
-                Kind::Conflict,
-                "a newer publisher with the same credentials took this stream over",
-            );
-            refuse_quietly(conn, s, &e);
-        }
     }
 }

@@ -15,11 +15,14 @@
 
 use std::collections::HashMap;
 
-use bytes::{Buf, BytesMut};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
 use quinn_proto::{Connection, Dir, StreamId, VarInt};
 use tracing::debug;
 use web_transport_proto as wtp;
 
+use super::session::{Session, Sessions};
 use crate::egress::quic::Envelope;
 use crate::engine::{read_stream, read_stream_at_most, Read};
 use crate::proto::webtransport::{preamble, segment_prefix, wt_code, Preamble};
@@ -234,6 +237,44 @@ impl Wt {
         };
         // What came after the request on its stream (capsules) is read from now on.
         self.readable(conn, id)
+    }
+}
+
+/// Whether the peer chose HTTP/3 (a browser, for WebTransport) rather than quicast's own ALPN.
+pub(super) fn chose_h3(conn: &Connection) -> bool {
+    conn.crypto_session()
+        .handshake_data()
+        .and_then(|d| {
+            d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                .ok()
+        })
+        .is_some_and(|d| d.protocol.as_deref() == Some(crate::transport::H3))
+}
+
+impl Sessions {
+    /// One of a browser's streams has data: HTTP/3 until its session's control stream, which
+    /// is read as a native client's is.
+    pub(super) fn browser_stream(
+        &mut self,
+        conn: &mut Connection,
+        s: &mut Session,
+        id: StreamId,
+        now: Instant,
+    ) {
+        let Some(wt) = s.wt.as_mut() else { return };
+        match wt.readable(conn, id) {
+            Next::Nothing => {}
+            Next::Control(id, rest) => {
+                s.ctl = Some(id);
+                s.ctl_in = rest;
+                self.read_control(conn, s, now);
+            }
+            Next::Close(code, why) => {
+                debug!(remote = %s.remote, "browser connection closed: {why}");
+                s.why = Some(why.clone());
+                conn.close(now, VarInt::from_u32(code), Bytes::from(why.into_bytes()));
+            }
+        }
     }
 }
 
