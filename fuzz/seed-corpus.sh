@@ -4,7 +4,7 @@
 # header for `uni_header`, the WebTransport envelopes for `webtransport`; and the demo's Ogg Opus sample for `ogg`.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head corpus/webtransport
+mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head corpus/webtransport corpus/radio_frames
 while read -r kind name hex; do
   case "$kind" in
     message|invalid_message) dir=control; prefix='\x00' ;;
@@ -26,3 +26,6 @@ printf 'GET /a/b.hls/77/12.3.m4s HTTP/1.1\r\nHost: x\r\n\r\n' > corpus/http_head
 printf 'PUT /live HTTP/1.1\r\nAuthorization: Basic c291cmNlOng=\r\nExpect: 100-continue\r\nContent-Type: audio/ogg\r\n\r\n' > corpus/http_head/put
 printf 'PUT example.com:80 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n' > corpus/http_head/authority
 printf 'SOURCE /live HTTP/1.0\r\nAuthorization: Basic c291cmNlOng=\r\n\r\n' > corpus/http_head/source
+# An ADTS frame header and an MP3 one (AAC LC 44.1 kHz stereo; MPEG-1 layer III 128 kbit/s).
+printf '\xff\xf1\x50\x80\x2e\x7f\xfc' > corpus/radio_frames/adts
+printf '\xff\xfb\x90\x64' > corpus/radio_frames/mp3

@@ -1,6 +1,7 @@
 //! Media: Opus in Ogg, in and out, and in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
 
 mod fmp4;
+pub mod framing;
 mod ogg_demux;
 mod ogg_mux;
 pub mod ogg_page;
