@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use quicast::client::{
-    listen_any, publish, Client, Input, ListenEvent, ListenOptions, OggReader, Origin,
-    PublishOptions,
+    listen_any, publish, Client, Input, ListenEvent, ListenOptions, Origin, PublishOptions,
+    SourceReader,
 };
 use quicast::media::OggOpusWriter;
 use quicast::node::config::{invalid, ConfigError, Count, Fingerprint, ROLES};
@@ -114,9 +114,13 @@ enum Cmd {
         /// quic://HOST:PORT/STREAM (repeat the URL for each origin, the same stream path).
         #[arg(required = true, num_args = 1..)]
         urls: Vec<String>,
-        /// Ogg Opus file, or - for stdin.
+        /// Ogg Opus, MP3 or AAC (ADTS) file, or - for stdin (the first bytes say which).
         #[arg(long)]
         input: String,
+        /// The stream's now-playing title from its start (ICY `StreamTitle`, shown on the
+        /// node's page and sent to listeners that ask for titles).
+        #[arg(long)]
+        title: Option<String>,
         /// Repeat the file forever, with continuous timestamps.
         #[arg(long = "loop")]
         looping: bool,
@@ -126,7 +130,8 @@ enum Cmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
-    /// Listen to a stream and write it as Ogg Opus.
+    /// Listen to a stream and write it in its codec's own format: Ogg Opus, MP3, or AAC in
+    /// ADTS (its titles go to the log as they change).
     Listen {
         /// quic://HOST:PORT/STREAM (repeat the URL for each node to fall back to, in order;
         /// the same stream path).
@@ -391,13 +396,33 @@ async fn run_listen(
     };
     let mut writer = OggOpusWriter::new(rand::random());
     let mut started = false;
+    // MP3 and AAC frames are their own stream format: written as they came.
+    let mut raw = false;
     let report = listen_any(&nodes, &opts, |ev| {
         let (bytes, audio) = match ev {
             ListenEvent::Header { codec, .. } if !started => {
                 started = true;
+                raw = codec.kind != quicast::proto::CODEC_OPUS;
+                if raw {
+                    return Ok(());
+                }
                 (writer.headers(&codec.header), false)
             }
+            ListenEvent::Frames(frames) if raw => (
+                frames
+                    .iter()
+                    .fold(Vec::new(), |mut v, f| {
+                        v.extend_from_slice(&f.payload);
+                        v
+                    })
+                    .into(),
+                !frames.is_empty(),
+            ),
             ListenEvent::Frames(frames) => (writer.frames(frames), !frames.is_empty()),
+            ListenEvent::Title(t) => {
+                info!(title = t.unwrap_or(""), "now playing");
+                return Ok(());
+            }
             ListenEvent::Skipped(seq) => {
                 tracing::warn!(seq, "fell behind: the node skipped us forward");
                 return Ok(());
@@ -421,7 +446,11 @@ async fn run_listen(
         client.close().await;
     }
     let report = report?;
-    out.finish(&writer.finish())?;
+    out.finish(&if raw {
+        bytes::Bytes::new()
+    } else {
+        writer.finish()
+    })?;
     info!(
         frames = report.frames,
         segments = report.segments,
@@ -445,6 +474,7 @@ async fn run_listen(
 async fn run_publish(
     urls: Vec<String>,
     input: String,
+    title: Option<String>,
     looping: bool,
     token: String,
     trust: TrustArgs,
@@ -467,7 +497,7 @@ async fn run_publish(
     }
     // Check the input before connecting, so a bad file is reported as such.
     if let Input::File(p) = &input {
-        OggReader::open(&input)
+        SourceReader::open(&input)
             .await?
             .head()
             .await
@@ -488,6 +518,7 @@ async fn run_publish(
         input,
         looping,
         realtime,
+        title,
     };
     let clients: Vec<Client> = origins.iter().map(|o| o.client.clone()).collect();
     let r = publish(origins, &opts).await;
@@ -681,10 +712,11 @@ async fn main() -> std::process::ExitCode {
         Cmd::Publish {
             urls,
             input,
+            title,
             looping,
             token,
             trust,
-        } => run_publish(urls, input, looping, token, trust).await,
+        } => run_publish(urls, input, title, looping, token, trust).await,
         Cmd::Listen {
             urls,
             silence_ms,

@@ -70,6 +70,7 @@ pub async fn start(base_port: u16) -> Result<Demo> {
                 input: Input::Memory(Bytes::from_static(SAMPLE)),
                 looping: true,
                 realtime: true,
+                title: Some("quicast demo: a tone, looped".into()),
             };
             loop {
                 let r = async {

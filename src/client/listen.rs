@@ -24,6 +24,9 @@ pub enum ListenEvent<'a> {
     },
     /// A segment starts.
     Segment(u64),
+    /// The stream's now-playing title changed (None: it has none now), from the segment
+    /// that just started.
+    Title(Option<&'a str>),
     Frames(&'a [Frame]),
     /// The node moved us past the rest of segment `seq` (we were too slow).
     Skipped(u64),
@@ -81,6 +84,8 @@ struct Position {
     seq: Option<u64>,
     next_pts: Option<u64>,
     last_frame_at: Option<Instant>,
+    /// The last title handed out.
+    title: Option<bytes::Bytes>,
 }
 
 /// How one subscription ended.
@@ -332,7 +337,11 @@ async fn run(
                     codec: &codec,
                 })?;
             }
-            Some(Event::Segment { seq, mut frames }) => {
+            Some(Event::Segment {
+                seq,
+                title,
+                mut frames,
+            }) => {
                 if !subscribed {
                     return Err(Error::protocol("audio before the codec header"));
                 }
@@ -349,6 +358,14 @@ async fn run(
                     }
                     pos.seq = Some(seq);
                     on(ListenEvent::Segment(seq))?;
+                }
+                if title != pos.title {
+                    // The node checked it is UTF-8 (the wire's rule); a title that is not
+                    // reads as none.
+                    on(ListenEvent::Title(
+                        title.as_deref().and_then(|t| std::str::from_utf8(t).ok()),
+                    ))?;
+                    pos.title = title;
                 }
                 loop {
                     batch.clear();

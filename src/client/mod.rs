@@ -9,7 +9,9 @@ use std::time::Duration;
 use quinn::Connection;
 
 use crate::error::Result;
-use crate::proto::{QuicUrl, Role};
+use tracing::debug;
+
+use crate::proto::{self, ErrorCode, QuicUrl, Role};
 use crate::transport::{self, Trust};
 
 mod listen;
@@ -20,7 +22,9 @@ mod session;
 
 pub use listen::{listen, listen_any, ListenEvent, ListenOptions, ListenReport};
 pub use parents::QuicParents;
-pub use publish::{publish, Input, OggReader, Origin, PublishOptions, PublishReport};
+pub use publish::{
+    publish, title_record, Input, Origin, PublishOptions, PublishReport, SourceReader,
+};
 pub use session::{Event, Publication, Session, Subscription};
 
 /// A client endpoint: one UDP socket, many connections.
@@ -101,7 +105,8 @@ impl Client {
 
     /// Connects to the node at `url` and says hello as `role`.
     pub async fn connect(&self, url: &QuicUrl, role: Role, token: &str) -> Result<Arc<Session>> {
-        Session::start(self.connect_raw(url).await?, role, token).await
+        let addr = transport::resolve(url).await?;
+        self.connect_to(url, addr, role, token).await
     }
 
     /// A session with the node at `addr`, one address of `url`'s host: TLS verifies the
@@ -117,7 +122,19 @@ impl Client {
             .endpoint
             .connect_with(self.config.clone(), addr, &url.host)?
             .await?;
-        Session::start(conn, role, token).await
+        match Session::start(conn, role, token, proto::VERSION).await {
+            // A node from before version 3 (a tree being upgraded) refuses it: say 2, which
+            // carries Opus streams without titles.
+            Err(e) if e.remote_code() == Some(ErrorCode::UnsupportedVersion) => {
+                debug!("the node does not speak version {}: saying 2", proto::VERSION);
+                let conn = self
+                    .endpoint
+                    .connect_with(self.config.clone(), addr, &url.host)?
+                    .await?;
+                Session::start(conn, role, token, 2).await
+            }
+            r => r,
+        }
     }
 
     /// A bare QUIC connection (TLS done, nothing said yet): for tools and tests that speak

@@ -157,8 +157,9 @@ impl ParentSubscription for Sub {
                     "the parent did not say who may listen to the stream (it speaks protocol \
                      version 1; relays need version 2)",
                 )),
-                Event::Segment { seq, frames } => ParentEvent::Segment {
+                Event::Segment { seq, title, frames } => ParentEvent::Segment {
                     seq,
+                    title,
                     frames: Box::new(Segment(frames)),
                 },
                 Event::End { last_seq } => ParentEvent::End { last_seq },

@@ -1,6 +1,6 @@
-//! `quicast publish`: read Ogg Opus (a file, stdin, or bytes in memory), send the OpusHead and
-//! every packet with its timestamp, to one origin or several at once. A file is paced in real
-//! time by its timestamps; stdin is sent as packets arrive.
+//! `quicast publish`: read Ogg Opus, MP3 or AAC in ADTS (a file, stdin, or bytes in memory),
+//! send the codec and every frame with its timestamp, to one origin or several at once. A
+//! file is paced in real time by its timestamps; stdin is sent as frames arrive.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::Client;
 use crate::error::{Error, Kind, Result};
-use crate::media::{OggEvent, OggOpusDemuxer, OpusHead, Timeline, OPUS_RATE};
+use crate::media::{SourceDemuxer, SourceEvent, Timeline};
 use crate::proto::{Codec, Frame, QuicUrl, Role};
 
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct PublishOptions {
     pub looping: bool,
     /// Pace by timestamps. Default: yes for files and memory, no for stdin.
     pub realtime: bool,
+    /// The now-playing title to give the stream from its start (origins that speak
+    /// protocol version 3 carry it down the tree).
+    pub title: Option<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -41,16 +44,16 @@ pub struct PublishReport {
     pub duration_samples: u64,
 }
 
-/// Reads Ogg Opus packets from any byte source.
-pub struct OggReader {
+/// Reads frames (Ogg Opus, MP3 or AAC in ADTS, as its first bytes show) from any byte source.
+pub struct SourceReader {
     src: Box<dyn AsyncRead + Unpin + Send>,
-    demux: OggOpusDemuxer,
+    demux: SourceDemuxer,
     buf: Vec<u8>,
     eof: bool,
 }
 
-impl OggReader {
-    pub async fn open(input: &Input) -> Result<OggReader> {
+impl SourceReader {
+    pub async fn open(input: &Input) -> Result<SourceReader> {
         let src: Box<dyn AsyncRead + Unpin + Send> = match input {
             Input::File(p) => Box::new(
                 tokio::fs::File::open(p)
@@ -60,23 +63,23 @@ impl OggReader {
             Input::Stdin => Box::new(tokio::io::stdin()),
             Input::Memory(b) => Box::new(std::io::Cursor::new(b.clone())),
         };
-        Ok(OggReader {
+        Ok(SourceReader {
             src,
-            demux: OggOpusDemuxer::new(),
+            demux: SourceDemuxer::new(None),
             buf: vec![0; 16 * 1024],
             eof: false,
         })
     }
 
     /// The next event; None at the end of the input.
-    pub async fn next(&mut self) -> Result<Option<OggEvent>> {
+    pub async fn next(&mut self) -> Result<Option<SourceEvent>> {
         loop {
             if let Some(ev) = self.demux.next_event()? {
                 return Ok(Some(ev));
             }
             if self.eof {
                 if self.demux.buffered() > 0 {
-                    return Err(Error::media("input ends in the middle of an Ogg page"));
+                    return Err(Error::media("input ends in the middle of a page or frame"));
                 }
                 return Ok(None);
             }
@@ -89,11 +92,11 @@ impl OggReader {
         }
     }
 
-    /// Reads up to the OpusHead.
-    pub async fn head(&mut self) -> Result<OpusHead> {
+    /// Reads up to the codec header.
+    pub async fn head(&mut self) -> Result<Codec> {
         match self.next().await? {
-            Some(OggEvent::Head(h)) => Ok(h),
-            Some(_) => Err(Error::media("Ogg Opus stream does not begin with OpusHead")),
+            Some(SourceEvent::Head(h)) => Ok(h),
+            Some(_) => Err(Error::media("the input does not begin with its codec header")),
             None => Err(Error::media("input is empty")),
         }
     }
@@ -128,13 +131,14 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
     if origins.is_empty() {
         return Err(Error::local("no origin to publish to"));
     }
-    let mut reader = OggReader::open(&opts.input).await?;
+    let mut reader = SourceReader::open(&opts.input).await?;
     let head = reader.head().await?;
+    let rate = u64::from(head.sample_rate.max(1));
     info!(
+        codec = head.name(),
         channels = head.channels,
-        pre_skip = head.pre_skip,
-        input_rate = head.input_rate,
-        "input is Ogg Opus"
+        rate,
+        "input read"
     );
     let broadcast = rand::random::<u64>() & crate::proto::varint::MAX;
     let replay = Arc::new(Mutex::new(Replay::default()));
@@ -147,7 +151,7 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
             send_to(
                 o,
                 opts.path.clone(),
-                head.codec(),
+                head.clone(),
                 broadcast,
                 replay.clone(),
                 more.subscribe(),
@@ -159,6 +163,20 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
     let mut report = PublishReport::default();
     let mut timeline = Timeline::default();
     let start = Instant::now();
+    let remember = |frame: Frame| {
+        let mut r = replay.lock().unwrap_or_else(|e| e.into_inner());
+        let n = r.next;
+        let pts = frame.pts;
+        r.frames.push_back((n, frame));
+        r.next += 1;
+        let keep = REPLAY.as_micros() as u64 * rate / 1_000_000;
+        while r.frames.front().is_some_and(|(_, f)| f.pts + keep < pts) {
+            r.frames.pop_front();
+        }
+    };
+    if let Some(t) = &opts.title {
+        remember(title_record(0, t));
+    }
     let outcome: Result<()> = async {
         loop {
             if senders.iter().all(|s| s.is_finished()) {
@@ -166,41 +184,37 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
                 return Ok(());
             }
             match reader.next().await? {
-                Some(OggEvent::Packet(payload, duration, granule)) => {
+                Some(SourceEvent::Packet {
+                    payload,
+                    duration,
+                    granule,
+                }) => {
                     let pts = timeline.pts(duration, granule);
                     if opts.realtime {
-                        let due = start + Duration::from_micros(pts * 1_000_000 / OPUS_RATE as u64);
+                        let due = start + Duration::from_micros(pts * 1_000_000 / rate);
                         tokio::time::sleep_until(due).await;
                     }
-                    let frame = Frame {
+                    remember(Frame {
                         pts,
                         duration,
                         wall_us: 0,
                         payload,
-                    };
-                    {
-                        let mut r = replay.lock().unwrap_or_else(|e| e.into_inner());
-                        let n = r.next;
-                        r.frames.push_back((n, frame));
-                        r.next += 1;
-                        let keep = REPLAY.as_micros() as u64 * OPUS_RATE as u64 / 1_000_000;
-                        while r.frames.front().is_some_and(|(_, f)| f.pts + keep < pts) {
-                            r.frames.pop_front();
-                        }
-                    }
+                    });
                     more.send_modify(|v| *v += 1);
                     report.frames += 1;
                 }
-                Some(OggEvent::Head(_)) => {
-                    return Err(Error::media("a second OpusHead in one logical stream"))
+                Some(SourceEvent::Head(_)) => {
+                    return Err(Error::media("a second codec header in one stream"))
                 }
-                // A chain comes only after an End, which ends (or loops) the input first.
-                Some(OggEvent::Chain(_)) => {
+                // An Ogg chain comes only after an End, which ends (or loops) the input
+                // first; raw frames that change their rate or channels come here.
+                Some(SourceEvent::Chain(_)) => {
                     return Err(Error::media(
-                        "the input chains a second Ogg stream after the end of the first",
+                        "the input changes its codec (a chained Ogg stream, or frames of \
+                         another rate or channel count): publish each part on its own",
                     ))
                 }
-                Some(OggEvent::End) | None => {
+                Some(SourceEvent::End) | None => {
                     if !looping {
                         return Ok(());
                     }
@@ -209,10 +223,10 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
                     }
                     debug!(pts = timeline.next, "looping input");
                     timeline.restart();
-                    reader = OggReader::open(&opts.input).await?;
+                    reader = SourceReader::open(&opts.input).await?;
                     let again = reader.head().await?;
-                    if again.raw != head.raw {
-                        return Err(Error::media("input changed its OpusHead between loops"));
+                    if again != head {
+                        return Err(Error::media("input changed its codec between loops"));
                     }
                 }
             }
@@ -240,10 +254,25 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
     report.duration_samples = timeline.next;
     info!(
         frames = report.frames,
-        seconds = timeline.next as f64 / OPUS_RATE as f64,
+        seconds = timeline.next as f64 / rate as f64,
         "input finished: broadcast ended"
     );
     Ok(report)
+}
+
+/// A title record (protocol version 3): a frame of duration 0 whose payload is kind 1 (the
+/// now-playing title) and its UTF-8, at `pts` (it holds from the audio after it).
+pub fn title_record(pts: u64, title: &str) -> Frame {
+    let t = crate::node::clean_title(title);
+    let mut p = Vec::with_capacity(1 + t.len());
+    p.push(1);
+    p.extend_from_slice(t.as_bytes());
+    Frame {
+        pts,
+        duration: 0,
+        wall_us: 0,
+        payload: Bytes::from(p),
+    }
 }
 
 /// Whether an origin's refusal stands (trying again would get the same answer).

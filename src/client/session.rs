@@ -15,7 +15,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::error::{Error, Kind, Result};
 use crate::proto::{
     check_path, CatalogEntry, Codec, ErrorCode, Frame, Message, Role, SegmentHeader, Start,
-    StreamInfo, UniHeader, VERSION,
+    StreamInfo, UniHeader,
 };
 use crate::transport::{
     conn_error, varint, write_message, ControlReader, ControlWriter, FrameReader,
@@ -37,6 +37,8 @@ pub enum Event {
     /// A segment stream, positioned after its header.
     Segment {
         seq: u64,
+        /// The stream's now-playing title from this segment's start (version 3).
+        title: Option<Bytes>,
         frames: FrameReader,
     },
     End {
@@ -59,6 +61,8 @@ type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Event>>>>;
 pub struct Session {
     pub conn: Connection,
     pub node: String,
+    /// The protocol version both sides speak (the one this side said, which the node took).
+    pub version: u64,
     ctl: ControlWriter,
     routes: Routes,
     /// The alternatives the node named when it said it is going away (draining).
@@ -91,13 +95,18 @@ fn lock(r: &Routes) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Event
 }
 
 impl Session {
-    pub(super) async fn start(conn: Connection, role: Role, token: &str) -> Result<Arc<Session>> {
+    pub(super) async fn start(
+        conn: Connection,
+        role: Role,
+        token: &str,
+        version: u64,
+    ) -> Result<Arc<Session>> {
         let (mut send, recv) = conn.open_bi().await.map_err(conn_error)?;
         let mut reader = ControlReader::new(recv);
         write_message(
             &mut send,
             &Message::Hello {
-                version: VERSION,
+                version,
                 role,
                 token: Bytes::copy_from_slice(token.as_bytes()),
             },
@@ -229,11 +238,11 @@ impl Session {
                     }
                     for (mut frames, header) in order.ready(Instant::now()) {
                         match header {
-                            Ok(SegmentHeader { sub_id, seq }) => {
+                            Ok(SegmentHeader { sub_id, seq, title }) => {
                                 let tx = lock(&r).get(&sub_id).cloned();
                                 match tx {
                                     Some(tx) => {
-                                        let _ = tx.send(Event::Segment { seq, frames }).await;
+                                        let _ = tx.send(Event::Segment { seq, title, frames }).await;
                                     }
                                     None => frames.stop(ErrorCode::Cancelled),
                                 }
@@ -251,6 +260,7 @@ impl Session {
         Ok(Arc::new(Session {
             conn,
             node,
+            version,
             ctl,
             routes,
             going_away,
@@ -575,7 +585,7 @@ impl Subscription {
 
     /// A segment in sequence, or None (dropped: it came after a later one).
     fn hand_out(&mut self, ev: Event) -> Option<Event> {
-        if let Event::Segment { seq, frames } = ev {
+        if let Event::Segment { seq, title, frames } = ev {
             if self.max_seq.is_some_and(|m| seq <= m) {
                 debug!(seq, "segment came after a later one: dropped");
                 let mut frames = frames;
@@ -583,7 +593,7 @@ impl Subscription {
                 return None;
             }
             self.max_seq = Some(seq);
-            return Some(Event::Segment { seq, frames });
+            return Some(Event::Segment { seq, title, frames });
         }
         Some(ev)
     }

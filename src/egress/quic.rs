@@ -22,6 +22,8 @@ use crate::transport::varint;
 pub(crate) struct Envelope {
     pub(crate) prefix: Bytes,
     pub(crate) skipped: VarInt,
+    /// Segment headers carry the stream's title (the peer said version 3).
+    pub(crate) titles: bool,
 }
 
 impl Envelope {
@@ -29,7 +31,12 @@ impl Envelope {
         Envelope {
             prefix: Bytes::new(),
             skipped: varint(ErrorCode::Skipped),
+            titles: false,
         }
+    }
+
+    pub(crate) fn titled(self, titles: bool) -> Envelope {
+        Envelope { titles, ..self }
     }
 }
 
@@ -299,7 +306,16 @@ fn begin(conn: &mut Connection, sub: &mut Sub, id: u64, seq: u64) -> bool {
         }
     };
     let mut hdr = BytesMut::from(&sub.envelope.prefix[..]);
-    SegmentHeader { sub_id: id, seq }.encode(&mut hdr);
+    let title = match sub.envelope.titles {
+        true => sub.s.cursor.title(),
+        false => None,
+    };
+    SegmentHeader {
+        sub_id: id,
+        seq,
+        title,
+    }
+    .encode(&mut hdr);
     sub.header = Some(hdr.freeze());
     sub.out = Some(s);
     true

@@ -1,7 +1,8 @@
 //! Icecast sources (`PUT /STREAM` as ffmpeg's `icecast://` sends it, and the legacy
-//! `SOURCE`): who may send, and their Ogg Opus body demuxed into the node's ingest, with the
-//! same timestamp rule as every Ogg source (`media::Timeline`). The HTTP framing around them
-//! is the server's (`server::http`).
+//! `SOURCE`): who may send, and their body (Ogg Opus, MP3, or AAC in ADTS, as its
+//! `Content-Type` or first bytes say) cut into frames for the node's ingest, with the same
+//! timestamp rule as every source (`media::Timeline`). The HTTP framing around them is the
+//! server's (`server::http`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{OggEvent, OggOpusDemuxer, OpusHead, Timeline, OPUS_RATE};
+use crate::media::{at_48k, SourceDemuxer, SourceEvent, SourceKind, Timeline, OPUS_RATE};
 use crate::node::{credential, secret_eq, Node, Pace, Publishing};
-use crate::proto::{self, Frame};
+use crate::proto::{self, Codec, Frame};
 
 /// `Authorization: Basic base64(source:PASSWORD)` against the configured password.
 fn authorize(node: &Node, auth: Option<&[u8]>) -> Result<()> {
@@ -80,11 +81,17 @@ fn source_credential(node: &Node) -> Option<[u8; 32]> {
 }
 
 /// The broadcast an Icecast source carries, named by what every origin it is sent to sees
-/// alike (an encoder pushing to two origins, ffmpeg's tee muxer, sends the same Ogg stream to
-/// both): the stream's path, its OpusHead, its first audio packet and that packet's granule.
-fn broadcast_id(path: &str, head: &[u8], first: &[u8], granule: Option<u64>) -> u64 {
+/// alike (an encoder pushing to two origins, ffmpeg's tee muxer, sends the same stream to
+/// both): the stream's path, its codec, its first audio frame and that frame's granule.
+fn broadcast_id(path: &str, codec: &Codec, first: &[u8], granule: Option<u64>) -> u64 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [path.as_bytes(), head, first] {
+    // Opus streams hash as they did before other codecs came (the OpusHead alone).
+    if codec.kind != proto::CODEC_OPUS {
+        ctx.update(&codec.kind.to_le_bytes());
+        ctx.update(&codec.sample_rate.to_le_bytes());
+        ctx.update(&[codec.channels]);
+    }
+    for part in [path.as_bytes(), &codec.header[..], first] {
         ctx.update(&(part.len() as u64).to_le_bytes());
         ctx.update(part);
     }
@@ -120,9 +127,10 @@ const CHAIN_COST: Duration = Duration::from_secs(1);
 pub(crate) async fn ingest(
     node: &Arc<Node>,
     name: &str,
+    kind: Option<SourceKind>,
     body: &mut impl ChunkSource,
 ) -> Result<()> {
-    let mut src = Source::new(node, name);
+    let mut src = Source::new(node, name, kind);
     let outcome = src.run(body).await;
     match (outcome, src.publishing) {
         (Ok(()), Some(p)) => {
@@ -130,9 +138,9 @@ pub(crate) async fn ingest(
             Ok(())
         }
         (Ok(()), None) if src.published => Ok(()),
-        (Ok(()), None) => Err(Error::media("source ended before any Ogg Opus audio")),
+        (Ok(()), None) => Err(Error::media("source ended before any audio")),
         (Err(e), None) if e.kind() == Kind::Closed && !src.published => {
-            Err(Error::media("source ended before any Ogg Opus header"))
+            Err(Error::media("source ended before any audio frame"))
         }
         (Err(e), Some(p)) if e.kind() == Kind::Closed => {
             warn!(
@@ -156,9 +164,9 @@ pub(crate) async fn ingest(
 struct Source<'a> {
     node: &'a Arc<Node>,
     name: &'a str,
-    demux: OggOpusDemuxer,
-    /// The OpusHead of the current chain.
-    head: Option<OpusHead>,
+    demux: SourceDemuxer,
+    /// The codec of the current chain.
+    head: Option<Codec>,
     publishing: Option<Publishing>,
     /// Whether any broadcast was fed (a later chain may have ended it).
     published: bool,
@@ -177,13 +185,13 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(node: &'a Arc<Node>, name: &'a str) -> Source<'a> {
+    fn new(node: &'a Arc<Node>, name: &'a str, kind: Option<SourceKind>) -> Source<'a> {
         let now = Instant::now();
         let silence = node.cfg.source_timeout_ms.get();
         Source {
             node,
             name,
-            demux: OggOpusDemuxer::new(),
+            demux: SourceDemuxer::new(kind),
             head: None,
             publishing: None,
             published: false,
@@ -227,16 +235,23 @@ impl<'a> Source<'a> {
         }
     }
 
-    async fn event(&mut self, ev: OggEvent) -> Result<()> {
+    async fn event(&mut self, ev: SourceEvent) -> Result<()> {
         match ev {
-            OggEvent::Head(h) => self.head = Some(h),
-            OggEvent::Chain(h) => self.chain(h)?,
-            OggEvent::Packet(payload, duration, granule) => {
+            SourceEvent::Head(h) => self.head = Some(h),
+            SourceEvent::Chain(h) => self.chain(h)?,
+            SourceEvent::Packet {
+                payload,
+                duration,
+                granule,
+            } => {
+                let Some(codec) = self.head.clone() else {
+                    return Err(Error::media("audio before the codec header"));
+                };
                 let before = self.timeline.next;
                 let pts = self.timeline.pts(duration, granule);
                 // A gap the timeline paces through counts as media taken before the frame,
                 // as does what the chains before it cost.
-                self.pace.took(pts - before);
+                self.pace.took(at_48k(&codec, pts - before));
                 if std::mem::take(&mut self.chained) {
                     self.pace
                         .took(CHAIN_COST.as_millis() as u64 * OPUS_RATE as u64 / 1000);
@@ -249,7 +264,7 @@ impl<'a> Source<'a> {
                 if self.publishing.is_none() {
                     self.claim(&payload, granule)?;
                 }
-                self.pace.took(duration as u64);
+                self.pace.took(at_48k(&codec, duration as u64));
                 self.frames.push(Frame {
                     pts,
                     duration,
@@ -257,7 +272,7 @@ impl<'a> Source<'a> {
                     payload,
                 });
             }
-            OggEvent::End => self.ended = true,
+            SourceEvent::End => self.ended = true,
         }
         Ok(())
     }
@@ -265,13 +280,13 @@ impl<'a> Source<'a> {
     /// Claims the stream at the first audio packet of a broadcast, which names it.
     fn claim(&mut self, first: &[u8], granule: Option<u64>) -> Result<()> {
         let Some(h) = &self.head else {
-            return Err(Error::media("audio before the OpusHead"));
+            return Err(Error::media("audio before the codec header"));
         };
-        let id = broadcast_id(self.name, &h.raw, first, granule);
+        let id = broadcast_id(self.name, h, first, granule);
         let p = Publishing::claim(
             self.node,
             self.name,
-            h.codec(),
+            h.clone(),
             source_credential(self.node),
             Some(id),
         )?;
@@ -281,15 +296,16 @@ impl<'a> Source<'a> {
         Ok(())
     }
 
-    /// A chained Ogg stream begins: the same OpusHead continues the broadcast (its granules
-    /// start over, our timestamps go on); another ends it, and the next audio starts a new
-    /// one on the same stream.
-    fn chain(&mut self, h: OpusHead) -> Result<()> {
+    /// A chained stream begins (an Ogg chain, or raw frames in another rate or channel
+    /// count): the same codec continues the broadcast (its granules start over, our
+    /// timestamps go on); another ends it, and the next audio starts a new one on the same
+    /// stream.
+    fn chain(&mut self, h: Codec) -> Result<()> {
         self.chained = true;
         self.ended = false;
-        if self.head.as_ref().is_some_and(|cur| cur.raw == h.raw) {
+        if self.head.as_ref().is_some_and(|cur| *cur == h) {
             debug!(
-                "the source chained a new Ogg stream with the same OpusHead: the broadcast goes on"
+                "the source chained a new stream with the same codec: the broadcast goes on"
             );
             self.timeline.restart();
             return Ok(());
@@ -298,7 +314,8 @@ impl<'a> Source<'a> {
         if let Some(p) = self.publishing.take() {
             info!(
                 channels = h.channels,
-                "the source chained a new Ogg stream with another OpusHead: its broadcast ends, a new one starts"
+                codec = h.name(),
+                "the source chained a new stream in another codec: its broadcast ends, a new one starts"
             );
             p.finish();
         }

@@ -8,6 +8,7 @@ use quinn_proto::{Connection, StreamId};
 
 use crate::engine::{read_stream_at_most, Read};
 use crate::error::{Error, Result};
+use crate::media::at_48k;
 use crate::node::{Node, Pace, Publishing};
 use crate::proto::{DecodeError, ErrorCode, Frame, UniHeader};
 
@@ -140,13 +141,27 @@ impl Ingest {
             }
         }
         self.frames.clear();
+        let codec = self.publishing.broadcast.codec.clone();
+        let mut took = false;
         while self.pace.due(now).is_none() {
             let Some((frame, _)) = Frame::decode(&mut self.buf)? else {
                 break;
             };
-            self.pace.took(u64::from(frame.duration));
+            if frame.duration == 0 {
+                // A title record (version 3): it holds from the audio after it.
+                let title = title_record(&frame.payload)?;
+                took |= self.push(node, now)?;
+                self.publishing.set_title(title);
+                continue;
+            }
+            self.pace.took(at_48k(&codec, u64::from(frame.duration)));
             self.frames.push(frame);
         }
+        Ok(self.push(node, now)? | took)
+    }
+
+    /// Pushes the frames taken into the ingest; whether there were any.
+    fn push(&mut self, node: &Node, now: Instant) -> Result<bool> {
         if self.frames.is_empty() {
             return Ok(false);
         }
@@ -155,5 +170,24 @@ impl Ingest {
         node.stats.received(self.frames.len() as u64, bytes);
         self.publishing.push(self.frames.drain(..))?;
         Ok(true)
+    }
+}
+
+/// What a title record says: kind 1 (the now-playing title) and its UTF-8 (empty: none).
+fn title_record(p: &[u8]) -> Result<Option<&str>> {
+    match p.split_first() {
+        Some((1, t)) if t.len() <= crate::proto::MAX_TITLE => match std::str::from_utf8(t) {
+            Ok("") => Ok(None),
+            Ok(t) => Ok(Some(t)),
+            Err(_) => Err(Error::protocol("a title record that is not UTF-8")),
+        },
+        Some((1, t)) => Err(Error::protocol(format!(
+            "a title record of {} bytes (at most {})",
+            t.len(),
+            crate::proto::MAX_TITLE
+        ))),
+        _ => Err(Error::protocol(
+            "a record of duration 0 that is not a title record",
+        )),
     }
 }

@@ -75,7 +75,7 @@ async fn a_source_pushed_at_once_is_taken_in_real_time_after_its_burst() {
         250,
     ))]));
     let t0 = Instant::now();
-    ingest(&node, "fast", &mut body).await.unwrap();
+    ingest(&node, "fast", None, &mut body).await.unwrap();
     assert_eq!(frames_taken(&node), 250, "every frame went in");
     // The first second at once, the rest when due: the body's end is read once all five
     // seconds are due, at 4 s.
@@ -96,7 +96,7 @@ async fn chains_cost_a_source_time_so_it_cannot_spin_broadcasts() {
     }
     let mut body = Body(VecDeque::from([Bytes::from(whole)]));
     let t0 = Instant::now();
-    ingest(&node, "spin", &mut body).await.unwrap();
+    ingest(&node, "spin", None, &mut body).await.unwrap();
     assert_eq!(frames_taken(&node), 6);
     // Five chains after the first, each taken as a second of audio.
     let took = t0.elapsed();
@@ -117,7 +117,7 @@ impl ChunkSource for EmptyChains {
 #[tokio::test(start_paused = true)]
 async fn a_source_of_chains_without_audio_is_lost_for_its_silence() {
     let node = node(0);
-    let e = ingest(&node, "empty", &mut EmptyChains(0))
+    let e = ingest(&node, "empty", None, &mut EmptyChains(0))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), Kind::Timeout, "{e}");
@@ -141,7 +141,7 @@ async fn a_fast_source_pays_for_a_chain_in_time_not_in_silence() {
         Bytes::copy_from_slice(&next[headers..]),
     ]));
     let t0 = Instant::now();
-    ingest(&node, "tracks", &mut body).await.unwrap();
+    ingest(&node, "tracks", None, &mut body).await.unwrap();
     assert_eq!(frames_taken(&node), 20);
     // 400 ms of audio, and the chain's second.
     let took = t0.elapsed();

@@ -3,8 +3,6 @@
 //! (`audio/mpeg`). Each frame says its own length, so a stream of them is cut on frame
 //! boundaries with no demuxer: the node carries the encoder's frames as they came. I/O-free
 //! and bounded: a header is read from a few bytes, or refused.
-//!
-//! (Groundwork for issue 28, AAC and MP3 ingest: not yet wired to the ingress.)
 
 /// What one frame's header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +42,17 @@ pub fn adts(b: &[u8]) -> Option<FrameHeader> {
         rate,
         channels,
     })
+}
+
+/// The AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1) an ADTS header at the start of `b`
+/// stands for: object type (the ADTS profile + 1), sampling frequency index, channel
+/// configuration. HE-AAC in ADTS says its core (LC) here; its SBR is found by the decoder.
+pub fn adts_config(b: &[u8]) -> Option<[u8; 2]> {
+    adts(b)?;
+    let object = (b[2] >> 6) + 1;
+    let rate = (b[2] >> 2) & 0x0f;
+    let channels = ((b[2] & 1) << 2) | (b[3] >> 6);
+    Some([(object << 3) | (rate >> 1), ((rate & 1) << 7) | (channels << 3)])
 }
 
 /// An MPEG audio layer III header at the start of `b` (4 bytes), or `None`.
@@ -91,7 +100,7 @@ pub fn resync(b: &[u8], header: fn(&[u8]) -> Option<FrameHeader>) -> Option<(usi
         let h = header(&b[at..])?;
         let next = at + h.len;
         match b.get(next..) {
-            Some(rest) if rest.len() >= 4 => header(rest).map(|_| (at, h)),
+            Some(rest) if rest.len() >= 7 => header(rest).map(|_| (at, h)),
             _ => Some((at, h)),
         }
     })

@@ -1,17 +1,22 @@
-//! Media: Opus in Ogg, in and out, and in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
+//! Media: Opus in Ogg, in and out; MP3 and AAC (ADTS) frames in; all of them in fragmented
+//! MP4 (out). All of it I/O-free (bytes in, packets or pages out).
 
+mod codec;
 mod fmp4;
 pub mod framing;
 mod ogg_demux;
 mod ogg_mux;
 pub mod ogg_page;
 mod opus;
+mod source;
 mod timeline;
 
+pub use codec::{at_48k, check_codec, content_type, frame_samples};
 pub use fmp4::{fragment, init_segment};
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};
 pub use ogg_mux::OggOpusWriter;
 pub use opus::{opus_packet_samples, OpusHead, OPUS_RATE};
+pub use source::{SourceDemuxer, SourceEvent, SourceKind};
 pub use timeline::{Timeline, MAX_GAP};
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{Cursor, Pacing, Segment, SegmentCache, StoreConfig, WireFrame};
@@ -47,6 +48,9 @@ pub struct Broadcast {
     /// applied on top, see `node::Access::rule_for`). Only ever made stricter (a second
     /// parent, a parent's later word).
     access: Mutex<StreamAccess>,
+    /// The now-playing title (UTF-8, bounded) as of the live edge: the next segment begun
+    /// carries it from its start.
+    title: Mutex<Option<Bytes>>,
     state: Mutex<BState>,
     /// Bumped whenever subscribers have something new to take.
     changed: watch::Sender<u64>,
@@ -180,6 +184,7 @@ impl Broadcast {
             codec,
             started: from.started,
             access: Mutex::new(from.access),
+            title: Mutex::new(None),
             state: Mutex::new(BState::default()),
             changed: watch::Sender::new(0),
             eager: watch::Sender::new(0),
@@ -242,9 +247,27 @@ impl Broadcast {
         }
     }
 
-    /// Starts segment `seq`, sealing the open one. Sequence numbers only grow.
+    /// The now-playing title as of the live edge (the source's last word).
+    pub fn title(&self) -> Option<Bytes> {
+        self.title.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new now-playing title (None or empty: none): segments begun from now on carry it.
+    pub fn set_title(&self, title: Option<Bytes>) {
+        *self.title.lock().unwrap_or_else(|e| e.into_inner()) = title.filter(|t| !t.is_empty());
+    }
+
+    /// Starts segment `seq`, sealing the open one, with the title now current. Sequence
+    /// numbers only grow.
     pub fn begin(&self, seq: u64) -> Result<Arc<Segment>> {
-        let seg = Arc::new(Segment::new(seq, self.ogg.clone()));
+        self.begin_titled(seq, self.title())
+    }
+
+    /// Starts segment `seq` with the title its source gave it (a relay's parent), which
+    /// becomes the current one.
+    pub fn begin_titled(&self, seq: u64, title: Option<Bytes>) -> Result<Arc<Segment>> {
+        let title = title.filter(|t| !t.is_empty());
+        let seg = Arc::new(Segment::new(seq, self.ogg.clone(), title.clone()));
         {
             let mut s = self.state();
             if s.ended {
@@ -274,6 +297,7 @@ impl Broadcast {
                 }
             }
         }
+        self.set_title(title);
         self.cache.cache.insert((self.local, seq), seg.clone());
         self.repace();
         // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and

@@ -118,6 +118,11 @@ impl Cursor {
     }
 
     /// Sequence number of the segment being sent, if any.
+    /// The now-playing title of the segment being read (from its start).
+    pub fn title(&self) -> Option<bytes::Bytes> {
+        self.seg.as_ref().and_then(|s| s.title.clone())
+    }
+
     pub fn current(&self) -> Option<u64> {
         self.seg.as_ref().map(|s| s.seq)
     }

@@ -12,6 +12,8 @@ use crate::proto::{MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
 /// sealed when the next one begins. Append-only.
 pub struct Segment {
     pub seq: u64,
+    /// The stream's now-playing title from this segment's start (UTF-8, ≤ `MAX_TITLE`).
+    pub title: Option<Bytes>,
     inner: RwLock<SegInner>,
     /// The broadcast's Ogg page numbering: each run is also made into Ogg pages, once.
     ogg: Option<Arc<OggNumbering>>,
@@ -156,9 +158,10 @@ impl SegInner {
 }
 
 impl Segment {
-    pub(super) fn new(seq: u64, ogg: Option<Arc<OggNumbering>>) -> Segment {
+    pub(super) fn new(seq: u64, ogg: Option<Arc<OggNumbering>>, title: Option<Bytes>) -> Segment {
         Segment {
             seq,
+            title,
             inner: RwLock::new(SegInner::default()),
             ogg,
         }

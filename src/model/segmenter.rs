@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::{Broadcast, Segment, WireFrame};
 use crate::error::{Error, Result};
-use crate::media::opus_packet_samples;
+use crate::media::frame_samples;
 use crate::proto::Frame;
 
 /// How a publisher's timestamps join a broadcast that already has frames.
@@ -73,11 +73,13 @@ impl Segmenter {
             .pts
             .checked_add(offset)
             .ok_or_else(|| Error::protocol("frame pts overflows"))?;
-        let samples = opus_packet_samples(&f.payload)?;
-        if samples as u64 * b.codec.sample_rate as u64 / 48_000 != f.duration as u64 {
+        let samples = frame_samples(&b.codec, &f.payload)?;
+        if samples != f.duration {
             return Err(Error::media(format!(
-                "frame at pts {} says it lasts {} but its Opus packet lasts {samples} samples",
-                f.pts, f.duration
+                "frame at pts {} says it lasts {} but its {} frame lasts {samples} samples",
+                f.pts,
+                f.duration,
+                b.codec.name()
             )));
         }
         if self.join == Join::Resume && self.resume_at.is_some_and(|end| f.pts < end) {

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::{now_us, Node};
 use crate::error::{Error, Kind, Result};
-use crate::media::{OpusHead, OPUS_RATE};
+use crate::media::OPUS_RATE;
 use crate::model::{Broadcast, Join, Provenance, PublisherClaim, Segmenter, Slot};
 use crate::proto::{self, Codec, Frame};
 
@@ -49,7 +49,7 @@ impl Publishing {
         credential: Option<[u8; 32]>,
         broadcast: Option<u64>,
     ) -> Result<Publishing> {
-        OpusHead::parse(&codec.header)?;
+        crate::media::check_codec(&codec)?;
         proto::check_path(path)?;
         let (slot, _) = node.registry.slot(path)?;
         let Some(claim) = slot.claim_publisher(credential) else {
@@ -122,6 +122,15 @@ impl Publishing {
         r
     }
 
+    /// The source's now-playing title changed (None: it has none now): segments begun from
+    /// now on carry it down the tree, in order with the audio. Control characters are
+    /// dropped and it is cut to `MAX_TITLE` bytes (on a character boundary).
+    pub fn set_title(&self, title: Option<&str>) {
+        let t = title.map(clean_title).filter(|t| !t.is_empty());
+        info!(title = t.as_deref().unwrap_or(""), "now playing");
+        self.broadcast.set_title(t.map(bytes::Bytes::from));
+    }
+
     /// The publisher ended the broadcast.
     pub fn finish(self) {
         if !self.slot.is_publisher(self.claim.id) {
@@ -148,6 +157,18 @@ impl Publishing {
             }
         });
     }
+}
+
+/// `t` without control characters or surrounding space, at most `MAX_TITLE` bytes.
+pub fn clean_title(t: &str) -> String {
+    let mut out = String::new();
+    for c in t.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > proto::MAX_TITLE {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Holds a publisher to real time: the media taken from it may run ahead of the wall clock

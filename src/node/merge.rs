@@ -219,6 +219,7 @@ impl Merge {
         &self,
         instance: u64,
         seq: u64,
+        title: Option<bytes::Bytes>,
         mut frames: Box<dyn SegmentReader>,
         caught: &watch::Sender<bool>,
     ) -> std::result::Result<(), MergeError> {
@@ -244,7 +245,7 @@ impl Merge {
                         frames.stop(ErrorCode::Cancelled);
                         return Ok(());
                     }
-                    let seg = b.begin(seq)?;
+                    let seg = b.begin_titled(seq, title)?;
                     s.open = Some(seg.clone());
                     seg
                 }

@@ -81,6 +81,8 @@ pub enum ParentEvent {
     /// A segment, read frame by frame as it arrives.
     Segment {
         seq: u64,
+        /// The stream's now-playing title from this segment's start.
+        title: Option<bytes::Bytes>,
         frames: Box<dyn SegmentReader>,
     },
     /// The broadcast ended with segment `last_seq`.

@@ -43,15 +43,38 @@ pub enum Start {
 /// What a listener needs before any audio: the codec and its header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codec {
-    /// Codec id: 1 = Opus. The only one v1 defines.
+    /// Codec id: `CODEC_OPUS` (every version), `CODEC_MP3` or `CODEC_AAC` (version 3).
     pub kind: u64,
     pub sample_rate: u32,
     pub channels: u8,
-    /// The codec's own header: for Opus, the OpusHead packet (RFC 7845 §5.1).
+    /// The codec's own header: for Opus, the OpusHead packet (RFC 7845 §5.1); for AAC, the
+    /// AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1) its ADTS frames say; for MP3, empty.
     pub header: Bytes,
 }
 
 pub const CODEC_OPUS: u64 = 1;
+pub const CODEC_MP3: u64 = 2;
+pub const CODEC_AAC: u64 = 3;
+
+impl Codec {
+    /// The protocol version a peer must speak to be sent this codec.
+    pub fn min_version(&self) -> u64 {
+        match self.kind {
+            CODEC_OPUS => 1,
+            _ => 3,
+        }
+    }
+
+    /// The codec's name, as operators and players know it.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            CODEC_OPUS => "opus",
+            CODEC_MP3 => "mp3",
+            CODEC_AAC => "aac",
+            _ => "unknown",
+        }
+    }
+}
 
 /// `SUBSCRIBE` flag: send this subscriber every frame at once (the shortest delivery
 /// interval), while the node has headroom.
@@ -230,7 +253,7 @@ fn put_codec(buf: &mut BytesMut, c: &Codec) {
 
 fn get_codec(buf: &mut Bytes) -> Result<Codec, DecodeError> {
     let kind = get_varint(buf)?;
-    if kind != CODEC_OPUS {
+    if !matches!(kind, CODEC_OPUS | CODEC_MP3 | CODEC_AAC) {
         return Err(DecodeError::BadValue {
             what: "codec",
             value: kind,
@@ -251,6 +274,13 @@ fn get_codec(buf: &mut Bytes) -> Result<Codec, DecodeError> {
         });
     }
     let header = get_bytes(buf, "codec header", MAX_CODEC_HEADER)?;
+    // An AAC stream needs its AudioSpecificConfig (2 bytes at least); MP3 frames say it all.
+    if (kind == CODEC_AAC && header.len() < 2) || (kind == CODEC_MP3 && !header.is_empty()) {
+        return Err(DecodeError::BadValue {
+            what: "codec header length",
+            value: header.len() as u64,
+        });
+    }
     Ok(Codec {
         kind,
         sample_rate: sample_rate as u32,

@@ -1,4 +1,4 @@
-//! Wire protocol (version 2): an I/O-free codec. `proto/SPEC.md` is the prose; `proto/vectors.txt`
+//! Wire protocol (version 3): an I/O-free codec. `proto/SPEC.md` is the prose; `proto/vectors.txt`
 //! holds the test vectors both directions of this codec are checked against.
 //!
 //! Nothing here allocates more than the limits below allow, whatever the input says.
@@ -21,10 +21,11 @@ pub use code::ErrorCode;
 pub use error::DecodeError;
 pub use frame::{Frame, MAX_FRAME_DURATION};
 pub use message::{
-    check_path, path_covers, Codec, Message, Role, Start, CODEC_OPUS, SUBSCRIBE_LOW_LATENCY,
+    check_path, path_covers, Codec, Message, Role, Start, CODEC_AAC, CODEC_MP3, CODEC_OPUS,
+    SUBSCRIBE_LOW_LATENCY,
 };
 pub use refusal::{Refusal, MAX_REFUSAL, MAX_RETRY_AFTER};
-pub use stream::{SegmentHeader, UniHeader, UNI_PUBLISH, UNI_SEGMENT};
+pub use stream::{SegmentHeader, UniHeader, UNI_PUBLISH, UNI_SEGMENT, UNI_SEGMENT_TITLED};
 pub use url::{QuicUrl, UrlError};
 pub use varint::{get_varint, put_varint, varint_len};
 
@@ -33,9 +34,16 @@ pub const ALPN: &[u8] = b"quicast/1";
 /// The version this node speaks. Version 2 adds `SUBSCRIBED`'s stream info (its start at
 /// the origin, who may listen); a node still takes listeners and publishers that say 1
 /// (they are sent no stream info), but a relay must say 2: it enforces the rule it carries.
-pub const VERSION: u64 = 2;
+/// Version 3 adds codecs beside Opus (MP3, AAC) and segments that carry the stream's
+/// now-playing title; a peer that says 2 is sent neither (a stream in another codec is
+/// refused to it, naming the version it needs).
+pub const VERSION: u64 = 3;
 /// The oldest version a listener or publisher may say.
 pub const MIN_VERSION: u64 = 1;
+/// The oldest version a relay may say.
+pub const RELAY_MIN_VERSION: u64 = 2;
+/// The longest now-playing title a segment carries (bytes of UTF-8).
+pub const MAX_TITLE: usize = 1024;
 
 /// Limits. A peer exceeding one gets `TooLarge` and loses that stream or connection.
 pub const MAX_MESSAGE: usize = 8 * 1024;

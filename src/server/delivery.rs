@@ -83,6 +83,22 @@ pub(super) fn subscribed(
 ) -> Option<(Arc<crate::model::Broadcast>, bool)> {
     // Called off meanwhile: nothing to do.
     s.pending.remove(&id)?;
+    // A codec the peer's version does not carry (an old relay or client) is refused, naming
+    // the version it needs, rather than sent to fail in its decoder.
+    let version = s.version;
+    let sub = sub.and_then(|sub| {
+        let codec = &sub.cursor.broadcast().codec;
+        match codec.min_version() {
+            need if need > version => Err(crate::error::Error::new(
+                crate::error::Kind::Version,
+                format!(
+                    "the stream is {}, which protocol version {need} carries; this peer says                      version {version}: upgrade it",
+                    codec.name()
+                ),
+            )),
+            _ => Ok(sub),
+        }
+    });
     match sub {
         Ok(sub) => {
             let b = sub.cursor.broadcast().clone();
@@ -101,7 +117,8 @@ pub(super) fn subscribed(
             control(conn, s, &msg);
             let envelope =
                 s.wt.as_ref()
-                    .map_or_else(Envelope::native, |w| w.envelope.clone());
+                    .map_or_else(Envelope::native, |w| w.envelope.clone())
+                    .titled(s.version >= 3);
             s.subs
                 .insert(id, Sub::start(sub, id, low_latency, envelope));
             step(node, conn, s, id);

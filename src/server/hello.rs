@@ -33,14 +33,14 @@ impl Sessions {
                 ),
             ));
         }
-        if role == Role::Relay && version < proto::VERSION {
+        if role == Role::Relay && version < proto::RELAY_MIN_VERSION {
             // A relay enforces who may listen to what it carries: it must hear the rule.
             return Err(Error::new(
                 Kind::Version,
                 format!(
                     "a relay must speak protocol version {} (streams carry who may listen); \
                      this one says {version}: upgrade it",
-                    proto::VERSION
+                    proto::RELAY_MIN_VERSION
                 ),
             ));
         }

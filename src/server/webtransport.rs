@@ -234,6 +234,7 @@ impl Wt {
         self.envelope = Envelope {
             prefix: segment_prefix(u64::from(id)),
             skipped: code(wt_code(ErrorCode::Skipped.as_u64() as u32)),
+            titles: false,
         };
         // What came after the request on its stream (capsules) is read from now on.
         self.readable(conn, id)

@@ -109,8 +109,11 @@ impl FrameReader {
             if let Some(h) = UniHeader::decode(&mut self.buf)? {
                 return Ok(h);
             }
-            // A header is at most three varints: never buffer more than that before it.
-            let room = 24usize.saturating_sub(self.buf.len()).max(1);
+            // A header is at most four varints and a title: never buffer more than that
+            // before it.
+            let room = (32 + crate::proto::MAX_TITLE)
+                .saturating_sub(self.buf.len())
+                .max(1);
             match self.recv.read_chunk(room, true).await? {
                 Some(c) => self.buf.extend_from_slice(&c.bytes),
                 None => return Err(DecodeError::Truncated.into()),

@@ -321,12 +321,16 @@ impl Upstream {
                             }
                             instance = Some(i);
                         }
-                        ParentEvent::Segment { seq, mut frames } => {
+                        ParentEvent::Segment {
+                            seq,
+                            title,
+                            mut frames,
+                        } => {
                             let Some(i) = instance else {
                                 frames.stop(ErrorCode::Cancelled);
                                 continue;
                             };
-                            if let Err(e) = merge.read_segment(i, seq, frames, &caught).await {
+                            if let Err(e) = merge.read_segment(i, seq, title, frames, &caught).await {
                                 if let Some(why) = e.mismatch {
                                     return LegEnd::Mismatch(why);
                                 }

@@ -43,6 +43,10 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     pub accept: Option<String>,
     pub user_agent: Option<String>,
+    /// The body's `Content-Type` (a source says its format with it).
+    pub content_type: Option<String>,
+    /// `Icy-MetaData: 1`: the listener takes ICY metadata blocks within the audio.
+    pub icy_metadata: bool,
 }
 
 /// A head the node will not take: the status to answer with, and why.
@@ -103,6 +107,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refused> {
         content_length: None,
         accept: None,
         user_agent: None,
+        content_type: None,
+        icy_metadata: false,
     };
     let mut transfer_encoding = false;
     for h in req.headers.iter() {
@@ -110,6 +116,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refused> {
         let name = h.name;
         if name.eq_ignore_ascii_case("authorization") {
             head.authorization = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("content-type") {
+            head.content_type = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| v.len() <= 256)
+                .map(|v| v.trim().to_string());
+        } else if name.eq_ignore_ascii_case("icy-metadata") {
+            head.icy_metadata = value.trim_ascii() == b"1";
         } else if name.eq_ignore_ascii_case("connection") {
             for token in lower(value).split(',').map(str::trim) {
                 match token {

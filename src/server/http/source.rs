@@ -109,6 +109,24 @@ pub(super) async fn serve(
         let _ = r.send(&mut conn.tcp, false, false, head.http10).await;
         return;
     }
+    // The format the source says it sends (its first bytes have the last word); one that
+    // says a format the node does not take is refused before its body.
+    let said = match head.content_type.as_deref() {
+        None => None,
+        Some(ct) => match crate::media::SourceKind::from_content_type(ct) {
+            Some(k) => Some(k),
+            None if ct.starts_with("application/octet-stream") => None,
+            None => {
+                let why = format!(
+                    "content type {ct:?} is not taken: send Ogg Opus (audio/ogg), MP3 \
+                     (audio/mpeg) or AAC in ADTS (audio/aac, audio/aacp)"
+                );
+                let r = span.in_scope(|| refusal(node, 415, &why));
+                let _ = r.send(&mut conn.tcp, false, false, head.http10).await;
+                return;
+            }
+        },
+    };
     // A PUT that asked gets 100 Continue and its final status at the end; a legacy source is
     // told 200 at once, as Icecast does.
     let go: &[u8] = if head.expect_continue {
@@ -123,11 +141,12 @@ pub(super) async fn serve(
     }
     let result = async {
         if head.chunked {
-            icecast::ingest(node, &name, &mut Chunked::new(&mut conn)).await
+            icecast::ingest(node, &name, said, &mut Chunked::new(&mut conn)).await
         } else if let Some(left) = head.content_length {
             icecast::ingest(
                 node,
                 &name,
+                said,
                 &mut Sized {
                     conn: &mut conn,
                     left,
@@ -135,7 +154,7 @@ pub(super) async fn serve(
             )
             .await
         } else {
-            icecast::ingest(node, &name, &mut ToEnd(&mut conn)).await
+            icecast::ingest(node, &name, said, &mut ToEnd(&mut conn)).await
         }
     }
     .instrument(span.clone())
