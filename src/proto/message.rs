@@ -52,6 +52,8 @@ pub struct Codec {
 }
 
 pub const CODEC_OPUS: u64 = 1;
+pub const CODEC_MP3: u64 = 2;
+pub const CODEC_AAC: u64 = 3;
 
 /// `SUBSCRIBE` flag: send this subscriber every frame at once (the shortest delivery
 /// interval), while the node has headroom.

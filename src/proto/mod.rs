@@ -21,7 +21,8 @@ pub use code::ErrorCode;
 pub use error::DecodeError;
 pub use frame::{Frame, MAX_FRAME_DURATION};
 pub use message::{
-    check_path, path_covers, Codec, Message, Role, Start, CODEC_OPUS, SUBSCRIBE_LOW_LATENCY,
+    check_path, path_covers, Codec, Message, Role, Start, CODEC_AAC, CODEC_MP3, CODEC_OPUS,
+    SUBSCRIBE_LOW_LATENCY,
 };
 pub use refusal::{Refusal, MAX_REFUSAL, MAX_RETRY_AFTER};
 pub use stream::{SegmentHeader, UniHeader, UNI_PUBLISH, UNI_SEGMENT};
