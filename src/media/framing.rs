@@ -46,6 +46,14 @@ pub fn adts(b: &[u8]) -> Option<FrameHeader> {
     })
 }
 
+/// How many bytes of an ADTS frame (one raw data block) are header: 7, or 9 with a CRC
+/// (protection_absent 0). What is left is the raw access unit MP4 carries as a sample.
+/// `None` if `b` does not start with an ADTS header `adts` takes.
+pub fn adts_header_len(b: &[u8]) -> Option<usize> {
+    adts(b)?;
+    Some(if b[1] & 1 == 1 { 7 } else { 9 })
+}
+
 /// An MPEG audio layer III header at the start of `b` (4 bytes), or `None`.
 pub fn mp3(b: &[u8]) -> Option<FrameHeader> {
     if b.len() < 4 || b[0] != 0xff || b[1] & 0xe0 != 0xe0 {
@@ -126,6 +134,13 @@ mod tests {
         assert_eq!(adts(&hex("fef150802e7ffc")), None);
         assert_eq!(adts(&hex("fff17c802e7ffc")), None);
         assert_eq!(adts(&hex("fff150002e7ffc")), None);
+    }
+
+    #[test]
+    fn an_adts_header_is_7_bytes_or_9_with_a_crc() {
+        assert_eq!(adts_header_len(&hex("fff150802e7ffc")), Some(7));
+        assert_eq!(adts_header_len(&hex("fff050802e7ffc0000")), Some(9));
+        assert_eq!(adts_header_len(&hex("fff150802e7f")), None);
     }
 
     #[test]

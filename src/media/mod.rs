@@ -1,5 +1,6 @@
 //! Media: Opus in Ogg, in and out, and in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
 
+mod aac;
 mod fmp4;
 pub mod framing;
 mod ogg_demux;
@@ -8,6 +9,7 @@ pub mod ogg_page;
 mod opus;
 mod timeline;
 
+pub use aac::{aac_config, audio_object_type};
 pub use fmp4::{fragment, init_segment};
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};
 pub use ogg_mux::OggOpusWriter;
