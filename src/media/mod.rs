@@ -1,7 +1,9 @@
-//! Media: Opus in Ogg, in and out, and in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
+//! Media: Opus in Ogg, in and out; AAC (ADTS) and MP3 frames cut from what an encoder sends;
+//! Opus, AAC and MP3 in fragmented MP4 (out). All of it I/O-free (bytes in, packets or pages out).
 
 mod aac;
 mod fmp4;
+mod fmp4_track;
 pub mod framing;
 mod ogg_demux;
 mod ogg_mux;
@@ -11,6 +13,7 @@ mod timeline;
 
 pub use aac::{aac_config, audio_object_type};
 pub use fmp4::{fragment, init_segment};
+pub use fmp4_track::hls_codecs;
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};
 pub use ogg_mux::OggOpusWriter;
 pub use opus::{opus_packet_samples, OpusHead, OPUS_RATE};
