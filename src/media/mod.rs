@@ -3,6 +3,8 @@
 
 mod aac;
 mod fmp4;
+#[cfg(test)]
+mod fmp4_check;
 mod fmp4_track;
 pub mod framing;
 mod ogg_demux;
