@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{fragment, init_segment, OpusHead, OPUS_RATE};
+use crate::media::{fragment, init_segment, OPUS_RATE};
 use crate::model::{Batch, Broadcast, Egress, Segment, WireFrame};
 use crate::node::{Node, Peer};
 use crate::proto::{self, Start};
@@ -222,7 +222,6 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
             b
         }
     };
-    let head = OpusHead::parse(&b.codec.header)?;
     let private = !node.access().rule_for(name, &b.access()).is_public();
     match r {
         Resource::Playlist { block, .. } => {
@@ -264,7 +263,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
             Ok(Reply {
                 content_type: "audio/mp4",
                 cache_control: IMMUTABLE,
-                body: init_segment(&head),
+                body: init_segment(&b.codec)?,
                 private,
             })
         }
@@ -275,7 +274,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
                 .filter(|s| s.is_sealed() || b.span().ended)
                 .ok_or_else(|| not_held(seq))?;
             let frames = frames_of(&seg);
-            let body = fragment_of(seq, 0, &frames);
+            let body = fragment_of(&b.codec, seq, 0, &frames)?;
             Ok(media_reply(node, frames.len(), body, private))
         }
         Resource::Part {
@@ -310,7 +309,7 @@ pub async fn serve(node: &Arc<Node>, r: Resource, peer: &Peer, client: u64) -> R
             if from == to {
                 return Err(not_held(seq));
             }
-            let body = fragment_of(seq, part + 1, &frames[from..to]);
+            let body = fragment_of(&b.codec, seq, part + 1, &frames[from..to])?;
             Ok(media_reply(node, to - from, body, private))
         }
     }
@@ -429,11 +428,12 @@ fn has(b: &Broadcast, msn: u64, part: Option<u64>) -> bool {
     }
 }
 
-fn fragment_of(seq: u64, part: u64, frames: &[WireFrame]) -> Bytes {
+fn fragment_of(codec: &proto::Codec, seq: u64, part: u64, frames: &[WireFrame]) -> Result<Bytes> {
     // Fragment numbers only need to grow within what a player fetches.
     let number = (seq as u32).wrapping_mul(1024).wrapping_add(part as u32);
     let base = frames.first().map_or(0, |f| f.frame.pts);
     fragment(
+        codec,
         number,
         base,
         frames

@@ -44,15 +44,12 @@ pub fn adts(b: &[u8]) -> Option<FrameHeader> {
     })
 }
 
-/// The AudioSpecificConfig (ISO/IEC 14496-3 §1.6.2.1) an ADTS header at the start of `b`
-/// stands for: object type (the ADTS profile + 1), sampling frequency index, channel
-/// configuration. HE-AAC in ADTS says its core (LC) here; its SBR is found by the decoder.
-pub fn adts_config(b: &[u8]) -> Option<[u8; 2]> {
+/// How many bytes of an ADTS frame (one raw data block) are header: 7, or 9 with a CRC
+/// (protection_absent 0). What is left is the raw access unit MP4 carries as a sample.
+/// `None` if `b` does not start with an ADTS header `adts` takes.
+pub fn adts_header_len(b: &[u8]) -> Option<usize> {
     adts(b)?;
-    let object = (b[2] >> 6) + 1;
-    let rate = (b[2] >> 2) & 0x0f;
-    let channels = ((b[2] & 1) << 2) | (b[3] >> 6);
-    Some([(object << 3) | (rate >> 1), ((rate & 1) << 7) | (channels << 3)])
+    Some(if b[1] & 1 == 1 { 7 } else { 9 })
 }
 
 /// An MPEG audio layer III header at the start of `b` (4 bytes), or `None`.
@@ -135,6 +132,13 @@ mod tests {
         assert_eq!(adts(&hex("fef150802e7ffc")), None);
         assert_eq!(adts(&hex("fff17c802e7ffc")), None);
         assert_eq!(adts(&hex("fff150002e7ffc")), None);
+    }
+
+    #[test]
+    fn an_adts_header_is_7_bytes_or_9_with_a_crc() {
+        assert_eq!(adts_header_len(&hex("fff150802e7ffc")), Some(7));
+        assert_eq!(adts_header_len(&hex("fff050802e7ffc0000")), Some(9));
+        assert_eq!(adts_header_len(&hex("fff150802e7f")), None);
     }
 
     #[test]

@@ -301,10 +301,8 @@ impl RawFramer {
     /// The codec a frame with header `h` (at the front of the buffer) belongs to.
     fn codec_of(&self, h: &FrameHeader) -> Result<Codec> {
         let header = match self.kind {
-            CODEC_AAC => Bytes::copy_from_slice(
-                &framing::adts_config(&self.buf)
-                    .ok_or_else(|| Error::media("an ADTS header without a valid profile"))?,
-            ),
+            CODEC_AAC => super::aac_config(&self.buf)
+                .ok_or_else(|| Error::media("an ADTS header without a valid profile"))?,
             _ => Bytes::new(),
         };
         Ok(Codec {
