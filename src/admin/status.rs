@@ -37,7 +37,11 @@ struct StreamInfo {
 
 #[derive(serde::Serialize, Default)]
 struct Carried {
+    /// `opus`, `mp3` or `aac`; empty where the node does not carry the stream (the catalog
+    /// names streams, not their codecs).
     codec: &'static str,
+    /// The now-playing title as of the live edge (null: none, or not carried here).
+    title: Option<String>,
     sample_rate: u32,
     channels: u8,
     /// Bits per second over the segments held.
@@ -75,18 +79,17 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                 carried_here: b.is_some(),
                 here: match b {
                     Some(b) => Carried {
-                        codec: "opus",
+                        codec: b.codec.name(),
+                        title: b
+                            .title()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned()),
                         sample_rate: b.codec.sample_rate,
                         channels: b.codec.channels,
                         bitrate: b.bitrate(),
                         delivery_interval_ms: b.delivery_interval().as_millis() as u64,
                         parents: slot.as_ref().map(|s| s.parents()).unwrap_or_default(),
                     },
-                    // The wire carries Opus only (version 2).
-                    None => Carried {
-                        codec: "opus",
-                        ..Carried::default()
-                    },
+                    None => Carried::default(),
                 },
                 rule: e.info.access,
             }

@@ -368,7 +368,7 @@ fn frames_of(seg: &Segment) -> Vec<WireFrame> {
     seg.read_from(0, &mut batch);
     match batch {
         Batch::Frames(f) => f,
-        Batch::Wire(_) | Batch::Ogg(..) => Vec::new(),
+        Batch::Wire(_) | Batch::Http(..) => Vec::new(),
     }
 }
 

@@ -136,7 +136,7 @@ impl Place {
         while let Some(step) = cursor.try_next() {
             match step {
                 Step::Frames(batch) => {
-                    if let Batch::Ogg(pages, n) = &batch {
+                    if let Batch::Http(pages, n) = &batch {
                         self.take(pages, *n, heads);
                     }
                     cursor.recycle(batch);
@@ -545,7 +545,7 @@ pub(crate) async fn listen(
     } else {
         burst.div_ceil(segment).max(1) as u64
     });
-    sub.cursor.set_form(crate::model::Form::Ogg);
+    sub.cursor.set_form(crate::model::Form::Http);
     if low_latency {
         sub.cursor.eager();
     }
@@ -790,7 +790,7 @@ mod tests {
         let s1 = segment(&b, 1, 5);
         let mut cursor = b.cursor(Start::Live);
         cursor.back(1);
-        cursor.set_form(Form::Ogg);
+        cursor.set_form(Form::Http);
         let mut place = Place::new(std::time::Instant::now());
         let mut out = pipe(usize::MAX);
         let now = Instant::now();

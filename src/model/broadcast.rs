@@ -267,7 +267,11 @@ impl Broadcast {
     /// becomes the current one.
     pub fn begin_titled(&self, seq: u64, title: Option<Bytes>) -> Result<Arc<Segment>> {
         let title = title.filter(|t| !t.is_empty());
-        let seg = Arc::new(Segment::new(seq, self.ogg.clone(), title.clone()));
+        let http = match &self.ogg {
+            Some(ogg) => super::segment::HttpForm::Ogg(ogg.clone()),
+            None => super::segment::HttpForm::Raw,
+        };
+        let seg = Arc::new(Segment::new(seq, http, title.clone()));
         {
             let mut s = self.state();
             if s.ended {

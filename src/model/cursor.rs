@@ -32,9 +32,9 @@ pub enum Form {
     /// interval's frames are one shared run): for subscribers that forward records as they
     /// are (QUIC listeners, child relays).
     Wire,
-    /// Ogg pages, made once per run and shared (see `segment::OggNumbering`): for HTTP Ogg
-    /// listeners.
-    Ogg,
+    /// The stream's HTTP form (Ogg pages for Opus, see `segment::OggNumbering`; the frames
+    /// as they came for MP3 and AAC), made once per run and shared: for HTTP listeners.
+    Http,
 }
 
 /// A step's frames, in the form the cursor was made for.
@@ -42,8 +42,8 @@ pub enum Form {
 pub enum Batch {
     Frames(Vec<WireFrame>),
     Wire(Vec<Bytes>),
-    /// Pages, and how many frames they hold.
-    Ogg(Vec<Bytes>, usize),
+    /// The HTTP form's bytes, and how many frames they hold.
+    Http(Vec<Bytes>, usize),
 }
 
 impl Batch {
@@ -51,7 +51,7 @@ impl Batch {
         match form {
             Form::Frames => Batch::Frames(Vec::new()),
             Form::Wire => Batch::Wire(Vec::new()),
-            Form::Ogg => Batch::Ogg(Vec::new(), 0),
+            Form::Http => Batch::Http(Vec::new(), 0),
         }
     }
 
@@ -59,7 +59,7 @@ impl Batch {
         match self {
             Batch::Frames(f) => f.clear(),
             Batch::Wire(w) => w.clear(),
-            Batch::Ogg(p, n) => {
+            Batch::Http(p, n) => {
                 p.clear();
                 *n = 0;
             }
@@ -69,7 +69,7 @@ impl Batch {
     fn capacity(&self) -> usize {
         match self {
             Batch::Frames(f) => f.capacity(),
-            Batch::Wire(w) | Batch::Ogg(w, _) => w.capacity(),
+            Batch::Wire(w) | Batch::Http(w, _) => w.capacity(),
         }
     }
 }

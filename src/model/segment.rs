@@ -15,8 +15,17 @@ pub struct Segment {
     /// The stream's now-playing title from this segment's start (UTF-8, ≤ `MAX_TITLE`).
     pub title: Option<Bytes>,
     inner: RwLock<SegInner>,
-    /// The broadcast's Ogg page numbering: each run is also made into Ogg pages, once.
-    ogg: Option<Arc<OggNumbering>>,
+    /// The form HTTP listeners take the broadcast in: each run is also made into it, once.
+    http: HttpForm,
+}
+
+/// What a broadcast's HTTP listeners are sent, made once per run and shared by all of them.
+#[derive(Clone)]
+pub enum HttpForm {
+    /// Opus: Ogg pages, numbered for the broadcast.
+    Ogg(Arc<OggNumbering>),
+    /// MP3, AAC in ADTS: the frames as they came, one after another (their own format).
+    Raw,
 }
 
 /// A broadcast's Ogg stream, shared by all its HTTP listeners: one serial number, page
@@ -66,9 +75,12 @@ impl SegInner {
     /// Makes the frames not yet in a run into one: built once, by the first subscriber to
     /// read them, and shared by every other subscriber that reads from the same place (all
     /// of them, at the live edge). One copy of a delivery interval's frames per node.
-    fn close_run(&mut self, ogg: Option<&OggNumbering>) {
+    fn close_run(&mut self, http: &HttpForm) {
         let (from, to) = (self.covered(), self.frames.len());
-        if let (Some(ogg), true) = (ogg, to > from) {
+        if let (HttpForm::Raw, true) = (http, to > from) {
+            self.pages.push((raw_frames(&self.frames[from..to]), 0));
+        }
+        if let (HttpForm::Ogg(ogg), true) = (http, to > from) {
             let mut next = ogg.next.lock().unwrap_or_else(|e| e.into_inner());
             let (pages, n) = crate::media::ogg_page::audio_pages(
                 ogg.serial,
@@ -106,16 +118,16 @@ impl SegInner {
         self.runs.push((to, run));
     }
 
-    /// The Ogg pages of `frames[from..]` (all in runs): the runs' shared pages, or pages of
-    /// its own for the part of a run joined in the middle (numbered as that run's).
-    fn ogg_from(&self, from: usize, ogg: &OggNumbering, out: &mut Vec<Bytes>) {
+    /// The HTTP form of `frames[from..]` (all in runs): the runs' shared pages or frames, or
+    /// its own for the part of a run joined in the middle (Ogg pages numbered as that run's).
+    fn http_from(&self, from: usize, http: &HttpForm, out: &mut Vec<Bytes>) {
         let mut i = self.runs.partition_point(|r| r.0 <= from);
         let mut at = from;
         while let (Some((end, _)), Some((pages, first))) = (self.runs.get(i), self.pages.get(i)) {
             let start = if i == 0 { 0 } else { self.runs[i - 1].0 };
             if start == at {
                 out.push(pages.clone());
-            } else {
+            } else if let HttpForm::Ogg(ogg) = http {
                 let (own, _) = crate::media::ogg_page::audio_pages(
                     ogg.serial,
                     *first,
@@ -125,6 +137,8 @@ impl SegInner {
                     }),
                 );
                 out.push(own);
+            } else {
+                out.push(raw_frames(&self.frames[at..*end]));
             }
             at = *end;
             i += 1;
@@ -157,13 +171,22 @@ impl SegInner {
     }
 }
 
+/// Frames' payloads one after another: MP3 and ADTS frames are their own byte stream.
+fn raw_frames(frames: &[WireFrame]) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(frames.iter().map(|f| f.frame.payload.len()).sum());
+    for f in frames {
+        b.extend_from_slice(&f.frame.payload);
+    }
+    b.freeze()
+}
+
 impl Segment {
-    pub(super) fn new(seq: u64, ogg: Option<Arc<OggNumbering>>, title: Option<Bytes>) -> Segment {
+    pub(super) fn new(seq: u64, http: HttpForm, title: Option<Bytes>) -> Segment {
         Segment {
             seq,
             title,
             inner: RwLock::new(SegInner::default()),
-            ogg,
+            http,
         }
     }
 
@@ -197,7 +220,7 @@ impl Segment {
     /// segment's).
     pub(super) fn seal(&self) {
         let mut g = self.write();
-        g.close_run(self.ogg.as_deref());
+        g.close_run(&self.http);
         g.sealed = true;
     }
 
@@ -229,25 +252,21 @@ impl Segment {
                     g.wire_from(from, w);
                     return (n, g.sealed);
                 }
-                Batch::Ogg(pages, frames) if g.covered() == g.frames.len() => {
-                    if let Some(ogg) = &self.ogg {
-                        g.ogg_from(from, ogg, pages);
-                    }
+                Batch::Http(pages, frames) if g.covered() == g.frames.len() => {
+                    g.http_from(from, &self.http, pages);
                     *frames += n;
                     return (n, g.sealed);
                 }
-                Batch::Wire(_) | Batch::Ogg(..) => {}
+                Batch::Wire(_) | Batch::Http(..) => {}
             }
         }
         let mut g = self.write();
-        g.close_run(self.ogg.as_deref());
+        g.close_run(&self.http);
         let n = g.frames.len() - from;
         match out {
             Batch::Wire(w) => g.wire_from(from, w),
-            Batch::Ogg(pages, frames) => {
-                if let Some(ogg) = &self.ogg {
-                    g.ogg_from(from, ogg, pages);
-                }
+            Batch::Http(pages, frames) => {
+                g.http_from(from, &self.http, pages);
                 *frames += n;
             }
             Batch::Frames(_) => {}

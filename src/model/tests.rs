@@ -49,7 +49,7 @@ fn drain(c: &mut Cursor) -> Vec<String> {
                     .join(",")
             ),
             Step::Frames(Batch::Wire(w)) => format!("W{}", w.len()),
-            Step::Frames(Batch::Ogg(p, n)) => format!("O{}:{n}", p.len()),
+            Step::Frames(Batch::Http(p, n)) => format!("O{}:{n}", p.len()),
             Step::Sealed(q) => format!("E{q}"),
             Step::Skip { from, to } => format!("S{from}>{to}"),
             Step::Finished => {
@@ -554,8 +554,8 @@ fn subscribers_at_the_edge_share_one_run_of_wire_records_per_batch() {
 }
 
 fn ogg(c: &mut Cursor) -> (Vec<Bytes>, usize) {
-    match step(c, Form::Ogg) {
-        Batch::Ogg(p, n) => (p, n),
+    match step(c, Form::Http) {
+        Batch::Http(p, n) => (p, n),
         other => panic!("asked for Ogg pages, got {other:?}"),
     }
 }
@@ -591,7 +591,7 @@ fn http_listeners_share_one_copy_of_each_runs_ogg_pages_numbered_in_stream_order
         let mut out = Vec::new();
         while let Some(step) = c.next().now_or_never() {
             match step {
-                Step::Frames(Batch::Ogg(p, _)) => out.extend(p),
+                Step::Frames(Batch::Http(p, _)) => out.extend(p),
                 Step::Finished => break,
                 _ => {}
             }

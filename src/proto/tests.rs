@@ -90,6 +90,44 @@ fn expected_messages() -> Vec<(&'static str, Message)> {
             },
         ),
         (
+            "hello_listener_v3",
+            Message::Hello {
+                version: 3,
+                role: Role::Listener,
+                token: Bytes::new(),
+            },
+        ),
+        (
+            "subscribed_mp3",
+            Message::Subscribed {
+                id: 1,
+                instance: 0x1234,
+                codec: Codec {
+                    kind: crate::proto::CODEC_MP3,
+                    sample_rate: 44_100,
+                    channels: 2,
+                    header: Bytes::new(),
+                },
+                info: Some(StreamInfo {
+                    started_ms: 1_796_622_041_000,
+                    access: StreamAccess::Public,
+                }),
+            },
+        ),
+        (
+            "publish_aac",
+            Message::Publish {
+                path: "radio".into(),
+                codec: Codec {
+                    kind: crate::proto::CODEC_AAC,
+                    sample_rate: 44_100,
+                    channels: 2,
+                    header: Bytes::from_static(&[0x12, 0x10]),
+                },
+                broadcast: None,
+            },
+        ),
+        (
             "subscribed_token",
             Message::Subscribed {
                 id: 1,
@@ -301,6 +339,35 @@ fn frame_and_segment_header_vectors() {
     let mut out = BytesMut::new();
     SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
     assert_eq!(hex(&out), hex(hb));
+    // Version 3: a segment with a title, both ways.
+    let titled = SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: Some(Bytes::from_static("Händel – Largo".as_bytes())),
+    };
+    let (_, _, tb) = vs
+        .iter()
+        .find(|(k, n, _)| k == "segment_header" && n == "segment_header_titled")
+        .expect("titled segment header vector");
+    let mut out = BytesMut::new();
+    titled.encode(&mut out);
+    assert_eq!(hex(&out), hex(tb));
+    assert_eq!(
+        UniHeader::decode(&mut BytesMut::from(&tb[..])).unwrap(),
+        Some(UniHeader::Segment(titled))
+    );
+    // A title record: a frame of duration 0, payload 0x01 and the title.
+    let (_, _, rb) = vs
+        .iter()
+        .find(|(k, n, _)| k == "frame" && n == "title_record")
+        .expect("title record vector");
+    let record = Frame {
+        pts: 96_000,
+        duration: 0,
+        wall_us: 0,
+        payload: Bytes::from_static(b"\x01News at six"),
+    };
+    assert_eq!(hex(&record.to_bytes()), hex(rb));
 }
 
 #[test]
@@ -311,6 +378,7 @@ fn invalid_vectors_are_refused() {
         let r = match kind.as_str() {
             "invalid_message" => Message::decode(&mut buf).map(|_| ()),
             "invalid_frame" => Frame::decode(&mut buf).map(|_| ()),
+            "invalid_segment_header" => UniHeader::decode(&mut buf).map(|_| ()),
             _ => continue,
         };
         assert!(r.is_err(), "{name} should be refused");
@@ -549,3 +617,4 @@ fn webtransport_envelope_vectors() {
         }))
     ));
 }
+
