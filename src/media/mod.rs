@@ -1,8 +1,9 @@
-//! Media: Opus in Ogg, in and out, and in fragmented MP4 (out); now-playing titles (from Icecast
-//! updates and OpusTags). All of it I/O-free (bytes in, packets or pages out).
+//! Media: Opus in Ogg, in and out, and in fragmented MP4 (out); now-playing titles, in (Icecast
+//! updates, OpusTags) and out (ICY metadata). All of it I/O-free (bytes in, packets or pages out).
 
 mod fmp4;
 pub mod framing;
+pub mod icy;
 pub mod metadata;
 mod ogg_demux;
 mod ogg_mux;
