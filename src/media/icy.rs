@@ -306,7 +306,7 @@ mod tests {
         let mut titles = Vec::new();
         let mut r = IcyReader::new(1);
         let mut audio = Vec::new();
-        r.feed(&[b'x'], &mut audio, &mut titles);
+        r.feed(b"x", &mut audio, &mut titles);
         r.feed(&b, &mut audio, &mut titles);
         let t = &titles[0].title;
         // 4064 bytes of room: 2032 two-byte characters, whole.
@@ -456,7 +456,7 @@ mod tests {
         }
         // The largest block, then a stream cut in a block.
         let mut s = vec![b'a', 255];
-        s.extend(std::iter::repeat(b'z').take(MAX_BLOCK));
+        s.extend(std::iter::repeat_n(b'z', MAX_BLOCK));
         s.push(b'b');
         s.extend([200, b'x']);
         let (a, t) = read(1, &s);
