@@ -96,12 +96,12 @@ pub fn updinfo_query(query: &str) -> Result<Update> {
             (decode_bytes(k).as_ref() == name.as_bytes()).then_some(v)
         })
     };
-    match param("mode") {
-        Some("updinfo") => {}
+    match param("mode").map(decode_bytes) {
+        Some(mode) if mode.as_ref() == b"updinfo" => {}
         Some(other) => {
             return Err(Error::protocol(format!(
                 "metadata update mode {:?} is not known (only mode=updinfo)",
-                String::from_utf8_lossy(&decode_bytes(other))
+                String::from_utf8_lossy(&other)
             )))
         }
         None => return Err(Error::protocol("metadata update without mode=updinfo")),
@@ -317,6 +317,8 @@ mod tests {
         // The mount with or without its slash; the parameters in any order.
         assert_eq!(update("song=x&mount=a/b&mode=updinfo").mount, "a/b");
         assert_eq!(update("mode=updinfo&mount=/a/b&song=x").mount, "a/b");
+        // Keys and values alike may come percent-encoded.
+        assert_eq!(update("m%6Fde=upd%69nfo&mount=l&song=x").mount, "l");
         // Cleaned as any title; an empty song clears the title.
         assert_eq!(
             update("mode=updinfo&mount=/l&song=%20A%09B%0A")
