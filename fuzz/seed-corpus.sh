@@ -4,7 +4,7 @@
 # header for `uni_header`, the WebTransport envelopes for `webtransport`; and the demo's Ogg Opus sample for `ogg`.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head corpus/webtransport corpus/radio_frames
+mkdir -p corpus/control corpus/frames corpus/uni_header corpus/ogg corpus/http_head corpus/webtransport corpus/radio_frames corpus/icy_metadata
 while read -r kind name hex; do
   case "$kind" in
     message|invalid_message) dir=control; prefix='\x00' ;;
@@ -29,3 +29,8 @@ printf 'SOURCE /live HTTP/1.0\r\nAuthorization: Basic c291cmNlOng=\r\n\r\n' > co
 # An ADTS frame header and an MP3 one (AAC LC 44.1 kHz stereo; MPEG-1 layer III 128 kbit/s).
 printf '\xff\xf1\x50\x80\x2e\x7f\xfc' > corpus/radio_frames/adts
 printf '\xff\xfb\x90\x64' > corpus/radio_frames/mp3
+# Now-playing metadata (the first byte is the ICY interval, the second the piece size): an
+# ICY stream with a title block every 4 bytes, an Icecast metadata update, an OpusTags packet.
+printf '\x04\x02abcd\x02StreamTitle='"'"'A - B'"'"';\0\0\0\0\0\0\0\0\0\0\0\0efgh\x00ijkl\x01StreamTitle='"'"''"'"';\0' > corpus/icy_metadata/icy
+printf '\x00\x00mode=updinfo&mount=%%2Flive&song=Caf%%E9+-+Title&charset=ISO-8859-1' > corpus/icy_metadata/updinfo
+printf '\x00\x00OpusTags\x07\x00\x00\x00quicast\x02\x00\x00\x00\x08\x00\x00\x00ARTIST=A\x07\x00\x00\x00TITLE=T' > corpus/icy_metadata/opustags

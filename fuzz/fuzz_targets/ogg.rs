@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use quicast::media::metadata::MAX_TITLE;
 use quicast::media::OggOpusDemuxer;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         d.push(piece);
         loop {
             match d.next_event() {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    if let Some(Some(t)) = d.take_title() {
+                        assert!(!t.is_empty() && t.len() <= MAX_TITLE);
+                    }
+                }
                 Ok(None) => break,
                 Err(_) => return,
             }

@@ -263,7 +263,7 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
 /// A title record (protocol version 3): a frame of duration 0 whose payload is kind 1 (the
 /// now-playing title) and its UTF-8, at `pts` (it holds from the audio after it).
 pub fn title_record(pts: u64, title: &str) -> Frame {
-    let t = crate::node::clean_title(title);
+    let t = crate::media::metadata::clean_title(title).unwrap_or_default();
     let mut p = Vec::with_capacity(1 + t.len());
     p.push(1);
     p.extend_from_slice(t.as_bytes());

@@ -1,5 +1,6 @@
 //! Media: Opus in Ogg, in and out; MP3 and AAC (ADTS) frames in; all of them in fragmented
-//! MP4 (out). All of it I/O-free (bytes in, packets or pages out).
+//! MP4 (out); now-playing titles in (Icecast updates, OpusTags) and out (ICY metadata). All
+//! of it I/O-free (bytes in, packets or pages out).
 
 mod aac;
 mod codec;
@@ -8,6 +9,8 @@ mod fmp4;
 mod fmp4_check;
 mod fmp4_track;
 pub mod framing;
+pub mod icy;
+pub mod metadata;
 mod ogg_demux;
 mod ogg_mux;
 pub mod ogg_page;

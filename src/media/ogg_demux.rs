@@ -7,10 +7,15 @@
 //! the beginning-of-stream page of the next): encoders and playout systems such as
 //! liquidsoap start a new one at each track change. Each chain is followed in turn, its
 //! start told as `OggEvent::Chain` with its own OpusHead.
+//!
+//! Each logical stream's OpusTags may name what is playing (its TITLE and ARTIST): that is
+//! kept for the caller to take (`take_title`) rather than told as an event, so the callers
+//! that match on every event need not learn a new one until they use titles.
 
 use bytes::{Buf, Bytes, BytesMut};
 use ogg::reading::{BasePacketReader, PageParser};
 
+use super::metadata::opus_tags_title;
 use super::opus::{opus_packet_samples, OpusHead};
 use crate::error::{Error, Result};
 use crate::proto::{MAX_CODEC_HEADER, MAX_FRAME_PAYLOAD};
@@ -47,6 +52,8 @@ pub struct OggOpusDemuxer {
     /// A logical stream before the current one ended (its head is a `Chain`'s).
     chained: bool,
     pending: std::collections::VecDeque<OggEvent>,
+    /// The title the current logical stream's OpusTags gave, until taken.
+    title: Option<Option<String>>,
 }
 
 impl Default for OggOpusDemuxer {
@@ -66,6 +73,7 @@ impl OggOpusDemuxer {
             ended: false,
             chained: false,
             pending: Default::default(),
+            title: None,
         }
     }
 
@@ -76,6 +84,15 @@ impl OggOpusDemuxer {
     /// Bytes pushed but not yet parsed (at most one partial page once `next` returns None).
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The now-playing title of the current logical stream's OpusTags ("ARTIST - TITLE", or
+    /// TITLE: `opus_tags_title`), once per logical stream: `Some` once its OpusTags has been
+    /// read (`Some(None)`: it names none), then `None` until the next chain's. The OpusTags
+    /// is read before the stream's first `Packet` comes out, so a caller that asks whenever
+    /// it takes a packet learns each chain's title before its audio.
+    pub fn take_title(&mut self) -> Option<Option<String>> {
+        self.title.take()
     }
 
     /// The next event, or None when more input is needed.
@@ -99,6 +116,7 @@ impl OggOpusDemuxer {
         self.partial = 0;
         self.ended = false;
         self.chained = true;
+        self.title = None;
     }
 
     /// Size limit of the `n`th packet of the logical stream.
@@ -204,7 +222,9 @@ impl OggOpusDemuxer {
                         OggEvent::Head(head)
                     });
                 }
-                1 if pkt.data.starts_with(b"OpusTags") => {}
+                1 if pkt.data.starts_with(b"OpusTags") => {
+                    self.title = Some(opus_tags_title(&pkt.data));
+                }
                 1 => return Err(Error::media("second Ogg Opus packet is not OpusTags")),
                 // Headers where audio belongs: said for what they are (as Opus packets they
                 // would only read as a nonsense frame count).

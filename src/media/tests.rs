@@ -407,3 +407,62 @@ fn headers_where_audio_belongs_are_named_for_what_they_are() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// A stereo logical stream of serial `serial` whose OpusTags holds `comments`, then packets
+/// `from..to` (20 ms each), ended.
+fn tagged_chain(serial: u32, comments: &[&str], from: u8, to: u8) -> Vec<u8> {
+    use ogg::writing::{PacketWriteEndInfo as End, PacketWriter};
+    let mut tags = b"OpusTags".to_vec();
+    tags.extend(7u32.to_le_bytes());
+    tags.extend(b"quicast");
+    tags.extend((comments.len() as u32).to_le_bytes());
+    for c in comments {
+        tags.extend((c.len() as u32).to_le_bytes());
+        tags.extend(c.as_bytes());
+    }
+    let mut w = PacketWriter::new(Vec::new());
+    let head = OpusHead::synthetic(2).raw.to_vec();
+    w.write_packet(head, serial, End::EndPage, 0).unwrap();
+    w.write_packet(tags, serial, End::EndPage, 0).unwrap();
+    for i in from..to {
+        let end = if i + 1 == to {
+            End::EndStream
+        } else {
+            End::EndPage
+        };
+        let granule = 960 * (i - from + 1) as u64;
+        w.write_packet(vec![0xf8, i], serial, end, granule).unwrap();
+    }
+    w.into_inner()
+}
+
+#[test]
+fn each_chains_opustags_title_is_there_before_its_audio() {
+    let mut stream = tagged_chain(1, &["ARTIST=A", "TITLE=One"], 0, 2);
+    stream.extend(tagged_chain(2, &["ENCODER=x"], 2, 3));
+    stream.extend(tagged_chain(3, &["title=Three"], 3, 5));
+    for chunk in [1usize, 7, 4096] {
+        let mut d = OggOpusDemuxer::new();
+        // The first packet after which a title was there to take, and the title.
+        let mut seen = Vec::new();
+        for c in stream.chunks(chunk) {
+            d.push(c);
+            while let Some(ev) = d.next_event().unwrap() {
+                if let OggEvent::Packet(p, ..) = ev {
+                    if let Some(t) = d.take_title() {
+                        seen.push((p[1], t));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0, Some("A - One".to_string())),
+                (2, None),
+                (3, Some("Three".to_string()))
+            ],
+            "in chunks of {chunk}"
+        );
+    }
+}

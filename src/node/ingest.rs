@@ -126,7 +126,7 @@ impl Publishing {
     /// now on carry it down the tree, in order with the audio. Control characters are
     /// dropped and it is cut to `MAX_TITLE` bytes (on a character boundary).
     pub fn set_title(&self, title: Option<&str>) {
-        let t = title.map(clean_title).filter(|t| !t.is_empty());
+        let t = title.and_then(crate::media::metadata::clean_title);
         info!(title = t.as_deref().unwrap_or(""), "now playing");
         self.broadcast.set_title(t.map(bytes::Bytes::from));
     }
@@ -157,18 +157,6 @@ impl Publishing {
             }
         });
     }
-}
-
-/// `t` without control characters or surrounding space, at most `MAX_TITLE` bytes.
-pub fn clean_title(t: &str) -> String {
-    let mut out = String::new();
-    for c in t.trim().chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > proto::MAX_TITLE {
-            break;
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Holds a publisher to real time: the media taken from it may run ahead of the wall clock

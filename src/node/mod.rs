@@ -36,7 +36,7 @@ mod upstream;
 pub use access::{Access, ListenRule, Need, Presented};
 pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
-pub use ingest::{clean_title, Pace, Publishing};
+pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
 pub use parents::{
     Member, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
