@@ -80,9 +80,7 @@ fn live_streams(node: &Node) -> Vec<StreamInfo> {
                 here: match b {
                     Some(b) => Carried {
                         codec: b.codec.name(),
-                        title: b
-                            .title()
-                            .map(|t| String::from_utf8_lossy(&t).into_owned()),
+                        title: b.title().map(|t| String::from_utf8_lossy(&t).into_owned()),
                         sample_rate: b.codec.sample_rate,
                         channels: b.codec.channels,
                         bitrate: b.bitrate(),

@@ -96,7 +96,9 @@ impl SourceReader {
     pub async fn head(&mut self) -> Result<Codec> {
         match self.next().await? {
             Some(SourceEvent::Head(h)) => Ok(h),
-            Some(_) => Err(Error::media("the input does not begin with its codec header")),
+            Some(_) => Err(Error::media(
+                "the input does not begin with its codec header",
+            )),
             None => Err(Error::media("input is empty")),
         }
     }
@@ -183,7 +185,14 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
                 // Every origin refused it for good: their reasons say why, below.
                 return Ok(());
             }
-            match reader.next().await? {
+            let ev = reader.next().await?;
+            if let Some(t) = reader.demux.take_title() {
+                // The input's own comments name what plays, unless told a title.
+                if opts.title.is_none() {
+                    remember(title_record(timeline.next, t.as_deref().unwrap_or("")));
+                }
+            }
+            match ev {
                 Some(SourceEvent::Packet {
                     payload,
                     duration,
@@ -316,6 +325,7 @@ async fn send_to(
                     .map_or(0, |(n, _)| *n),
             };
             let mut batch = Vec::new();
+            let mut skipped;
             loop {
                 let done = {
                     let r = replay.lock().unwrap_or_else(|e| e.into_inner());
@@ -334,11 +344,17 @@ async fn send_to(
                             .skip((next - oldest) as usize)
                             .map(|(_, f)| f.clone()),
                     );
+                    skipped = batch.len();
+                    // Title records are version 3's: an older origin is not sent them.
+                    if session.version < 3 {
+                        batch.retain(|f| f.duration > 0);
+                    }
+                    skipped -= batch.len();
                     r.done
                 };
-                if !batch.is_empty() {
+                if !batch.is_empty() || skipped > 0 {
                     publication.send(&batch).await?;
-                    next += batch.len() as u64;
+                    next += (batch.len() + skipped) as u64;
                     pos = Some(next);
                     backoff = Duration::from_millis(100);
                 } else if done {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{info, info_span, Instrument};
 
 use crate::error::{Error, Result};
+use crate::media::icy::IcyWriter;
 use crate::media::ogg_page;
 use crate::model::{since_epoch, Batch, Broadcast, Cursor, Egress, Step};
 use crate::node::{inc, HttpAdmission, Node, Peer, Subscriber};
@@ -61,6 +62,13 @@ struct Place {
     unsent: (u64, u64),
     /// When the listener began to join, until its first audio.
     joining: Option<std::time::Instant>,
+    /// ICY metadata blocks among the audio, for a listener that asked (`Icy-MetaData: 1`).
+    /// Audio goes through the writer only as the socket takes it (into `ready`), so what a
+    /// skip drops from `pending` was never counted: blocks stay every `metaint` bytes of
+    /// what the listener got.
+    icy: Option<IcyWriter>,
+    /// What the ICY writer made of the audio last taken from `pending`, being written.
+    ready: VecDeque<Bytes>,
 }
 
 /// What one serving left the listener.
@@ -72,8 +80,10 @@ enum Served {
 }
 
 impl Place {
-    fn new(joining: std::time::Instant) -> Place {
+    fn new(joining: std::time::Instant, icy: Option<usize>) -> Place {
         Place {
+            icy: icy.map(IcyWriter::new),
+            ready: VecDeque::new(),
             pending: VecDeque::new(),
             written: 0,
             tail: None,
@@ -100,11 +110,11 @@ impl Place {
         node: &Node,
         now: Instant,
     ) -> Served {
-        if !self.pending.is_empty() {
+        if !self.idle() {
             if let Err(why) = self.flush(out, now) {
                 return Served::Gone(why);
             }
-            if !self.pending.is_empty() {
+            if !self.idle() {
                 if let Some(at) = self.ended {
                     return if now.duration_since(at) >= LAST_WORDS {
                         Served::Gone("the broadcast ended (its last pages not taken)".into())
@@ -141,17 +151,27 @@ impl Place {
                     }
                     cursor.recycle(batch);
                 }
+                Step::Begin(_) => {
+                    // A segment carries the title from its start: ICY listeners have it
+                    // in their next block.
+                    if let Some(icy) = self.icy.as_mut() {
+                        let t = cursor.title();
+                        icy.set_title(t.as_deref().and_then(|t| std::str::from_utf8(t).ok()));
+                    }
+                }
                 Step::Skip { .. } => {
                     // The store moved on under it (its segment gone): the pages go on from
                     // the newer one, a gap in their numbers saying so.
                     self.skips += 1;
                     inc(&node.stats.skips_total);
                 }
-                Step::Begin(_) | Step::Sealed(_) => {}
+                Step::Sealed(_) => {}
                 Step::Finished => {
+                    // Ogg ends with its end-of-stream page (MP3 and AAC just stop).
                     if let Some((seq, granule)) = self
                         .tail
                         .as_ref()
+                        .filter(|_| !heads.is_empty())
                         .and_then(|t| ogg_page::last_page_numbers(t))
                     {
                         self.pending.push_back(ogg_page::eos_page(
@@ -168,7 +188,7 @@ impl Place {
         if let Err(why) = self.flush(out, now) {
             return Served::Gone(why);
         }
-        if self.ended.is_some() && self.pending.is_empty() {
+        if self.ended.is_some() && self.idle() {
             return Served::Gone("the broadcast ended".into());
         }
         Served::Open
@@ -179,7 +199,7 @@ impl Place {
         let Some(last) = pages.last() else {
             return;
         };
-        if self.tail.is_none() {
+        if self.tail.is_none() && !heads.is_empty() {
             self.pending.push_back(heads.clone());
         }
         self.pending.extend(pages.iter().cloned());
@@ -191,37 +211,28 @@ impl Place {
         self.unsent.1 += len;
     }
 
+    /// Nothing left to write.
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.ready.is_empty()
+    }
+
     /// Writes what is pending until the socket takes no more. Err: the listener is gone.
     fn flush(&mut self, out: &mut impl Write, now: Instant) -> std::result::Result<(), String> {
-        const MAX: usize = 64;
-        let mut progress = false;
-        while !self.pending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX];
-            let mut k = 0;
-            for (j, b) in self.pending.iter().take(MAX).enumerate() {
-                slices[j] = IoSlice::new(if j == 0 { &b[self.written..] } else { b });
-                k = j + 1;
-            }
-            let mut n = match out.write_vectored(&slices[..k]) {
-                Ok(0) => return Err("the HTTP listener left".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err("the HTTP listener left".into()),
-            };
-            progress = true;
-            while let Some(front) = self.pending.front() {
-                let left = front.len() - self.written;
-                if n < left {
-                    self.written += n;
-                    break;
+        let queue = match self.icy.as_mut() {
+            Some(icy) => {
+                if self.ready.is_empty() && !self.pending.is_empty() {
+                    let mut out = Vec::with_capacity(self.pending.len() + 2);
+                    for audio in self.pending.drain(..) {
+                        icy.write(audio, &mut out);
+                    }
+                    self.ready.extend(out);
                 }
-                n -= left;
-                self.written = 0;
-                self.pending.pop_front();
+                &mut self.ready
             }
-        }
-        if self.pending.is_empty() {
+            None => &mut self.pending,
+        };
+        let progress = write_queue(queue, &mut self.written, out)?;
+        if self.idle() {
             self.retry_at = None;
             self.backoff = Duration::ZERO;
         } else {
@@ -238,15 +249,58 @@ impl Place {
     /// Moved forward: what was not begun is dropped (a page begun is finished at the next
     /// write); the pages go on from the newer segment, a gap in their sequence numbers
     /// saying what was skipped (as a lagging Icecast listener sees): players hear a short
-    /// jump, never a broken file.
+    /// jump, never a broken file. (An ICY listener keeps what its writer counted, `ready`:
+    /// its blocks stay in place.)
     fn skip(&mut self) {
         self.skips += 1;
+        if self.icy.is_some() {
+            self.pending.clear();
+            return;
+        }
         let begun = (self.written > 0)
             .then(|| self.pending.pop_front())
             .flatten();
         self.pending.clear();
         self.pending.extend(begun);
     }
+}
+
+/// Writes `queue` (its front `written` bytes in) until the socket takes no more; whether it
+/// took anything. Err: the listener is gone.
+fn write_queue(
+    queue: &mut VecDeque<Bytes>,
+    written: &mut usize,
+    out: &mut impl Write,
+) -> std::result::Result<bool, String> {
+    const MAX: usize = 64;
+    let mut progress = false;
+    while !queue.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX];
+        let mut k = 0;
+        for (j, b) in queue.iter().take(MAX).enumerate() {
+            slices[j] = IoSlice::new(if j == 0 { &b[*written..] } else { b });
+            k = j + 1;
+        }
+        let mut n = match out.write_vectored(&slices[..k]) {
+            Ok(0) => return Err("the HTTP listener left".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err("the HTTP listener left".into()),
+        };
+        progress = true;
+        while let Some(front) = queue.front() {
+            let left = front.len() - *written;
+            if n < left {
+                *written += n;
+                break;
+            }
+            n -= left;
+            *written = 0;
+            queue.pop_front();
+        }
+    }
+    Ok(progress)
 }
 
 /// An HTTP listener in its herd.
@@ -288,12 +342,14 @@ impl Herds {
             write_every,
             serial,
             opus_head,
+            icy,
+            content_type: _,
         } = listener;
         let b = sub.cursor.broadcast().clone();
         let key = (b.local_id(), eager);
         let mut member = Member {
             tcp,
-            place: Place::new(sub.joining),
+            place: Place::new(sub.joining, icy),
             sub,
             remote,
             started: std::time::Instant::now(),
@@ -313,7 +369,11 @@ impl Herds {
             node: node.clone(),
             herds: self.clone(),
             key,
-            heads: ogg_page::opus_header_pages(serial, &opus_head),
+            // Ogg's two header pages; MP3 and AAC need none.
+            heads: match b.ogg {
+                Some(_) => ogg_page::opus_header_pages(serial, &opus_head),
+                None => Bytes::new(),
+            },
             serial,
             write_every,
             members: Vec::new(),
@@ -455,6 +515,7 @@ impl Herd {
             Served::Open => true,
             Served::Gone(why) => {
                 m.place.pending.clear();
+                m.place.ready.clear();
                 log_end(m, &why);
                 false
             }
@@ -514,27 +575,51 @@ pub(crate) struct Listener {
     sub: Subscriber,
     eager: bool,
     write_every: Duration,
+    /// The Ogg serial of an Opus stream (0 for MP3 and AAC, which have no headers).
     serial: u32,
     opus_head: Bytes,
+    /// ICY metadata every this many bytes (the listener asked for it).
+    icy: Option<usize>,
+    /// The stream's content type.
+    pub(crate) content_type: &'static str,
+}
+
+impl Listener {
+    /// The listener takes ICY metadata blocks (`Icy-MetaData: 1`): one every `metaint`
+    /// bytes of audio.
+    pub(crate) fn with_icy(mut self, metaint: usize) -> Listener {
+        self.icy = Some(metaint);
+        self
+    }
 }
 
 /// Subscribes an HTTP listener to `name` (waiting up to `http-wait-secs` for it to start):
 /// once answered, `Herds::join` serves it its headers, a burst, and the live edge.
 /// `low_latency`: every frame at once, while the node has headroom.
+/// `codec`: the one the listener asked for (by the URL's extension), if any.
 pub(crate) async fn listen(
     node: Arc<Node>,
     name: String,
     peer: &Peer,
     low_latency: bool,
+    codec: Option<u64>,
 ) -> Result<Listener> {
     let peer = &peer.served_as(Egress::HttpOgg);
     let mut sub = node
         .subscribe(&name, Start::Live, node.cfg.http_wait_secs.get(), peer)
         .await?;
     let b = sub.cursor.broadcast().clone();
-    let Some(ogg) = b.ogg.as_ref() else {
-        return Err(Error::unsupported("this stream's codec has no Ogg mapping"));
-    };
+    if codec.is_some_and(|c| c != b.codec.kind) {
+        let ext = match b.codec.kind {
+            crate::proto::CODEC_MP3 => "mp3",
+            crate::proto::CODEC_AAC => "aac",
+            _ => "ogg",
+        };
+        return Err(Error::unsupported(format!(
+            "stream {name} is {}: GET /{name}.{ext} (or /{name})",
+            b.codec.name()
+        )));
+    }
     // Players buffer before they start, and a browser plays from the first page it gets:
     // begin `http-burst-ms` of whole segments further back than the live edge (one, for a
     // low-latency listener), so they start at once with audio in hand.
@@ -557,8 +642,10 @@ pub(crate) async fn listen(
     Ok(Listener {
         eager: low_latency,
         write_every,
-        serial: ogg.serial,
+        serial: b.ogg.as_ref().map_or(0, |o| o.serial),
         opus_head: b.codec.header.clone(),
+        icy: None,
+        content_type: crate::media::content_type(&b.codec),
         node,
         sub,
     })
@@ -701,7 +788,7 @@ mod tests {
     #[test]
     fn a_listener_skipped_mid_page_gets_that_page_finished_and_a_valid_stream() {
         let heads = ogg_page::opus_header_pages(9, &OpusHead::synthetic(2).raw);
-        let mut place = Place::new(std::time::Instant::now());
+        let mut place = Place::new(std::time::Instant::now(), None);
         let mut out = pipe(20_000);
         let (mut pages, mut seq) = (Vec::new(), 2);
         for k in 0..40 {
@@ -791,7 +878,7 @@ mod tests {
         let mut cursor = b.cursor(Start::Live);
         cursor.back(1);
         cursor.set_form(Form::Http);
-        let mut place = Place::new(std::time::Instant::now());
+        let mut place = Place::new(std::time::Instant::now(), None);
         let mut out = pipe(usize::MAX);
         let now = Instant::now();
         let serve = |place: &mut Place, cursor: &mut Cursor, out: &mut Pipe| {

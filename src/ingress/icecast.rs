@@ -18,7 +18,7 @@ use crate::node::{credential, secret_eq, Node, Pace, Publishing};
 use crate::proto::{self, Codec, Frame};
 
 /// `Authorization: Basic base64(source:PASSWORD)` against the configured password.
-fn authorize(node: &Node, auth: Option<&[u8]>) -> Result<()> {
+pub(crate) fn authorize(node: &Node, auth: Option<&[u8]>) -> Result<()> {
     let Some(expected) = &node.cfg.source_password else {
         return Err(Error::new(
             Kind::NotAllowed,
@@ -182,6 +182,9 @@ struct Source<'a> {
     displaced: Option<Arc<tokio::sync::Notify>>,
     /// Frames demuxed, not yet pushed into the broadcast.
     frames: Vec<Frame>,
+    /// The title the source's own stream gave last (Ogg comments), given to the broadcast
+    /// it claims.
+    title: Option<String>,
 }
 
 impl<'a> Source<'a> {
@@ -203,6 +206,7 @@ impl<'a> Source<'a> {
             deadline: now + silence,
             displaced: None,
             frames: Vec::new(),
+            title: None,
         }
     }
 
@@ -229,6 +233,15 @@ impl<'a> Source<'a> {
             };
             self.demux.push(&chunk);
             while let Some(ev) = self.demux.next_event()? {
+                if let Some(t) = self.demux.take_title() {
+                    // An Ogg stream's comments name what plays (a chain per track): from
+                    // its audio on.
+                    self.flush()?;
+                    self.title = t;
+                    if let Some(p) = &self.publishing {
+                        p.set_title(self.title.as_deref());
+                    }
+                }
                 self.event(ev).await?;
             }
             self.flush()?;
@@ -291,6 +304,9 @@ impl<'a> Source<'a> {
             Some(id),
         )?;
         self.displaced = Some(p.displaced());
+        if self.title.is_some() {
+            p.set_title(self.title.as_deref());
+        }
         self.publishing = Some(p);
         self.published = true;
         Ok(())
@@ -304,9 +320,7 @@ impl<'a> Source<'a> {
         self.chained = true;
         self.ended = false;
         if self.head.as_ref().is_some_and(|cur| *cur == h) {
-            debug!(
-                "the source chained a new stream with the same codec: the broadcast goes on"
-            );
+            debug!("the source chained a new stream with the same codec: the broadcast goes on");
             self.timeline.restart();
             return Ok(());
         }

@@ -337,7 +337,12 @@ fn frame_and_segment_header_vectors() {
         .find(|(k, ..)| k == "segment_header")
         .expect("segment header vector");
     let mut out = BytesMut::new();
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     assert_eq!(hex(&out), hex(hb));
     // Version 3: a segment with a title, both ways.
     let titled = SegmentHeader {
@@ -582,7 +587,12 @@ fn print_vectors() {
     }
     println!("frame frame {}", hex(&expected_frame().to_bytes()));
     let mut out = BytesMut::new();
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     println!("segment_header segment_header {}", hex(&out));
 }
 
@@ -599,7 +609,12 @@ fn webtransport_envelope_vectors() {
     // A segment stream: the envelope, then the segment header as on a native connection.
     let seg = find("wt_segment");
     let mut out = BytesMut::from(&segment_prefix(0)[..]);
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     assert_eq!(hex(&out), hex(&seg));
     // A control stream: the preamble read, then HELLO.
     let ctl = find("wt_control");
@@ -617,4 +632,3 @@ fn webtransport_envelope_vectors() {
         }))
     ));
 }
-

@@ -101,6 +101,7 @@ pub fn publish_sample(o: &Server, path: &str) -> tokio::task::JoinHandle<()> {
             ))),
             looping: true,
             realtime: true,
+            title: None,
         };
         let _ = quicast::client::publish(vec![origin], &opts).await;
     })

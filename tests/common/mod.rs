@@ -231,6 +231,8 @@ pub struct Heard {
     pub frames: Vec<Frame>,
     /// (segment seq, index into `frames` where it starts)
     pub segments: Vec<(u64, usize)>,
+    /// Title changes: (index into `frames` where the title began, the title).
+    pub titles: Vec<(usize, Option<String>)>,
     pub report: ListenReport,
 }
 
@@ -260,6 +262,7 @@ pub async fn hear(
                     p.send_replace(h.frames.len());
                 }
             }
+            ListenEvent::Title(t) => h.titles.push((h.frames.len(), t.map(str::to_string))),
             ListenEvent::Skipped(_) | ListenEvent::Missed { .. } | ListenEvent::Moved { .. } => {}
         }
         Ok(())

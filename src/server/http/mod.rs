@@ -259,16 +259,19 @@ async fn serve_connection(
         let arrived = std::time::Instant::now();
         let route = route::route(&head);
         match route {
-            Route::Ogg { name, low_latency } if head.method == Method::Get => {
+            Route::Listen {
+                name,
+                low_latency,
+                codec,
+            } if head.method == Method::Get => {
                 // The connection becomes the stream.
-                return listen::ogg(
+                return listen::stream(
                     &node,
                     &door.herds,
                     conn,
                     &head,
                     remote,
-                    name,
-                    low_latency,
+                    (name, codec, low_latency),
                     arrived,
                     admitted,
                 )
@@ -289,7 +292,10 @@ async fn serve_connection(
                         Err(_) => return,
                     }
                 }
-                let mut reply = answer(&node, route, &head, remote).await;
+                let mut reply = match route {
+                    Route::Metadata { query } => source::metadata(&door, &head, remote, &query),
+                    route => answer(&node, route, &head, remote).await,
+                };
                 cors(&mut reply);
                 let head_only = head.method == Method::Head;
                 if reply
@@ -335,17 +341,25 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
                 Err(refusal) => refusal,
             }
         }
-        Route::Ogg { name, .. } => {
+        Route::Listen { name, codec, .. } => {
             // HEAD: as GET would answer, without the body.
             let token = ListenToken::of(head);
             match may_listen(node, &name, token.value()) {
                 Err(refusal) => refusal,
+                Ok(_) if codec.is_none() && !listen::known(node, &name) => {
+                    Reply::text(404, format!("no stream {name}"))
+                }
                 Ok(presented) => {
                     let peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
                     match crate::egress::http_ogg::is_live(node, &name, &peer).await {
                         Ok(true) => {
-                            let mut r = Reply::new(200, "audio/ogg", Bytes::new());
-                            listen::ogg_headers(&mut r);
+                            let ct = node
+                                .registry
+                                .get(&name)
+                                .and_then(|s| s.broadcast())
+                                .map_or("audio/ogg", |b| crate::media::content_type(&b.codec));
+                            let mut r = Reply::new(200, ct, Bytes::new());
+                            listen::stream_headers(&mut r, ct);
                             r
                         }
                         Ok(false) => Reply::text(404, format!("stream {name} is not live")),
@@ -356,6 +370,8 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
             }
         }
         Route::Bad(why) => Reply::text(400, why),
+        // Answered with the sources' door (its wrong-password count): see above.
+        Route::Metadata { .. } => Reply::text(500, "misrouted"),
         Route::NotFound => Reply::text(404, "no such page"),
         Route::MethodNotAllowed | Route::Source { .. } => {
             Reply::text(405, "method not allowed").with("Allow", "GET, HEAD, OPTIONS, PUT")

@@ -76,6 +76,66 @@ fn refusal(node: &Node, status: u16, why: &str) -> Reply {
     r
 }
 
+/// `GET /admin/metadata?mode=updinfo&mount=/NAME&song=TITLE` (Icecast's, with the source's
+/// credentials): the stream's now-playing title, from the next segment on, down the tree.
+/// Guessing the password here costs what it does on `PUT`.
+pub(super) fn metadata(door: &Door, head: &RequestHead, remote: SocketAddr, query: &str) -> Reply {
+    let node = &door.node;
+    if door.guesses.spent(remote.ip()) {
+        inc(&node.stats.auth_refused_total);
+        return refusal(
+            node,
+            429,
+            "too many wrong source passwords from this address: try again later",
+        )
+        .with("Retry-After", GUESS_WINDOW.as_secs().to_string());
+    }
+    if node.is_relay() {
+        return refusal(
+            node,
+            403,
+            "a relay takes no titles; send them to the origin",
+        );
+    }
+    if let Err(e) = icecast::authorize(node, head.authorization.as_deref()) {
+        if e.kind() == Kind::Unauthorized {
+            inc(&node.stats.auth_refused_total);
+            door.guesses.failed(remote.ip());
+        }
+        return refusal(node, status_for(&e), e.reason());
+    }
+    let update = match crate::media::metadata::updinfo_query(query) {
+        Ok(u) => u,
+        Err(e) => return refusal(node, status_for(&e), e.reason()),
+    };
+    let Some(b) = node
+        .registry
+        .get(&update.mount)
+        .and_then(|s| s.broadcast())
+        .filter(|b| !b.is_finished())
+    else {
+        return refusal(
+            node,
+            404,
+            &format!("no live stream {} on this origin", update.mount),
+        );
+    };
+    tracing::info!(
+        path = %update.mount,
+        title = update.title.as_deref().unwrap_or(""),
+        "now playing (source's update)"
+    );
+    b.set_title(update.title.map(bytes::Bytes::from));
+    // Icecast's answer, which source clients read.
+    Reply::new(
+        200,
+        "text/xml",
+        bytes::Bytes::from_static(
+            b"<?xml version=\"1.0\"?>\n<iceresponse><message>Metadata update successful</message><return>1</return></iceresponse>\n",
+        ),
+    )
+}
+
 /// Takes a source on `conn` until its body ends (or it fails), then answers with how it
 /// ended (a PUT) or just closes (a legacy SOURCE, told 200 at its start).
 pub(super) async fn serve(
