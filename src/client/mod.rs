@@ -126,7 +126,10 @@ impl Client {
             // A node from before version 3 (a tree being upgraded) refuses it: say 2, which
             // carries Opus streams without titles.
             Err(e) if e.remote_code() == Some(ErrorCode::UnsupportedVersion) => {
-                debug!("the node does not speak version {}: saying 2", proto::VERSION);
+                debug!(
+                    "the node does not speak version {}: saying 2",
+                    proto::VERSION
+                );
                 let conn = self
                     .endpoint
                     .connect_with(self.config.clone(), addr, &url.host)?

@@ -96,7 +96,9 @@ impl SourceReader {
     pub async fn head(&mut self) -> Result<Codec> {
         match self.next().await? {
             Some(SourceEvent::Head(h)) => Ok(h),
-            Some(_) => Err(Error::media("the input does not begin with its codec header")),
+            Some(_) => Err(Error::media(
+                "the input does not begin with its codec header",
+            )),
             None => Err(Error::media("input is empty")),
         }
     }

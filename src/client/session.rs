@@ -242,7 +242,8 @@ impl Session {
                                 let tx = lock(&r).get(&sub_id).cloned();
                                 match tx {
                                     Some(tx) => {
-                                        let _ = tx.send(Event::Segment { seq, title, frames }).await;
+                                        let _ =
+                                            tx.send(Event::Segment { seq, title, frames }).await;
                                     }
                                     None => frames.stop(ErrorCode::Cancelled),
                                 }

@@ -304,9 +304,7 @@ impl<'a> Source<'a> {
         self.chained = true;
         self.ended = false;
         if self.head.as_ref().is_some_and(|cur| *cur == h) {
-            debug!(
-                "the source chained a new stream with the same codec: the broadcast goes on"
-            );
+            debug!("the source chained a new stream with the same codec: the broadcast goes on");
             self.timeline.restart();
             return Ok(());
         }

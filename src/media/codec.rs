@@ -21,7 +21,9 @@ pub fn check_codec(c: &Codec) -> Result<()> {
             c.name(),
             c.header.len()
         ))),
-        k => Err(Error::media(format!("codec {k} is not one this node knows"))),
+        k => Err(Error::media(format!(
+            "codec {k} is not one this node knows"
+        ))),
     }
 }
 
@@ -35,7 +37,11 @@ pub fn frame_samples(c: &Codec, payload: &[u8]) -> Result<u32> {
         }
         CODEC_MP3 => framing::mp3(payload),
         CODEC_AAC => framing::adts(payload),
-        k => return Err(Error::media(format!("codec {k} is not one this node knows"))),
+        k => {
+            return Err(Error::media(format!(
+                "codec {k} is not one this node knows"
+            )))
+        }
     };
     let h = raw.ok_or_else(|| Error::media(format!("a frame that is not {}", c.name())))?;
     if h.len != payload.len() {

@@ -21,7 +21,12 @@ pub enum SourceKind {
 impl SourceKind {
     /// The format a `Content-Type` names (parameters ignored); None for one not taken.
     pub fn from_content_type(ct: &str) -> Option<SourceKind> {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "audio/ogg" | "application/ogg" | "audio/opus" | "audio/x-ogg" => {
                 Some(SourceKind::OggOpus)
@@ -118,20 +123,19 @@ impl SourceDemuxer {
     /// The next event, or None until more bytes come.
     pub fn next_event(&mut self) -> Result<Option<SourceEvent>> {
         if let Inner::Sniffing(b, said) = &mut self.inner {
-            let kind = match (SourceKind::sniff(b), *said) {
-                // An ID3 tag leads MP3 and AAC files alike: the source's word decides.
-                (Some(SourceKind::Mp3), Some(SourceKind::Aac)) if b.starts_with(b"ID3") => {
-                    SourceKind::Aac
-                }
-                (Some(k), _) => k,
-                (None, Some(k)) if b.len() >= 16 => k,
-                (None, None) if b.len() >= 16 => {
-                    return Err(Error::media(
+            let kind =
+                match (SourceKind::sniff(b), *said) {
+                    // An ID3 tag leads MP3 and AAC files alike: the source's word decides.
+                    (Some(SourceKind::Mp3), Some(SourceKind::Aac)) if b.starts_with(b"ID3") => {
+                        SourceKind::Aac
+                    }
+                    (Some(k), _) => k,
+                    (None, Some(k)) if b.len() >= 16 => k,
+                    (None, None) if b.len() >= 16 => return Err(Error::media(
                         "the stream is not Ogg Opus, MP3 or AAC in ADTS (its first bytes say none)",
-                    ))
-                }
-                (None, _) => return Ok(None),
-            };
+                    )),
+                    (None, _) => return Ok(None),
+                };
             let held = std::mem::take(b);
             self.inner = Inner::start(kind);
             self.push(&held);
@@ -199,7 +203,11 @@ impl RawFramer {
         self.buf.advance(n);
         self.junk += n;
         if self.junk > MAX_JUNK {
-            let what = if self.kind == CODEC_AAC { "AAC (ADTS)" } else { "MP3" };
+            let what = if self.kind == CODEC_AAC {
+                "AAC (ADTS)"
+            } else {
+                "MP3"
+            };
             return Err(Error::media(format!(
                 "no {what} frame in {MAX_JUNK} bytes: the stream is not {what}"
             )));

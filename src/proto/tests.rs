@@ -299,7 +299,12 @@ fn frame_and_segment_header_vectors() {
         .find(|(k, ..)| k == "segment_header")
         .expect("segment header vector");
     let mut out = BytesMut::new();
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     assert_eq!(hex(&out), hex(hb));
 }
 
@@ -514,7 +519,12 @@ fn print_vectors() {
     }
     println!("frame frame {}", hex(&expected_frame().to_bytes()));
     let mut out = BytesMut::new();
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     println!("segment_header segment_header {}", hex(&out));
 }
 
@@ -531,7 +541,12 @@ fn webtransport_envelope_vectors() {
     // A segment stream: the envelope, then the segment header as on a native connection.
     let seg = find("wt_segment");
     let mut out = BytesMut::from(&segment_prefix(0)[..]);
-    SegmentHeader { sub_id: 1, seq: 5, title: None }.encode(&mut out);
+    SegmentHeader {
+        sub_id: 1,
+        seq: 5,
+        title: None,
+    }
+    .encode(&mut out);
     assert_eq!(hex(&out), hex(&seg));
     // A control stream: the preamble read, then HELLO.
     let ctl = find("wt_control");

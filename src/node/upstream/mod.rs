@@ -330,7 +330,8 @@ impl Upstream {
                                 frames.stop(ErrorCode::Cancelled);
                                 continue;
                             };
-                            if let Err(e) = merge.read_segment(i, seq, title, frames, &caught).await {
+                            if let Err(e) = merge.read_segment(i, seq, title, frames, &caught).await
+                            {
                                 if let Some(why) = e.mismatch {
                                     return LegEnd::Mismatch(why);
                                 }
