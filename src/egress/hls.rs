@@ -76,6 +76,17 @@ impl Form {
         }
     }
 
+    /// Whether the playlist lists parts (LL-HLS) or whole segments only. Packed MP3 is
+    /// listed whole: hls.js (1.7.4) appends only the first part of each segment of it to
+    /// MSE where it belongs (its buffer-controller re-bases `timestampOffset` of an
+    /// `audio/mpeg` SourceBuffer at a segment's first chunk only, and puts later chunks
+    /// at the fMP4 offset, `-initPTS`: minutes away), so a player taking parts hears a
+    /// fifth of the audio with holes between. Blocking reloads (`_HLS_msn`) still hold the
+    /// playlist until the next segment is whole; the parts are served all the same.
+    pub fn has_parts(self) -> bool {
+        self == Form::Fmp4
+    }
+
     fn content_type(self) -> &'static str {
         match self {
             Form::Fmp4 => "audio/mp4",
@@ -667,15 +678,21 @@ pub fn render(b: &Broadcast) -> String {
     let part_target = (part_len * 1000).div_ceil(u64::from(rate.max(1))) as f64 / 1000.0;
     let base = format!("{}.hls/{}", leaf(&b.path), b.instance);
     let runs = title_runs(b, &segs, &frames);
+    // Packed MP3 is listed as whole segments only (see `Form::has_parts`).
+    let has_parts = form.has_parts();
     let mut o = String::with_capacity(2048);
     o.push_str("#EXTM3U\n#EXT-X-VERSION:9\n");
     let _ = writeln!(o, "#EXT-X-TARGETDURATION:{target}");
-    let _ = writeln!(
-        o,
-        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}",
-        part_target * 3.0
-    );
-    let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET={part_target:.3}");
+    if has_parts {
+        let _ = writeln!(
+            o,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}",
+            part_target * 3.0
+        );
+        let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET={part_target:.3}");
+    } else {
+        o.push_str("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n");
+    }
     let _ = writeln!(
         o,
         "#EXT-X-MEDIA-SEQUENCE:{}",
@@ -691,7 +708,7 @@ pub fn render(b: &Broadcast) -> String {
         let sealed = seg.is_sealed() || ended;
         if fr.is_empty() {
             // Only a segment just begun: its first part is to come.
-            if !sealed {
+            if !sealed && has_parts {
                 let _ = writeln!(
                     o,
                     "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.{ext}\"",
@@ -723,7 +740,7 @@ pub fn render(b: &Broadcast) -> String {
             );
         }
         first_listed = false;
-        if i >= with_parts && !ended {
+        if i >= with_parts && !ended && has_parts {
             for k in 0..complete_parts(seg, fr, part_len).max(u64::from(sealed)) {
                 let (from, to) = part_range(fr, part_len, k);
                 if from == to {
@@ -740,7 +757,7 @@ pub fn render(b: &Broadcast) -> String {
         if sealed {
             let _ = writeln!(o, "#EXTINF:{:.3},", seconds(duration_of(fr), rate));
             let _ = writeln!(o, "{base}/{}.{ext}", seg.seq);
-        } else {
+        } else if has_parts {
             let next = complete_parts(seg, fr, part_len);
             let _ = writeln!(
                 o,
@@ -753,7 +770,7 @@ pub fn render(b: &Broadcast) -> String {
         _ if ended => o.push_str("#EXT-X-ENDLIST\n"),
         // A relay seals a segment when its parent's stream of it ends, before the next
         // begins: the next one's first part is the one to come.
-        Some(last) if last.is_sealed() => {
+        Some(last) if last.is_sealed() && has_parts => {
             let _ = writeln!(
                 o,
                 "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.{ext}\"",
@@ -1029,17 +1046,21 @@ mod tests {
         feed(&b, 3, Some("B \"live\""));
         let p = render(&b);
         assert!(!p.contains("EXT-X-MAP"), "{p}");
-        assert!(p.contains("#EXT-X-PART-INF:PART-TARGET=0.183\n"), "{p}");
+        // Whole segments only: no parts, no hints; blocking reloads all the same.
+        assert!(
+            p.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n"),
+            "{p}"
+        );
+        assert!(!p.contains("PART"), "{p}");
         // 38 frames of 1152 samples at 44.1 kHz.
         assert!(p.contains("#EXTINF:0.993,\nmp3.hls/42/0.mp3\n"), "{p}");
-        assert!(p.contains("URI=\"mp3.hls/42/3.5.mp3\""), "{p}");
-        assert!(p.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"mp3.hls/42/3.5.mp3\""));
-        for l in p.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
-            let d: f64 = l["#EXT-X-PART:DURATION=".len()..][..5]
-                .parse()
-                .unwrap_or(9.0);
-            assert!(d <= 0.183, "{l}");
-        }
+        assert!(p.ends_with("#EXTINF:0.993,\nmp3.hls/42/2.mp3\n"), "{p}");
+        // The open segment's parts are still served, 7 frames (183 ms) each.
+        let open = b.segment(3).unwrap_or_else(|| panic!("segment 3 held"));
+        assert_eq!(
+            part_range(&frames_of(&open), part_samples(&b.codec), 4),
+            (28, 35)
+        );
         assert_eq!(
             dateranges(&p),
             [
