@@ -260,7 +260,10 @@ pub async fn hear(
                     p.send_replace(h.frames.len());
                 }
             }
-            ListenEvent::Skipped(_) | ListenEvent::Missed { .. } | ListenEvent::Moved { .. } => {}
+            ListenEvent::Skipped(_)
+            | ListenEvent::Missed { .. }
+            | ListenEvent::Moved { .. }
+            | ListenEvent::Title(_) => {}
         }
         Ok(())
     })
