@@ -525,3 +525,184 @@ fn ffmpeg_reads_mp3_and_aac_hls_from_an_edge_two_relays_down_one_contiguous_run(
         );
     }
 }
+
+/// The test's page: hls.js (inlined) plays each of `streams` from `edge` in an `<audio>`
+/// element of its own, side by side, on Media Source Extensions, and once its element has
+/// played `play_secs` of audio (its `timeupdate` events say), reports how: what went to
+/// MSE (BUFFER_CODECS), every error hls.js raised, `waiting` events after it began to
+/// play, the element's played and buffered ranges, bytes of audio decoded, the title date
+/// ranges of the playlist (`hls.levels[0].details.dateRanges`) and titles from timed ID3.
+fn hlsjs_page(edge: &str, streams: &[&str], play_secs: u32) -> String {
+    let hls = hls_js();
+    let list = serde_json::to_string(streams).unwrap();
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"></head><body>
+<script>{hls}</script>
+<script>
+const reportTo = location.origin + '/report?';
+const ranges = r => [...Array(r.length).keys()].map(i => [r.start(i), r.end(i)]);
+// The title of an ID3 tag's TIT2 frame (ID3v2.4: syncsafe sizes, encoding 3: UTF-8).
+function tit2(d) {{
+  const size = i => (d[i] << 21) | (d[i + 1] << 14) | (d[i + 2] << 7) | d[i + 3];
+  const end = 10 + size(6);
+  for (let at = 10; at + 10 <= end; at += 10 + size(at + 4)) {{
+    const id = String.fromCharCode(d[at], d[at + 1], d[at + 2], d[at + 3]);
+    if (id === 'TIT2') return new TextDecoder().decode(d.subarray(at + 11, at + 10 + size(at + 4)));
+  }}
+  return null;
+}}
+for (const name of {list}) {{
+  const a = document.createElement('audio');
+  a.muted = true;
+  document.body.appendChild(a);
+  const r = {{ name, version: Hls.version, codecs: {{}}, errors: [], waits: 0, id3: [], id3tags: 0 }};
+  let sent = false;
+  const report = extra => {{
+    if (sent) return;
+    sent = true;
+    const dr = hls.levels.length && hls.levels[0].details ? hls.levels[0].details.dateRanges : {{}};
+    Object.assign(r, extra, {{
+      played: ranges(a.played), buffered: ranges(a.buffered),
+      decoded: a.webkitAudioDecodedByteCount, currentTime: a.currentTime,
+      dateRanges: Object.values(dr).map(d => ({{ id: d.id, cls: d.class, start: d.startDate.toISOString(), title: d.attr['X-TITLE'] }})),
+    }});
+    hls.destroy();
+    fetch(reportTo + encodeURIComponent(JSON.stringify(r)));
+  }};
+  const hls = new Hls({{ lowLatencyMode: true }});
+  hls.on(Hls.Events.BUFFER_CODECS, (e, d) => {{
+    for (const [k, v] of Object.entries(d)) if (v && v.container) r.codecs[k] = [v.container, v.codec || ''];
+  }});
+  hls.on(Hls.Events.ERROR, (e, d) => {{
+    r.errors.push(d.details + (d.fatal ? ' (fatal)' : ''));
+    if (d.fatal) report({{ fatal: d.details }});
+  }});
+  hls.on(Hls.Events.FRAG_PARSING_METADATA, (e, d) => {{
+    for (const s of d.samples) {{
+      const t = tit2(s.data);
+      if (t !== null) {{ r.id3tags++; if (!r.id3.includes(t)) r.id3.push(t); }}
+    }}
+  }});
+  hls.on(Hls.Events.MANIFEST_PARSED, () => a.play().catch(e => report({{ fatal: String(e) }})));
+  let start = null;
+  a.addEventListener('playing', () => {{ if (start === null) start = a.currentTime; }}, {{ once: true }});
+  a.addEventListener('waiting', () => {{ if (start !== null) r.waits++; }});
+  a.addEventListener('timeupdate', () => {{
+    if (start !== null && a.currentTime - start >= {play_secs}) report({{ playedFrom: start }});
+  }});
+  hls.loadSource('http://{edge}/' + name + '.m3u8');
+  hls.attachMedia(a);
+}}
+</script></body></html>"#
+    )
+}
+
+/// What the page reported of one stream.
+fn field<'a>(r: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    &r[key]
+}
+
+/// AAC and MP3 published with a title (with a `"` in it) and played by hls.js in headless
+/// Chromium from the edge two relays down, side by side, each for 10 s of its audio: AAC
+/// through MSE as fMP4 (`mp4a.40.2`), MP3 as packed audio hls.js hands to MSE as
+/// `audio/mpeg`; not one error, not one stall, one played range and one buffered range
+/// (no hole skipped, none waited on), audio decoded; and the title in the playlist as
+/// hls.js reads it (a date range of class `quicast.title`, the `"` made `'`), and for MP3
+/// in its timed ID3 as it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hlsjs_plays_aac_and_mp3_from_an_edge_with_no_gaps_and_reads_the_titles() {
+    let work = tempfile::tempdir().unwrap();
+    let (mp3, aac) = tokio::task::block_in_place(|| {
+        (
+            make_radio(work.path(), Radio::Mp3, 8),
+            make_radio(work.path(), Radio::Aac, 8),
+        )
+    });
+    let t = tokio::task::block_in_place(radio_tree);
+    let title = "Ça \"live\" — Morning Show";
+    let shown = "Ça 'live' — Morning Show";
+    let _p = tokio::task::block_in_place(|| {
+        [
+            publish_titled(&t, "fm", &mp3, title),
+            publish_titled(&t, "aacfm", &aac, title),
+        ]
+    });
+    // Both live at the edge, with a whole segment: its playlist waits for that.
+    for s in ["fm", "aacfm"] {
+        playlist(&t.edge_http, &format!("/{s}.m3u8")).await;
+    }
+    let secs = 10;
+    let (page, mut rx) = page_server(hlsjs_page(&t.edge_http, &["fm", "aacfm"], secs)).await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = headless(&format!("http://{page}/"), profile.path());
+    let mut reports = BTreeMap::new();
+    while reports.len() < 2 {
+        let q = tokio::time::timeout(Duration::from_secs(90), rx.recv())
+            .await
+            .expect("the page reported")
+            .unwrap();
+        let text = percent_decode(&q);
+        let r: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        eprintln!("hls.js: {r}");
+        reports.insert(r["name"].as_str().unwrap().to_string(), r);
+    }
+    let _ = browser.kill().await;
+    for (name, want) in [
+        ("fm", serde_json::json!({ "audio": ["audio/mpeg", ""] })),
+        (
+            "aacfm",
+            serde_json::json!({ "audio": ["audio/mp4", "mp4a.40.2"] }),
+        ),
+    ] {
+        let r = &reports[name];
+        assert_eq!(field(r, "version"), "1.7.4", "the pinned hls.js");
+        assert!(field(r, "fatal").is_null(), "{name}: {r}");
+        assert_eq!(field(r, "codecs"), &want, "{name}: {r}");
+        assert_eq!(field(r, "errors"), &serde_json::json!([]), "{name}: {r}");
+        assert_eq!(field(r, "waits"), 0, "{name}: stalled while playing: {r}");
+        let played = field(r, "played").as_array().unwrap();
+        let buffered = field(r, "buffered").as_array().unwrap();
+        assert_eq!(played.len(), 1, "{name}: a hole skipped: {r}");
+        assert_eq!(
+            buffered.len(),
+            1,
+            "{name}: a hole in what was buffered: {r}"
+        );
+        let span = |v: &serde_json::Value| v[1].as_f64().unwrap() - v[0].as_f64().unwrap();
+        assert!(span(&played[0]) >= secs as f64, "{name}: {r}");
+        assert!(field(r, "decoded").as_u64().unwrap() > 0, "{name}: {r}");
+        let ranges = field(r, "dateRanges").as_array().unwrap();
+        assert!(
+            ranges.iter().any(|d| d["title"] == shown
+                && d["cls"] == "quicast.title"
+                && d["id"].as_str().unwrap().starts_with("title-")),
+            "{name}: the title as a date range: {r}"
+        );
+    }
+    // Timed ID3: the title as it was given, in every packed segment hls.js read.
+    let fm = &reports["fm"];
+    assert_eq!(field(fm, "id3"), &serde_json::json!([title]), "{fm}");
+    assert!(
+        field(fm, "id3tags").as_u64().unwrap() >= secs as u64,
+        "{fm}"
+    );
+}
+
+/// `%XX` escapes decoded (the page's report is one encoded JSON text; UTF-8).
+fn percent_decode(q: &str) -> String {
+    let b = q.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
