@@ -706,3 +706,124 @@ fn percent_decode(q: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+/// A title changed at the origin in the middle of a broadcast reaches the edge's playlist
+/// at the first segment that begins after the change: the segment before it still plays
+/// under the old title, the change's point lies in that segment, and both titles' date
+/// ranges are listed with IDs and dates of the segments they begin with.
+///
+/// The change is a title record on the publish stream (the one `quicast publish --title`
+/// sends at the start, and which an origin takes at any point): this branch has no Icecast
+/// `/admin/metadata?mode=updinfo` yet, so the test is the publisher, with the client
+/// library, sending MP3 frames in real time and title "B" before the frame at 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_title_changed_at_the_origin_shows_in_the_edge_playlist_from_the_next_segment() {
+    use quicast::client::{title_record, Client, Input, SourceReader};
+    use quicast::media::SourceEvent;
+    use quicast::proto::{Frame, QuicUrl, Role};
+
+    let work = tempfile::tempdir().unwrap();
+    let mp3 = tokio::task::block_in_place(|| make_radio(work.path(), Radio::Mp3, 8));
+    let t = tokio::task::block_in_place(radio_tree);
+    let trust = quicast::Trust::pinned(&[t.c.fp.parse().unwrap()]);
+    let client = Client::for_target(&t.origin.addr.parse().unwrap(), &trust).unwrap();
+    let session = client
+        .connect(
+            &QuicUrl::parse(&t.origin.url("show")).unwrap(),
+            Role::Publisher,
+            "",
+        )
+        .await
+        .unwrap();
+    let mut reader = SourceReader::open(&Input::File(mp3.clone())).await.unwrap();
+    let codec = reader.head().await.unwrap();
+    assert_eq!((codec.sample_rate, codec.channels), (44_100, 2));
+    let mut publication = session.publish("show", codec, None).await.unwrap();
+    // The change: before the frame at 4 s (frame 153).
+    let change = 153 * 1152;
+    let publisher = tokio::spawn(async move {
+        publication.send(&[title_record(0, "A")]).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let mut pts = 0u64;
+        loop {
+            let (payload, duration) = match reader.next().await.unwrap() {
+                Some(SourceEvent::Packet {
+                    payload, duration, ..
+                }) => (payload, duration),
+                // Looped, the timestamps going on.
+                Some(SourceEvent::End) | None => {
+                    reader = SourceReader::open(&Input::File(mp3.clone())).await.unwrap();
+                    reader.head().await.unwrap();
+                    continue;
+                }
+                Some(other) => panic!("{other:?}"),
+            };
+            if pts == change {
+                publication.send(&[title_record(pts, "B")]).await.unwrap();
+            }
+            // In real time, as a live source is.
+            tokio::time::sleep_until(start + Duration::from_micros(pts * 1_000_000 / 44_100)).await;
+            let f = Frame {
+                pts,
+                duration,
+                wall_us: 0,
+                payload,
+            };
+            publication.send(&[f]).await.unwrap();
+            pts += u64::from(duration);
+        }
+    });
+    // Follow the edge's playlist with blocking reloads, a segment at a time, until B shows.
+    let mut p = playlist(&t.edge_http, "/show.m3u8").await;
+    let b = loop {
+        let (segs, ranges) = segments_and_titles(&p);
+        if let Some(b) = ranges.iter().find(|r| r.1 == "B") {
+            break b.clone();
+        }
+        let next = segs.last().map_or(0, |s| s.0) + 1;
+        p = tokio::time::timeout(
+            Duration::from_secs(60),
+            playlist(&t.edge_http, &format!("/show.m3u8?_HLS_msn={next}")),
+        )
+        .await
+        .expect("B shows at the edge");
+    };
+    publisher.abort();
+    eprintln!("{p}");
+    let (segs, ranges) = segments_and_titles(&p);
+    let s = b.2;
+    assert_eq!(b.0, format!("title-{s}"), "{p}");
+    // A is listed too, from a segment before S.
+    let a = ranges
+        .iter()
+        .find(|r| r.1 == "A")
+        .unwrap_or_else(|| panic!("A listed: {p}"));
+    assert!(a.2 < s, "{p}");
+    // B's START-DATE is segment S's date-time, given right after it.
+    let line = p.lines().position(|l| l.contains("X-TITLE=\"B\"")).unwrap();
+    let start = attr(p.lines().nth(line).unwrap(), "START-DATE").unwrap();
+    assert_eq!(
+        p.lines().nth(line + 1),
+        Some(format!("#EXT-X-PROGRAM-DATE-TIME:{start}").as_str()),
+        "{p}"
+    );
+    // The change lies in segment S-1, still A: B from the next segment on.
+    let uri = |msn: u64| {
+        segs.iter()
+            .find(|x| x.0 == msn)
+            .map(|x| x.1.clone())
+            .unwrap_or_else(|| panic!("segment {msn} listed: {p}"))
+    };
+    let (_, before) = get(&t.edge_http, &format!("/{}", uri(s - 1))).await;
+    let (_, at) = get(&t.edge_http, &format!("/{}", uri(s))).await;
+    let (ts_before, title_before, _) = id3(&before);
+    let (ts_at, title_at, _) = id3(&at);
+    assert_eq!(title_before.as_deref(), Some("A"));
+    assert_eq!(title_at.as_deref(), Some("B"));
+    let change_90k = quicast::media::timestamp_90k(change, 44_100);
+    assert!(
+        ts_before < change_90k && change_90k <= ts_at,
+        "the change at {change_90k} is not in segment {} ({ts_before}..{ts_at})",
+        s - 1
+    );
+}
