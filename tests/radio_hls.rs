@@ -205,7 +205,12 @@ fn attr<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// The playlist's segments, (msn, uri, EXTINF seconds), and its date ranges (ID, X-TITLE,
 /// the msn of the segment after the tag).
-fn segments_and_titles(p: &str) -> (Vec<(u64, String, f64)>, Vec<(String, String, u64)>) {
+/// A listed segment: (msn, uri, EXTINF seconds).
+type Seg = (u64, String, f64);
+/// A title date range: (ID, X-TITLE, msn of the segment after it).
+type TitleRange = (String, String, u64);
+
+fn segments_and_titles(p: &str) -> (Vec<Seg>, Vec<TitleRange>) {
     let mut msn = None;
     let (mut segs, mut ranges, mut dur) = (Vec::new(), Vec::new(), None);
     let mut pending = Vec::new();
