@@ -12,6 +12,7 @@
 //!                              # to overload the relay with listeners the load generator can drive
 //!   QUICAST_BENCH_LOADGEN_BIN=/path/to/other/quicast ...  # A/B the load generator
 //!   QUICAST_BENCH_RELAY_CPUS=0,1 QUICAST_BENCH_RELAY_ARGS="--quic-threads 2" ...  # the relay on two cores
+//!   QUICAST_BENCH_CODEC=mp3 ...  # the stream in MP3 at 128 kbit/s (an Icecast radio's), not Opus 64k
 //!   QUICAST_BENCH_WEBTRANSPORT=1 ...  # listeners over WebTransport (`loadgen --webtransport`,
 //!                                     # as browsers), to a self-signed relay pinned by the
 //!                                     # hash of the certificate it serves browsers

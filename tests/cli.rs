@@ -190,7 +190,7 @@ fn bad_input_and_bad_credentials_are_named() {
         "--fingerprint",
         &t.c.fp,
     ]);
-    assert!(e.contains("not an Ogg stream"), "{e}");
+    assert!(e.contains("is not Ogg Opus, MP3 or AAC"), "{e}");
 
     let vorbis = make_vorbis(work.path());
     let e = run(&[

@@ -155,7 +155,7 @@ async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
     std::fs::write(&junk, vec![0x42u8; 5000]).unwrap();
     let (code, body) = run(put("source:hackme", &junk, "junk")).await;
     assert_eq!(code, "415", "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("not an Ogg stream"));
+    assert!(String::from_utf8_lossy(&body).contains("not Ogg Opus, MP3 or AAC"));
     let vorbis = tokio::task::block_in_place(|| make_vorbis(work.path()));
     let (code, body) = run(put("source:hackme", &vorbis, "v")).await;
     assert_eq!(code, "415");

@@ -8,6 +8,8 @@
 //   navigator.userAgentData) this player comes first. A native player that fails before it
 //   played hands over to this one.
 // - Else progressive Ogg Opus: src = /NAME.ogg.
+// - MP3 and AAC streams (data-codec) play progressive (/NAME.mp3, /NAME.aac): every browser
+//   plays both, and the node sends them as the encoder made them.
 // Before all of these: WebTransport + WebCodecs where the browser has both and the node
 // takes it (webtransport.js, inlined before this file); it hands over to the first of the
 // others that fits if it cannot play.
@@ -15,7 +17,7 @@
 // A stream that needs a listen token has it in data-token (the node puts the page's own
 // `?token=` there once it has checked it): every URL asked for carries it.
 //
-// The path taken is in audio.dataset.path ('wt', 'hls', 'mse' or 'ogg'); `?player=ogg` (or
+// The path taken is in audio.dataset.path ('wt', 'hls', 'mse', 'ogg' or 'http'); `?player=ogg` (or
 // mse, hls, wt) on the page's address forces one. An element with class "behind" in the stream's
 // <li> shows, every second, how far behind live it plays.
 //
@@ -628,6 +630,15 @@
       audio.src = withToken(src, audio.dataset.token);
       s.behind = path === 'hls' ? () => nativeBehind(audio) : () => bufferedBehind(audio);
     };
+    const codec = audio.dataset.codec;
+    if (codec === 'mp3' || codec === 'aac') {
+      // A radio codec: progressive, as every browser plays it (the page's src already).
+      audio.dataset.path = 'http';
+      s.status = () => '';
+      s.behind = () => bufferedBehind(audio);
+      shown.push(s);
+      return;
+    }
     const forced = new URLSearchParams(location.search).get('player');
     const wt = window.QuicastWt && QuicastWt.where();
     if (wt && window.WebTransport && window.AudioDecoder && window.AudioWorkletNode && (!forced || forced === 'wt')) {
@@ -676,6 +687,22 @@
     }
   }
 
+  /** Every few seconds: each stream's now-playing title, from /streams. */
+  let titlesAt = 0;
+  function titles() {
+    if (Date.now() - titlesAt < 5000) return;
+    titlesAt = Date.now();
+    fetch(new URL('/streams', document.baseURI).href, { cache: 'no-store' })
+      .then(r => r.ok ? r.json() : [])
+      .then(list => {
+        for (const st of list) {
+          const li = document.querySelector('li[data-name="' + CSS.escape(st.name) + '"] .title');
+          if (li && st.carried) li.textContent = st.title || '';
+        }
+      })
+      .catch(() => {});
+  }
+
   function scan() {
     document.querySelectorAll('audio[data-stream]').forEach(attach);
   }
@@ -683,4 +710,5 @@
   window.quicastPlayer = { scan };
   scan();
   setInterval(show, 1000);
+  setInterval(titles, 5000);
 })();

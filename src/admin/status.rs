@@ -179,13 +179,21 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
             false => "live in the tree".to_string(),
         };
         let may = access.may_listen_to(&presented, &s.name, false, &s.rule);
+        // MP3 and AAC play as they are, progressive (every browser has both); Opus takes
+        // the page's player (WebTransport, LL-HLS, Ogg). A stream not carried here yet
+        // is taken for Opus until it is.
+        let (ext, codec) = match s.here.codec {
+            "mp3" => ("mp3", " data-codec=\"mp3\""),
+            "aac" => ("aac", " data-codec=\"aac\""),
+            _ => ("ogg", ""),
+        };
         let player = match (&may, s.rule.is_public(), token) {
             (Ok(()), true, _) => format!(
-                "<audio controls preload=\"none\" data-stream=\"{n}\" src=\"/{n}.ogg\"></audio>",
+                "<audio controls preload=\"none\" data-stream=\"{n}\"{codec} src=\"/{n}.{ext}\"></audio>",
                 n = s.name
             ),
             (Ok(()), false, Some(t)) => format!(
-                "<audio controls preload=\"none\" data-stream=\"{n}\" data-token=\"{t}\" src=\"/{n}.ogg?token={t}\"></audio>",
+                "<audio controls preload=\"none\" data-stream=\"{n}\"{codec} data-token=\"{t}\" src=\"/{n}.{ext}?token={t}\"></audio>",
                 n = s.name
             ),
             // No token can help: say why (the operator's to mend).
@@ -207,8 +215,10 @@ pub(crate) fn page(node: &Node, token: Option<&str>) -> String {
             // on to its player: ask for the token in the address.
             (Ok(()), false, None) => "<form class=\"token\" method=\"get\" action=\"/\">Needs a listen token: <input name=\"token\" size=\"24\" autocomplete=\"off\"> <button>Listen</button></form>".to_string(),
         };
+        // The now-playing title (the source's: escaped), kept current by the player.
+        let title = s.here.title.as_deref().map(html_escape).unwrap_or_default();
         items += &format!(
-            "<li data-name=\"{n}\" data-access=\"{a}\"><h2>{n}</h2><p>{about}<span class=\"behind\"></span></p>{player}</li>\n",
+            "<li data-name=\"{n}\" data-access=\"{a}\"><h2>{n}</h2><p class=\"title\">{title}</p><p>{about}<span class=\"behind\"></span></p>{player}</li>\n",
             n = s.name,
             a = s.access,
         );

@@ -15,6 +15,7 @@ mod ogg_demux;
 mod ogg_mux;
 pub mod ogg_page;
 mod opus;
+mod packed;
 mod source;
 mod timeline;
 
@@ -25,6 +26,7 @@ pub use fmp4_track::hls_codecs;
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};
 pub use ogg_mux::OggOpusWriter;
 pub use opus::{opus_packet_samples, OpusHead, OPUS_RATE};
+pub use packed::{id3_tag, packed_audio, timestamp_90k};
 pub use source::{SourceDemuxer, SourceEvent, SourceKind};
 pub use timeline::{Timeline, MAX_GAP};
 

@@ -140,7 +140,7 @@ impl SourceDemuxer {
                     }
                     (Some(k), _) => k,
                     (None, Some(k)) if b.len() >= 16 => k,
-                    (None, None) if b.len() >= 16 => return Err(Error::media(
+                    (None, None) if b.len() >= 16 => return Err(Error::unsupported(
                         "the stream is not Ogg Opus, MP3 or AAC in ADTS (its first bytes say none)",
                     )),
                     (None, _) => return Ok(None),
@@ -217,7 +217,7 @@ impl RawFramer {
             } else {
                 "MP3"
             };
-            return Err(Error::media(format!(
+            return Err(Error::unsupported(format!(
                 "no {what} frame in {MAX_JUNK} bytes: the stream is not {what}"
             )));
         }

@@ -139,3 +139,23 @@ pub async fn page_server(
     });
     (addr, rx)
 }
+
+/// hls.js as npm has it (`tests/browser/package.json` pins the version, 1.7.4, its lock file
+/// the bytes): `dist/hls.min.js`, installed with `npm ci` the first time (.ci/run installs
+/// it before the tests). What a site embedding a stream with hls.js runs.
+#[allow(dead_code)]
+pub fn hls_js() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let js = dir.join("node_modules/hls.js/dist/hls.min.js");
+    if !js.exists() {
+        let st = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .status()
+            .expect(
+                "npm is needed to install hls.js (.ci/run installs it: apt-get install -y npm)",
+            );
+        assert!(st.success(), "npm ci in {} failed", dir.display());
+    }
+    std::fs::read_to_string(&js).unwrap_or_else(|e| panic!("{}: {e}", js.display()))
+}
