@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod http;
 pub mod media;
 pub mod netns;
 pub mod procs;

@@ -125,9 +125,9 @@ impl Drop for Proc {
 }
 
 /// Asserts `got` is a contiguous run of `src`, at least `min` packets long; returns where it starts.
-pub fn assert_contiguous_run(
-    got: &[(String, String)],
-    src: &[(String, String)],
+pub fn assert_contiguous_run<T: PartialEq + std::fmt::Debug>(
+    got: &[T],
+    src: &[T],
     min: usize,
 ) -> usize {
     assert!(
@@ -145,10 +145,8 @@ pub fn assert_contiguous_run(
             })
             .max_by_key(|&(_, n)| n)
             .unwrap_or((0, 0));
-        let next = got.get(len).cloned();
-        let found_later = next
-            .as_ref()
-            .and_then(|p| src[at + len..].iter().position(|q| q == p));
+        let next = got.get(len);
+        let found_later = next.and_then(|p| src[at + len..].iter().position(|q| q == p));
         panic!(
             "received packets are not a contiguous run of the source's: {} packets, the first {len} \
              match the source from packet {at}; packet {len} is {next:?}, which the source has \
