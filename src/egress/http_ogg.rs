@@ -69,6 +69,14 @@ struct Place {
     icy: Option<IcyWriter>,
     /// What the ICY writer made of the audio last taken from `pending`, being written.
     ready: VecDeque<Bytes>,
+    /// Titles in order with the audio: each holds from the audio byte (counted as queued in
+    /// `pending`) its segment begins at, and is given to the ICY writer only when the audio
+    /// before it has gone through, so its block comes after its segment's first byte.
+    titles: VecDeque<(u64, Option<Bytes>)>,
+    /// Audio bytes queued in `pending`, and passed to the ICY writer (or dropped by a
+    /// skip), since the listener began.
+    queued: u64,
+    through: u64,
 }
 
 /// What one serving left the listener.
@@ -84,6 +92,9 @@ impl Place {
         Place {
             icy: icy.map(IcyWriter::new),
             ready: VecDeque::new(),
+            titles: VecDeque::new(),
+            queued: 0,
+            through: 0,
             pending: VecDeque::new(),
             written: 0,
             tail: None,
@@ -153,10 +164,9 @@ impl Place {
                 }
                 Step::Begin(_) => {
                     // A segment carries the title from its start: ICY listeners have it
-                    // in their next block.
-                    if let Some(icy) = self.icy.as_mut() {
-                        let t = cursor.title();
-                        icy.set_title(t.as_deref().and_then(|t| std::str::from_utf8(t).ok()));
+                    // in the first block after the segment's first byte.
+                    if self.icy.is_some() {
+                        self.titles.push_back((self.queued, cursor.title()));
                     }
                 }
                 Step::Skip { .. } => {
@@ -201,10 +211,12 @@ impl Place {
         };
         if self.tail.is_none() && !heads.is_empty() {
             self.pending.push_back(heads.clone());
+            self.queued += heads.len() as u64;
         }
         self.pending.extend(pages.iter().cloned());
         self.tail = Some(last.clone());
         let len: u64 = pages.iter().map(|b| b.len() as u64).sum();
+        self.queued += len;
         self.frames += n as u64;
         self.bytes += len;
         self.unsent.0 += n as u64;
@@ -223,6 +235,14 @@ impl Place {
                 if self.ready.is_empty() && !self.pending.is_empty() {
                     let mut out = Vec::with_capacity(self.pending.len() + 2);
                     for audio in self.pending.drain(..) {
+                        // The titles of the segments that begin here, in order.
+                        while let Some((_, t)) =
+                            self.titles.front().filter(|(at, _)| *at <= self.through)
+                        {
+                            icy.set_title(t.as_deref().and_then(|t| std::str::from_utf8(t).ok()));
+                            self.titles.pop_front();
+                        }
+                        self.through += audio.len() as u64;
                         icy.write(audio, &mut out);
                     }
                     self.ready.extend(out);
@@ -254,7 +274,10 @@ impl Place {
     fn skip(&mut self) {
         self.skips += 1;
         if self.icy.is_some() {
+            // Dropped unsent: the titles of the segments dropped still come, in order,
+            // before what follows.
             self.pending.clear();
+            self.through = self.queued;
             return;
         }
         let begun = (self.written > 0)
