@@ -92,7 +92,7 @@ pub(super) fn subscribed(
             need if need > version => Err(crate::error::Error::new(
                 crate::error::Kind::Version,
                 format!(
-                    "the stream is {}, which protocol version {need} carries; this peer says                      version {version}: upgrade it",
+                    "the stream is {}, which protocol version {need} carries; this peer says version {version}: upgrade it",
                     codec.name()
                 ),
             )),
