@@ -305,6 +305,17 @@ async fn streams_entry(node_http: &str, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The sequence number of the segment `node` is making (or last made) of `name`.
+fn open_segment(node: &Server, name: &str) -> u64 {
+    node.node
+        .registry
+        .get(name)
+        .and_then(|s| s.broadcast())
+        .and_then(|b| b.open_segment())
+        .unwrap_or_else(|| panic!("{name} has no segment"))
+        .seq
+}
+
 /// Writes `audio` to `dir/name` for ffmpeg, and asserts it decodes without a complaint.
 fn assert_audio_decodes(dir: &Path, name: &str, audio: &[u8]) {
     let f = dir.join(name);
@@ -342,6 +353,53 @@ fn title_delay_bound(frames: &[AudioFrame], codec: Radio, before: usize) -> usiz
     starts[first] + segment_bytes + METAINT - before
 }
 
+/// The first metadata block after audio byte `byte` of an ICY stream: where a title that
+/// holds from that byte on is to be said (a block at `byte` itself follows the bytes before).
+fn first_block_after(byte: usize) -> usize {
+    (byte / METAINT + 1) * METAINT
+}
+
+/// Where `title` began: the segment that brought it, as a QUIC listener of the same node was
+/// told (`quic`), and the audio byte that segment starts at in an ICY listener's audio
+/// (`icy_frames`: the same frames, byte for byte).
+fn where_title_began(quic: &Heard, icy_frames: &[AudioFrame], title: &str) -> (u64, usize) {
+    let (began, _) = quic
+        .titles
+        .iter()
+        .find(|(_, t)| t.as_deref() == Some(title))
+        .unwrap_or_else(|| panic!("the QUIC listener was not told {title:?}"));
+    let (seq, _) = quic
+        .segments
+        .iter()
+        .find(|(_, at)| at == began)
+        .expect("a title begins with a segment");
+    let first = AudioFrame(quic.frames[*began].payload.clone());
+    let k = icy_frames
+        .iter()
+        .position(|f| *f == first)
+        .unwrap_or_else(|| panic!("the ICY listener did not get segment {seq}, with {title:?}"));
+    (*seq, offsets(icy_frames)[k])
+}
+
+/// A listener of `name` at `node` in this process, once it hears audio: it sees where each
+/// segment begins and which one brought each title.
+async fn quic_listener(
+    node: &Server,
+    name: &str,
+) -> tokio::task::JoinHandle<quicast::Result<Heard>> {
+    let (progress, mut frames) = watch::channel(0usize);
+    let (s, name) = (
+        session(node, Role::Listener, "").await.unwrap(),
+        name.to_string(),
+    );
+    let heard = tokio::spawn(async move { hear(s, &name, Some(progress)).await });
+    tokio::time::timeout(PATIENCE, frames.wait_for(|n| *n > 0))
+        .await
+        .expect("the QUIC listener hears audio")
+        .unwrap();
+    heard
+}
+
 /// An MP3 or AAC encoder pushing to an origin over Icecast PUT; origin → mid → edge; at the
 /// edge, a plain HTTP listener, an ICY one, and `quicast listen`; two titles set at the
 /// origin as the stream plays.
@@ -373,6 +431,8 @@ async fn icecast_source_through_two_relays(codec: Radio) {
     let listened = work.path().join(format!("listened.{ext}"));
     let mut listen = quicast_listen(&t.edge, name, &listened);
     assert_stream_head(&icy.head().await, codec, true);
+    // And a QUIC one in this process, to tell where segments begin.
+    let quic = quic_listener(&t.edge, name).await;
     // Its first block says the title.
     let first = icy.until("first title", |h| !h.titles.is_empty()).await;
     assert_eq!(
@@ -386,8 +446,9 @@ async fn icecast_source_through_two_relays(codec: Radio) {
 
     // A title change at the origin reaches the edge's ICY listener within a segment and a
     // metadata interval of audio.
-    let before = icy.audio_bytes();
+    let (before, open_before) = (icy.audio_bytes(), open_segment(&t.origin, name));
     set_title(&t.origin_http, name, "Second Song").await;
+    let open_after = open_segment(&t.origin, name);
     let second = icy
         .until("block saying Second Song", |h| {
             h.title("Second Song").is_some()
@@ -407,6 +468,8 @@ async fn icecast_source_through_two_relays(codec: Radio) {
     tokio::task::block_in_place(|| encoder.stop());
     let reference = at_origin.end().await;
     let (plain, icy) = (plain.end().await, icy.end().await);
+    let quic = quic.await.unwrap().unwrap();
+    assert!(quic.report.ended);
     let status = tokio::task::block_in_place(|| listen.wait_exit());
     assert!(
         status.success(),
@@ -443,14 +506,34 @@ async fn icecast_source_through_two_relays(codec: Radio) {
         assert_audio_decodes(dir, &format!("icy.{ext}"), &icy.audio);
         let titles: Vec<&str> = icy.titles.iter().map(|t| t.title.as_str()).collect();
         assert_eq!(titles, ["First Song", "Second Song"]);
+        // Where the change went: the segment that brought it, and where that begins.
+        let (seq, starts) = where_title_began(&quic, &icy_frames, "Second Song");
+        let at = second.at as usize;
         let bound = title_delay_bound(&icy_frames, codec, before);
-        let delay = second.at as usize - before;
-        eprintln!("{ext}: the new title came {delay} audio bytes after the change (bound {bound})");
+        eprintln!(
+            "{ext}: set at audio byte {before}, the origin making segment \
+             {open_before}..={open_after}; segment {seq} brought it, from byte {starts}; \
+             said in the block after byte {at}: {} bytes after the change (bound {bound})",
+            at - before
+        );
+        // Within a segment and a metadata interval of the change, as configured.
         assert!(
-            second.at as usize > before && delay <= bound,
-            "the change was made at {before} audio bytes, its block came after {}: more than a \
-             segment and a metadata interval ({bound} bytes)",
-            second.at
+            at > before && at - before <= bound,
+            "the change was made at {before} audio bytes, its block came after {at}: more \
+             than a segment and a metadata interval ({bound} bytes)"
+        );
+        // Exactly: with the segment after the one the origin was making when it was set,
+        // and in the first block after that segment's first byte.
+        assert!(
+            open_before < seq && seq <= open_after + 1,
+            "the title was set while the origin made segment {open_before}..={open_after}, \
+             and came with segment {seq}"
+        );
+        assert_eq!(
+            at,
+            first_block_after(starts),
+            "segment {seq}, with the new title, starts at audio byte {starts}: the first block \
+             after that is the one to say it"
         );
 
         // (b) What `quicast listen` wrote: the codec as it came, whole frames of the run.
@@ -470,6 +553,70 @@ async fn mp3_from_an_icecast_source_reaches_listeners_two_relays_away_with_its_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aac_from_an_icecast_source_reaches_listeners_two_relays_away_with_its_titles() {
     icecast_source_through_two_relays(Radio::Aac).await;
+}
+
+/// A node writes its HTTP listeners every `http-write-ms` (half a second by default: the
+/// deliveries in between go in one write). Titles still begin where their segments do: each
+/// of several changes is in the first ICY block after the first byte of the segment that
+/// brought it, not in one before. (MP3 segments hold 38 or 39 frames, so where they start
+/// wanders against the 16000-byte intervals: now just before a block, now just after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_title_is_in_the_first_icy_block_after_its_segment_begins_at_the_default_write_interval(
+) {
+    let codec = Radio::Mp3;
+    let name = "radio";
+    let origin = origin_with(origin_config()).await;
+    let edge = relay_with(
+        &[&origin],
+        NodeConfig {
+            http_write_ms: NodeConfig::default().http_write_ms,
+            ..config()
+        },
+    )
+    .await;
+    let (oh, eh) = (http(&origin).await, http(&edge).await);
+    let (origin_http, edge_http) = (oh.addr.to_string(), eh.addr.to_string());
+    let encoder = Encoder::start(codec, &origin_http, name);
+    wait_live(&origin, name).await;
+    let mut icy = Listener::start(&edge_http, &format!("/{name}.mp3"), true);
+    assert_stream_head(&icy.head().await, codec, true);
+    let quic = quic_listener(&edge, name).await;
+    // Six changes, each an interval after the block that said the one before.
+    let mut said = Vec::new();
+    let mut next = METAINT;
+    for i in 0..6 {
+        icy.until("audio", |h| h.audio.len() >= next).await;
+        let title = format!("Song {i}");
+        set_title(&origin_http, name, &title).await;
+        let at = icy
+            .until(&format!("block saying {title}"), |h| {
+                h.title(&title).is_some()
+            })
+            .await
+            .title(&title)
+            .unwrap()
+            .at as usize;
+        said.push((title, at));
+        next = at + METAINT;
+    }
+    tokio::task::block_in_place(|| encoder.stop());
+    let icy = icy.end().await;
+    let quic = quic.await.unwrap().unwrap();
+    let icy_frames = whole_frames(&icy.audio, codec, "the edge's ICY listener");
+    let misplaced: Vec<String> = said
+        .iter()
+        .filter_map(|(title, at)| {
+            let (seq, starts) = where_title_began(&quic, &icy_frames, title);
+            (*at != first_block_after(starts)).then(|| {
+                format!(
+                    "{title:?} came with segment {seq}, from audio byte {starts}, but was said \
+                     in the block after byte {at}, not {}",
+                    first_block_after(starts)
+                )
+            })
+        })
+        .collect();
+    assert!(misplaced.is_empty(), "{misplaced:#?}");
 }
 
 /// `quicast publish` of `file` to `name` at `origin` (its first bytes say the codec), paced
