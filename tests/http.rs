@@ -124,9 +124,12 @@ async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
         .registry
         .wait_until(|r| r.subscribers("good") >= 1)
         .await;
+    // The files first (ffmpeg may be slow on a loaded machine): the publisher must still
+    // hold "good" when the second source for it comes, below.
+    let src = tokio::task::block_in_place(|| make_opus(work.path(), 1));
+    let vorbis = tokio::task::block_in_place(|| make_vorbis(work.path()));
     let publisher = publish(&o, "good", 150, Duration::from_millis(10), 40);
 
-    let src = tokio::task::block_in_place(|| make_opus(work.path(), 1));
     let put = |user: &str, file: &std::path::Path, path: &str| {
         vec![
             "-T".to_string(),
@@ -156,7 +159,6 @@ async fn sources_are_checked_and_a_bad_one_costs_nobody_else() {
     let (code, body) = run(put("source:hackme", &junk, "junk")).await;
     assert_eq!(code, "415", "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("not Ogg Opus, MP3 or AAC"));
-    let vorbis = tokio::task::block_in_place(|| make_vorbis(work.path()));
     let (code, body) = run(put("source:hackme", &vorbis, "v")).await;
     assert_eq!(code, "415");
     assert!(String::from_utf8_lossy(&body).contains("Vorbis"));

@@ -17,82 +17,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::{headless, hls_js, page_server};
-use common::media::ffmpeg;
+use common::media::{ffmpeg, make_radio, Radio};
 use common::procs::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "hackme";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Radio {
-    Mp3,
-    Aac,
-}
-
-impl Radio {
-    /// Samples per frame at 44.1 kHz.
-    fn frame(self) -> u64 {
-        match self {
-            Radio::Mp3 => 1152,
-            Radio::Aac => 1024,
-        }
-    }
-
-    fn ffmpeg_name(self) -> &'static str {
-        match self {
-            Radio::Mp3 => "mp3",
-            Radio::Aac => "aac",
-        }
-    }
-}
-
-/// `secs` seconds of 44.1 kHz stereo, a tone with pink noise (so that no two frames are
-/// alike), as a raw MP3 file (no Xing frame, no ID3 tag: frames only) or AAC in ADTS.
-fn make_radio(dir: &Path, radio: Radio, secs: u32) -> PathBuf {
-    let (name, codec): (&str, &[&str]) = match radio {
-        Radio::Mp3 => (
-            "src.mp3",
-            &[
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "128k",
-                "-write_xing",
-                "0",
-                "-id3v2_version",
-                "0",
-                "-f",
-                "mp3",
-            ],
-        ),
-        Radio::Aac => ("src.aac", &["-c:a", "aac", "-b:a", "128k", "-f", "adts"]),
-    };
-    let out = dir.join(name);
-    let mut args = vec![
-        "-y".to_string(),
-        "-v".into(),
-        "error".into(),
-        "-f".into(),
-        "lavfi".into(),
-        "-i".into(),
-        format!("sine=frequency=440:sample_rate=44100:duration={secs}"),
-        "-f".into(),
-        "lavfi".into(),
-        "-i".into(),
-        format!("anoisesrc=color=pink:amplitude=0.05:sample_rate=44100:duration={secs}"),
-        "-filter_complex".into(),
-        "amix=inputs=2,aformat=channel_layouts=stereo".into(),
-    ];
-    args.extend(codec.iter().map(|s| s.to_string()));
-    args.push(out.to_str().unwrap().into());
-    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    out
-}
 
 /// (size, crc) of every packet of `src` as HLS carries them (AAC without ADTS headers).
 fn packet_crcs(src: &Path, radio: Radio) -> Vec<(String, String)> {
@@ -244,7 +178,7 @@ fn segments_and_titles(p: &str) -> (Vec<Seg>, Vec<TitleRange>) {
 /// `.mp3` segments with no map and no parts; AAC as fMP4 with parts of 8 frames; every
 /// duration a whole number of the codec's frames at 44.1 kHz.
 fn check_shape(p: &str, radio: Radio) {
-    let frame = radio.frame() as f64 / 44_100.0;
+    let frame = radio.samples_per_frame() as f64 / 44_100.0;
     let whole = |d: f64| {
         let n = (d / frame).round();
         assert!(
@@ -501,7 +435,7 @@ fn ffmpeg_reads_mp3_and_aac_hls_from_an_edge_two_relays_down_one_contiguous_run(
     for ((stream, radio, src), read) in streams.iter().zip(reads) {
         assert_eq!(
             read.codec,
-            format!("{},44100,stereo", radio.ffmpeg_name()),
+            format!("{},44100,stereo", radio.ext()),
             "{stream}"
         );
         let src_crcs = packet_crcs(src, *radio);
@@ -512,20 +446,20 @@ fn ffmpeg_reads_mp3_and_aac_hls_from_an_edge_two_relays_down_one_contiguous_run(
             .take(src_crcs.len() * (got.len() / src_crcs.len() + 2))
             .cloned()
             .collect();
-        let min = (secs as usize - 1) * 44_100 / radio.frame() as usize;
+        let min = (secs as usize - 1) * 44_100 / radio.samples_per_frame() as usize;
         assert_contiguous_run(&got, &looped, min);
         // Every packet decoded to its frame's samples (the first may be trimmed by the
         // decoder; ffmpeg may add a few where its reader's timestamps jump, see
         // `ffmpeg_reads`).
         let frames = got.len() as u64;
         assert!(
-            read.decoded + radio.frame() >= frames * radio.frame(),
+            read.decoded + radio.samples_per_frame() >= frames * radio.samples_per_frame(),
             "{stream}: {} samples decoded from {frames} frames",
             read.decoded
         );
         eprintln!(
             "{stream}: ffmpeg read {frames} {} frames from the edge, one contiguous run, {} samples decoded",
-            radio.ffmpeg_name(),
+            radio.ext(),
             read.decoded
         );
     }

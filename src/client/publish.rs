@@ -120,6 +120,9 @@ const REPLAY: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Replay {
     frames: VecDeque<(u64, Frame)>,
+    /// The last title record: sent first on every connection (an origin that restarted,
+    /// or one joining late, gets the title the broadcast has, however long ago it came).
+    title: Option<Frame>,
     next: u64,
     done: bool,
 }
@@ -167,6 +170,9 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
     let start = Instant::now();
     let remember = |frame: Frame| {
         let mut r = replay.lock().unwrap_or_else(|e| e.into_inner());
+        if frame.duration == 0 {
+            r.title = Some(frame.clone());
+        }
         let n = r.next;
         let pts = frame.pts;
         r.frames.push_back((n, frame));
@@ -313,6 +319,14 @@ async fn send_to(
                 .publish(&path, codec.clone(), Some(broadcast))
                 .await?;
             info!(instance = publication.instance, %path, "publishing");
+            let title = replay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .title
+                .clone();
+            if let (Some(t), true) = (title, session.version >= 3) {
+                publication.send(&[t]).await?;
+            }
             // From where the origin may have stopped taking: all that is kept (it skips
             // what it has), or the start.
             let mut next = match pos {

@@ -73,7 +73,7 @@ pub(crate) fn precheck(node: &Node, name: &str, auth: Option<&[u8]>) -> Result<(
 }
 
 /// What an authorized source proved: the source password (see `PublisherClaim`).
-fn source_credential(node: &Node) -> Option<[u8; 32]> {
+pub(crate) fn source_credential(node: &Node) -> Option<[u8; 32]> {
     node.cfg
         .source_password
         .as_ref()
@@ -226,7 +226,9 @@ impl<'a> Source<'a> {
                 _ = taken_over(&self.displaced) => return Err(displaced()),
             };
             let Some(chunk) = chunk else {
-                if self.ended {
+                // Raw MP3 or AAC ends with its body (a whole body: its last chunk, or its
+                // length, came); Ogg with its end-of-stream page.
+                if self.ended || self.demux.is_raw() {
                     return Ok(());
                 }
                 return Err(Error::closed("the source stopped"));

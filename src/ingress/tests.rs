@@ -147,3 +147,42 @@ async fn a_fast_source_pays_for_a_chain_in_time_not_in_silence() {
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(1400), "{took:?}");
 }
+
+/// `n` MPEG-1 layer III frames (128 kbit/s, 44.1 kHz, stereo: 417 bytes each), each unlike
+/// the others.
+fn mp3_frames(n: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut f = vec![0xff, 0xfb, 0x90, 0x04];
+        f.resize(417, (i % 251) as u8);
+        out.extend(f);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_mp3_source_ends_with_its_body_past_an_id3v1_tag_and_starts_with_a_title_sent_first() {
+    let node = node(5000);
+    // The encoder's first title update came before its first frame.
+    let (slot, _) = node.registry.slot("radio").unwrap();
+    slot.set_pending_title(Some(Bytes::from_static(b"Before the first frame")));
+    let mut body = mp3_frames(40);
+    body.extend(b"TAG");
+    body.extend([b' '; 125]);
+    let mut body = Body(VecDeque::from([Bytes::from(body)]));
+    ingest(
+        &node,
+        "radio",
+        Some(crate::media::SourceKind::Mp3),
+        &mut body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(frames_taken(&node), 40);
+    // Ended with its body (raw frames have no end mark), not lost for a grace period.
+    let b = slot.last_ended().expect("the broadcast ended");
+    assert_eq!(b.codec.kind, crate::proto::CODEC_MP3);
+    assert_eq!(b.title().as_deref(), Some(&b"Before the first frame"[..]));
+    let first = b.segment(0).expect("its first segment");
+    assert_eq!(first.title.as_deref(), Some(&b"Before the first frame"[..]));
+}

@@ -15,7 +15,7 @@ pub fn check_codec(c: &Codec) -> Result<()> {
             Err(Error::media("a codec with no sample rate or channels"))
         }
         CODEC_MP3 if c.header.is_empty() => Ok(()),
-        CODEC_AAC if c.header.len() >= 2 => Ok(()),
+        CODEC_AAC if c.header.len() >= 2 => check_aac_config(c),
         CODEC_MP3 | CODEC_AAC => Err(Error::media(format!(
             "a {} codec header of {} bytes",
             c.name(),
@@ -25,6 +25,29 @@ pub fn check_codec(c: &Codec) -> Result<()> {
             "codec {k} is not one this node knows"
         ))),
     }
+}
+
+/// An AAC stream's AudioSpecificConfig must say what its frames do: an object type, and
+/// (in its short form, as ADTS makes it) the stream's rate and channels. Frames are checked
+/// against the codec's rate and channels, so the config must agree with them too.
+fn check_aac_config(c: &Codec) -> Result<()> {
+    const RATES: [u32; 13] = [
+        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+    ];
+    let h = &c.header;
+    let object = super::audio_object_type(h)
+        .ok_or_else(|| Error::media("an AAC config with no object type"))?;
+    if object < 31 {
+        let index = (((h[0] & 0x07) << 1) | (h[1] >> 7)) as usize;
+        let channels = (h[1] >> 3) & 0x0f;
+        if RATES.get(index) != Some(&c.sample_rate) || channels != c.channels {
+            return Err(Error::media(format!(
+                "an AAC config for another rate or channel count than the stream's ({} Hz, {} channels)",
+                c.sample_rate, c.channels
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// How long frame `payload` of codec `c` lasts, in `c`'s samples: what its own header (or
@@ -44,6 +67,12 @@ pub fn frame_samples(c: &Codec, payload: &[u8]) -> Result<u32> {
         }
     };
     let h = raw.ok_or_else(|| Error::media(format!("a frame that is not {}", c.name())))?;
+    if c.kind == CODEC_AAC && h.samples != 1024 {
+        // More than one raw data block a frame: no MP4 sample holds it (HLS could not).
+        return Err(Error::media(
+            "an ADTS frame of several raw data blocks (set the encoder to one a frame)",
+        ));
+    }
     if h.len != payload.len() {
         return Err(Error::media(format!(
             "a {} frame of {} bytes whose header says {}",
@@ -76,5 +105,40 @@ pub fn content_type(c: &Codec) -> &'static str {
         CODEC_MP3 => "audio/mpeg",
         CODEC_AAC => "audio/aac",
         _ => "audio/ogg",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn aac(rate: u32, channels: u8, config: &'static [u8]) -> Codec {
+        Codec {
+            kind: CODEC_AAC,
+            sample_rate: rate,
+            channels,
+            header: Bytes::from_static(config),
+        }
+    }
+
+    #[test]
+    fn an_aac_config_must_say_the_streams_rate_and_channels() {
+        // AAC LC, 44.1 kHz (index 4), stereo.
+        assert!(check_codec(&aac(44_100, 2, &[0x12, 0x10])).is_ok());
+        assert!(check_codec(&aac(48_000, 2, &[0x12, 0x10])).is_err());
+        assert!(check_codec(&aac(44_100, 1, &[0x12, 0x10])).is_err());
+        // Object type 0 (null), and too short.
+        assert!(check_codec(&aac(44_100, 2, &[0x02, 0x10])).is_err());
+        assert!(check_codec(&aac(44_100, 2, &[0x12])).is_err());
+        // An MP3 stream has no header; a codec this node does not know is refused.
+        let mp3 = Codec {
+            kind: CODEC_MP3,
+            sample_rate: 44_100,
+            channels: 2,
+            header: Bytes::new(),
+        };
+        assert!(check_codec(&mp3).is_ok());
+        assert!(check_codec(&Codec { kind: 9, ..mp3 }).is_err());
     }
 }

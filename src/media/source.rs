@@ -39,14 +39,12 @@ impl SourceKind {
         }
     }
 
-    /// The format the first bytes of a stream show (`OggS`, an ID3 tag or an MP3 frame, an
-    /// ADTS frame); None if they show none (or too few bytes to tell).
+    /// The format the first bytes of a stream show (`OggS`, an MP3 frame, an ADTS frame; an
+    /// ID3 tag before them is the caller's to skip); None if they show none (or too few
+    /// bytes to tell).
     pub fn sniff(b: &[u8]) -> Option<SourceKind> {
         if b.starts_with(b"OggS") {
             return Some(SourceKind::OggOpus);
-        }
-        if b.starts_with(b"ID3") {
-            return Some(SourceKind::Mp3);
         }
         if framing::adts(b).is_some() {
             return Some(SourceKind::Aac);
@@ -111,13 +109,21 @@ impl SourceDemuxer {
         }
     }
 
-    /// Bytes held that are not yet events.
+    /// Bytes held that are not yet events and would be lost if the input ended here: an
+    /// Ogg page begun. (What a raw stream leaves at its end is a tag, ID3v1 or APE, or a
+    /// frame cut short: dropped, as players do.)
     pub fn buffered(&self) -> usize {
         match &self.inner {
             Inner::Sniffing(b, _) => b.len(),
             Inner::Ogg(d) => d.buffered(),
-            Inner::Raw(r) => r.buf.len(),
+            Inner::Raw(_) => 0,
         }
+    }
+
+    /// Whether the stream is raw frames (MP3, AAC), which end with their input: no
+    /// end-of-stream mark as Ogg has.
+    pub fn is_raw(&self) -> bool {
+        matches!(self.inner, Inner::Raw(_))
     }
 
     /// The title an Ogg Opus stream's OpusTags gave (once per logical stream, before its
@@ -132,18 +138,32 @@ impl SourceDemuxer {
     /// The next event, or None until more bytes come.
     pub fn next_event(&mut self) -> Result<Option<SourceEvent>> {
         if let Inner::Sniffing(b, said) = &mut self.inner {
-            let kind =
-                match (SourceKind::sniff(b), *said) {
-                    // An ID3 tag leads MP3 and AAC files alike: the source's word decides.
-                    (Some(SourceKind::Mp3), Some(SourceKind::Aac)) if b.starts_with(b"ID3") => {
-                        SourceKind::Aac
+            // An ID3 tag leads MP3 and AAC files alike: the first frame after it tells.
+            let tag = if b.starts_with(b"ID3") {
+                if b.len() < 10 {
+                    return Ok(None);
+                }
+                match id3v2_len(b) {
+                    Some(n) if n > MAX_ID3 => {
+                        return Err(Error::unsupported(format!(
+                            "an ID3 tag of {n} bytes (at most {MAX_ID3} are skipped)"
+                        )))
                     }
+                    Some(n) => n,
+                    None => 0,
+                }
+            } else {
+                0
+            };
+            let rest = b.get(tag..).unwrap_or(&[]);
+            let kind =
+                match (SourceKind::sniff(rest), *said) {
                     (Some(k), _) => k,
-                    (None, Some(k)) if b.len() >= 16 => k,
-                    (None, None) if b.len() >= 16 => return Err(Error::unsupported(
+                    (None, _) if rest.len() < 16 => return Ok(None),
+                    (None, Some(k)) => k,
+                    (None, None) => return Err(Error::unsupported(
                         "the stream is not Ogg Opus, MP3 or AAC in ADTS (its first bytes say none)",
                     )),
-                    (None, _) => return Ok(None),
                 };
             let held = std::mem::take(b);
             self.inner = Inner::start(kind);
@@ -445,6 +465,16 @@ mod tests {
         assert_eq!(SourceKind::from_content_type("video/mp4"), None);
         assert_eq!(SourceKind::sniff(b"OggS\0"), Some(SourceKind::OggOpus));
         assert_eq!(SourceKind::sniff(&adts_frame(64)), Some(SourceKind::Aac));
-        assert_eq!(SourceKind::sniff(b"ID3\x04"), Some(SourceKind::Mp3));
+        assert_eq!(SourceKind::sniff(b"ID3\x04"), None);
+        // Untold, an ID3 tag is looked past: the frame after it says AAC.
+        let mut input = b"ID3\x04\x00\x00\x00\x00\x00\x20".to_vec(); // a 32-byte tag body
+        input.extend([0u8; 32]);
+        input.extend(adts_frame(64));
+        input.extend(adts_frame(64));
+        let ev = events(None, &input, 3);
+        assert!(
+            matches!(&ev[0], SourceEvent::Head(c) if c.kind == CODEC_AAC),
+            "{ev:?}"
+        );
     }
 }

@@ -253,19 +253,31 @@ impl Broadcast {
     }
 
     /// A new now-playing title (None or empty: none): segments begun from now on carry it.
-    pub fn set_title(&self, title: Option<Bytes>) {
-        *self.title.lock().unwrap_or_else(|e| e.into_inner()) = title.filter(|t| !t.is_empty());
+    /// Whether it changed.
+    pub fn set_title(&self, title: Option<Bytes>) -> bool {
+        let title = title.filter(|t| !t.is_empty());
+        let mut cur = self.title.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *cur != title;
+        *cur = title;
+        changed
     }
 
     /// Starts segment `seq`, sealing the open one, with the title now current. Sequence
     /// numbers only grow.
     pub fn begin(&self, seq: u64) -> Result<Arc<Segment>> {
-        self.begin_titled(seq, self.title())
+        self.start(seq, self.title())
     }
 
     /// Starts segment `seq` with the title its source gave it (a relay's parent), which
     /// becomes the current one.
     pub fn begin_titled(&self, seq: u64, title: Option<Bytes>) -> Result<Arc<Segment>> {
+        let seg = self.start(seq, title.clone())?;
+        self.set_title(title);
+        Ok(seg)
+    }
+
+    /// Starts segment `seq`, titled `title`.
+    fn start(&self, seq: u64, title: Option<Bytes>) -> Result<Arc<Segment>> {
         let title = title.filter(|t| !t.is_empty());
         let http = match &self.ogg {
             Some(ogg) => super::segment::HttpForm::Ogg(ogg.clone()),
@@ -301,7 +313,6 @@ impl Broadcast {
                 }
             }
         }
-        self.set_title(title);
         self.cache.cache.insert((self.local, seq), seg.clone());
         self.repace();
         // Coalesced like frames: a segment boundary is no reason for an extra wake-up (and
@@ -563,7 +574,7 @@ impl Broadcast {
 /// its pre-skip from the OpusHead.
 fn ogg_numbering(instance: u64, codec: &Codec) -> Option<Arc<super::segment::OggNumbering>> {
     let h = &codec.header;
-    if h.len() < 12 || &h[..8] != b"OpusHead" {
+    if codec.kind != crate::proto::CODEC_OPUS || h.len() < 12 || &h[..8] != b"OpusHead" {
         return None;
     }
     let pre_skip = u64::from(u16::from_le_bytes([h[10], h[11]]));

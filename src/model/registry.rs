@@ -96,9 +96,25 @@ pub struct Slot {
     /// The broadcast that ended last, until the next one goes live: HLS clients polling
     /// the name after the end are told it ended (the playlist's ENDLIST), not left to wait.
     ended: Mutex<Option<Arc<Broadcast>>>,
+    /// A title given before the broadcast it names began (an encoder sends its first
+    /// update as it connects, before its first frame): the next broadcast starts with it.
+    pending_title: Mutex<Option<Option<bytes::Bytes>>>,
 }
 
 impl Slot {
+    /// Keeps `title` for the next broadcast to begin here.
+    pub fn set_pending_title(&self, title: Option<bytes::Bytes>) {
+        *self.pending_title.lock().unwrap_or_else(|e| e.into_inner()) = Some(title);
+    }
+
+    /// The title given before the broadcast began, once.
+    pub fn take_pending_title(&self) -> Option<Option<bytes::Bytes>> {
+        self.pending_title
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     /// The broadcast that ended last, if no other has gone live since.
     pub fn last_ended(&self) -> Option<Arc<Broadcast>> {
         self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -424,6 +440,7 @@ impl Registry {
             waiting: self.waiting.clone(),
             parents: Mutex::default(),
             ended: Mutex::default(),
+            pending_title: Mutex::default(),
         });
         if counted {
             self.waiting.fetch_add(1, Ordering::AcqRel);

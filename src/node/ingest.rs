@@ -90,6 +90,10 @@ impl Publishing {
                 (b, Join::Resume)
             }
         };
+        // A title its source gave before its first frame.
+        if let Some(t) = slot.take_pending_title() {
+            broadcast.set_title(t);
+        }
         info!(instance = broadcast.instance, "publisher connected");
         let segmenter = Segmenter::new(node.cfg.segment_ms.get(), &broadcast, join);
         Ok(Publishing {
@@ -127,8 +131,10 @@ impl Publishing {
     /// dropped and it is cut to `MAX_TITLE` bytes (on a character boundary).
     pub fn set_title(&self, title: Option<&str>) {
         let t = title.and_then(crate::media::metadata::clean_title);
-        info!(title = t.as_deref().unwrap_or(""), "now playing");
-        self.broadcast.set_title(t.map(bytes::Bytes::from));
+        let shown = t.clone().unwrap_or_default();
+        if self.broadcast.set_title(t.map(bytes::Bytes::from)) {
+            info!(title = shown, "now playing");
+        }
     }
 
     /// The publisher ended the broadcast.

@@ -135,6 +135,14 @@ impl Radio {
         }
     }
 
+    /// Samples per frame (MPEG-1 layer III, AAC LC).
+    pub fn samples_per_frame(self) -> u64 {
+        match self {
+            Radio::Mp3 => 1152,
+            Radio::Aac => 1024,
+        }
+    }
+
     /// Its frame header reader.
     pub fn header(self) -> fn(&[u8]) -> Option<quicast::media::framing::FrameHeader> {
         match self {
@@ -163,11 +171,16 @@ pub fn tone_with_noise(secs: Option<u32>) -> Vec<String> {
     ]
 }
 
-/// `secs` seconds of `codec` (see `tone_with_noise`), as `dir/src.mp3` or `dir/src.aac`.
+/// `secs` seconds of `codec` (see `tone_with_noise`) in stereo, as `dir/src.mp3` (frames only:
+/// no ID3 tag, no Xing frame) or `dir/src.aac`.
 pub fn make_radio(dir: &Path, codec: Radio, secs: u32) -> PathBuf {
     let out = dir.join(format!("src.{}", codec.ext()));
     let mut args: Vec<String> = vec!["-y".into(), "-v".into(), "error".into()];
     args.extend(tone_with_noise(Some(secs)));
+    args.extend(["-ac".to_string(), "2".into()]);
+    if codec == Radio::Mp3 {
+        args.extend(["-write_xing", "0", "-id3v2_version", "0"].map(String::from));
+    }
     args.extend(codec.encode_args().iter().map(|s| s.to_string()));
     args.push(out.to_str().unwrap().into());
     ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());

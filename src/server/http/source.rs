@@ -108,24 +108,40 @@ pub(super) fn metadata(door: &Door, head: &RequestHead, remote: SocketAddr, quer
         Ok(u) => u,
         Err(e) => return refusal(node, status_for(&e), e.reason()),
     };
-    let Some(b) = node
-        .registry
-        .get(&update.mount)
-        .and_then(|s| s.broadcast())
-        .filter(|b| !b.is_finished())
-    else {
+    if let Err(e) = crate::proto::check_path(&update.mount) {
+        return refusal(node, 400, &format!("bad mount: {e}"));
+    }
+    let slot = match node.registry.slot(&update.mount) {
+        Ok((slot, _)) => slot,
+        Err(e) => return refusal(node, status_for(&e), e.reason()),
+    };
+    // Only for a stream the source password may take (not one a publisher holds with
+    // other credentials).
+    if !slot.may_claim(icecast::source_credential(node)) {
         return refusal(
             node,
-            404,
-            &format!("no live stream {} on this origin", update.mount),
+            403,
+            &format!(
+                "stream {} is held by a publisher with other credentials",
+                update.mount
+            ),
         );
-    };
+    }
     tracing::info!(
         path = %update.mount,
         title = update.title.as_deref().unwrap_or(""),
         "now playing (source's update)"
     );
-    b.set_title(update.title.map(bytes::Bytes::from));
+    let title = update.title.map(bytes::Bytes::from);
+    let live = slot.broadcast().filter(|b| !b.is_finished());
+    if let Some(b) = &live {
+        b.set_title(title.clone());
+    }
+    if live.is_none() || !slot.has_publisher() {
+        // Sent as the encoder connects, before its first frame: the broadcast it begins
+        // starts with it.
+        slot.set_pending_title(title);
+    }
     // Icecast's answer, which source clients read.
     Reply::new(
         200,
