@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::{headless, hls_js, page_server};
-use common::media::{ffmpeg, make_radio, Radio};
+use common::media::{make_radio, packet_crcs_with, Radio};
 use common::procs::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,21 +30,10 @@ const PASSWORD: &str = "hackme";
 
 /// (size, crc) of every packet of `src` as HLS carries them (AAC without ADTS headers).
 fn packet_crcs(src: &Path, radio: Radio) -> Vec<(String, String)> {
-    let mut args = vec!["-v", "error", "-i", src.to_str().unwrap(), "-c", "copy"];
-    if radio == Radio::Aac {
-        args.extend(["-bsf:a", "aac_adtstoasc"]);
+    match radio {
+        Radio::Aac => packet_crcs_with(src, &["-bsf:a", "aac_adtstoasc"]),
+        Radio::Mp3 => packet_crcs_with(src, &[]),
     }
-    args.extend(["-f", "framecrc", "-"]);
-    let out = ffmpeg(&args);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').map(|x| x.trim()).collect();
-            (f[4].to_string(), f[5].to_string())
-        })
-        .collect()
 }
 
 /// origin → mid → edge, origin (Icecast sources) and edge serving HTTP.

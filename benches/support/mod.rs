@@ -148,50 +148,43 @@ pub fn cert(dir: &Path) -> (String, String, String) {
     )
 }
 
-/// 20 s of 64 kbit/s CBR Opus (20 ms frames): a tone over pink noise.
+/// 20 s of 64 kbit/s CBR Opus (20 ms frames): a tone over pink noise; or, with
+/// `QUICAST_BENCH_CODEC=mp3`, the same talk as 128 kbit/s MP3 at 44.1 kHz stereo (what an
+/// Icecast radio sends).
 pub fn source(dir: &Path) -> PathBuf {
     if std::env::var("QUICAST_BENCH_CODEC").is_ok_and(|c| c == "mp3") {
-        return source_mp3(dir);
+        let mp3 = [
+            "-ar",
+            "44100",
+            "-ac",
+            "2",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-write_xing",
+            "0",
+            "-id3v2_version",
+            "0",
+        ];
+        return talk(dir, "talk128k.mp3", &mp3);
     }
-    let p = dir.join("talk64k.opus");
-    if !p.exists() {
-        let st = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=300:duration=20",
-                "-f",
-                "lavfi",
-                "-i",
-                "anoisesrc=color=pink:amplitude=0.1:duration=20",
-                "-filter_complex",
-                "amix=inputs=2",
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "64k",
-                "-vbr",
-                "off",
-                "-frame_duration",
-                "20",
-            ])
-            .arg(&p)
-            .status()
-            .expect("ffmpeg makes the 64 kbit/s source (apt-get install -y ffmpeg)");
-        assert!(st.success());
-    }
-    p
+    let opus = [
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "64k",
+        "-vbr",
+        "off",
+        "-frame_duration",
+        "20",
+    ];
+    talk(dir, "talk64k.opus", &opus)
 }
 
-/// The same talk as MP3 at 128 kbit/s, 44.1 kHz stereo (`QUICAST_BENCH_CODEC=mp3`): what an
-/// Icecast radio sends.
-fn source_mp3(dir: &Path) -> PathBuf {
-    let p = dir.join("talk128k.mp3");
+/// `dir/name`, made once: 20 s of a tone over pink noise, encoded with `codec`'s arguments.
+fn talk(dir: &Path, name: &str, codec: &[&str]) -> PathBuf {
+    let p = dir.join(name);
     if !p.exists() {
         let st = Command::new("ffmpeg")
             .args([
@@ -209,22 +202,11 @@ fn source_mp3(dir: &Path) -> PathBuf {
                 "anoisesrc=color=pink:amplitude=0.1:duration=20",
                 "-filter_complex",
                 "amix=inputs=2",
-                "-ar",
-                "44100",
-                "-ac",
-                "2",
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "128k",
-                "-write_xing",
-                "0",
-                "-id3v2_version",
-                "0",
             ])
+            .args(codec)
             .arg(&p)
             .status()
-            .expect("ffmpeg makes the 128 kbit/s MP3 source (apt-get install -y ffmpeg)");
+            .expect("ffmpeg makes the benchmark's source (apt-get install -y ffmpeg)");
         assert!(st.success());
     }
     p

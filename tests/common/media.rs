@@ -63,17 +63,16 @@ pub fn make_vorbis(dir: &Path) -> PathBuf {
 
 /// (size, crc) of every packet, as ffmpeg's framecrc muxer reports them without decoding.
 pub fn packet_crcs(file: &Path) -> Vec<(String, String)> {
-    let out = ffmpeg(&[
-        "-v",
-        "error",
-        "-i",
-        file.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "framecrc",
-        "-",
-    ]);
+    packet_crcs_with(file, &[])
+}
+
+/// The same, the packets passed through `filters` (ffmpeg arguments, a bitstream filter)
+/// first.
+pub fn packet_crcs_with(file: &Path, filters: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["-v", "error", "-i", file.to_str().unwrap(), "-c", "copy"];
+    args.extend_from_slice(filters);
+    args.extend(["-f", "framecrc", "-"]);
+    let out = ffmpeg(&args);
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
