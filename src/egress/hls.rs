@@ -1,7 +1,8 @@
 //! Low-Latency HLS (rfc8216bis, with Apple's LL-HLS rules) from the segments a node holds:
 //! `GET /STREAM.m3u8` is a live media playlist. One HLS media segment per quicast segment,
-//! parts of about `PART_MS` (a whole number of frames for AAC and MP3), every duration in
-//! the codec's own samples. Two forms, by codec (`Form`):
+//! parts of about `media::PART_MS` (a whole number of frames for AAC and MP3; a segment is
+//! a whole number of parts, see `model::Segmenter`), every duration in the codec's own
+//! samples. Two forms, by codec (`Form`):
 //! - Opus and AAC: fMP4 (CMAF), an init segment (`EXT-X-MAP`) and fragments:
 //!   `STREAM.hls/INSTANCE/init.mp4`, `STREAM.hls/INSTANCE/SEQ.m4s`,
 //!   `STREAM.hls/INSTANCE/SEQ.PART.m4s`.
@@ -33,14 +34,11 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{fragment, init_segment, packed_audio, timestamp_90k};
+use crate::media::{fragment, init_segment, packed_audio, part_samples, timestamp_90k};
 use crate::model::{Batch, Broadcast, Egress, Segment, WireFrame};
 use crate::node::{Node, Peer};
-use crate::proto::{self, Codec, Start, CODEC_AAC, CODEC_MP3};
+use crate::proto::{self, Codec, Start, CODEC_MP3};
 
-/// Part target, ms: ten 20 ms Opus frames, two delivery intervals. AAC and MP3 parts are
-/// the most whole frames that fit in it (see `part_samples`).
-pub const PART_MS: u64 = 200;
 /// A title in an `EXT-X-DATERANGE` is cut to this many bytes (on a character boundary).
 const MAX_DATERANGE_TITLE: usize = 512;
 /// Requests held at once by a node (blocking playlist reloads and part requests) before
@@ -468,21 +466,6 @@ fn frames_of(seg: &Segment) -> Vec<WireFrame> {
     }
 }
 
-/// How long a part is, in the codec's samples: `PART_MS` for Opus (ten 20 ms frames); for
-/// AAC (1024 samples a frame) and MP3 (1152, or 576 below 32 kHz) the most whole frames
-/// that fit in `PART_MS`, so that no part is longer than the part target the playlist
-/// gives (RFC 8216bis 4.4.4.9): 8 AAC frames at 44.1 kHz (186 ms), 7 MP3 frames (183 ms).
-pub fn part_samples(codec: &Codec) -> u64 {
-    let target = PART_MS * u64::from(codec.sample_rate.max(1)) / 1000;
-    let frame = match codec.kind {
-        CODEC_AAC => 1024,
-        CODEC_MP3 if codec.sample_rate >= 32_000 => 1152,
-        CODEC_MP3 => 576,
-        _ => return target.max(1),
-    };
-    (target / frame).max(1) * frame
-}
-
 /// Part `k` of a segment: the frames that start in [k, k+1) parts of `part` samples after
 /// its first.
 fn part_range(frames: &[WireFrame], part: u64, k: u64) -> (usize, usize) {
@@ -892,6 +875,7 @@ fn leaf(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::CODEC_AAC;
 
     #[test]
     fn paths_and_queries_parse_strictly() {

@@ -99,6 +99,25 @@ pub fn at_48k(c: &Codec, samples: u64) -> u64 {
     samples.saturating_mul(48_000) / u64::from(c.sample_rate.max(1))
 }
 
+/// Part target, ms: ten 20 ms Opus frames, two delivery intervals. AAC and MP3 parts are
+/// the most whole frames that fit in it (see `part_samples`).
+pub const PART_MS: u64 = 200;
+
+/// How long a part is, in the codec's samples: `PART_MS` for Opus (ten 20 ms frames); for
+/// AAC (1024 samples a frame) and MP3 (1152, or 576 below 32 kHz) the most whole frames
+/// that fit in `PART_MS`, so that no part is longer than the part target the playlist
+/// gives (RFC 8216bis 4.4.4.9): 8 AAC frames at 44.1 kHz (186 ms), 7 MP3 frames (183 ms).
+pub fn part_samples(codec: &Codec) -> u64 {
+    let target = PART_MS * u64::from(codec.sample_rate.max(1)) / 1000;
+    let frame = match codec.kind {
+        CODEC_AAC => 1024,
+        CODEC_MP3 if codec.sample_rate >= 32_000 => 1152,
+        CODEC_MP3 => 576,
+        _ => return target.max(1),
+    };
+    (target / frame).max(1) * frame
+}
+
 /// The content type of a stream in this codec as HTTP listeners get it.
 pub fn content_type(c: &Codec) -> &'static str {
     match c.kind {

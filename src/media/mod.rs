@@ -20,7 +20,7 @@ mod source;
 mod timeline;
 
 pub use aac::{aac_config, audio_object_type};
-pub use codec::{at_48k, check_codec, content_type, frame_samples};
+pub use codec::{at_48k, check_codec, content_type, frame_samples, part_samples, PART_MS};
 pub use fmp4::{fragment, init_segment};
 pub use fmp4_track::hls_codecs;
 pub use ogg_demux::{OggEvent, OggOpusDemuxer};

@@ -1,7 +1,13 @@
 //! The segmenter: checks a publisher's frames and cuts them into segments.
 //!
 //! Segments are cut by a rule that depends on the media alone: segment `seq` holds the
-//! frames whose timestamps fall in `[seq * target, (seq + 1) * target)`. Two origins fed the
+//! frames whose timestamps fall in `[seq * target, (seq + 1) * target)`, the target being
+//! the configured length rounded to a whole number of LL-HLS parts (`media::part_samples`;
+//! a length under one part is kept, each segment then one part): every part of a segment is a whole one, none a runt of a frame or three
+//! at its end (1 s of 44.1 kHz AAC is 43 frames, five 8-frame parts and a 3-frame one;
+//! rounded, 40 frames: five parts). A runt part came out just after its neighbour and
+//! with the segment's close, and hls.js 1.7.4, given the playlist that closes a segment
+//! while it still loads the part before, never loads the runt: a hole in every player. Two origins fed the
 //! same frames (by one publisher sending to both) therefore hold the same segments, with the
 //! same numbers and the same frames in them, and a relay may fail over from one to the other
 //! by position. A node that joins a timeline mid-segment (an origin that restarted, given a
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use super::{Broadcast, Segment, WireFrame};
 use crate::error::{Error, Result};
-use crate::media::frame_samples;
+use crate::media::{frame_samples, part_samples};
 use crate::proto::Frame;
 
 /// How a publisher's timestamps join a broadcast that already has frames.
@@ -41,10 +47,14 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
-    /// A segmenter for `b`, cutting segments of `target`, continuing what `b` holds (its
-    /// open segment, if a publisher left one open) as `join` says.
+    /// A segmenter for `b`, cutting segments of about `target` (a whole number of parts),
+    /// continuing what `b` holds (its open segment, if a publisher left one open) as `join`
+    /// says.
     pub fn new(target: Duration, b: &Broadcast, join: Join) -> Segmenter {
-        let target = (target.as_micros() as u64 * b.codec.sample_rate as u64 / 1_000_000).max(1);
+        let target = whole_parts(
+            target.as_micros() as u64 * u64::from(b.codec.sample_rate) / 1_000_000,
+            part_samples(&b.codec),
+        );
         Segmenter {
             target,
             seg: b.open_segment(),
@@ -118,5 +128,38 @@ impl Segmenter {
         };
         f.wall_us = wall;
         b.append_quiet(&seg, WireFrame::new(f))
+    }
+}
+
+/// `samples` rounded to the nearest whole number of `part`s; a length shorter than a part
+/// as it is (each such segment is one part), at least one sample.
+fn whole_parts(samples: u64, part: u64) -> u64 {
+    let part = part.max(1);
+    if samples < part {
+        return samples.max(1);
+    }
+    (samples + part / 2) / part * part
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_parts;
+
+    #[test]
+    fn segments_are_whole_parts() {
+        // Opus at 48 kHz, 200 ms parts: a second is five, as it was.
+        assert_eq!(whole_parts(48_000, 9_600), 48_000);
+        // AAC at 44.1 kHz, 8-frame parts: 40 frames, not 43.
+        assert_eq!(whole_parts(44_100, 8 * 1024), 40 * 1024);
+        // AAC at 48 kHz, 9-frame parts: 45 frames, not 47.
+        assert_eq!(whole_parts(48_000, 9 * 1024), 45 * 1024);
+        // MP3 at 44.1 kHz, 7-frame parts: 35 frames, not 39.
+        assert_eq!(whole_parts(44_100, 7 * 1152), 35 * 1152);
+        // Half a part or more rounds up.
+        assert_eq!(whole_parts(24_000, 9_600), 3 * 9_600);
+        assert_eq!(whole_parts(14_000, 9_600), 9_600);
+        // Shorter than a part: as it is (one part a segment).
+        assert_eq!(whole_parts(4_800, 9_600), 4_800);
+        assert_eq!(whole_parts(0, 0), 1);
     }
 }

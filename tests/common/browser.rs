@@ -119,9 +119,17 @@ pub async fn page_server(
             let (mut s, _) = pages.accept().await.unwrap();
             let (html, tx) = (html.clone(), tx.clone());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                // The request line and headers, however many reads they take (a report
+                // is one long request line).
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 16 << 10];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 4 << 20 {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf).to_string();
                 let line = req.lines().next().unwrap_or("").to_string();
                 if let Some(q) = line.strip_prefix("GET /report?") {
                     let _ = tx
