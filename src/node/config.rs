@@ -298,7 +298,8 @@ keys! {
     /// File holding the relay token (role relay) this relay presents to its parents; read
     /// at each connection to a parent, so a new one is taken without a restart.
     relay_token: opt PathBuf = "" for relay;
-    /// Target segment duration in milliseconds (origin).
+    /// Target segment duration in milliseconds (origin), rounded to whole LL-HLS parts of
+    /// about 200 ms.
     segment_ms: one Millis<20, 10_000> = "1000";
     /// Delivery interval in ms (origin), fixed for every stream: listeners are sent new
     /// frames at most this often, in one write [default: per stream, the longest interval
