@@ -480,7 +480,7 @@ async fn a_low_latency_subscriber_is_sent_each_frame_and_the_paced_one_each_inte
             match ev {
                 quicast::client::Event::Segment { frames: mut r, .. } => {
                     let mut got = Vec::new();
-                    while let quicast::node::SegmentRead::Frames = r.frames(&mut got).await {
+                    while let quicast::model::SegmentRead::Frames = r.frames(&mut got).await {
                         frames += got.len() as u64;
                         got.clear();
                     }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::{Client, Event, Session};
 use crate::error::{Error, Result};
-use crate::node::SegmentRead;
+use crate::model::SegmentRead;
 use crate::proto::{Codec, ErrorCode, Frame, QuicUrl, Role, Start, SUBSCRIBE_LOW_LATENCY};
 
 pub enum ListenEvent<'a> {

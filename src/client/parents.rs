@@ -13,11 +13,10 @@ use super::resolve::{Dns, MembersTx};
 use super::session::{Event, Session, Subscription};
 use super::Client;
 use crate::error::{Error, Kind, Result};
-use crate::model::WireFrame;
+use crate::model::{SegmentRead, WireFrame};
 use crate::node::config::read_relay_token;
 use crate::node::{
-    Member, NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead,
-    SegmentReader,
+    Member, NodeConfig, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentReader,
 };
 use crate::proto::{CatalogEntry, ErrorCode, Role, Start};
 use crate::transport::{self, FrameReader, Trust};

@@ -24,7 +24,7 @@ pub use pacing::{fill_interval, Mode as PaceMode, Pacing, PACKET_OVERHEAD};
 pub use registry::{
     Announced, Create, Egress, PublisherClaim, Registry, Slot, SlotState, SubscriberGuard,
 };
-pub use segment::Segment;
+pub use segment::{Segment, SegmentRead};
 pub use segmenter::{Join, Segmenter};
 
 /// Limits and sizes of a node's store.

@@ -6,7 +6,20 @@ use bytes::Bytes;
 
 use super::{Batch, WireFrame};
 use crate::error::{Error, Kind, Result};
-use crate::proto::{MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
+use crate::proto::{ErrorCode, MAX_FRAMES_PER_SEGMENT, MAX_SEGMENT_BYTES};
+
+/// How reading a segment from a parent went (a step of whatever carries it: QUIC, a test's
+/// in-memory reader).
+pub enum SegmentRead {
+    /// Frames were appended.
+    Frames,
+    /// The segment is complete.
+    Finished,
+    /// The parent gave the segment up (it moved us forward, `skipped`).
+    Reset(ErrorCode),
+    /// The connection failed.
+    Failed(Error),
+}
 
 /// A run of frames starting with an independently decodable one. Open while it grows,
 /// sealed when the next one begins. Append-only.

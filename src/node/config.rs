@@ -788,43 +788,8 @@ impl FromStr for Secret {
 }
 from_toml_str!(Secret);
 
-/// The SHA-256 of a certificate's DER: 64 hex digits, colons allowed (`AB:CD:...`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl FromStr for Fingerprint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let hex: Vec<u8> = s.bytes().filter(|c| *c != b':').collect();
-        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
-            return Err(format!(
-                "fingerprint {s:?} is not 64 hex digits (a SHA-256, colons allowed)"
-            ));
-        }
-        let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-        let mut out = [0u8; 32];
-        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            *o = (digit(pair[0]) << 4) | digit(pair[1]);
-        }
-        Ok(Fingerprint(out))
-    }
-}
+pub use crate::transport::Fingerprint;
 from_toml_str!(Fingerprint);
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
 
 /// A stream name announced ahead, or a prefix of names ending in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::parents::{SegmentRead, SegmentReader};
+use super::parents::SegmentReader;
 use super::Node;
 use crate::error::Error;
+use crate::model::SegmentRead;
 use crate::model::{Broadcast, PaceMode, Provenance, Segment, Slot, StoreConfig};
 use crate::proto::{Codec, ErrorCode, Start, StreamInfo};
 

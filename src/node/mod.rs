@@ -38,9 +38,7 @@ pub use auth::{credential, secret_eq};
 pub use config::{ConfigError, NodeArgs, NodeConfig};
 pub use ingest::{Pace, Publishing};
 pub use load::next_overload;
-pub use parents::{
-    Member, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentRead, SegmentReader,
-};
+pub use parents::{Member, ParentEvent, ParentLink, ParentSubscription, Parents, SegmentReader};
 pub use rendezvous::{hash_order, rendezvous};
 pub(crate) use stats::{dec, inc};
 pub use stats::{Stats, Timings};

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::model::WireFrame;
+use crate::model::{SegmentRead, WireFrame};
 use crate::proto::{CatalogEntry, Codec, ErrorCode, QuicUrl, Start, StreamInfo};
 
 /// One parent, as the transport names it: a listed `quic://HOST:PORT`, or one address of a
@@ -95,18 +95,6 @@ pub enum ParentEvent {
 pub trait ParentSubscription: Send {
     /// The next event; None once the connection is gone (see `ParentLink::closed`).
     fn next(&mut self) -> BoxFuture<'_, Option<ParentEvent>>;
-}
-
-/// How reading a segment went.
-pub enum SegmentRead {
-    /// Frames were appended.
-    Frames,
-    /// The segment is complete.
-    Finished,
-    /// The parent gave the segment up (it moved us forward, `skipped`).
-    Reset(ErrorCode),
-    /// The connection failed.
-    Failed(Error),
 }
 
 /// A segment's frames as they arrive.

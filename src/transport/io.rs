@@ -9,8 +9,8 @@ use quinn::{RecvStream, SendStream};
 
 use super::errors::varint;
 use crate::error::{Error, Result};
+use crate::model::SegmentRead;
 use crate::model::WireFrame;
-use crate::node::SegmentRead;
 use crate::proto::{
     DecodeError, ErrorCode, Frame, Message, SegmentHeader, UniHeader, MAX_FRAME_RECORD, MAX_MESSAGE,
 };

@@ -17,7 +17,7 @@ pub use endpoint::{
 };
 pub use errors::{conn_error, varint};
 pub use io::{write_message, ControlReader, ControlWriter, FrameReader};
-pub use tls::{sha256_hex, FileError, Identity, Trust};
+pub use tls::{sha256_hex, FileError, Fingerprint, Identity, Trust};
 pub use webcert::{self_issued, WebCerts, H3};
 
 use crate::error::{Error, Result};

@@ -2,8 +2,10 @@
 //! certificate whose SHA-256 fingerprint is logged), and a client's trust (a CA file, or
 //! pinned fingerprints). There is no "accept any certificate" mode.
 
+use std::fmt;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,7 +16,42 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::error::{Error, Result};
-use crate::node::config::Fingerprint;
+
+/// The SHA-256 of a certificate's DER: 64 hex digits, colons allowed (`AB:CD:...`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl FromStr for Fingerprint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex: Vec<u8> = s.bytes().filter(|c| *c != b':').collect();
+        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!(
+                "fingerprint {s:?} is not 64 hex digits (a SHA-256, colons allowed)"
+            ));
+        }
+        let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *o = (digit(pair[0]) << 4) | digit(pair[1]);
+        }
+        Ok(Fingerprint(out))
+    }
+}
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
 
 /// ring's provider with the TLS 1.3 suites in the order we want: AES-128-GCM with SHA-256
 /// first (then ChaCha20-Poly1305). ring's default puts AES-256-GCM-SHA384 first, whose key
