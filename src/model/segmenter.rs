@@ -3,14 +3,16 @@
 //! Segments are cut by a rule that depends on the media alone: segment `seq` holds the
 //! frames whose timestamps fall in `[seq * target, (seq + 1) * target)`, the target being
 //! the configured length rounded to a whole number of LL-HLS parts (`media::part_samples`;
-//! a length under one part is kept, each segment then one part): every part of a segment is a whole one, none a runt of a frame or three
-//! at its end (1 s of 44.1 kHz AAC is 43 frames, five 8-frame parts and a 3-frame one;
-//! rounded, 40 frames: five parts). A runt part came out just after its neighbour and
-//! with the segment's close, and hls.js 1.7.4, given the playlist that closes a segment
-//! while it still loads the part before, never loads the runt: a hole in every player. Two origins fed the
-//! same frames (by one publisher sending to both) therefore hold the same segments, with the
-//! same numbers and the same frames in them, and a relay may fail over from one to the other
-//! by position. A node that joins a timeline mid-segment (an origin that restarted, given a
+//! a length under one part is kept, each segment then one part). So every part of a
+//! segment is a whole one, none a runt of a frame or three at its end: 1 s of 44.1 kHz AAC
+//! is 43 frames, five 8-frame parts and a 3-frame runt; rounded, 40 frames, five parts. A
+//! runt came out just after its neighbour, with the segment's close, and hls.js 1.7.4,
+//! given the playlist that closes a segment while it still loads the part before, never
+//! loads the runt: a hole in every such player.
+//!
+//! Two origins fed the same frames (by one publisher sending to both) therefore hold the
+//! same segments, with the same numbers and the same frames in them, and a relay may fail
+//! over from one to the other by position. A node that joins a timeline mid-segment (an origin that restarted, given a
 //! publisher's replay) waits for the next segment's first frame, so that every segment it
 //! holds is whole.
 
@@ -149,11 +151,11 @@ mod tests {
     fn segments_are_whole_parts() {
         // Opus at 48 kHz, 200 ms parts: a second is five, as it was.
         assert_eq!(whole_parts(48_000, 9_600), 48_000);
-        // AAC at 44.1 kHz, 8-frame parts: 40 frames, not 43.
+        // AAC at 44.1 kHz, 8-frame parts: 40 frames, not 43 or 44.
         assert_eq!(whole_parts(44_100, 8 * 1024), 40 * 1024);
-        // AAC at 48 kHz, 9-frame parts: 45 frames, not 47.
+        // AAC at 48 kHz, 9-frame parts: 45 frames, not 46 or 47.
         assert_eq!(whole_parts(48_000, 9 * 1024), 45 * 1024);
-        // MP3 at 44.1 kHz, 7-frame parts: 35 frames, not 39.
+        // MP3 at 44.1 kHz, 7-frame parts: 35 frames, not 38 or 39.
         assert_eq!(whole_parts(44_100, 7 * 1152), 35 * 1152);
         // Half a part or more rounds up.
         assert_eq!(whole_parts(24_000, 9_600), 3 * 9_600);
