@@ -1,7 +1,8 @@
 //! LL-HLS at every node, tried as HLS clients do, against separate processes: ffmpeg as a
 //! player through origin → relay → edge; a strict checker following the playlist with
 //! blocking reloads until the broadcast ends; hostile queries; and nginx from Debian as a
-//! caching reverse proxy in front of an edge with 200 clients behind it.
+//! caching reverse proxy in front of an edge with 200 clients behind it. The trees are
+//! `common::procs::http_tree`'s (origin and edge serving HTTP), with 500 ms segments.
 
 mod common;
 
@@ -226,32 +227,10 @@ fn is_box(b: &[u8], kind: &[u8; 4]) -> bool {
     b.len() >= 8 && &b[4..8] == kind
 }
 
-struct Tree3 {
-    _c: Certs,
-    origin: Node,
-    origin_http: String,
-    _mid: Node,
-    _edge: Node,
-    edge_http: String,
-}
-
-/// origin → mid → edge, origin and edge serving HTTP.
-fn tree3(c: Certs, extra: &[&str]) -> Tree3 {
-    let mut http = vec!["--http", "127.0.0.1:0"];
-    http.extend_from_slice(extra);
-    let mut origin = origin_node(&c, &http);
-    let origin_http = origin.http_addr();
-    let mid = relay_node(&c, &[&origin], &[]);
-    let mut edge = relay_node(&c, &[&mid], &http);
-    let edge_http = edge.http_addr();
-    Tree3 {
-        _c: c,
-        origin,
-        origin_http,
-        _mid: mid,
-        _edge: edge,
-        edge_http,
-    }
+/// origin → mid → edge, origin and edge serving HTTP, both with the flags `extra`; the
+/// origin making segments of half a second.
+fn tree3(extra: &[&str]) -> HttpTree {
+    http_tree(&["--segment-ms", "500"], extra)
 }
 
 #[test]
@@ -259,8 +238,8 @@ fn ffmpeg_plays_hls_from_an_edge_one_contiguous_run() {
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 3);
     let src_crcs = packet_crcs(&src);
-    let t = tree3(certs(), &[]);
-    let _pub = publish(&t._c, &[&t.origin], "talk", &src);
+    let t = tree3(&[]);
+    let _pub = publish(&t.c, &[&t.origin], "talk", &src);
     let out = work.path().join("heard.opus");
     // ffmpeg's HLS reader polls the playlist (no blocking reloads) and is the edge's only
     // listener: between its polls nothing is in flight. 20 s: several polls past the
@@ -360,8 +339,7 @@ async fn follow(http: &str, name: &str) -> BTreeMap<u64, Vec<u8>> {
 async fn the_playlist_stays_valid_live_and_ends_with_the_broadcast() {
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 8);
-    let c = certs();
-    let t = tree3(c, &[]);
+    let t = tree3(&[]);
     // No --loop: the broadcast ends with the file, and the playlist with it.
     let mut p = Proc::spawn(&[
         "publish",
@@ -369,7 +347,7 @@ async fn the_playlist_stays_valid_live_and_ends_with_the_broadcast() {
         "--input",
         src.to_str().unwrap(),
         "--fingerprint",
-        &t._c.fp,
+        &t.c.fp,
     ]);
     p.wait_line("publishing");
     let (at_origin, at_edge) =
@@ -390,11 +368,8 @@ async fn hostile_hls_requests_get_400_or_404_and_cost_nothing() {
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 3);
     // A short window: segments leave the store within seconds.
-    let t = tree3(
-        certs(),
-        &["--http-wait-secs", "1", "--window-segments", "4"],
-    );
-    let _pub = publish(&t._c, &[&t.origin], "talk", &src);
+    let t = tree3(&["--http-wait-secs", "1", "--window-segments", "4"]);
+    let _pub = publish(&t.c, &[&t.origin], "talk", &src);
     for http in [&t.origin_http, &t.edge_http] {
         let p = parse(&String::from_utf8(get(http, "/talk.m3u8").await.body).unwrap());
         let base = p.map.strip_suffix("/init.mp4").unwrap().to_string();
@@ -491,8 +466,8 @@ async fn two_hundred_clients_through_nginx_get_every_segment_the_edge_serves_eac
     );
     let work = tempfile::tempdir().unwrap();
     let src = make_opus(work.path(), 3);
-    let t = tree3(certs(), &[]);
-    let _pub = publish(&t._c, &[&t.origin], "talk", &src);
+    let t = tree3(&[]);
+    let _pub = publish(&t.c, &[&t.origin], "talk", &src);
     let nx = nginx(&t.edge_http, work.path());
     // Each client: the playlist, the init segment, then blocking reloads segment by
     // segment (`_HLS_msn`), fetching every new segment, for four segments.

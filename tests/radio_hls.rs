@@ -1,4 +1,5 @@
-//! Radio codecs over HLS, through origin → relay → edge as separate processes: MP3
+//! Radio codecs over HLS, through origin → relay → edge as separate processes (built by
+//! `common::procs::http_tree`, origin and edge serving HTTP, segments of a second): MP3
 //! (libmp3lame, 128 kbit/s) as packed audio and AAC (ffmpeg's `aac`) in fMP4, read from the
 //! edge by ffmpeg's HLS reader and played by hls.js (npm, the version
 //! `tests/browser/package.json` pins: 1.7.4) in headless Chromium on Media Source
@@ -36,45 +37,14 @@ fn packet_crcs(src: &Path, radio: Radio) -> Vec<(String, String)> {
     }
 }
 
-/// origin → mid → edge, origin (Icecast sources) and edge serving HTTP.
-struct Radio3 {
-    c: Certs,
-    origin: Node,
-    origin_http: String,
-    _mid: Node,
-    _edge: Node,
-    edge_http: String,
-}
-
-fn radio_tree() -> Radio3 {
-    let c = certs();
-    // Segments of a second, as an origin makes them by default.
-    let mut origin = Node::spawn(
-        &c,
-        &[
-            "origin",
-            "--http",
-            "127.0.0.1:0",
-            "--source-password",
-            PASSWORD,
-        ],
-    );
-    let origin_http = origin.http_addr();
-    let mid = relay_node(&c, &[&origin], &[]);
-    let mut edge = relay_node(&c, &[&mid], &["--http", "127.0.0.1:0"]);
-    let edge_http = edge.http_addr();
-    Radio3 {
-        c,
-        origin,
-        origin_http,
-        _mid: mid,
-        _edge: edge,
-        edge_http,
-    }
+/// origin → mid → edge, origin (taking Icecast sources) and edge serving HTTP; segments of
+/// a second, as an origin makes them by default.
+fn radio_tree() -> HttpTree {
+    http_tree(&["--source-password", PASSWORD], &[])
 }
 
 /// `quicast publish --loop` of `src` as `stream`, with `title` from its start.
-fn publish_titled(t: &Radio3, stream: &str, src: &Path, title: &str) -> Proc {
+fn publish_titled(t: &HttpTree, stream: &str, src: &Path, title: &str) -> Proc {
     let mut p = Proc::spawn(&[
         "publish",
         &t.origin.url(stream),

@@ -383,6 +383,45 @@ pub fn relay_node(c: &Certs, parents: &[&Node], extra: &[&str]) -> Node {
     Node::spawn(c, &args)
 }
 
+/// origin → mid → edge as separate processes, the origin and the edge serving HTTP, the mid
+/// none: `http_tree` builds it.
+pub struct HttpTree {
+    pub c: Certs,
+    pub origin: Node,
+    pub origin_http: String,
+    pub mid: Node,
+    pub edge: Node,
+    pub edge_http: String,
+}
+
+/// `quicast origin --http 127.0.0.1:0 ORIGIN... BOTH...`, `quicast relay` under it (no
+/// flags of its own) and `quicast relay --http 127.0.0.1:0 BOTH...` under that, all with one
+/// new certificate; returned once each listens on QUIC and the origin and the edge on HTTP
+/// (at the addresses in `origin_http` and `edge_http`). `origin`: flags for the origin alone
+/// (its segments are of its default length, a second, unless these say otherwise); `both`:
+/// flags for the origin and the edge.
+pub fn http_tree(origin: &[&str], both: &[&str]) -> HttpTree {
+    let c = certs();
+    let mut args = vec!["origin", "--http", "127.0.0.1:0"];
+    args.extend_from_slice(origin);
+    args.extend_from_slice(both);
+    let mut origin = Node::spawn(&c, &args);
+    let origin_http = origin.http_addr();
+    let mid = relay_node(&c, &[&origin], &[]);
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(both);
+    let mut edge = relay_node(&c, &[&mid], &args);
+    let edge_http = edge.http_addr();
+    HttpTree {
+        c,
+        origin,
+        origin_http,
+        mid,
+        edge,
+        edge_http,
+    }
+}
+
 /// Every "stream comes from" line a relay logged so far, in order: (stream, parents).
 pub fn parent_choices(log: &[String]) -> Vec<(String, Vec<String>)> {
     log.iter()
