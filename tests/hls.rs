@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::media::{make_opus, packet_crcs};
 use common::procs::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A response: status, headers (lower-case names), body.
 struct Resp {
@@ -25,33 +24,11 @@ struct Resp {
 
 /// GET over HTTP/1.1, one connection per request.
 async fn get(addr: &str, path: &str) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a whole response head");
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (head, body) = common::http::get(addr, path, &[]).await;
     Resp {
-        status,
-        headers,
-        body: raw[end + 4..].to_vec(),
+        status: head.status,
+        headers: head.headers,
+        body,
     }
 }
 
@@ -540,18 +517,8 @@ async fn two_hundred_clients_through_nginx_get_every_segment_the_edge_serves_eac
 
 /// GET with a User-Agent (a client of its own to the node's HLS audience).
 async fn get_as(addr: &str, path: &str, agent: &str) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    String::from_utf8_lossy(&raw)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    let agent = format!("User-Agent: {agent}");
+    common::http::get(addr, path, &[&agent]).await.0.status
 }
 
 /// The edge's HLS listeners of `talk`, as `/streams` and the metrics say.

@@ -25,7 +25,6 @@ use std::time::Duration;
 use common::browser::{headless, hls_js, page_server};
 use common::media::{make_radio, packet_crcs_with, Radio};
 use common::procs::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "hackme";
 
@@ -62,21 +61,8 @@ fn publish_titled(t: &HttpTree, stream: &str, src: &Path, title: &str) -> Proc {
 
 /// A response: status, body.
 async fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a whole response head");
-    let status = String::from_utf8_lossy(&raw[..end])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, raw[end + 4..].to_vec())
+    let (head, body) = common::http::get(addr, path, &[]).await;
+    (head.status, body)
 }
 
 async fn playlist(addr: &str, path: &str) -> String {
