@@ -17,7 +17,7 @@
 //!
 //! Now-playing titles (each segment carries the one current at its start) are
 //! `EXT-X-DATERANGE`s: one where a title begins, `ID="title-SEQ"` and `START-DATE` the
-//! date of segment SEQ's first frame, `X-TITLE` the title (see `title_runs`). Packed MP3
+//! date of segment SEQ's first frame, `X-TITLE` the title (see `titles::title_runs`). Packed MP3
 //! also carries it as timed ID3 (`TIT2`) in each segment and each segment's first part.
 //!
 //! An HLS request is one more subscriber of the node's store: it subscribes to the stream
@@ -26,72 +26,32 @@
 //! `_HLS_msn`, a part not complete yet) wait on the broadcast's changes, bounded in time
 //! (three target durations) and in number per node.
 
+mod playlist;
+mod segments;
+mod titles;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::debug;
 
 use crate::error::{Error, Kind, Result};
-use crate::media::{fragment, init_segment, packed_audio, part_samples, timestamp_90k};
-use crate::model::{Batch, Broadcast, Egress, Segment, WireFrame};
+use crate::media::{init_segment, part_samples};
+use crate::model::{Broadcast, Egress};
 use crate::node::{Node, Peer};
-use crate::proto::{self, Codec, Start, CODEC_MP3};
+use crate::proto::{self, Start};
 
-/// A title in an `EXT-X-DATERANGE` is cut to this many bytes (on a character boundary).
-const MAX_DATERANGE_TITLE: usize = 512;
+use playlist::{listed, playlist_of, target_duration};
+pub use segments::Form;
+use segments::{frames_of, media_of, part_complete, part_missing, part_range};
+
 /// Requests held at once by a node (blocking playlist reloads and part requests) before
 /// newcomers are told 503.
 const MAX_BLOCKED: usize = 20_000;
-/// Segments whose parts are listed, besides the open one.
-const PARTS_OF_SEALED: usize = 2;
 /// How long a segment request waits for a relay to fetch the stream.
 const MEDIA_WAIT: Duration = Duration::from_secs(3);
-
-/// How a stream's segments and parts are made, by its codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
-    /// fMP4 (CMAF) fragments after an init segment: Opus and AAC. `.m4s`
-    Fmp4,
-    /// Packed audio, the frames after an ID3 timestamp: MP3. `.mp3`
-    Packed,
-}
-
-impl Form {
-    pub fn of(codec: &Codec) -> Form {
-        if codec.kind == CODEC_MP3 {
-            Form::Packed
-        } else {
-            Form::Fmp4
-        }
-    }
-
-    fn ext(self) -> &'static str {
-        match self {
-            Form::Fmp4 => "m4s",
-            Form::Packed => "mp3",
-        }
-    }
-
-    /// Whether the playlist lists parts (LL-HLS) or whole segments only. Packed MP3 is
-    /// listed whole: hls.js (1.7.4) appends only the first part of each segment of it to
-    /// MSE where it belongs (its buffer-controller re-bases `timestampOffset` of an
-    /// `audio/mpeg` SourceBuffer at a segment's first chunk only, and puts later chunks
-    /// at the fMP4 offset, `-initPTS`: minutes away), so a player taking parts hears a
-    /// fifth of the audio with holes between. Blocking reloads (`_HLS_msn`) still hold the
-    /// playlist until the next segment is whole; the parts are served all the same.
-    pub fn has_parts(self) -> bool {
-        self == Form::Fmp4
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Form::Fmp4 => "audio/mp4",
-            Form::Packed => "audio/mpeg",
-        }
-    }
-}
 
 /// What was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,61 +417,6 @@ async fn wait_for(
     })
 }
 
-fn frames_of(seg: &Segment) -> Vec<WireFrame> {
-    let mut batch = Batch::Frames(Vec::new());
-    seg.read_from(0, &mut batch);
-    match batch {
-        Batch::Frames(f) => f,
-        Batch::Wire(_) | Batch::Http(..) => Vec::new(),
-    }
-}
-
-/// Part `k` of a segment: the frames that start in [k, k+1) parts of `part` samples after
-/// its first.
-fn part_range(frames: &[WireFrame], part: u64, k: u64) -> (usize, usize) {
-    let Some(first) = frames.first().map(|f| f.frame.pts) else {
-        return (0, 0);
-    };
-    let at = |f: &WireFrame| (f.frame.pts.saturating_sub(first)) / part;
-    let from = frames.partition_point(|f| at(f) < k);
-    let to = frames.partition_point(|f| at(f) <= k);
-    (from, to)
-}
-
-/// Parts of a segment that are complete: every one before the part of its last frame, and
-/// that one too once the segment is sealed.
-fn complete_parts(seg: &Segment, frames: &[WireFrame], part: u64) -> u64 {
-    match (frames.first(), frames.last()) {
-        (Some(a), Some(z)) => {
-            let last = (z.frame.pts - a.frame.pts) / part;
-            if seg.is_sealed() {
-                last + 1
-            } else {
-                last
-            }
-        }
-        _ => 0,
-    }
-}
-
-fn part_complete(b: &Broadcast, seq: u64, k: u64) -> bool {
-    b.segment(seq).is_some_and(|s| {
-        let frames = frames_of(&s);
-        complete_parts(&s, &frames, part_samples(&b.codec)) > k
-            || (b.span().ended && !frames.is_empty())
-    })
-}
-
-/// A part that will never be: its segment sealed with fewer parts.
-fn part_missing(b: &Broadcast, seq: u64, k: u64) -> bool {
-    b.segment(seq).is_some_and(|s| {
-        s.is_sealed() && {
-            let frames = frames_of(&s);
-            complete_parts(&s, &frames, part_samples(&b.codec)) <= k
-        }
-    })
-}
-
 /// Whether the playlist holds segment `msn` (complete) or, with `part`, that part of it.
 fn has(b: &Broadcast, msn: u64, part: Option<u64>) -> bool {
     let latest = b.span().latest.unwrap_or(0);
@@ -522,360 +427,10 @@ fn has(b: &Broadcast, msn: u64, part: Option<u64>) -> bool {
     }
 }
 
-/// Segment `seg` (`part` None) or its part `part` of `frames`, in the stream's form: an
-/// fMP4 fragment, or packed audio (the segment's title in the ID3 tag of the segment and
-/// of its first part).
-fn media_of(
-    codec: &Codec,
-    seg: &Segment,
-    part: Option<u64>,
-    frames: &[WireFrame],
-) -> Result<Bytes> {
-    let base = frames.first().map_or(0, |f| f.frame.pts);
-    match Form::of(codec) {
-        Form::Fmp4 => {
-            // Fragment numbers only need to grow within what a player fetches.
-            let number = (seg.seq as u32)
-                .wrapping_mul(1024)
-                .wrapping_add(part.map_or(0, |k| k as u32 + 1));
-            fragment(
-                codec,
-                number,
-                base,
-                frames
-                    .iter()
-                    .map(|f| (f.frame.duration, &f.frame.payload[..])),
-            )
-        }
-        Form::Packed => {
-            let title = seg.title.as_deref().filter(|_| part.unwrap_or(0) == 0);
-            Ok(packed_audio(
-                timestamp_90k(base, codec.sample_rate),
-                title,
-                frames.iter().map(|f| &f.frame.payload[..]),
-            ))
-        }
-    }
-}
-
-/// `samples` at `rate` in seconds.
-fn seconds(samples: u64, rate: u32) -> f64 {
-    samples as f64 / f64::from(rate.max(1))
-}
-
-fn duration_of(frames: &[WireFrame]) -> u64 {
-    match (frames.first(), frames.last()) {
-        (Some(a), Some(z)) => z.frame.pts + z.frame.duration as u64 - a.frame.pts,
-        _ => 0,
-    }
-}
-
-/// The segments the playlist lists: the unbroken run of held segments that ends with the
-/// latest (media sequence numbers must follow one another).
-fn listed(b: &Broadcast) -> Vec<Arc<Segment>> {
-    let span = b.span();
-    let Some(latest) = span.latest else {
-        return Vec::new();
-    };
-    let mut segs = Vec::new();
-    let mut seq = latest;
-    while let Some(s) = b.segment(seq) {
-        segs.push(s);
-        if seq == 0 || Some(seq) == span.first {
-            break;
-        }
-        seq -= 1;
-    }
-    segs.reverse();
-    segs
-}
-
-/// EXT-X-TARGETDURATION: whole seconds, at least every segment's duration rounded. A
-/// segment's length is the origin's `segment-ms` (1 s by default); at least 1 s.
-fn target_duration(b: &Broadcast) -> Duration {
-    let longest = listed(b)
-        .iter()
-        .filter(|s| s.is_sealed())
-        .map(|s| duration_of(&frames_of(s)))
-        .max()
-        .unwrap_or(0);
-    Duration::from_secs(seconds(longest, b.codec.sample_rate).round().max(1.0) as u64)
-}
-
-/// RFC 3339 UTC with milliseconds, from microseconds since the Unix epoch.
-fn date_time(us: u64) -> String {
-    let secs = us / 1_000_000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        us % 1_000_000 / 1000
-    )
-}
-
-/// The playlist as the broadcast is now, rendered once per state of its newest segment: a
-/// crowd of blocking reloads woken by the same part is answered from one rendering.
-fn playlist_of(b: &Broadcast) -> Bytes {
-    type Key = (u64, u64, usize, bool, bool);
-    static RENDERED: OnceLock<moka::sync::Cache<Key, Bytes>> = OnceLock::new();
-    let cache = RENDERED.get_or_init(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(Duration::from_secs(10))
-            .build()
-    });
-    // What the playlist depends on: older segments never change, and the window moves
-    // only when a segment begins.
-    let span = b.span();
-    let latest = span.latest.unwrap_or(0);
-    let (len, sealed) = b
-        .segment(latest)
-        .map_or((0, false), |s| (s.len(), s.is_sealed()));
-    let key = (b.local_id(), latest, len, sealed, span.ended);
-    cache.get_with(key, || Bytes::from(render(b)))
-}
-
-/// The media playlist of the broadcast as held now.
-pub fn render(b: &Broadcast) -> String {
-    use std::fmt::Write;
-    let segs = listed(b);
-    let frames: Vec<Vec<WireFrame>> = segs.iter().map(|s| frames_of(s)).collect();
-    let rate = b.codec.sample_rate;
-    let form = Form::of(&b.codec);
-    let ext = form.ext();
-    let target = target_duration(b).as_secs();
-    let part_len = part_samples(&b.codec);
-    // Rounded up to the millisecond: no part is longer than the target it says.
-    let part_target = (part_len * 1000).div_ceil(u64::from(rate.max(1))) as f64 / 1000.0;
-    let base = format!("{}.hls/{}", leaf(&b.path), b.instance);
-    let runs = title_runs(b, &segs, &frames);
-    // Packed MP3 is listed as whole segments only (see `Form::has_parts`).
-    let has_parts = form.has_parts();
-    let mut o = String::with_capacity(2048);
-    o.push_str("#EXTM3U\n#EXT-X-VERSION:9\n");
-    let _ = writeln!(o, "#EXT-X-TARGETDURATION:{target}");
-    if has_parts {
-        let _ = writeln!(
-            o,
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}",
-            part_target * 3.0
-        );
-        let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET={part_target:.3}");
-    } else {
-        o.push_str("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n");
-    }
-    let _ = writeln!(
-        o,
-        "#EXT-X-MEDIA-SEQUENCE:{}",
-        segs.first().map_or(0, |s| s.seq)
-    );
-    if form == Form::Fmp4 {
-        let _ = writeln!(o, "#EXT-X-MAP:URI=\"{base}/init.mp4\"");
-    }
-    let ended = b.span().ended;
-    let with_parts = segs.len().saturating_sub(PARTS_OF_SEALED + 1);
-    let mut first_listed = true;
-    for (i, (seg, fr)) in segs.iter().zip(&frames).enumerate() {
-        let sealed = seg.is_sealed() || ended;
-        if fr.is_empty() {
-            // Only a segment just begun: its first part is to come.
-            if !sealed && has_parts {
-                let _ = writeln!(
-                    o,
-                    "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.{ext}\"",
-                    seg.seq
-                );
-            }
-            continue;
-        }
-        // The titles that begin here (the first listed segment: the one it plays under,
-        // which may have begun before it).
-        let here: Vec<&TitleRun> = runs
-            .iter()
-            .filter(|r| r.seq == seg.seq || (first_listed && r.seq < seg.seq))
-            .collect();
-        for r in &here {
-            let _ = writeln!(
-                o,
-                "#EXT-X-DATERANGE:ID=\"title-{}\",CLASS=\"{TITLE_CLASS}\",START-DATE=\"{}\",END-ON-NEXT=YES,X-TITLE=\"{}\"",
-                r.seq,
-                date_time(r.wall_us),
-                quoted(r.title.as_deref().unwrap_or_default())
-            );
-        }
-        if i == 0 || i == with_parts || !here.is_empty() {
-            let _ = writeln!(
-                o,
-                "#EXT-X-PROGRAM-DATE-TIME:{}",
-                date_time(fr[0].frame.wall_us)
-            );
-        }
-        first_listed = false;
-        if i >= with_parts && !ended && has_parts {
-            for k in 0..complete_parts(seg, fr, part_len).max(u64::from(sealed)) {
-                let (from, to) = part_range(fr, part_len, k);
-                if from == to {
-                    continue;
-                }
-                let _ = writeln!(
-                    o,
-                    "#EXT-X-PART:DURATION={:.3},URI=\"{base}/{}.{k}.{ext}\",INDEPENDENT=YES",
-                    seconds(duration_of(&fr[from..to]), rate),
-                    seg.seq
-                );
-            }
-        }
-        if sealed {
-            let _ = writeln!(o, "#EXTINF:{:.3},", seconds(duration_of(fr), rate));
-            let _ = writeln!(o, "{base}/{}.{ext}", seg.seq);
-        } else if has_parts {
-            let next = complete_parts(seg, fr, part_len);
-            let _ = writeln!(
-                o,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.{next}.{ext}\"",
-                seg.seq
-            );
-        }
-    }
-    match segs.last() {
-        _ if ended => o.push_str("#EXT-X-ENDLIST\n"),
-        // A relay seals a segment when its parent's stream of it ends, before the next
-        // begins: the next one's first part is the one to come.
-        Some(last) if last.is_sealed() && has_parts => {
-            let _ = writeln!(
-                o,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{base}/{}.0.{ext}\"",
-                last.seq + 1
-            );
-        }
-        _ => {}
-    }
-    o
-}
-
-/// The `CLASS` of the title `EXT-X-DATERANGE`s (`END-ON-NEXT=YES` needs one): each ends
-/// where the next begins.
-pub const TITLE_CLASS: &str = "quicast.title";
-
-/// A title begun at segment `seq`, whose first frame was at `wall_us`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct TitleRun {
-    seq: u64,
-    wall_us: u64,
-    title: Option<Bytes>,
-}
-
-/// What a node remembers of a broadcast's titles between renderings of its playlist: where
-/// each began, so that the title the oldest listed segment plays under keeps its `ID` (and
-/// so its `START-DATE`) as the window moves past the segment it began with.
-#[derive(Default)]
-struct TitleMemo {
-    runs: Vec<TitleRun>,
-    /// The newest segment seen (with a frame) by a rendering.
-    seen_through: Option<u64>,
-}
-
-/// The titles of the listed segments `segs` (with their `frames`), as runs in order: the
-/// one the first segment with a frame plays under (it may have begun before it, if this node
-/// saw that), then one at each segment whose title is not the one before's. An untitled
-/// first run is left out. A run's `ID` is its first segment's, and its `START-DATE` that
-/// segment's first frame's: the same attributes for an `ID` on every node and in every
-/// rendering (players merge ranges by `ID` and refuse one whose attributes change).
-fn title_runs(b: &Broadcast, segs: &[Arc<Segment>], frames: &[Vec<WireFrame>]) -> Vec<TitleRun> {
-    type Memos = moka::sync::Cache<u64, Arc<std::sync::Mutex<TitleMemo>>>;
-    static MEMOS: OnceLock<Memos> = OnceLock::new();
-    let memos = MEMOS.get_or_init(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_idle(Duration::from_secs(120))
-            .build()
-    });
-    let with_audio: Vec<TitleRun> = segs
-        .iter()
-        .zip(frames)
-        .filter_map(|(s, f)| {
-            Some(TitleRun {
-                seq: s.seq,
-                wall_us: f.first()?.frame.wall_us,
-                title: s.title.clone(),
-            })
-        })
-        .collect();
-    let Some(first) = with_audio.first() else {
-        return Vec::new();
-    };
-    let memo = memos.get_with(b.local_id(), Default::default);
-    let mut m = memo.lock().unwrap_or_else(|e| e.into_inner());
-    // Segments this node's renderings never saw between the last and this one: what it
-    // remembers may have changed since.
-    if m.seen_through.is_none_or(|s| first.seq > s + 1) {
-        m.runs.clear();
-    }
-    // Only the run the first segment plays under, and later ones, are of use.
-    if let Some(k) = m.runs.iter().rposition(|r| r.seq <= first.seq) {
-        m.runs.drain(..k);
-    }
-    match m.runs.first() {
-        Some(r) if r.seq <= first.seq && r.title == first.title => {}
-        _ => {
-            m.runs.retain(|r| r.seq > first.seq);
-            m.runs.insert(0, first.clone());
-        }
-    }
-    for w in with_audio.windows(2) {
-        if w[1].title != w[0].title && !m.runs.iter().any(|r| r.seq == w[1].seq) {
-            let at = m.runs.partition_point(|r| r.seq < w[1].seq);
-            m.runs.insert(at, w[1].clone());
-        }
-    }
-    let last = with_audio.last().map_or(first.seq, |r| r.seq);
-    m.seen_through = Some(m.seen_through.map_or(last, |s| s.max(last)));
-    let mut runs: Vec<TitleRun> = m.runs.iter().filter(|r| r.seq <= last).cloned().collect();
-    if runs.first().is_some_and(|r| r.title.is_none()) {
-        runs.remove(0);
-    }
-    runs
-}
-
-/// A title as an attribute's quoted-string (which has no escapes): `"` becomes `'`, line
-/// breaks and other control characters are left out, and it is cut to
-/// `MAX_DATERANGE_TITLE` bytes on a character boundary.
-fn quoted(title: &[u8]) -> String {
-    let mut out = String::new();
-    for c in String::from_utf8_lossy(title).chars() {
-        let c = if c == '"' { '\'' } else { c };
-        if c.is_control() {
-            continue;
-        }
-        if out.len() + c.len_utf8() > MAX_DATERANGE_TITLE {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The last component of a stream path: playlist URIs are relative to the playlist's.
-fn leaf(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::CODEC_AAC;
+    use crate::proto::{Codec, CODEC_AAC};
 
     #[test]
     fn paths_and_queries_parse_strictly() {
@@ -939,7 +494,8 @@ mod tests {
         assert_eq!(p("/x.ogg", None), None);
     }
 
-    fn codec(kind: u64, rate: u32) -> Codec {
+    /// A stereo codec of `kind` at `rate`, for the tests of this module's files.
+    pub(super) fn codec(kind: u64, rate: u32) -> Codec {
         Codec {
             kind,
             sample_rate: rate,
@@ -950,155 +506,5 @@ mod tests {
                 Bytes::new()
             },
         }
-    }
-
-    #[test]
-    fn parts_are_whole_frames_no_longer_than_the_target() {
-        let opus = crate::media::OpusHead::synthetic(2).codec();
-        assert_eq!(part_samples(&opus), 9600);
-        assert_eq!(part_samples(&codec(CODEC_AAC, 44100)), 8 * 1024);
-        assert_eq!(part_samples(&codec(CODEC_AAC, 48000)), 9 * 1024);
-        assert_eq!(part_samples(&codec(CODEC_MP3, 44100)), 7 * 1152);
-        assert_eq!(part_samples(&codec(CODEC_MP3, 22050)), 7 * 576);
-        // A frame longer than the target: one a part.
-        assert_eq!(part_samples(&codec(CODEC_AAC, 8000)), 1024);
-    }
-
-    #[test]
-    fn titles_are_quoted_strings_bounded() {
-        assert_eq!(quoted(b"a \"b\"\r\nc"), "a 'b'c");
-        let long = "\u{e9}".repeat(400);
-        let q = quoted(long.as_bytes());
-        assert_eq!(q.len(), 512);
-        assert!(q.chars().all(|c| c == '\u{e9}'));
-        assert_eq!(quoted(b"\xff ok"), "\u{fffd} ok");
-    }
-
-    /// A 44.1 kHz MP3 broadcast holding `window` sealed segments, built by `feed`.
-    fn mp3_broadcast(window: u64) -> Arc<Broadcast> {
-        use crate::model::{PaceMode, Pacing, Provenance, SegmentCache, StoreConfig};
-        let cfg = StoreConfig {
-            cache_bytes: 64 << 20,
-            cache_ttl: Duration::from_secs(60),
-            window,
-            max_lag: 100,
-            max_streams: 10,
-            max_waiting: 10,
-            pacing: Pacing::new(PaceMode::Fixed(Duration::ZERO), 1452, vec![]),
-        };
-        let cache = SegmentCache::new(&cfg);
-        Broadcast::new(
-            "radio/mp3",
-            42,
-            codec(CODEC_MP3, 44100),
-            Provenance::here(),
-            &cache,
-            &cfg,
-        )
-    }
-
-    /// Segment `seq` of 38 frames of 1152 samples (about a second) titled `title`, its
-    /// first frame at `seq` seconds past 2026-01-01.
-    fn feed(b: &Broadcast, seq: u64, title: Option<&str>) {
-        let seg = b
-            .begin_titled(seq, title.map(|t| Bytes::from(t.to_string())))
-            .unwrap_or_else(|e| panic!("{e}"));
-        for n in 0..38u64 {
-            let f = proto::Frame {
-                pts: (seq * 38 + n) * 1152,
-                duration: 1152,
-                wall_us: 1_767_225_600_000_000 + seq * 1_000_000 + n * 26_122,
-                payload: Bytes::from_static(&[0xff, 0xfb, 0x90, 0x64]),
-            };
-            b.append(&seg, WireFrame::new(f))
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-
-    fn dateranges(p: &str) -> Vec<&str> {
-        p.lines()
-            .filter(|l| l.starts_with("#EXT-X-DATERANGE:"))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn an_mp3_playlist_is_packed_audio_at_its_own_rate_with_its_titles() {
-        let b = mp3_broadcast(4);
-        feed(&b, 0, Some("A"));
-        feed(&b, 1, Some("A"));
-        feed(&b, 2, Some("B \"live\""));
-        feed(&b, 3, Some("B \"live\""));
-        let p = render(&b);
-        assert!(!p.contains("EXT-X-MAP"), "{p}");
-        // Whole segments only: no parts, no hints; blocking reloads all the same.
-        assert!(
-            p.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n"),
-            "{p}"
-        );
-        assert!(!p.contains("PART"), "{p}");
-        // 38 frames of 1152 samples at 44.1 kHz.
-        assert!(p.contains("#EXTINF:0.993,\nmp3.hls/42/0.mp3\n"), "{p}");
-        assert!(p.ends_with("#EXTINF:0.993,\nmp3.hls/42/2.mp3\n"), "{p}");
-        // The open segment's parts are still served, 7 frames (183 ms) each.
-        let open = b.segment(3).unwrap_or_else(|| panic!("segment 3 held"));
-        assert_eq!(
-            part_range(&frames_of(&open), part_samples(&b.codec), 4),
-            (28, 35)
-        );
-        assert_eq!(
-            dateranges(&p),
-            [
-                "#EXT-X-DATERANGE:ID=\"title-0\",CLASS=\"quicast.title\",START-DATE=\"2026-01-01T00:00:00.000Z\",END-ON-NEXT=YES,X-TITLE=\"A\"",
-                "#EXT-X-DATERANGE:ID=\"title-2\",CLASS=\"quicast.title\",START-DATE=\"2026-01-01T00:00:02.000Z\",END-ON-NEXT=YES,X-TITLE=\"B 'live'\"",
-            ]
-        );
-        // The segment a title begins with has its own date-time, right after the range.
-        assert!(
-            p.contains("X-TITLE=\"B 'live'\"\n#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:02.000Z\n")
-        );
-        // The window moves past the segments A and B began with: the ranges keep their
-        // IDs and dates (title-0 ends where title-2 begins, and is gone).
-        for seq in 4..9 {
-            feed(&b, seq, Some("B \"live\""));
-        }
-        let p = render(&b);
-        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:4\n"), "{p}");
-        assert_eq!(
-            dateranges(&p),
-            ["#EXT-X-DATERANGE:ID=\"title-2\",CLASS=\"quicast.title\",START-DATE=\"2026-01-01T00:00:02.000Z\",END-ON-NEXT=YES,X-TITLE=\"B 'live'\""]
-        );
-        // A title taken away ends the last one with an empty one.
-        feed(&b, 9, None);
-        let p = render(&b);
-        assert!(p.contains("ID=\"title-9\""), "{p}");
-        assert!(p.contains("X-TITLE=\"\""), "{p}");
-    }
-
-    #[tokio::test]
-    async fn a_node_that_saw_nothing_for_a_while_starts_the_title_at_its_first_segment() {
-        let b = mp3_broadcast(3);
-        feed(&b, 0, Some("A"));
-        let _ = render(&b);
-        // Nobody asked while the window moved past all it had seen: where A began here is
-        // not known, so the oldest listed segment is where it begins.
-        for seq in 1..8 {
-            feed(&b, seq, Some("A"));
-        }
-        let p = render(&b);
-        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:4\n"), "{p}");
-        let ranges = dateranges(&p);
-        assert_eq!(ranges.len(), 1, "{p}");
-        assert!(ranges[0].contains("ID=\"title-4\""), "{p}");
-        assert!(
-            ranges[0].contains("START-DATE=\"2026-01-01T00:00:04.000Z\""),
-            "{p}"
-        );
-    }
-
-    #[test]
-    fn dates_are_rfc3339() {
-        assert_eq!(date_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(date_time(1_796_000_000_123_456), "2026-11-30T00:53:20.123Z");
-        assert_eq!(date_time(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
     }
 }
