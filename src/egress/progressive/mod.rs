@@ -1,5 +1,8 @@
-//! HTTP progressive Ogg Opus (`GET /STREAM.ogg`): one more kind of subscriber of the
-//! shared fan-out, for ordinary players and browsers.
+//! HTTP progressive listeners (`GET /STREAM.ogg`, `.mp3`, `.aac` or bare `/STREAM`): the
+//! stream in its codec's own format (Ogg Opus, MP3, AAC in ADTS), with ICY metadata for a
+//! listener that asks; one more kind of subscriber of the shared fan-out, for ordinary
+//! players and browsers. (Their egress label in the metrics, `Egress::HttpOgg`, is still
+//! `http_ogg`, which operators' dashboards use, and so is their herds' log span.)
 //!
 //! A listener costs what Icecast's do: no task of its own. Its connection, once answered,
 //! joins its stream's *herd* (one task per stream and delivery kind on the node), which at
