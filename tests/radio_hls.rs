@@ -13,7 +13,7 @@
 //! `com.apple.streaming.transportStreamTimestamp`, RFC 8216 §3.4) and fMP4 (CMAF) with
 //! AAC (`mp4a.40.2`), so both forms here are Apple's own. Apple's LL-HLS documentation
 //! describes partial segments of fMP4 and TS; packed MP3 is listed here as whole segments
-//! (see `Form::has_parts` in src/egress/hls.rs: hls.js cannot place parts of it).
+//! (see `Form::has_parts` in src/egress/hls/segments.rs: hls.js cannot place parts of it).
 
 mod common;
 

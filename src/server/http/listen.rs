@@ -13,7 +13,7 @@ use super::auth::{may_listen, refusal_reply, ListenToken};
 use super::body::Conn;
 use super::head::RequestHead;
 use super::{cors, Reply};
-use crate::egress::http_ogg;
+use crate::egress::progressive;
 use crate::node::{HttpAdmission, Node, Peer};
 use crate::proto::Role;
 
@@ -41,7 +41,7 @@ pub(super) fn known(node: &Node, name: &str) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream(
     node: &Arc<Node>,
-    herds: &http_ogg::Herds,
+    herds: &progressive::Herds,
     mut conn: Conn,
     head: &RequestHead,
     remote: SocketAddr,
@@ -68,7 +68,7 @@ pub(super) async fn stream(
     let mut peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
     peer.since = arrived;
     let listener =
-        match http_ogg::listen(node.clone(), name.clone(), &peer, low_latency, codec).await {
+        match progressive::listen(node.clone(), name.clone(), &peer, low_latency, codec).await {
             Ok(l) if head.icy_metadata => l.with_icy(crate::media::icy::DEFAULT_METAINT),
             Ok(l) => l,
             Err(e) => {

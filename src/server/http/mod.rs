@@ -54,8 +54,8 @@ struct Door {
     node: Arc<Node>,
     /// Sources' wrong passwords, by address (see `source::Guesses`).
     guesses: source::Guesses,
-    /// Its HTTP Ogg listeners, by stream (see `egress::http_ogg`).
-    herds: crate::egress::http_ogg::Herds,
+    /// Its HTTP progressive listeners, by stream (see `egress::progressive`).
+    herds: crate::egress::progressive::Herds,
 }
 
 impl HttpServer {
@@ -351,7 +351,7 @@ async fn answer(node: &Arc<Node>, route: Route, head: &RequestHead, remote: Sock
                 }
                 Ok(presented) => {
                     let peer = Peer::new(Role::Listener, remote.ip()).presenting(presented);
-                    match crate::egress::http_ogg::is_live(node, &name, &peer).await {
+                    match crate::egress::progressive::is_live(node, &name, &peer).await {
                         Ok(true) => {
                             let ct = node
                                 .registry
