@@ -22,6 +22,7 @@ pub mod audience;
 mod auth;
 pub mod catalog;
 pub mod config;
+mod config_values;
 mod ingest;
 mod load;
 mod logs;
