@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use quicast::client::{publish, Client, Input, Origin, PublishOptions};
 use quicast::proto::QuicUrl;
@@ -122,4 +123,52 @@ impl Demo {
             .map(|e| (format!("quic://{}/{STREAM}", e.addr), e.fingerprint.clone()))
             .collect::<Vec<_>>()
     }
+}
+
+pub(crate) async fn run_demo(base_port: u16) -> anyhow::Result<()> {
+    let demo = start(base_port).await.with_context(|| {
+        format!(
+            "starting the demo on ports {base_port}..{} (try --base-port)",
+            base_port.saturating_add(3)
+        )
+    })?;
+    println!(
+        "quicast demo: origin {} -> mid relay {} -> edges {}",
+        demo.origin.addr,
+        demo.mid.addr,
+        demo.edges
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "publishing the sample in a loop to stream '{}'. Listen on an edge with:",
+        STREAM
+    );
+    for (url, fp) in demo.edge_urls() {
+        println!("  quicast listen {url} --fingerprint {fp} --output - | ffplay -nodisp -");
+    }
+    for h in &demo.edge_http {
+        println!(
+            "  ffplay -nodisp http://{}/{}.ogg     (or open http://{}/ in a browser)",
+            h.addr, STREAM, h.addr
+        );
+    }
+    println!("A browser plays from an edge's page:");
+    for h in &demo.edge_http {
+        println!(
+            "  open http://{}/     (WebTransport + WebCodecs in Chromium, Edge, Firefox; else LL-HLS, else Ogg)",
+            h.addr
+        );
+    }
+    println!("(or: cargo run --release -- listen ... ; add --duration 10 --output demo.opus to save 10 s)");
+    println!("Ctrl-C stops the demo.");
+    crate::shutdown_signal().await;
+    println!("stopping");
+    demo.shutdown();
+    for s in demo.nodes() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.wait_idle()).await;
+    }
+    Ok(())
 }
