@@ -183,7 +183,9 @@ pub async fn publish(origins: Vec<Origin>, opts: &PublishOptions) -> Result<Publ
         }
     };
     if let Some(t) = &opts.title {
-        remember(title_record(0, t));
+        // Kept as the last title, which every connection sends first; not among the frames
+        // too, or the first connection would send it twice.
+        replay.lock().unwrap_or_else(|e| e.into_inner()).title = Some(title_record(0, t));
     }
     let outcome: Result<()> = async {
         loop {
