@@ -41,3 +41,20 @@ pub(super) async fn resolve(url: &QuicUrl) -> anyhow::Result<std::net::SocketAdd
         .next()
         .with_context(|| format!("{} did not resolve", url.host))
 }
+
+/// The nodes' URLs, parsed, and the one stream they all name (`same` says what every node
+/// is to do with it, for the error when one names another).
+pub(super) fn one_stream(urls: &[String], same: &str) -> anyhow::Result<(Vec<QuicUrl>, String)> {
+    let urls = urls
+        .iter()
+        .map(|u| QuicUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = urls.first() else {
+        anyhow::bail!("no node URL given");
+    };
+    let path = first.stream()?.to_string();
+    if let Some(u) = urls.iter().find(|u| u.path != path) {
+        anyhow::bail!("{u}: {same} ({path})");
+    }
+    Ok((urls, path))
+}

@@ -6,10 +6,9 @@ use std::time::Duration;
 use anyhow::bail;
 use quicast::client::{listen_any, Client, ListenEvent, ListenOptions};
 use quicast::media::OggOpusWriter;
-use quicast::proto::QuicUrl;
 use tracing::info;
 
-use super::connect::{client_trust, resolve, TrustArgs};
+use super::connect::{client_trust, one_stream, resolve, TrustArgs};
 use super::output::Output;
 
 pub(crate) async fn run_listen(
@@ -21,14 +20,7 @@ pub(crate) async fn run_listen(
     low_latency: bool,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
-    let urls = urls
-        .iter()
-        .map(|u| QuicUrl::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = urls[0].stream()?.to_string();
-    if let Some(u) = urls.iter().find(|u| u.path != path) {
-        bail!("{u}: every node is asked for the same stream ({path})");
-    }
+    let (urls, path) = one_stream(&urls, "every node is asked for the same stream")?;
     if !(50..=3_600_000).contains(&silence_ms) {
         bail!("--silence-ms must be between 50 and 3600000");
     }

@@ -2,9 +2,8 @@
 
 use anyhow::{bail, Context};
 use quicast::client::{publish, Client, Input, Origin, PublishOptions, SourceReader};
-use quicast::proto::QuicUrl;
 
-use super::connect::{client_trust, resolve, TrustArgs};
+use super::connect::{client_trust, one_stream, resolve, TrustArgs};
 
 pub(crate) async fn run_publish(
     urls: Vec<String>,
@@ -14,14 +13,7 @@ pub(crate) async fn run_publish(
     token: String,
     trust: TrustArgs,
 ) -> anyhow::Result<()> {
-    let urls = urls
-        .iter()
-        .map(|u| QuicUrl::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = urls[0].stream()?.to_string();
-    if let Some(u) = urls.iter().find(|u| u.path != path) {
-        bail!("{u}: every origin gets the same stream ({path})");
-    }
+    let (urls, path) = one_stream(&urls, "every origin gets the same stream")?;
     let (input, realtime) = if input == "-" {
         (Input::Stdin, false)
     } else {
